@@ -1,0 +1,275 @@
+//! Addresses as users type them on the command line.
+//!
+//! Today: `HOST:PORT`, `[IPv6]:PORT`, `HOST` (the network's default port), and a
+//! bare IPv6 literal. The libp2p path adds `/…/p2p-circuit/p2p/<id>`
+//! multiaddrs and the native path `PEER@COORDINATOR`; both are recognised here
+//! already so that they get a precise message instead of a parse error.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+pub const ACCEPTED_FORMS: &str =
+    "accepted forms: HOST:PORT (127.0.0.1:8333, node.example.org:8333), [IPv6]:PORT ([::1]:8333), \
+     HOST (uses the network's default port), or a bare IPv6 address (::1)";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A place to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddress {
+    /// A reachable host; `port` is `None` when the network's default applies.
+    Direct { host: Host, port: Option<u16> },
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddress::Direct {
+                host,
+                port: Some(p),
+            } => write!(f, "{host}:{p}"),
+            PeerAddress::Direct { host, port: None } => write!(f, "{host}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address {input:?}: {problem}; {ACCEPTED_FORMS}")]
+pub struct AddressError {
+    pub input: String,
+    pub problem: String,
+}
+
+impl PeerAddress {
+    /// Resolves to socket addresses, with `default_port` where none was given.
+    pub async fn resolve(&self, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            PeerAddress::Direct { host, port } => {
+                let port = port.unwrap_or(default_port);
+                match host {
+                    Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+                    Host::Name(name) => Ok(tokio::net::lookup_host((name.as_str(), port))
+                        .await?
+                        .collect()),
+                }
+            }
+        }
+    }
+}
+
+impl FromStr for PeerAddress {
+    type Err = AddressError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let fail = |problem: &str| AddressError {
+            input: input.to_string(),
+            problem: problem.to_string(),
+        };
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(fail("the address is empty"));
+        }
+        if s.starts_with('/') {
+            return Err(fail(
+                "libp2p multiaddrs (/ip4/…/p2p-circuit/p2p/<id>) are not supported by this build yet",
+            ));
+        }
+        if s.contains('@') {
+            return Err(fail(
+                "PEER@COORDINATOR addresses (the native punch path) are not supported by this build yet",
+            ));
+        }
+        if s.contains("://") {
+            return Err(fail("a URL scheme is not part of an address"));
+        }
+        if let Some(rest) = s.strip_prefix('[') {
+            let Some((inside, after)) = rest.split_once(']') else {
+                return Err(fail("'[' without a closing ']'"));
+            };
+            let ip: Ipv6Addr = inside
+                .parse()
+                .map_err(|_| fail(&format!("{inside:?} inside [] is not an IPv6 address")))?;
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(p) => Some(parse_port(p).map_err(|e| fail(&e))?),
+                    None => return Err(fail(&format!("unexpected {after:?} after ']'"))),
+                },
+            };
+            return Ok(PeerAddress::Direct {
+                host: Host::Ip(IpAddr::V6(ip)),
+                port,
+            });
+        }
+        match s.matches(':').count() {
+            0 => Ok(PeerAddress::Direct {
+                host: parse_host(s).map_err(|e| fail(&e))?,
+                port: None,
+            }),
+            1 => {
+                let (host, port) = s.split_once(':').expect("one colon");
+                if host.is_empty() {
+                    return Err(fail("the host is missing before ':'"));
+                }
+                Ok(PeerAddress::Direct {
+                    host: parse_host(host).map_err(|e| fail(&e))?,
+                    port: Some(parse_port(port).map_err(|e| fail(&e))?),
+                })
+            }
+            // Several colons without brackets: only a whole IPv6 address makes
+            // sense (as in Bitcoin Core); a port needs the [] form.
+            _ => s.parse::<Ipv6Addr>().map(|ip| PeerAddress::Direct {
+                host: Host::Ip(IpAddr::V6(ip)),
+                port: None,
+            }).map_err(|_| {
+                fail("several ':' but not an IPv6 address (write an IPv6 address with a port as [IPv6]:PORT)")
+            }),
+        }
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() {
+        return Err("the port is missing after ':'".into());
+    }
+    if !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {p:?} is not a number"));
+    }
+    match p.parse::<u32>() {
+        Ok(0) => Err("port 0 cannot be connected to".into()),
+        Ok(n) if n <= u16::MAX as u32 => Ok(n as u16),
+        _ => Err(format!("port {p} is out of range (1-65535)")),
+    }
+}
+
+fn parse_host(h: &str) -> Result<Host, String> {
+    if let Ok(ip) = h.parse::<Ipv4Addr>() {
+        return Ok(Host::Ip(IpAddr::V4(ip)));
+    }
+    // Digits and dots only, yet not an IPv4 address: a typo, not a name.
+    if h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{h:?} is not a valid IPv4 address"));
+    }
+    if h.len() > 253 {
+        return Err("the host name is longer than 253 characters".into());
+    }
+    for label in h.trim_end_matches('.').split('.') {
+        if label.is_empty() {
+            return Err(format!("host name {h:?} has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!("host name {h:?} has a label over 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("host name {h:?} contains {c:?}"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "host name {h:?} has a label starting or ending with '-'"
+            ));
+        }
+    }
+    Ok(Host::Name(h.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> PeerAddress {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(
+            ok("127.0.0.1:18444"),
+            PeerAddress::Direct {
+                host: Host::Ip("127.0.0.1".parse().unwrap()),
+                port: Some(18444)
+            }
+        );
+        assert_eq!(
+            ok("[::1]:8333"),
+            PeerAddress::Direct {
+                host: Host::Ip("::1".parse().unwrap()),
+                port: Some(8333)
+            }
+        );
+        assert_eq!(
+            ok("::1"),
+            PeerAddress::Direct {
+                host: Host::Ip("::1".parse().unwrap()),
+                port: None
+            }
+        );
+        assert_eq!(
+            ok("[2001:db8::1]"),
+            PeerAddress::Direct {
+                host: Host::Ip("2001:db8::1".parse().unwrap()),
+                port: None
+            }
+        );
+        assert_eq!(
+            ok("seed.example.org"),
+            PeerAddress::Direct {
+                host: Host::Name("seed.example.org".into()),
+                port: None
+            }
+        );
+        assert_eq!(ok("localhost:1").to_string(), "localhost:1");
+        assert_eq!(ok("[::1]:2").to_string(), "[::1]:2");
+    }
+
+    #[test]
+    fn every_malformed_form_names_its_problem() {
+        let cases = [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("127.0.0.1:", "port is missing"),
+            (":8333", "host is missing"),
+            ("127.0.0.1:abc", "not a number"),
+            ("127.0.0.1:-1", "not a number"),
+            ("127.0.0.1:0", "port 0"),
+            ("127.0.0.1:65536", "out of range"),
+            ("127.0.0.1:99999999999", "out of range"),
+            ("256.1.1.1:8333", "not a valid IPv4"),
+            ("1.2.3:8333", "not a valid IPv4"),
+            ("[::1:8333", "closing"),
+            ("[::1]8333", "after ']'"),
+            ("[1.2.3.4]:8333", "not an IPv6"),
+            ("[::1]:", "port is missing"),
+            ("2001:db8::1:8333:x", "several ':'"),
+            ("host name:8333", "contains ' '"),
+            ("bad..name", "empty label"),
+            ("-bad.example", "'-'"),
+            ("/ip4/1.2.3.4/tcp/1/p2p-circuit", "multiaddr"),
+            ("alice@127.0.0.1:9000", "PEER@COORDINATOR"),
+            ("tcp://127.0.0.1:1", "URL scheme"),
+        ];
+        for (input, needle) in cases {
+            let err = input.parse::<PeerAddress>().expect_err(input);
+            let msg = err.to_string();
+            assert!(msg.contains(needle), "{input:?}: {msg}");
+            assert!(msg.contains("accepted forms"), "{input:?}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The shared port (DESIGN.md decisions 1 and 2): one TCP port `L` that every
+//! connection of the node leaves from, and one accept loop on it that routes
+//! each inbound connection to whoever owns it.
+
+pub mod router;
+pub mod stream;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub use router::{Inbound, Route, Router, StreamKind};
+
+/// One TCP port, bound with `SO_REUSEADDR` + `SO_REUSEPORT` so that outbound
+/// connections (and later, punch attempts) can leave from it while it listens.
+pub struct SharedPort {
+    listeners: Vec<TcpListener>,
+    port: u16,
+    /// The address outbound connections bind to: the listen IP when it is a
+    /// specific one, so that the source address matches what peers expect.
+    bind_ip: Option<IpAddr>,
+}
+
+fn reusable_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // The v4 wildcard is bound separately; without this the v6 wildcard
+        // would claim v4 too and the second bind would clash.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = reusable_socket(addr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl SharedPort {
+    /// Binds `port` (0: the kernel picks one) on `ip`, or on both wildcards
+    /// (IPv4 and IPv6, same port) when `ip` is `None`. IPv6 is skipped with a
+    /// warning where the host has none.
+    pub fn bind(ip: Option<IpAddr>, port: u16) -> io::Result<SharedPort> {
+        match ip {
+            Some(ip) => {
+                let listener = listen_on(SocketAddr::new(ip, port))?;
+                let port = listener.local_addr()?.port();
+                Ok(SharedPort {
+                    listeners: vec![listener],
+                    port,
+                    bind_ip: Some(ip),
+                })
+            }
+            None => {
+                let v4 = listen_on(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?;
+                let port = v4.local_addr()?.port();
+                let mut listeners = vec![v4];
+                match listen_on(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
+                    Ok(v6) => listeners.push(v6),
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "no IPv6 listener on the shared port")
+                    }
+                }
+                Ok(SharedPort {
+                    listeners,
+                    port,
+                    bind_ip: None,
+                })
+            }
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Opens a TCP connection to `remote` from this port.
+    pub async fn dial(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        let local_ip = match (self.bind_ip, remote) {
+            (Some(ip), _) => ip,
+            (None, SocketAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+            (None, SocketAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        if local_ip.is_ipv4() != remote.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the shared port is bound to {local_ip}, which cannot reach {remote}"),
+            ));
+        }
+        dial_from(SocketAddr::new(local_ip, self.port), remote).await
+    }
+
+    /// Starts the accept loop: every inbound connection goes to `router`.
+    /// The loop ends when the returned handle is aborted or dropped with the
+    /// runtime.
+    pub fn spawn_accept_loop(self, router: std::sync::Arc<Router>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let accepts = self.listeners.into_iter().map(|listener| {
+                let router = router.clone();
+                async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, remote)) => router.clone().dispatch(stream, remote),
+                            Err(e) => {
+                                // EMFILE and friends: back off instead of spinning.
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(accepts).await;
+        })
+    }
+}
+
+/// `connect()` from `local` with the reuse options set, so that it can share
+/// `local`'s port with the listener and with other outbound connections.
+pub async fn dial_from(local: SocketAddr, remote: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match local {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(local)?;
+    socket.connect(remote).await
+}

@@ -1,0 +1,279 @@
+//! Routing of inbound connections on the shared port.
+//!
+//! First by remote endpoint: a connection from an endpoint that a punch in
+//! progress expects belongs to that punch, whatever it says. Then by the first
+//! bytes the dialer sends (in all three protocols the dialer speaks first):
+//! the multistream-select header is libp2p, network magic + `version` is a v1
+//! Bitcoin peer, and anything else is taken for a BIP324 key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::stream::{ByteCounters, Counted, Rewound};
+use crate::wire::Transport;
+
+const MULTISTREAM_HEADER: &[u8] = b"\x13/multistream/1.0.0\n";
+const V1_VERSION_COMMAND: &[u8; 12] = b"version\0\0\0\0\0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Libp2p,
+    Bitcoin(Transport),
+}
+
+/// Where classified connections go; one receiver per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Libp2p,
+    Bitcoin,
+}
+
+impl StreamKind {
+    fn route(self) -> Route {
+        match self {
+            StreamKind::Libp2p => Route::Libp2p,
+            StreamKind::Bitcoin(_) => Route::Bitcoin,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniff {
+    NeedMore,
+    Is(StreamKind),
+}
+
+/// Classifies a connection by the first bytes its dialer sent.
+pub fn sniff(prefix: &[u8], magic: [u8; 4]) -> Sniff {
+    let mut v1 = [0u8; 16];
+    v1[..4].copy_from_slice(&magic);
+    v1[4..].copy_from_slice(V1_VERSION_COMMAND);
+    let mut undecided = false;
+    for (pattern, kind) in [
+        (&v1[..], StreamKind::Bitcoin(Transport::V1)),
+        (MULTISTREAM_HEADER, StreamKind::Libp2p),
+    ] {
+        let n = prefix.len().min(pattern.len());
+        if prefix[..n] == pattern[..n] {
+            if n == pattern.len() {
+                return Sniff::Is(kind);
+            }
+            undecided = true;
+        }
+    }
+    if undecided {
+        Sniff::NeedMore
+    } else {
+        Sniff::Is(StreamKind::Bitcoin(Transport::V2))
+    }
+}
+
+pub type InboundStream = Rewound<Counted<TcpStream>>;
+
+pub struct Inbound {
+    /// The connection, with the bytes read for routing still to be read.
+    pub stream: InboundStream,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// What its first bytes said; `None` for a connection handed to a punch
+    /// by its endpoint, before anything was read.
+    pub kind: Option<StreamKind>,
+    pub accepted_at: Instant,
+    pub counters: Arc<ByteCounters>,
+}
+
+pub struct Router {
+    magic: [u8; 4],
+    sniff_timeout: Duration,
+    expected: Mutex<HashMap<SocketAddr, oneshot::Sender<Inbound>>>,
+    routes: Mutex<HashMap<Route, mpsc::Sender<Inbound>>>,
+}
+
+/// A punch's claim on connections from one remote endpoint; released on drop.
+pub struct Expectation {
+    router: Arc<Router>,
+    remote: SocketAddr,
+    pub inbound: oneshot::Receiver<Inbound>,
+}
+
+impl Drop for Expectation {
+    fn drop(&mut self) {
+        self.router.lock_expected().remove(&self.remote);
+    }
+}
+
+impl Router {
+    pub fn new(magic: [u8; 4], sniff_timeout: Duration) -> Arc<Router> {
+        Arc::new(Router {
+            magic,
+            sniff_timeout,
+            expected: Mutex::default(),
+            routes: Mutex::default(),
+        })
+    }
+
+    fn lock_expected(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<Inbound>>> {
+        self.expected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to a route; a later subscription replaces the earlier one.
+    pub fn subscribe(&self, route: Route, capacity: usize) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route, tx);
+        rx
+    }
+
+    /// Claims the next connection from `remote` (a punch in progress).
+    pub fn expect_from(self: &Arc<Self>, remote: SocketAddr) -> Expectation {
+        let (tx, rx) = oneshot::channel();
+        self.lock_expected().insert(remote, tx);
+        Expectation {
+            router: self.clone(),
+            remote,
+            inbound: rx,
+        }
+    }
+
+    pub(crate) fn dispatch(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let accepted_at = Instant::now();
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "dropping connection without a local address");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let counted = Counted::new(stream);
+        let counters = counted.counters();
+        let mut inbound = Inbound {
+            stream: Rewound::new(Vec::new(), counted),
+            local,
+            remote,
+            kind: None,
+            accepted_at,
+            counters,
+        };
+        if let Some(claim) = self.lock_expected().remove(&remote) {
+            tracing::debug!(%remote, "inbound connection belongs to a punch in progress");
+            if let Err(unclaimed) = claim.send(inbound) {
+                tracing::debug!(remote = %unclaimed.remote, "punch gave up before its connection arrived");
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            let (prefix, mut counted) = inbound.stream.into_inner();
+            debug_assert!(prefix.is_empty());
+            let read =
+                tokio::time::timeout(self.sniff_timeout, read_prefix(&mut counted, self.magic))
+                    .await;
+            let (kind, prefix) = match read {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, reason = %e, "closing inbound connection before routing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, timeout = ?self.sniff_timeout, "closing inbound connection: it sent too little to route");
+                    return;
+                }
+            };
+            inbound.stream = Rewound::new(prefix, counted);
+            inbound.kind = Some(kind);
+            let route = self
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&kind.route())
+                .cloned();
+            match route {
+                Some(tx) => {
+                    if tx.send(inbound).await.is_err() {
+                        tracing::info!(%remote, ?kind, "closing inbound connection: its handler has stopped");
+                    }
+                }
+                None => {
+                    tracing::info!(%remote, ?kind, "closing inbound connection: nothing here serves it")
+                }
+            }
+        });
+    }
+}
+
+async fn read_prefix(
+    stream: &mut Counted<TcpStream>,
+    magic: [u8; 4],
+) -> std::io::Result<(StreamKind, Vec<u8>)> {
+    let mut prefix = Vec::with_capacity(MULTISTREAM_HEADER.len());
+    loop {
+        if let Sniff::Is(kind) = sniff(&prefix, magic) {
+            return Ok((kind, prefix));
+        }
+        let mut chunk = [0u8; 32];
+        let want = MULTISTREAM_HEADER.len().saturating_sub(prefix.len()).max(1);
+        let n = stream.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "peer closed before its first bytes could be classified",
+            ));
+        }
+        prefix.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGTEST: [u8; 4] = [0xfa, 0xbf, 0xb5, 0xda];
+
+    #[test]
+    fn sniff_tells_the_three_dialers_apart() {
+        let mut v1 = REGTEST.to_vec();
+        v1.extend_from_slice(b"version\0\0\0\0\0");
+        assert_eq!(
+            sniff(&v1, REGTEST),
+            Sniff::Is(StreamKind::Bitcoin(Transport::V1))
+        );
+        assert_eq!(sniff(&v1[..10], REGTEST), Sniff::NeedMore);
+        assert_eq!(sniff(&[], REGTEST), Sniff::NeedMore);
+        assert_eq!(
+            sniff(MULTISTREAM_HEADER, REGTEST),
+            Sniff::Is(StreamKind::Libp2p)
+        );
+        assert_eq!(sniff(&MULTISTREAM_HEADER[..5], REGTEST), Sniff::NeedMore);
+        // A BIP324 key differs from both patterns within a few bytes.
+        assert_eq!(
+            sniff(&[0x42, 0x17, 0x99], REGTEST),
+            Sniff::Is(StreamKind::Bitcoin(Transport::V2))
+        );
+        // v1 on another network is not v1 for us: it goes the BIP324 way and
+        // fails there, as in Bitcoin Core.
+        let mut mainnet_v1 = vec![0xf9, 0xbe, 0xb4, 0xd9];
+        mainnet_v1.extend_from_slice(b"version\0\0\0\0\0");
+        assert_eq!(
+            sniff(&mainnet_v1, REGTEST),
+            Sniff::Is(StreamKind::Bitcoin(Transport::V2))
+        );
+        // A different v1 command first is not a v1 handshake.
+        let mut verack = REGTEST.to_vec();
+        verack.extend_from_slice(b"verack\0\0\0\0\0\0");
+        assert_eq!(
+            sniff(&verack, REGTEST),
+            Sniff::Is(StreamKind::Bitcoin(Transport::V2))
+        );
+    }
+}

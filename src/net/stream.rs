@@ -1,0 +1,188 @@
+//! Stream adapters that the shared port needs: replaying bytes that routing
+//! already read, and counting what crosses the wire for the outcome records.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream whose first bytes were already read (to decide where it goes) and
+/// are handed out again before the rest, so the next owner sees the whole stream.
+#[derive(Debug)]
+pub struct Rewound<S> {
+    prefix: Vec<u8>,
+    consumed: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            consumed: 0,
+            inner,
+        }
+    }
+
+    /// The bytes that will be replayed and have not been read yet.
+    pub fn pending_prefix(&self) -> &[u8] {
+        &self.prefix[self.consumed..]
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The underlying stream; only sound once the prefix was read, otherwise
+    /// those bytes are lost.
+    pub fn into_inner(self) -> (Vec<u8>, S) {
+        let rest = self.prefix[self.consumed..].to_vec();
+        (rest, self.inner)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.consumed < this.prefix.len() {
+            let rest = &this.prefix[this.consumed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.consumed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes read from and written to one connection. Shared so that the owner of
+/// the record can read the totals while the session holds the stream.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl ByteCounters {
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.received() + self.sent()
+    }
+}
+
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    counters: Arc<ByteCounters>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S) -> Self {
+        Self::with_counters(inner, Arc::default())
+    }
+
+    pub fn with_counters(inner: S, counters: Arc<ByteCounters>) -> Self {
+        Self { inner, counters }
+    }
+
+    pub fn counters(&self) -> Arc<ByteCounters> {
+        self.counters.clone()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        this.counters
+            .received
+            .fetch_add(read as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn rewound_replays_prefix_then_stream_and_counts() {
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b" world").await.unwrap();
+        drop(b);
+        let counted = Counted::new(a);
+        let counters = counted.counters();
+        let mut s = Rewound::new(b"hello".to_vec(), counted);
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+        // The replayed prefix was counted when it was first read, not again.
+        assert_eq!(counters.received(), 6);
+    }
+}

@@ -1,0 +1,176 @@
+//! A node: the shared port, its accept loop, and the Bitcoin sessions it
+//! serves. Later paths (punches, libp2p) attach to the same router.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::net::router::Inbound;
+use crate::net::{Route, Router, SharedPort, StreamKind};
+use crate::wire::{
+    Session, SessionConfig, SessionError, SessionReport, SessionRole, StreamContext, Transport,
+};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `None`: both wildcards, IPv4 and IPv6.
+    pub bind_ip: Option<IpAddr>,
+    pub port: u16,
+    pub session: SessionConfig,
+    /// A connected peer that sends nothing for this long is dropped.
+    pub idle_timeout: Duration,
+    /// A new connection must send its first bytes within this.
+    pub sniff_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(session: SessionConfig) -> Self {
+        Self {
+            bind_ip: None,
+            port: session.network.default_port(),
+            session,
+            idle_timeout: Duration::from_secs(20 * 60),
+            sniff_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happened to an inbound connection, for logs, tests and records.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    Established(Box<SessionReport>),
+    Failed { remote: SocketAddr, reason: String },
+    Closed { remote: SocketAddr, reason: String },
+}
+
+pub struct Node {
+    router: Arc<Router>,
+    local_addrs: Vec<SocketAddr>,
+    port: u16,
+    events: broadcast::Sender<NodeEvent>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Node {
+    pub fn start(config: NodeConfig) -> std::io::Result<Node> {
+        let shared = SharedPort::bind(config.bind_ip, config.port)?;
+        let port = shared.port();
+        let local_addrs = shared.local_addrs();
+        let router = Router::new(
+            config.session.network.magic().to_bytes(),
+            config.sniff_timeout,
+        );
+        let (events, _) = broadcast::channel(1024);
+        let mut bitcoin = router.subscribe(Route::Bitcoin, 64);
+        let accept = shared.spawn_accept_loop(router.clone());
+        let serve_events = events.clone();
+        let config = Arc::new(config);
+        let serve = tokio::spawn(async move {
+            // Sessions live in this set so that stopping the node stops them.
+            let mut sessions = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    inbound = bitcoin.recv() => match inbound {
+                        Some(inbound) => {
+                            sessions.spawn(serve_inbound(inbound, config.clone(), serve_events.clone()));
+                        }
+                        None => break,
+                    },
+                    Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                }
+            }
+        });
+        Ok(Node {
+            router,
+            local_addrs,
+            port,
+            events,
+            tasks: vec![accept, serve],
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+}
+
+async fn serve_inbound(
+    inbound: Inbound,
+    config: Arc<NodeConfig>,
+    events: broadcast::Sender<NodeEvent>,
+) {
+    let remote = inbound.remote;
+    let transport = match inbound.kind {
+        Some(StreamKind::Bitcoin(t)) => t,
+        _ => Transport::V2,
+    };
+    let ctx = StreamContext {
+        local: inbound.local,
+        remote,
+        started: inbound.accepted_at,
+        tcp_at: inbound.accepted_at,
+        counters: inbound.counters.clone(),
+    };
+    let established = Session::establish(
+        inbound.stream,
+        ctx,
+        SessionRole::Responder,
+        transport,
+        &config.session,
+    )
+    .await;
+    let session = match established {
+        Ok(s) => s,
+        Err(e) => {
+            report_failure(&events, remote, &e);
+            return;
+        }
+    };
+    let r = &session.report;
+    tracing::info!(
+        %remote,
+        transport = %r.transport,
+        session_id = r.session_id.as_deref().unwrap_or("-"),
+        peer = %r.peer.user_agent,
+        rtt_ms = r.rtt_ms.unwrap_or_default(),
+        "session established"
+    );
+    let _ = events.send(NodeEvent::Established(Box::new(r.clone())));
+    let ended = session.serve(config.idle_timeout).await;
+    tracing::info!(%remote, reason = %ended, "session closed");
+    let _ = events.send(NodeEvent::Closed {
+        remote,
+        reason: ended.to_string(),
+    });
+}
+
+fn report_failure(events: &broadcast::Sender<NodeEvent>, remote: SocketAddr, e: &SessionError) {
+    tracing::warn!(%remote, reason = %e, "closing connection");
+    let _ = events.send(NodeEvent::Failed {
+        remote,
+        reason: e.to_string(),
+    });
+}

@@ -1,0 +1,148 @@
+//! Outcome records (DESIGN.md decision 6): every attempt ends in one JSON
+//! object; tables, plots and benchmarks are built from these only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Phases, SessionError, SessionReport, SessionRole, Stage, Transport};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Path {
+    #[serde(rename = "libp2p")]
+    Libp2p,
+    #[serde(rename = "native")]
+    Native,
+    #[serde(rename = "stock-dcutr")]
+    StockDcutr,
+    #[serde(rename = "direct")]
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WonBy {
+    Connect,
+    Accept,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bytes {
+    pub coordination: u64,
+    pub direct: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub coordination: Option<f64>,
+    pub tcp: Option<f64>,
+    pub handshake: Option<f64>,
+    pub verack: Option<f64>,
+    pub pong: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub path: Path,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// The step that failed, when one did.
+    pub failed_at: Option<Stage>,
+    pub role: SessionRole,
+    pub transport: Option<Transport>,
+    pub session_id: Option<String>,
+    pub local: Option<String>,
+    pub remote: Option<String>,
+    pub via: Option<String>,
+    pub attempts: u32,
+    pub won_by: Option<WonBy>,
+    pub t_ms: Timings,
+    pub bytes: Bytes,
+    pub peer_user_agent: Option<String>,
+    pub peer_version: Option<u32>,
+    pub peer_services: Option<u64>,
+    pub peer_start_height: Option<i32>,
+    /// Where the peer says it sees us (its version's `addr_recv`).
+    pub peer_sees_us_at: Option<String>,
+    pub rtt_ms: Option<f64>,
+    /// Set when a BIP324 try failed and v1 was used instead.
+    pub v2_fallback_reason: Option<String>,
+}
+
+impl Outcome {
+    fn empty(path: Path, role: SessionRole) -> Outcome {
+        Outcome {
+            path,
+            ok: false,
+            error: None,
+            failed_at: None,
+            role,
+            transport: None,
+            session_id: None,
+            local: None,
+            remote: None,
+            via: None,
+            attempts: 1,
+            won_by: None,
+            t_ms: Timings::default(),
+            bytes: Bytes::default(),
+            peer_user_agent: None,
+            peer_version: None,
+            peer_services: None,
+            peer_start_height: None,
+            peer_sees_us_at: None,
+            rtt_ms: None,
+            v2_fallback_reason: None,
+        }
+    }
+
+    pub fn from_session(path: Path, report: &SessionReport) -> Outcome {
+        let Phases {
+            tcp,
+            handshake,
+            verack,
+            pong,
+        } = report.t_ms.clone();
+        Outcome {
+            ok: true,
+            transport: Some(report.transport),
+            session_id: report.session_id.clone(),
+            local: Some(report.local.to_string()),
+            remote: Some(report.remote.to_string()),
+            t_ms: Timings {
+                coordination: None,
+                tcp,
+                handshake,
+                verack,
+                pong,
+            },
+            bytes: Bytes {
+                coordination: 0,
+                direct: report.bytes_sent + report.bytes_received,
+            },
+            peer_user_agent: Some(report.peer.user_agent.clone()),
+            peer_version: Some(report.peer.version),
+            peer_services: Some(report.peer.services),
+            peer_start_height: Some(report.peer.start_height),
+            peer_sees_us_at: report.peer.sees_us_at.map(|a| a.to_string()),
+            rtt_ms: report.rtt_ms,
+            ..Outcome::empty(path, report.role)
+        }
+    }
+
+    pub fn from_error(
+        path: Path,
+        role: SessionRole,
+        remote: Option<String>,
+        error: &SessionError,
+    ) -> Outcome {
+        Outcome {
+            error: Some(error.to_string()),
+            failed_at: Some(error.stage),
+            remote,
+            ..Outcome::empty(path, role)
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("outcome records always serialize")
+    }
+}

@@ -1,0 +1,296 @@
+//! A message channel on one stream: plaintext v1 framing, or BIP324 v2 after
+//! a handshake driven here on top of the bip324 crate's sans-IO `Handshake`
+//! (its async wrapper hides the session id, which decision 5 needs).
+
+use std::time::Duration;
+
+use bip324::{
+    GarbageResult, Handshake, InboundCipher, Initialized, OutboundCipher, PacketType, Role,
+    VersionResult, NUM_LENGTH_BYTES,
+};
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::Magic;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+use super::codec::{self, V2Decoded, MAX_V2_CONTENTS, V1_HEADER_LEN};
+use super::error::{SessionError, Stage, WireError};
+
+const ELLSWIFT_LEN: usize = 64;
+const GARBAGE_TERMINATOR_LEN: usize = 16;
+const MAX_GARBAGE_LEN: usize = 4095;
+/// Length of a v2 packet's header byte + AEAD tag, on top of its contents.
+const V2_PACKET_OVERHEAD: usize = 1 + 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    V1,
+    V2,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::V1 => "v1",
+            Transport::V2 => "v2",
+        })
+    }
+}
+
+enum Framing {
+    V1,
+    V2 {
+        inbound: InboundCipher,
+        outbound: OutboundCipher,
+    },
+}
+
+pub struct Channel<S> {
+    io: BufReader<S>,
+    magic: Magic,
+    framing: Framing,
+    session_id: Option<[u8; 32]>,
+    /// Every read and write must finish before this instant; it bounds the
+    /// whole establishment so that a stalling peer cannot hold a slot.
+    deadline: Option<Instant>,
+    /// How long the deadline was, for the error message.
+    budget: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
+    pub fn v1(stream: S, magic: Magic) -> Self {
+        Self {
+            io: BufReader::new(stream),
+            magic,
+            framing: Framing::V1,
+            session_id: None,
+            deadline: None,
+            budget: Duration::ZERO,
+        }
+    }
+
+    /// Runs the BIP324 handshake on `stream` and returns a v2 channel.
+    pub async fn v2(
+        stream: S,
+        magic: Magic,
+        role: Role,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<Self, SessionError> {
+        let mut channel = Self::v1(stream, magic);
+        channel.set_deadline(deadline);
+        channel.bip324_handshake(role).await?;
+        Ok(channel)
+    }
+
+    pub fn set_deadline(&mut self, deadline: Option<(Instant, Duration)>) {
+        self.deadline = deadline.map(|(d, _)| d);
+        self.budget = deadline.map(|(_, b)| b).unwrap_or_default();
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self.framing {
+            Framing::V1 => Transport::V1,
+            Framing::V2 { .. } => Transport::V2,
+        }
+    }
+
+    pub fn session_id(&self) -> Option<[u8; 32]> {
+        self.session_id
+    }
+
+    pub fn get_ref(&self) -> &S {
+        self.io.get_ref()
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
+        let read = self.io.read_exact(buf);
+        within(self.deadline, self.budget, async {
+            read.await.map(|_| ()).map_err(WireError::from)
+        })
+        .await
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let io = &mut self.io;
+        within(self.deadline, self.budget, async {
+            io.write_all(bytes).await?;
+            io.flush().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bip324_handshake(&mut self, role: Role) -> Result<(), SessionError> {
+        let magic = self.magic.to_bytes();
+        let at = |stage| move |e| SessionError::new(stage, e);
+
+        let handshake = Handshake::<Initialized>::new(magic, role)
+            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        let mut key = vec![0u8; Handshake::<Initialized>::send_key_len(None)];
+        let handshake = handshake
+            .send_key(None, &mut key)
+            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        self.write_all(&key)
+            .await
+            .map_err(at(Stage::Bip324KeyExchange))?;
+
+        let mut their_key = [0u8; ELLSWIFT_LEN];
+        self.read_exact(&mut their_key)
+            .await
+            .map_err(at(Stage::Bip324KeyExchange))?;
+        let handshake = match handshake.receive_key(their_key) {
+            Ok(h) => h,
+            Err(bip324::Error::V1Protocol) => {
+                return Err(SessionError::new(
+                    Stage::Bip324KeyExchange,
+                    WireError::PeerSpeaksV1,
+                ))
+            }
+            Err(e) => return Err(SessionError::new(Stage::Bip324KeyExchange, e.into())),
+        };
+
+        let mut version = vec![0u8; Handshake::<bip324::ReceivedKey>::send_version_len(None)];
+        let handshake = handshake
+            .send_version(&mut version, None)
+            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        self.write_all(&version)
+            .await
+            .map_err(at(Stage::Bip324KeyExchange))?;
+
+        // The peer may send up to 4095 bytes of garbage before its terminator.
+        // Reading byte by byte (from the buffer) leaves whatever follows the
+        // terminator in the stream, where the packet reader expects it.
+        let mut garbage = vec![0u8; GARBAGE_TERMINATOR_LEN];
+        self.read_exact(&mut garbage)
+            .await
+            .map_err(at(Stage::Bip324Garbage))?;
+        let mut pending = handshake;
+        let (mut handshake, consumed) = loop {
+            match pending.receive_garbage(&garbage) {
+                Ok(GarbageResult::FoundGarbage {
+                    handshake,
+                    consumed_bytes,
+                }) => break (handshake, consumed_bytes),
+                Ok(GarbageResult::NeedMoreData(h)) => {
+                    if garbage.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
+                        return Err(SessionError::new(
+                            Stage::Bip324Garbage,
+                            bip324::Error::NoGarbageTerminator.into(),
+                        ));
+                    }
+                    pending = h;
+                    let mut byte = [0u8; 1];
+                    self.read_exact(&mut byte)
+                        .await
+                        .map_err(at(Stage::Bip324Garbage))?;
+                    garbage.push(byte[0]);
+                }
+                Err(e) => return Err(SessionError::new(Stage::Bip324Garbage, e.into())),
+            }
+        };
+        debug_assert_eq!(consumed, garbage.len());
+
+        // Decoy packets may precede the version packet; all must authenticate.
+        let cipher = loop {
+            let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
+            self.read_exact(&mut len_bytes)
+                .await
+                .map_err(at(Stage::Bip324Version))?;
+            let len = handshake
+                .decrypt_packet_len(len_bytes)
+                .map_err(|e| SessionError::new(Stage::Bip324Version, e.into()))?;
+            if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
+                return Err(SessionError::new(
+                    Stage::Bip324Version,
+                    WireError::Oversized {
+                        len,
+                        max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
+                    },
+                ));
+            }
+            let mut packet = vec![0u8; len];
+            self.read_exact(&mut packet)
+                .await
+                .map_err(at(Stage::Bip324Version))?;
+            match handshake.receive_version(&mut packet) {
+                Ok(VersionResult::Complete { cipher }) => break cipher,
+                Ok(VersionResult::Decoy(h)) => handshake = h,
+                Err(e) => return Err(SessionError::new(Stage::Bip324Version, e.into())),
+            }
+        };
+        self.session_id = Some(*cipher.id());
+        let (inbound, outbound) = cipher.into_split();
+        self.framing = Framing::V2 { inbound, outbound };
+        Ok(())
+    }
+
+    pub async fn send(&mut self, msg: &NetworkMessage) -> Result<(), WireError> {
+        let bytes = match &mut self.framing {
+            Framing::V1 => codec::encode_v1(self.magic, msg),
+            Framing::V2 { outbound, .. } => {
+                outbound.encrypt_to_vec(&codec::encode_v2_contents(msg), PacketType::Genuine, None)
+            }
+        };
+        self.write_all(&bytes).await
+    }
+
+    /// The next message from the peer. v2 decoy packets are skipped; a v2
+    /// packet with an unassigned short id is returned as `None`.
+    pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
+        match self.framing {
+            Framing::V1 => {
+                let mut header = [0u8; V1_HEADER_LEN];
+                self.read_exact(&mut header).await?;
+                let parsed = codec::parse_v1_header(self.magic, &header)?;
+                let mut message = header.to_vec();
+                message.resize(V1_HEADER_LEN + parsed.len, 0);
+                self.read_exact(&mut message[V1_HEADER_LEN..]).await?;
+                codec::decode_v1(&message).map(Some)
+            }
+            Framing::V2 { .. } => loop {
+                let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
+                self.read_exact(&mut len_bytes).await?;
+                let Framing::V2 { inbound, .. } = &mut self.framing else {
+                    unreachable!("framing does not change after the handshake")
+                };
+                let len = inbound.decrypt_packet_len(len_bytes);
+                if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
+                    return Err(WireError::Oversized {
+                        len,
+                        max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
+                    });
+                }
+                let mut packet = vec![0u8; len];
+                self.read_exact(&mut packet).await?;
+                let Framing::V2 { inbound, .. } = &mut self.framing else {
+                    unreachable!("framing does not change after the handshake")
+                };
+                let (kind, plaintext) = inbound.decrypt_to_vec(&packet, None)?;
+                if kind == PacketType::Decoy {
+                    continue;
+                }
+                return match codec::decode_v2_contents(self.magic, &plaintext[1..])? {
+                    V2Decoded::Message(m) => Ok(Some(m)),
+                    V2Decoded::UnknownShortId(id) => {
+                        tracing::debug!(id, "ignoring v2 message with unassigned short id");
+                        Ok(None)
+                    }
+                };
+            },
+        }
+    }
+}
+
+async fn within<T>(
+    deadline: Option<Instant>,
+    budget: Duration,
+    fut: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, WireError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut)
+            .await
+            .map_err(|_| WireError::Timeout(budget))?,
+        None => fut.await,
+    }
+}

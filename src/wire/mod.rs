@@ -1,0 +1,127 @@
+//! Bitcoin P2P on a stream: BIP324 v2 (with the bip324 crate) or v1, and the
+//! version/verack/ping exchange that every session starts with.
+
+pub mod channel;
+pub mod codec;
+pub mod error;
+pub mod network;
+pub mod session;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub use channel::{Channel, Transport};
+pub use error::{SessionError, Stage, WireError};
+pub use network::Network;
+pub use session::{
+    Phases, Session, SessionConfig, SessionReport, SessionRole, StreamContext, TransportPolicy,
+};
+
+use crate::net::stream::Counted;
+use crate::net::SharedPort;
+
+/// What an outbound `connect` ended with, including the failed tries.
+pub struct ConnectOutcome {
+    pub result: Result<Session<Counted<TcpStream>>, SessionError>,
+    /// TCP connections opened: 2 when a v2 try fell back to v1.
+    pub attempts: u32,
+    /// The v2 failure that made us fall back to v1, if any.
+    pub fell_back: Option<SessionError>,
+    /// Bytes of every attempt, the failed ones included.
+    pub bytes_total: u64,
+}
+
+/// Opens an outbound session to `remote` the way Bitcoin Core does with
+/// `-v2transport`: BIP324 first, and on a failure that looks like a v1-only
+/// peer, a new TCP connection speaking v1. Dials from the shared port when one
+/// is given.
+pub async fn connect(
+    remote: SocketAddr,
+    config: &SessionConfig,
+    from: Option<&SharedPort>,
+    started: Instant,
+) -> ConnectOutcome {
+    let first = match config.transport {
+        TransportPolicy::V1 => Transport::V1,
+        TransportPolicy::Auto | TransportPolicy::V2 => Transport::V2,
+    };
+    let mut bytes_total = 0;
+    let result = connect_once(remote, config, from, started, first, &mut bytes_total).await;
+    match result {
+        Err(e) if e.peer_may_be_v1 && config.transport == TransportPolicy::Auto => {
+            tracing::info!(%remote, reason = %e, "BIP324 failed like a v1-only peer; reconnecting with v1");
+            let retry = connect_once(
+                remote,
+                config,
+                from,
+                started,
+                Transport::V1,
+                &mut bytes_total,
+            )
+            .await;
+            ConnectOutcome {
+                result: retry,
+                attempts: 2,
+                fell_back: Some(e),
+                bytes_total,
+            }
+        }
+        Err(mut e) if e.peer_may_be_v1 && config.transport == TransportPolicy::V2 => {
+            e.error = WireError::Protocol(format!(
+                "{}; the peer may only speak v1 (try --transport auto or v1)",
+                e.error
+            ));
+            ConnectOutcome {
+                result: Err(e),
+                attempts: 1,
+                fell_back: None,
+                bytes_total,
+            }
+        }
+        result => ConnectOutcome {
+            result,
+            attempts: 1,
+            fell_back: None,
+            bytes_total,
+        },
+    }
+}
+
+async fn connect_once(
+    remote: SocketAddr,
+    config: &SessionConfig,
+    from: Option<&SharedPort>,
+    started: Instant,
+    transport: Transport,
+    bytes_total: &mut u64,
+) -> Result<Session<Counted<TcpStream>>, SessionError> {
+    let dial = async {
+        match from {
+            Some(port) => port.dial(remote).await,
+            None => TcpStream::connect(remote).await,
+        }
+    };
+    let stream = tokio::time::timeout(config.handshake_timeout, dial)
+        .await
+        .map_err(|_| {
+            SessionError::new(Stage::Connect, WireError::Timeout(config.handshake_timeout))
+        })?
+        .map_err(|e| SessionError::new(Stage::Connect, WireError::Io(e)))?;
+    let _ = stream.set_nodelay(true);
+    let ctx = StreamContext {
+        local: stream
+            .local_addr()
+            .map_err(|e| SessionError::new(Stage::Connect, WireError::Io(e)))?,
+        remote,
+        started,
+        tcp_at: Instant::now(),
+        counters: Default::default(),
+    };
+    let counted = Counted::with_counters(stream, ctx.counters.clone());
+    let counters = ctx.counters.clone();
+    let result = Session::establish(counted, ctx, SessionRole::Initiator, transport, config).await;
+    *bytes_total += counters.total();
+    result
+}

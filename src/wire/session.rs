@@ -1,0 +1,405 @@
+//! One Bitcoin P2P session on an established stream: transport set-up (v1, or
+//! BIP324 v2), the version/verack handshake, and a ping to measure RTT.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bip324::Role;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::{Address, ServiceFlags};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::channel::{Channel, Transport};
+use super::error::{SessionError, Stage, WireError};
+use super::network::Network;
+use crate::net::stream::ByteCounters;
+
+/// The protocol version we announce: 70016 is the first with `wtxidrelay`,
+/// the level every current Bitcoin Core peer speaks.
+pub const PROTOCOL_VERSION: u32 = 70016;
+
+pub fn user_agent() -> String {
+    format!("/bitpunch:{}/", env!("CARGO_PKG_VERSION"))
+}
+
+/// Which transports a side is willing to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportPolicy {
+    /// BIP324 first; reconnect with v1 when the peer looks v1-only (outbound),
+    /// serve both (inbound). Bitcoin Core's `-v2transport=1` behaviour.
+    #[default]
+    Auto,
+    /// BIP324 only.
+    V2,
+    /// Plaintext v1 only, as a node from before BIP324.
+    V1,
+}
+
+impl TransportPolicy {
+    pub fn allows(self, transport: Transport) -> bool {
+        match self {
+            TransportPolicy::Auto => true,
+            TransportPolicy::V2 => transport == Transport::V2,
+            TransportPolicy::V1 => transport == Transport::V1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub network: Network,
+    pub transport: TransportPolicy,
+    pub user_agent: String,
+    pub services: ServiceFlags,
+    pub start_height: i32,
+    /// Bound on everything from TCP established to pong received.
+    pub handshake_timeout: Duration,
+}
+
+impl SessionConfig {
+    pub fn new(network: Network) -> Self {
+        Self {
+            network,
+            transport: TransportPolicy::Auto,
+            user_agent: user_agent(),
+            services: ServiceFlags::NONE,
+            start_height: 0,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn announced_services(&self) -> ServiceFlags {
+        if self.transport == TransportPolicy::V1 {
+            self.services
+        } else {
+            self.services | ServiceFlags::P2P_V2
+        }
+    }
+}
+
+/// Milliseconds since the connection was asked for, per phase.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Phases {
+    pub tcp: Option<f64>,
+    pub handshake: Option<f64>,
+    pub verack: Option<f64>,
+    pub pong: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    pub user_agent: String,
+    pub version: u32,
+    pub services: u64,
+    pub start_height: i32,
+    /// The `addr_recv` of the peer's version: where the peer sees us.
+    pub sees_us_at: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionReport {
+    pub role: SessionRole,
+    pub transport: Transport,
+    pub session_id: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub peer: PeerInfo,
+    pub rtt_ms: Option<f64>,
+    pub t_ms: Phases,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionRole {
+    Initiator,
+    Responder,
+}
+
+impl From<SessionRole> for Role {
+    fn from(r: SessionRole) -> Role {
+        match r {
+            SessionRole::Initiator => Role::Initiator,
+            SessionRole::Responder => Role::Responder,
+        }
+    }
+}
+
+/// Where and when a stream came from, for the report.
+#[derive(Debug, Clone)]
+pub struct StreamContext {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// When the connection was asked for: all phase times count from here.
+    pub started: Instant,
+    /// When TCP was established.
+    pub tcp_at: Instant,
+    pub counters: Arc<ByteCounters>,
+}
+
+pub struct Session<S> {
+    channel: Channel<S>,
+    pub report: SessionReport,
+}
+
+/// Milliseconds, rounded to the microsecond the clock can honestly resolve.
+fn ms_since(start: Instant, t: Instant) -> f64 {
+    let micros = t.saturating_duration_since(start).as_micros() as f64;
+    micros / 1000.0
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn socket_of(address: &Address) -> Option<SocketAddr> {
+    address.socket_addr().ok()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Sets up `transport` on `stream` and runs version/verack/ping.
+    ///
+    /// `role` says who speaks first, and for v2 who is the BIP324 initiator; it
+    /// comes from whoever asked for the connection, not from the socket.
+    pub async fn establish(
+        stream: S,
+        ctx: StreamContext,
+        role: SessionRole,
+        transport: Transport,
+        config: &SessionConfig,
+    ) -> Result<Session<S>, SessionError> {
+        if !config.transport.allows(transport) {
+            let why = match transport {
+                Transport::V1 => "v1 is disabled (--transport v2)",
+                Transport::V2 => "BIP324 v2 is disabled (--transport v1)",
+            };
+            let stage = match transport {
+                Transport::V1 => Stage::Version,
+                Transport::V2 => Stage::Bip324KeyExchange,
+            };
+            return Err(SessionError::new(stage, WireError::NotAllowed(why)));
+        }
+        let budget = config.handshake_timeout;
+        let deadline = Some((ctx.tcp_at + budget, budget));
+        let magic = config.network.magic();
+        let channel = match transport {
+            Transport::V1 => {
+                let mut c = Channel::v1(stream, magic);
+                c.set_deadline(deadline);
+                c
+            }
+            Transport::V2 => Channel::v2(stream, magic, role.into(), deadline).await?,
+        };
+        let handshake_at = Instant::now();
+        let mut session = Session {
+            report: SessionReport {
+                role,
+                transport,
+                session_id: channel.session_id().map(hex::encode),
+                local: ctx.local,
+                remote: ctx.remote,
+                peer: PeerInfo {
+                    user_agent: String::new(),
+                    version: 0,
+                    services: 0,
+                    start_height: 0,
+                    sees_us_at: None,
+                },
+                rtt_ms: None,
+                t_ms: Phases {
+                    tcp: Some(ms_since(ctx.started, ctx.tcp_at)),
+                    handshake: Some(ms_since(ctx.started, handshake_at)),
+                    ..Phases::default()
+                },
+                bytes_sent: 0,
+                bytes_received: 0,
+            },
+            channel,
+        };
+        session.version_handshake(&ctx, config).await?;
+        session.ping(&ctx).await?;
+        session.channel.set_deadline(None);
+        session.report.bytes_sent = ctx.counters.sent();
+        session.report.bytes_received = ctx.counters.received();
+        Ok(session)
+    }
+
+    fn our_version(&self, config: &SessionConfig, nonce: u64) -> NetworkMessage {
+        let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        let mut version = VersionMessage::new(
+            config.announced_services(),
+            unix_now(),
+            Address::new(&self.report.remote, ServiceFlags::NONE),
+            Address::new(&unspecified, config.announced_services()),
+            nonce,
+            config.user_agent.clone(),
+            config.start_height,
+        );
+        version.version = PROTOCOL_VERSION;
+        // We announce no transactions of our own and want none relayed.
+        version.relay = false;
+        NetworkMessage::Version(version)
+    }
+
+    async fn version_handshake(
+        &mut self,
+        ctx: &StreamContext,
+        config: &SessionConfig,
+    ) -> Result<(), SessionError> {
+        let nonce: u64 = rand::random();
+        if self.report.role == SessionRole::Initiator {
+            let ours = self.our_version(config, nonce);
+            self.send(&ours, Stage::Version).await?;
+        }
+        let mut got_version = false;
+        let mut got_verack = false;
+        while !(got_version && got_verack) {
+            let stage = if got_version {
+                Stage::Verack
+            } else {
+                Stage::Version
+            };
+            let Some(msg) = self.recv(stage).await? else {
+                continue;
+            };
+            match msg {
+                NetworkMessage::Version(v) if !got_version => {
+                    if v.nonce == nonce && self.report.role == SessionRole::Initiator {
+                        return Err(protocol(stage, "connected to ourselves (version nonce)"));
+                    }
+                    self.report.peer = PeerInfo {
+                        user_agent: v.user_agent.clone(),
+                        version: v.version,
+                        services: v.services.to_u64(),
+                        start_height: v.start_height,
+                        sees_us_at: socket_of(&v.receiver),
+                    };
+                    got_version = true;
+                    if self.report.role == SessionRole::Responder {
+                        let ours = self.our_version(config, nonce);
+                        self.send(&ours, Stage::Version).await?;
+                    }
+                    self.send(&NetworkMessage::Verack, Stage::Version).await?;
+                }
+                NetworkMessage::Version(_) => {
+                    return Err(protocol(stage, "second version message"));
+                }
+                _ if !got_version => {
+                    return Err(protocol(
+                        stage,
+                        &format!("{:?} before version", msg.command()),
+                    ));
+                }
+                NetworkMessage::Verack => got_verack = true,
+                other => self.answer(other, stage).await?,
+            }
+        }
+        self.report.t_ms.verack = Some(ms_since(ctx.started, Instant::now()));
+        Ok(())
+    }
+
+    async fn ping(&mut self, ctx: &StreamContext) -> Result<(), SessionError> {
+        let nonce: u64 = rand::random();
+        let sent = Instant::now();
+        self.send(&NetworkMessage::Ping(nonce), Stage::Ping).await?;
+        loop {
+            match self.recv(Stage::Ping).await? {
+                Some(NetworkMessage::Pong(n)) if n == nonce => break,
+                Some(other) => self.answer(other, Stage::Ping).await?,
+                None => {}
+            }
+        }
+        let now = Instant::now();
+        self.report.rtt_ms = Some(ms_since(sent, now));
+        self.report.t_ms.pong = Some(ms_since(ctx.started, now));
+        Ok(())
+    }
+
+    /// The part of a node's message handling that a session without a chain
+    /// needs: pings are answered, everything else is ignored.
+    async fn answer(&mut self, msg: NetworkMessage, stage: Stage) -> Result<(), SessionError> {
+        match msg {
+            NetworkMessage::Ping(n) => self.send(&NetworkMessage::Pong(n), stage).await,
+            NetworkMessage::Verack | NetworkMessage::Version(_) => {
+                Err(protocol(stage, &format!("unexpected {}", msg.cmd())))
+            }
+            other => {
+                tracing::trace!(command = %other.command(), "ignoring message");
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: &NetworkMessage, stage: Stage) -> Result<(), SessionError> {
+        self.channel
+            .send(msg)
+            .await
+            .map_err(|e| SessionError::new(stage, e))
+    }
+
+    async fn recv(&mut self, stage: Stage) -> Result<Option<NetworkMessage>, SessionError> {
+        self.channel
+            .recv()
+            .await
+            .map_err(|e| SessionError::new(stage, e))
+    }
+
+    /// Keeps the session open, answering pings, until the peer leaves or is
+    /// silent for `idle`. Returns why it ended.
+    pub async fn serve(mut self, idle: Duration) -> SessionError {
+        loop {
+            let next = tokio::time::timeout(idle, self.channel.recv()).await;
+            let result = match next {
+                Err(_) => Err(WireError::Timeout(idle)),
+                Ok(Ok(Some(msg))) => match self.answer(msg, Stage::Serving).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => return e,
+                },
+                Ok(Ok(None)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+            };
+            if let Err(e) = result {
+                return SessionError::new(Stage::Serving, e);
+            }
+        }
+    }
+
+    /// A fresh ping/pong round trip on an established session; pings the
+    /// peer sends meanwhile are answered.
+    pub async fn measure_rtt(&mut self, timeout: Duration) -> Result<Duration, SessionError> {
+        let deadline = Instant::now() + timeout;
+        self.channel.set_deadline(Some((deadline, timeout)));
+        let nonce: u64 = rand::random();
+        let sent = Instant::now();
+        let result = async {
+            self.send(&NetworkMessage::Ping(nonce), Stage::Ping).await?;
+            loop {
+                match self.recv(Stage::Ping).await? {
+                    Some(NetworkMessage::Pong(n)) if n == nonce => return Ok(sent.elapsed()),
+                    Some(other) => self.answer(other, Stage::Ping).await?,
+                    None => {}
+                }
+            }
+        }
+        .await;
+        self.channel.set_deadline(None);
+        result
+    }
+
+    pub fn stream(&self) -> &S {
+        self.channel.get_ref()
+    }
+}
+
+fn protocol(stage: Stage, what: &str) -> SessionError {
+    SessionError::new(stage, WireError::Protocol(what.to_string()))
+}

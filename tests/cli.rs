@@ -1,0 +1,165 @@
+//! The `bitpunch` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn bitpunch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bitpunch"))
+}
+
+/// Kills the child when the test ends, also when it fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn malformed_addresses_get_one_clear_line_and_a_nonzero_exit() {
+    let cases = [
+        ("", "empty"),
+        ("127.0.0.1:", "port is missing"),
+        ("127.0.0.1:99999", "out of range"),
+        ("127.0.0.1:http", "not a number"),
+        ("[::1", "closing"),
+        ("[::1]x", "after ']'"),
+        ("[127.0.0.1]:8333", "not an IPv6"),
+        ("300.1.2.3", "not a valid IPv4"),
+        ("a b", "contains"),
+        ("1:2:3", "several ':'"),
+        ("/ip4/203.0.113.1/tcp/4001/p2p-circuit", "multiaddr"),
+        ("peer@203.0.113.1:8333", "PEER@COORDINATOR"),
+    ];
+    for (address, needle) in cases {
+        let out = bitpunch()
+            .args(["connect", address, "--network", "regtest", "-q"])
+            .output()
+            .expect("run bitpunch");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{address:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{address:?}: stdout not empty");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{address:?}: one line expected, got {stderr}"
+        );
+        assert!(lines[0].contains(needle), "{address:?}: {stderr}");
+        assert!(lines[0].contains("accepted forms"), "{address:?}: {stderr}");
+    }
+}
+
+#[test]
+fn node_and_connect_print_a_v2_outcome_record() {
+    let mut node = Running(
+        bitpunch()
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--network",
+                "regtest",
+                "-q",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start node"),
+    );
+    let mut first = String::new();
+    BufReader::new(node.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .trim()
+        .to_string();
+
+    let out = bitpunch()
+        .args([
+            "connect",
+            &addr,
+            "--network",
+            "regtest",
+            "--json",
+            "--timeout",
+            "10",
+            "-q",
+        ])
+        .output()
+        .expect("run connect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    assert_eq!(record["path"], "direct");
+    assert_eq!(record["ok"], true);
+    assert_eq!(record["transport"], "v2");
+    assert_eq!(record["role"], "initiator");
+    assert_eq!(record["remote"], addr.as_str());
+    assert_eq!(record["session_id"].as_str().map(str::len), Some(64));
+    assert!(record["peer_user_agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("/bitpunch:"));
+    for phase in ["tcp", "handshake", "verack", "pong"] {
+        assert!(
+            record["t_ms"][phase].as_f64().is_some(),
+            "t_ms.{phase} missing"
+        );
+    }
+    assert!(record["bytes"]["direct"].as_u64().unwrap() > 0);
+
+    // The human summary of the same exchange, in v1.
+    let out = bitpunch()
+        .args([
+            "connect",
+            &addr,
+            "--network",
+            "regtest",
+            "--transport",
+            "v1",
+            "-q",
+        ])
+        .output()
+        .expect("run connect");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("transport   v1"), "{stdout}");
+}
+
+#[test]
+fn connect_to_a_closed_port_fails_with_a_record() {
+    // Bind and release a port so that nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = bitpunch()
+        .args([
+            "connect",
+            &format!("127.0.0.1:{port}"),
+            "--network",
+            "regtest",
+            "--json",
+        ])
+        .args(["--timeout", "5", "-q"])
+        .output()
+        .expect("run connect");
+    assert_eq!(out.status.code(), Some(1));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    assert_eq!(record["ok"], false);
+    assert_eq!(record["failed_at"], "connect");
+    assert!(
+        record["error"].as_str().unwrap().contains("refused"),
+        "{record}"
+    );
+}
