@@ -7,6 +7,7 @@
 //! [`node`] ties the inbound side together.
 
 pub mod address;
+pub mod lab;
 pub mod net;
 pub mod node;
 pub mod report;

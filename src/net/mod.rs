@@ -36,7 +36,9 @@ fn reusable_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listener on `addr` with the reuse options, so that outbound connections
+/// can share its port. Must be called inside a tokio runtime.
+pub fn listen_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = reusable_socket(addr)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -50,7 +52,7 @@ impl SharedPort {
     pub fn bind(ip: Option<IpAddr>, port: u16) -> io::Result<SharedPort> {
         match ip {
             Some(ip) => {
-                let listener = listen_on(SocketAddr::new(ip, port))?;
+                let listener = listen_reusable(SocketAddr::new(ip, port))?;
                 let port = listener.local_addr()?.port();
                 Ok(SharedPort {
                     listeners: vec![listener],
@@ -59,10 +61,10 @@ impl SharedPort {
                 })
             }
             None => {
-                let v4 = listen_on(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?;
+                let v4 = listen_reusable(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?;
                 let port = v4.local_addr()?.port();
                 let mut listeners = vec![v4];
-                match listen_on(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
+                match listen_reusable(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
                     Ok(v6) => listeners.push(v6),
                     Err(e) => {
                         tracing::warn!(port, error = %e, "no IPv6 listener on the shared port")

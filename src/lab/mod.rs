@@ -1,0 +1,440 @@
+//! The NAT lab: network namespaces wired into a small internet, with NAT
+//! routers whose behaviour nftables sets (`nat`), link delay and loss
+//! (`shape`), and probes that check what the routers really do (`probe`).
+//!
+//! Topology: one "internet" namespace routes between point-to-point links.
+//! Public hosts sit on 192.0.2.0/24 (one /30 each), NAT routers' public sides
+//! on 203.0.113.0/24 (one /30 each), and each router has a LAN 10.<k>.0.0/24
+//! on a bridge, with hosts behind it. Every packet between two attachments
+//! crosses the internet namespace once, which is where delay and loss apply.
+//! Nothing is routed outside the lab.
+//!
+//! Every namespace of a lab is named `bpl<pid>x<n>-<name>`; dropping the
+//! `Lab` removes them all (also on panic), and `cleanup` removes what a
+//! crashed run left, judging by the pid in the name.
+
+pub mod nat;
+pub mod netns;
+pub mod probe;
+pub mod shape;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+pub use nat::{Filtering, Mapping, NatProfile, Unsolicited};
+pub use netns::NsRuntime;
+pub use shape::{DelayBackend, LinkShape};
+
+const NS_PREFIX: &str = "bpl";
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why the lab cannot run here, if it cannot: not root, or tools missing.
+/// Tests that need the lab skip loudly with this reason.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the NAT lab needs root (network namespaces, nftables)".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!(
+                "`{tool}` is not installed (scripts/setup installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// A host in the lab: public, or behind a router.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    /// The internet-side interface of the link this host (or its router)
+    /// hangs off, for shaping.
+    pub link: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub name: String,
+    pub ns: String,
+    pub public_ip: Ipv4Addr,
+    pub lan: (Ipv4Addr, u8),
+    pub profile: NatProfile,
+    pub link: String,
+    index: u8,
+    hosts: u8,
+}
+
+struct Link {
+    /// The internet namespace's side.
+    dev: String,
+    /// The attached namespace and its side.
+    far: (String, String),
+    queue: u16,
+    shape: LinkShape,
+}
+
+pub struct Lab {
+    prefix: String,
+    inet: String,
+    namespaces: Vec<String>,
+    links: Vec<Link>,
+    publics: u8,
+    routers: u8,
+    backend: Option<DelayBackend>,
+    delayer: Option<shape::Delayer>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new() -> Result<Lab> {
+        if let Some(why) = unavailable_reason() {
+            bail!(why);
+        }
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NS_PREFIX}{}x{n}-", std::process::id());
+        let mut lab = Lab {
+            inet: format!("{prefix}inet"),
+            prefix,
+            namespaces: Vec::new(),
+            links: Vec::new(),
+            publics: 0,
+            routers: 0,
+            backend: None,
+            delayer: None,
+            children: Vec::new(),
+        };
+        let inet = lab.inet.clone();
+        lab.add_namespace(&inet)?;
+        lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
+        lab.apply_link_rules()?;
+        Ok(lab)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn internet_ns(&self) -> &str {
+        &self.inet
+    }
+
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        netns::run("ip", &["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        netns::run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn sysctl(&self, ns: &str, setting: &str) -> Result<()> {
+        netns::exec(ns, "sysctl", &["-qw", setting]).map(|_| ())
+    }
+
+    fn ip(&self, ns: &str, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        netns::run("ip", &all).map(|_| ())
+    }
+
+    /// A veth pair between two namespaces, both ends up.
+    fn veth(&self, ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str) -> Result<()> {
+        netns::run(
+            "ip",
+            &[
+                "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
+                "netns", ns_b,
+            ],
+        )?;
+        self.ip(ns_a, &["link", "set", dev_a, "up"])?;
+        self.ip(ns_b, &["link", "set", dev_b, "up"])
+    }
+
+    /// Connects `ns` to the internet over a /30 of `subnet` (third octet
+    /// fixed); returns (internet-side dev, the namespace's address).
+    fn attach(
+        &mut self,
+        ns: &str,
+        dev: &str,
+        subnet: [u8; 3],
+        slot: u8,
+    ) -> Result<(String, Ipv4Addr)> {
+        let inet_dev = format!("l{}", self.links.len());
+        let [a, b, c] = subnet;
+        let gw = Ipv4Addr::new(a, b, c, slot * 4 + 1);
+        let addr = Ipv4Addr::new(a, b, c, slot * 4 + 2);
+        let inet = self.inet.clone();
+        self.veth(&inet, &inet_dev, ns, dev)?;
+        self.ip(
+            &inet,
+            &["addr", "add", &format!("{gw}/30"), "dev", &inet_dev],
+        )?;
+        self.ip(ns, &["addr", "add", &format!("{addr}/30"), "dev", dev])?;
+        self.ip(ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        self.links.push(Link {
+            dev: inet_dev.clone(),
+            far: (ns.to_string(), dev.to_string()),
+            queue: self.links.len() as u16,
+            shape: LinkShape::default(),
+        });
+        Ok((inet_dev, addr))
+    }
+
+    /// A host with a public address (relay, coordinator, echo server).
+    pub fn add_public_host(&mut self, name: &str) -> Result<Host> {
+        if self.publics >= 64 {
+            bail!("the lab has room for 64 public hosts");
+        }
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let (link, ip) = self.attach(&ns, "eth0", [192, 0, 2], self.publics)?;
+        self.publics += 1;
+        Ok(Host {
+            name: name.into(),
+            ns,
+            ip,
+            link,
+        })
+    }
+
+    /// A NAT router with `profile`, its public side on the internet.
+    pub fn add_nat(&mut self, name: &str, profile: NatProfile) -> Result<Router> {
+        if self.routers >= 64 {
+            bail!("the lab has room for 64 routers");
+        }
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let index = self.routers;
+        let (link, public_ip) = self.attach(&ns, "wan", [203, 0, 113], index)?;
+        self.routers += 1;
+        let lan = (Ipv4Addr::new(10, index + 1, 0, 0), 24);
+        self.ip(&ns, &["link", "add", "lan", "type", "bridge"])?;
+        self.ip(&ns, &["link", "set", "lan", "up"])?;
+        self.ip(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("10.{}.0.1/24", index + 1),
+                "dev",
+                "lan",
+            ],
+        )?;
+        self.sysctl(&ns, "net.ipv4.ip_forward=1")?;
+        let ruleset = profile.ruleset("bitpunch_nat", public_ip, lan);
+        netns::run_with_input(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "-"],
+            Some(&ruleset),
+        )
+        .with_context(|| format!("loading the {profile} ruleset"))?;
+        Ok(Router {
+            name: name.into(),
+            ns,
+            public_ip,
+            lan,
+            profile,
+            link,
+            index,
+            hosts: 0,
+        })
+    }
+
+    /// A host on `router`'s LAN.
+    pub fn add_host_behind(&mut self, router: &mut Router, name: &str) -> Result<Host> {
+        if router.hosts >= 200 {
+            bail!("a LAN has room for 200 hosts");
+        }
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let port_dev = format!("h{}", router.hosts);
+        self.veth(&router.ns, &port_dev, &ns, "eth0")?;
+        self.ip(&router.ns, &["link", "set", &port_dev, "master", "lan"])?;
+        let ip = Ipv4Addr::new(10, router.index + 1, 0, 10 + router.hosts);
+        router.hosts += 1;
+        self.ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        self.ip(
+            &ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{}.0.1", router.index + 1),
+            ],
+        )?;
+        Ok(Host {
+            name: name.into(),
+            ns,
+            ip,
+            link: router.link.clone(),
+        })
+    }
+
+    /// Shapes the internet link `link` (a `Host::link` or `Router::link`) in
+    /// both directions.
+    pub fn set_link_shape(&mut self, link: &str, shape: LinkShape) -> Result<()> {
+        let index = self
+            .links
+            .iter()
+            .position(|l| l.dev == link)
+            .with_context(|| format!("no link {link} in this lab"))?;
+        self.links[index].shape = shape;
+        let backend = *self.backend.get_or_insert_with(|| {
+            if shape::netem_available(&self.inet) {
+                DelayBackend::Netem
+            } else {
+                DelayBackend::Nfqueue
+            }
+        });
+        match backend {
+            DelayBackend::Netem => {
+                // netem shapes egress: the internet side delays packets going
+                // down the link, the far side packets coming up it.
+                let args = shape::netem_args(link, &shape);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                netns::exec(&self.inet, args[0], &args[1..])?;
+                let far = self.links[index].far.clone();
+                let far_args = shape::netem_args(&far.1, &shape);
+                let far_args: Vec<&str> = far_args.iter().map(String::as_str).collect();
+                netns::exec(&far.0, far_args[0], &far_args[1..])?;
+            }
+            DelayBackend::Nfqueue => {
+                if self.delayer.is_none() {
+                    let queues: Vec<u16> = (0..64 * 2).collect();
+                    self.delayer = Some(shape::Delayer::start(&self.inet, &queues)?);
+                }
+                let delayer = self.delayer.as_ref().expect("started above");
+                delayer.set_shape(self.links[index].queue, shape);
+                self.apply_link_rules()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delay_backend(&self) -> Option<DelayBackend> {
+        self.backend
+    }
+
+    fn apply_link_rules(&self) -> Result<()> {
+        let links: Vec<(String, u16, LinkShape)> = self
+            .links
+            .iter()
+            .map(|l| (l.dev.clone(), l.queue, l.shape))
+            .collect();
+        let queue_delay = self.backend == Some(DelayBackend::Nfqueue);
+        let rules = shape::inet_rules(&links, queue_delay);
+        // Replace atomically: delete and re-create the table in one transaction.
+        let script = format!("table ip bitpunch_links\ndelete table ip bitpunch_links\n{rules}");
+        netns::run_with_input(
+            "ip",
+            &["netns", "exec", &self.inet, "nft", "-f", "-"],
+            Some(&script),
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `program` inside `host`'s namespace; killed when the lab drops.
+    pub fn spawn(&mut self, host: &Host, program: &str, args: &[&str]) -> Result<&mut Child> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", host.ns))?;
+        self.children.push(child);
+        Ok(self.children.last_mut().expect("just pushed"))
+    }
+
+    pub fn runtime(&self, host: &Host) -> Result<NsRuntime> {
+        NsRuntime::start(&host.ns)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.delayer = None;
+        for ns in self.namespaces.iter().rev() {
+            remove_namespace(ns);
+        }
+    }
+}
+
+/// Kills what runs in `ns`, then deletes it (its veths and nftables tables go
+/// with it).
+fn remove_namespace(ns: &str) {
+    if let Ok(pids) = netns::run("ip", &["netns", "pids", ns]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    if let Err(e) = netns::run("ip", &["netns", "del", ns]) {
+        tracing::warn!(%ns, error = %e, "could not remove lab namespace");
+    }
+}
+
+/// The pid encoded in a lab namespace name, if it is one of ours.
+fn owner_pid(ns: &str) -> Option<u32> {
+    let rest = ns.strip_prefix(NS_PREFIX)?;
+    let (pid, rest) = rest.split_once('x')?;
+    let (n, _) = rest.split_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes lab namespaces left by runs that are no longer alive (or all of
+/// them with `all`). Never touches a namespace that is not named like ours.
+pub fn cleanup(all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for ns in netns::list()? {
+        let Some(pid) = owner_pid(&ns) else { continue };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != 0;
+        if all || !alive {
+            remove_namespace(&ns);
+            removed.push(ns);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_names_are_claimed() {
+        assert_eq!(owner_pid("bpl1234x0-inet"), Some(1234));
+        assert_eq!(owner_pid("bpl1234x17-alice"), Some(1234));
+        assert_eq!(owner_pid("bpl1234-inet"), None);
+        assert_eq!(owner_pid("bplxx0-inet"), None);
+        assert_eq!(owner_pid("docker-1234x0-a"), None);
+        assert_eq!(owner_pid("bpl12x-a"), None);
+    }
+}
