@@ -44,3 +44,166 @@ async fn every_profile_is_what_the_classifier_finds() {
     }
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
+
+use std::net::SocketAddr;
+
+use bitpunch::lab::{Lab, LinkShape};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Two hosts behind NATs of `profile`, 20 ms one-way on each NAT's link, try
+/// a raw simultaneous open. Returns the error if it did not connect.
+async fn raw_simultaneous_open(profile: &str) -> Result<(), String> {
+    let profile: NatProfile = profile.parse().unwrap();
+    let mut lab = Lab::new().unwrap();
+    let echo = lab.add_public_host("echo").unwrap();
+    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
+    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
+    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
+    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20)).unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20)).unwrap();
+
+    let echo_rt = lab.runtime(&echo).unwrap();
+    let alice_rt = lab.runtime(&alice).unwrap();
+    let bob_rt = lab.runtime(&bob).unwrap();
+    echo_rt.spawn(probe::echo_server());
+    let echo_addr = SocketAddr::new(echo.ip.into(), probe::ECHO_PORT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (port_a, port_b) = (40_001, 40_002);
+    let seen_a = alice_rt.run(probe::observe(port_a, echo_addr)).await.unwrap();
+    let seen_b = bob_rt.run(probe::observe(port_b, echo_addr)).await.unwrap();
+
+    let attempt = Duration::from_secs(2);
+    let spacing = Duration::from_millis(50);
+    let a = alice_rt.spawn(probe::simultaneous_open(port_a, seen_b, 3, spacing, attempt));
+    let b = bob_rt.spawn(probe::simultaneous_open(port_b, seen_a, 3, spacing, attempt));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let (mut a, mut b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            return Err(format!(
+                "alice: {:?}, bob: {:?}",
+                a.err().map(|e| e.to_string()),
+                b.err().map(|e| e.to_string())
+            ))
+        }
+    };
+    // It is one connection, directly between the two NAT mappings.
+    assert_eq!(a.peer_addr().unwrap(), seen_b);
+    assert_eq!(b.peer_addr().unwrap(), seen_a);
+    a.write_all(b"punched").await.unwrap();
+    let mut buf = [0u8; 7];
+    b.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"punched");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_open_works_through_endpoint_independent_nats_that_drop() {
+    require_lab!();
+    raw_simultaneous_open("home").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_open_works_through_endpoint_independent_nats_that_reset() {
+    require_lab!();
+    raw_simultaneous_open("home-rst").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_open_fails_between_random_symmetric_nats() {
+    require_lab!();
+    let err = raw_simultaneous_open("symmetric").await.unwrap_err();
+    assert!(err.contains("after 3 attempts"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_loss_take_effect() {
+    require_lab!();
+    let mut lab = Lab::new().unwrap();
+    let server = lab.add_public_host("server").unwrap();
+    let mut nat = lab.add_nat("nat", "home".parse().unwrap()).unwrap();
+    let host = lab.add_host_behind(&mut nat, "host").unwrap();
+    let server_rt = lab.runtime(&server).unwrap();
+    let host_rt = lab.runtime(&host).unwrap();
+    server_rt.spawn(probe::echo_server());
+    let echo = SocketAddr::new(server.ip.into(), probe::ECHO_PORT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    async fn median_connect_ms(rt: &lab::NsRuntime, echo: SocketAddr) -> f64 {
+        rt.run(async move {
+            let mut samples = Vec::new();
+            for _ in 0..7 {
+                let start = std::time::Instant::now();
+                tokio::net::TcpStream::connect(echo).await.unwrap();
+                samples.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            samples.sort_by(f64::total_cmp);
+            samples[samples.len() / 2]
+        })
+        .await
+    }
+    let baseline = median_connect_ms(&host_rt, echo).await;
+    lab.set_link_shape(&nat.link, LinkShape::delay_ms(25)).unwrap();
+    let delayed = median_connect_ms(&host_rt, echo).await;
+    eprintln!("connect RTT: {baseline:.2} ms without delay, {delayed:.2} ms with 25 ms each way ({:?})", lab.delay_backend());
+    // A TCP connect is one round trip: 2 x 25 ms across the shaped link.
+    assert!(baseline < 10.0, "baseline {baseline}");
+    assert!((49.0..75.0).contains(&delayed), "delayed {delayed}");
+
+    // Loss: 20% of the datagrams that cross the link upwards.
+    lab.set_link_shape(&nat.link, LinkShape { loss_percent: 20.0, ..Default::default() })
+        .unwrap();
+    let sink = server_rt
+        .run(async { tokio::net::UdpSocket::bind("0.0.0.0:9999").await.unwrap() })
+        .await;
+    let total = 2000u32;
+    let counter = server_rt.spawn(async move {
+        let mut received = 0u32;
+        let mut buf = [0u8; 64];
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), sink.recv(&mut buf)).await {
+            received += 1;
+        }
+        received
+    });
+    let target = SocketAddr::new(server.ip.into(), 9999);
+    host_rt
+        .run(async move {
+            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            for i in 0..total {
+                socket.send_to(&i.to_be_bytes(), target).await.unwrap();
+                if i % 50 == 0 {
+                    // Paced, so that only the lab drops packets, not a full buffer.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .await;
+    let received = counter.await.unwrap();
+    let loss = 100.0 * f64::from(total - received) / f64::from(total);
+    eprintln!("loss: {received}/{total} received, {loss:.1}% lost (20% configured)");
+    assert!((16.0..24.0).contains(&loss), "measured loss {loss}%");
+}
+
+#[test]
+fn a_lab_is_removed_even_when_its_test_panics() {
+    require_lab!();
+    let prefix = std::panic::catch_unwind(|| {
+        let mut lab = Lab::new().unwrap();
+        let mut nat = lab.add_nat("nat", "home".parse().unwrap()).unwrap();
+        lab.add_host_behind(&mut nat, "host").unwrap();
+        let prefix = lab.prefix().to_string();
+        assert!(lab::netns::list().unwrap().iter().any(|n| n.starts_with(&prefix)));
+        std::panic::panic_any(prefix);
+    })
+    .unwrap_err()
+    .downcast::<String>()
+    .unwrap();
+    let left: Vec<String> = lab::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

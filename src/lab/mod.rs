@@ -38,7 +38,7 @@ pub fn unavailable_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("the NAT lab needs root (network namespaces, nftables)".into());
     }
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft", "iptables-nft"] {
         let found = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())
@@ -337,16 +337,20 @@ impl Lab {
             .iter()
             .map(|l| (l.dev.clone(), l.queue, l.shape))
             .collect();
-        let queue_delay = self.backend == Some(DelayBackend::Nfqueue);
-        let rules = shape::inet_rules(&links, queue_delay);
         // Replace atomically: delete and re-create the table in one transaction.
-        let script = format!("table ip bitpunch_links\ndelete table ip bitpunch_links\n{rules}");
-        netns::run_with_input(
-            "ip",
-            &["netns", "exec", &self.inet, "nft", "-f", "-"],
-            Some(&script),
-        )
-        .map(|_| ())
+        let script = format!(
+            "table ip bitpunch_links\ndelete table ip bitpunch_links\n{}",
+            shape::loss_rules(&links)
+        );
+        netns::run_with_input("ip", &["netns", "exec", &self.inet, "nft", "-f", "-"], Some(&script))?;
+        if self.backend == Some(DelayBackend::Nfqueue) {
+            netns::run_with_input(
+                "ip",
+                &["netns", "exec", &self.inet, "iptables-nft-restore"],
+                Some(&shape::queue_rules(&links)),
+            )?;
+        }
+        Ok(())
     }
 
     /// Runs `program` inside `host`'s namespace; killed when the lab drops.

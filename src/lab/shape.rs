@@ -5,6 +5,7 @@
 //! packets crossing the internet namespace are queued to userspace with
 //! NFQUEUE and a delayer thread gives each its verdict once its time is up
 //! (verdicts may be given out of order, so jitter can reorder, as with netem).
+//! With netem, loss is netem's too.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,14 +108,13 @@ pub fn netem_args(dev: &str, shape: &LinkShape) -> Vec<String> {
     args
 }
 
-/// nftables statements for the internet namespace: per link, loss and (with
-/// NFQUEUE) delay on the way in from the link (forward) and on the way out to
-/// it (postrouting). Packets are dropped with probability `loss` at each
-/// crossing of the link.
-pub fn inet_rules(links: &[(String, u16, LinkShape)], queue_delay: bool) -> String {
+/// The nftables loss rules for the internet namespace: per link, on the way
+/// in from the link (forward) and on the way out to it (postrouting), so a
+/// packet is dropped with probability `loss` at each crossing of the link.
+pub fn loss_rules(links: &[(String, u16, LinkShape)]) -> String {
     let mut forward = String::new();
     let mut post = String::new();
-    for (dev, queue, shape) in links {
+    for (dev, _, shape) in links {
         if shape.loss_percent > 0.0 {
             let threshold = (shape.loss_percent * 100.0).round() as u32;
             forward.push_str(&format!(
@@ -124,14 +124,26 @@ pub fn inet_rules(links: &[(String, u16, LinkShape)], queue_delay: bool) -> Stri
                 "    oifname \"{dev}\" numgen random mod 10000 < {threshold} drop\n"
             ));
         }
-        if queue_delay && (!shape.delay.is_zero() || !shape.jitter.is_zero()) {
-            forward.push_str(&format!("    iifname \"{dev}\" queue num {queue}\n"));
-            post.push_str(&format!("    oifname \"{dev}\" queue num {queue}\n"));
-        }
     }
     format!(
         "table ip bitpunch_links {{\n  chain forward {{ type filter hook forward priority filter; policy accept;\n{forward}  }}\n  chain postrouting {{ type filter hook postrouting priority filter; policy accept;\n{post}  }}\n}}\n"
     )
+}
+
+/// The queueing rules for the delayer, as an `iptables-restore` script for
+/// the mangle table. The kernel here has the xtables NFQUEUE target but not
+/// nftables' own `queue` expression (CONFIG_NFT_QUEUE), so iptables-nft adds
+/// them to nftables through its compat layer. Queue number = link number.
+pub fn queue_rules(links: &[(String, u16, LinkShape)]) -> String {
+    let mut script = String::from("*mangle\n:FORWARD ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    for (dev, queue, shape) in links {
+        if !shape.delay.is_zero() || !shape.jitter.is_zero() {
+            script.push_str(&format!("-A FORWARD -i {dev} -j NFQUEUE --queue-num {queue}\n"));
+            script.push_str(&format!("-A POSTROUTING -o {dev} -j NFQUEUE --queue-num {queue}\n"));
+        }
+    }
+    script.push_str("COMMIT\n");
+    script
 }
 
 struct Held {
