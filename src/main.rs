@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
 use bitpunch::address::PeerAddress;
+use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
 use bitpunch::wire::{self, Network, SessionConfig, SessionRole, TransportPolicy};
@@ -69,6 +70,53 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// The NAT lab (root): emulated NATs in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build each NAT profile, classify it from a host behind it, and report
+    /// whether the lab's NAT behaves as configured.
+    NatCheck {
+        /// Check every profile (4 mappings x 3 filterings x drop/RST x hairpin).
+        #[arg(long, conflicts_with = "profile")]
+        all: bool,
+        /// A profile to check (repeatable): a preset (home, home-rst,
+        /// full-cone, restricted-cone, port-restricted-rp, symmetric,
+        /// symmetric-seq, symmetric-rst) or MAPPING/FILTERING/UNSOLICITED[/hairpin].
+        /// Default: the presets.
+        #[arg(long)]
+        profile: Vec<NatProfile>,
+        /// One JSON record per profile instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds an inbound probe may take before it counts as filtered.
+        #[arg(long, default_value_t = 400)]
+        probe_timeout_ms: u64,
+    },
+    /// Build a lab and keep it until Ctrl-C: one public host, and per --nat a
+    /// router with one host behind it. Prints the namespaces and addresses.
+    Up {
+        /// NAT profile of each router (repeatable; default: one `home`).
+        #[arg(long)]
+        nat: Vec<NatProfile>,
+        /// One-way delay on each router's internet link, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Packet loss on each router's internet link, in percent.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+    },
+    /// Remove namespaces left by lab runs that are no longer running.
+    Cleanup {
+        /// Also remove those of runs that are still alive.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -118,6 +166,7 @@ async fn main() -> ExitCode {
             json,
             timeout,
         } => run_connect(&address, net, json, timeout).await,
+        Command::Lab { command } => run_lab(command).await,
     };
     match result {
         Ok(code) => code,
@@ -247,4 +296,106 @@ fn print_summary(r: &Outcome) {
     );
     println!("  rtt         {}", ms(r.rtt_ms));
     println!("  bytes       {}", r.bytes.direct);
+}
+
+async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::NatCheck {
+            all,
+            profile,
+            json,
+            probe_timeout_ms,
+        } => {
+            let profiles = if all {
+                NatProfile::all()
+            } else if profile.is_empty() {
+                lab::nat::PRESETS.iter().map(|(_, p)| *p).collect()
+            } else {
+                profile
+            };
+            let mut failed = 0;
+            for p in profiles {
+                let check =
+                    lab::probe::check_profile(p, Duration::from_millis(probe_timeout_ms)).await?;
+                if !check.matches {
+                    failed += 1;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&check)?);
+                } else {
+                    println!(
+                        "{:<26} {:<28} {}",
+                        check.profile,
+                        check.classified,
+                        if check.matches { "ok" } else { "MISMATCH" }
+                    );
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        LabCommand::Up {
+            nat,
+            delay_ms,
+            loss,
+        } => {
+            let nats = if nat.is_empty() {
+                vec!["home".parse().expect("preset")]
+            } else {
+                nat
+            };
+            let mut lab = lab::Lab::new()?;
+            let public = lab.add_public_host("public")?;
+            let mut hosts = Vec::new();
+            for (i, profile) in nats.iter().enumerate() {
+                let mut router = lab.add_nat(&format!("nat{i}"), *profile)?;
+                let host = lab.add_host_behind(&mut router, &format!("host{i}"))?;
+                let shape = LinkShape {
+                    delay: Duration::from_millis(delay_ms),
+                    loss_percent: loss,
+                    ..Default::default()
+                };
+                if !shape.is_neutral() {
+                    lab.set_link_shape(&router.link, shape)?;
+                }
+                hosts.push(serde_json::json!({
+                    "profile": profile.to_string(), "router_ns": router.ns,
+                    "public_ip": router.public_ip.to_string(),
+                    "host_ns": host.ns, "host_ip": host.ip.to_string(),
+                }));
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "prefix": lab.prefix(), "internet_ns": lab.internet_ns(),
+                    "public": {"ns": public.ns, "ip": public.ip.to_string()},
+                    "nats": hosts,
+                })
+            );
+            eprintln!(
+                "lab ready; run programs with `ip netns exec NS ...`; Ctrl-C removes the lab"
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            drop(lab);
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Cleanup { all } => {
+            let removed = lab::cleanup(all)?;
+            for ns in &removed {
+                println!("removed {ns}");
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

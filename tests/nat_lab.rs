@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use bitpunch::lab::{self, probe, NatProfile};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 macro_rules! require_lab {
     () => {
@@ -13,36 +15,6 @@ macro_rules! require_lab {
             return;
         }
     };
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_profile_classifies() {
-    require_lab!();
-    let profile: NatProfile = "home".parse().unwrap();
-    let check = probe::check_profile(profile, Duration::from_millis(500))
-        .await
-        .unwrap();
-    eprintln!("{}", serde_json::to_string(&check).unwrap());
-    assert!(check.matches, "{check:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_profile_is_what_the_classifier_finds() {
-    require_lab!();
-    let mut mismatches = Vec::new();
-    for profile in NatProfile::all() {
-        let check = probe::check_profile(profile, Duration::from_millis(400))
-            .await
-            .unwrap();
-        eprintln!("{} -> {}", check.profile, check.classified);
-        if !check.matches {
-            mismatches.push(format!(
-                "{} classified as {}",
-                check.profile, check.classified
-            ));
-        }
-    }
-    assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
 use std::net::SocketAddr;
@@ -60,8 +32,10 @@ async fn raw_simultaneous_open(profile: &str) -> Result<(), String> {
     let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
     let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
     let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20)).unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20)).unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
+        .unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
+        .unwrap();
 
     let echo_rt = lab.runtime(&echo).unwrap();
     let alice_rt = lab.runtime(&alice).unwrap();
@@ -71,13 +45,20 @@ async fn raw_simultaneous_open(profile: &str) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (port_a, port_b) = (40_001, 40_002);
-    let seen_a = alice_rt.run(probe::observe(port_a, echo_addr)).await.unwrap();
+    let seen_a = alice_rt
+        .run(probe::observe(port_a, echo_addr))
+        .await
+        .unwrap();
     let seen_b = bob_rt.run(probe::observe(port_b, echo_addr)).await.unwrap();
 
     let attempt = Duration::from_secs(2);
     let spacing = Duration::from_millis(50);
-    let a = alice_rt.spawn(probe::simultaneous_open(port_a, seen_b, 3, spacing, attempt));
-    let b = bob_rt.spawn(probe::simultaneous_open(port_b, seen_a, 3, spacing, attempt));
+    let a = alice_rt.spawn(probe::simultaneous_open(
+        port_a, seen_b, 3, spacing, attempt,
+    ));
+    let b = bob_rt.spawn(probe::simultaneous_open(
+        port_b, seen_a, 3, spacing, attempt,
+    ));
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let (mut a, mut b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
@@ -145,16 +126,26 @@ async fn delay_and_loss_take_effect() {
         .await
     }
     let baseline = median_connect_ms(&host_rt, echo).await;
-    lab.set_link_shape(&nat.link, LinkShape::delay_ms(25)).unwrap();
+    lab.set_link_shape(&nat.link, LinkShape::delay_ms(25))
+        .unwrap();
     let delayed = median_connect_ms(&host_rt, echo).await;
-    eprintln!("connect RTT: {baseline:.2} ms without delay, {delayed:.2} ms with 25 ms each way ({:?})", lab.delay_backend());
+    eprintln!(
+        "connect RTT: {baseline:.2} ms without delay, {delayed:.2} ms with 25 ms each way ({:?})",
+        lab.delay_backend()
+    );
     // A TCP connect is one round trip: 2 x 25 ms across the shaped link.
     assert!(baseline < 10.0, "baseline {baseline}");
     assert!((49.0..75.0).contains(&delayed), "delayed {delayed}");
 
     // Loss: 20% of the datagrams that cross the link upwards.
-    lab.set_link_shape(&nat.link, LinkShape { loss_percent: 20.0, ..Default::default() })
-        .unwrap();
+    lab.set_link_shape(
+        &nat.link,
+        LinkShape {
+            loss_percent: 20.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let sink = server_rt
         .run(async { tokio::net::UdpSocket::bind("0.0.0.0:9999").await.unwrap() })
         .await;
@@ -162,7 +153,9 @@ async fn delay_and_loss_take_effect() {
     let counter = server_rt.spawn(async move {
         let mut received = 0u32;
         let mut buf = [0u8; 64];
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), sink.recv(&mut buf)).await {
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), sink.recv(&mut buf)).await
+        {
             received += 1;
         }
         received
@@ -194,7 +187,10 @@ fn a_lab_is_removed_even_when_its_test_panics() {
         let mut nat = lab.add_nat("nat", "home".parse().unwrap()).unwrap();
         lab.add_host_behind(&mut nat, "host").unwrap();
         let prefix = lab.prefix().to_string();
-        assert!(lab::netns::list().unwrap().iter().any(|n| n.starts_with(&prefix)));
+        assert!(lab::netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with(&prefix)));
         std::panic::panic_any(prefix);
     })
     .unwrap_err()
@@ -206,4 +202,73 @@ fn a_lab_is_removed_even_when_its_test_panics() {
         .filter(|n| n.starts_with(prefix.as_str()))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn bitpunch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bitpunch"))
+}
+
+#[test]
+fn nat_check_all_finds_every_profile_as_configured() {
+    require_lab!();
+    let out = bitpunch()
+        .args(["lab", "nat-check", "--all", "--json", "-q"])
+        .output()
+        .expect("run nat-check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect();
+    assert_eq!(records.len(), NatProfile::all().len(), "{stdout}");
+    let mismatches: Vec<_> = records
+        .iter()
+        .filter(|r| r["matches"] != true || r["profile"] != r["classified"])
+        .collect();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    assert!(out.status.success());
+}
+
+#[test]
+fn cleanup_removes_what_a_killed_run_left() {
+    require_lab!();
+    let mut up = bitpunch()
+        .args([
+            "lab",
+            "up",
+            "--nat",
+            "home",
+            "--nat",
+            "symmetric",
+            "--delay-ms",
+            "5",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start lab up");
+    let mut line = String::new();
+    // Kept open, so that the run is killed, not stopped by a broken pipe.
+    let mut stdout = BufReader::new(up.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).expect("lab description");
+    let prefix = info["prefix"].as_str().unwrap().to_string();
+    let ours = || -> Vec<String> {
+        lab::netns::list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    // inet, public, 2 routers, 2 hosts
+    assert_eq!(ours().len(), 6, "{:?}", ours());
+    up.kill().unwrap(); // SIGKILL: no chance to clean up
+    up.wait().unwrap();
+    assert_eq!(ours().len(), 6, "a killed run leaves its namespaces");
+
+    let out = bitpunch().args(["lab", "cleanup", "-q"]).output().unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&prefix), "{said}");
+    assert!(ours().is_empty(), "still there: {:?}", ours());
 }

@@ -342,7 +342,11 @@ impl Lab {
             "table ip bitpunch_links\ndelete table ip bitpunch_links\n{}",
             shape::loss_rules(&links)
         );
-        netns::run_with_input("ip", &["netns", "exec", &self.inet, "nft", "-f", "-"], Some(&script))?;
+        netns::run_with_input(
+            "ip",
+            &["netns", "exec", &self.inet, "nft", "-f", "-"],
+            Some(&script),
+        )?;
         if self.backend == Some(DelayBackend::Nfqueue) {
             netns::run_with_input(
                 "ip",

@@ -138,8 +138,12 @@ pub fn queue_rules(links: &[(String, u16, LinkShape)]) -> String {
     let mut script = String::from("*mangle\n:FORWARD ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
     for (dev, queue, shape) in links {
         if !shape.delay.is_zero() || !shape.jitter.is_zero() {
-            script.push_str(&format!("-A FORWARD -i {dev} -j NFQUEUE --queue-num {queue}\n"));
-            script.push_str(&format!("-A POSTROUTING -o {dev} -j NFQUEUE --queue-num {queue}\n"));
+            script.push_str(&format!(
+                "-A FORWARD -i {dev} -j NFQUEUE --queue-num {queue}\n"
+            ));
+            script.push_str(&format!(
+                "-A POSTROUTING -o {dev} -j NFQUEUE --queue-num {queue}\n"
+            ));
         }
     }
     script.push_str("COMMIT\n");
