@@ -7,7 +7,9 @@
 //! [`node`] ties the inbound side together.
 
 pub mod address;
+pub mod identity;
 pub mod lab;
+pub mod native;
 pub mod net;
 pub mod node;
 pub mod report;

@@ -10,7 +10,9 @@ use bip324::{
 };
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::time::Instant;
 
 use super::codec::{self, V2Decoded, MAX_V2_CONTENTS, V1_HEADER_LEN};
@@ -38,35 +40,64 @@ impl std::fmt::Display for Transport {
     }
 }
 
-enum Framing {
-    V1,
-    V2 {
-        inbound: InboundCipher,
-        outbound: OutboundCipher,
-    },
+/// The receiving half of a channel.
+pub struct ChannelReader<S> {
+    io: ReadHalf<BufReader<S>>,
+    magic: Magic,
+    inbound: Option<InboundCipher>,
+    deadline: Deadline,
 }
 
-pub struct Channel<S> {
-    io: BufReader<S>,
+/// The sending half of a channel.
+pub struct ChannelWriter<S> {
+    io: WriteHalf<BufReader<S>>,
     magic: Magic,
-    framing: Framing,
-    session_id: Option<[u8; 32]>,
-    /// Every read and write must finish before this instant; it bounds the
-    /// whole establishment so that a stalling peer cannot hold a slot.
-    deadline: Option<Instant>,
+    outbound: Option<OutboundCipher>,
+    deadline: Deadline,
+}
+
+/// Every read and write must finish before this instant; it bounds the whole
+/// establishment so that a stalling peer cannot hold a slot.
+#[derive(Clone, Copy, Default)]
+struct Deadline {
+    at: Option<Instant>,
     /// How long the deadline was, for the error message.
     budget: Duration,
 }
 
+impl Deadline {
+    fn new(deadline: Option<(Instant, Duration)>) -> Self {
+        Deadline {
+            at: deadline.map(|(d, _)| d),
+            budget: deadline.map(|(_, b)| b).unwrap_or_default(),
+        }
+    }
+}
+
+/// A message channel: both halves, plus what the handshake established.
+pub struct Channel<S> {
+    reader: ChannelReader<S>,
+    writer: ChannelWriter<S>,
+    session_id: Option<[u8; 32]>,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn v1(stream: S, magic: Magic) -> Self {
+        let (read, write) = tokio::io::split(BufReader::new(stream));
         Self {
-            io: BufReader::new(stream),
-            magic,
-            framing: Framing::V1,
+            reader: ChannelReader {
+                io: read,
+                magic,
+                inbound: None,
+                deadline: Deadline::default(),
+            },
+            writer: ChannelWriter {
+                io: write,
+                magic,
+                outbound: None,
+                deadline: Deadline::default(),
+            },
             session_id: None,
-            deadline: None,
-            budget: Duration::ZERO,
         }
     }
 
@@ -84,14 +115,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     pub fn set_deadline(&mut self, deadline: Option<(Instant, Duration)>) {
-        self.deadline = deadline.map(|(d, _)| d);
-        self.budget = deadline.map(|(_, b)| b).unwrap_or_default();
+        self.reader.deadline = Deadline::new(deadline);
+        self.writer.deadline = Deadline::new(deadline);
     }
 
     pub fn transport(&self) -> Transport {
-        match self.framing {
-            Framing::V1 => Transport::V1,
-            Framing::V2 { .. } => Transport::V2,
+        match self.reader.inbound {
+            None => Transport::V1,
+            Some(_) => Transport::V2,
         }
     }
 
@@ -99,30 +130,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         self.session_id
     }
 
-    pub fn get_ref(&self) -> &S {
-        self.io.get_ref()
-    }
-
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
-        let read = self.io.read_exact(buf);
-        within(self.deadline, self.budget, async {
-            read.await.map(|_| ()).map_err(WireError::from)
-        })
-        .await
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        let io = &mut self.io;
-        within(self.deadline, self.budget, async {
-            io.write_all(bytes).await?;
-            io.flush().await?;
-            Ok(())
-        })
-        .await
+    /// The two halves, for a reader and a writer that run concurrently.
+    pub fn into_split(self) -> (ChannelReader<S>, ChannelWriter<S>) {
+        (self.reader, self.writer)
     }
 
     async fn bip324_handshake(&mut self, role: Role) -> Result<(), SessionError> {
-        let magic = self.magic.to_bytes();
+        let magic = self.reader.magic.to_bytes();
         let at = |stage| move |e| SessionError::new(stage, e);
 
         let handshake = Handshake::<Initialized>::new(magic, role)
@@ -131,12 +145,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let handshake = handshake
             .send_key(None, &mut key)
             .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
-        self.write_all(&key)
+        self.writer
+            .write_all(&key)
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
 
         let mut their_key = [0u8; ELLSWIFT_LEN];
-        self.read_exact(&mut their_key)
+        self.reader
+            .read_exact(&mut their_key)
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
         let handshake = match handshake.receive_key(their_key) {
@@ -154,7 +170,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let handshake = handshake
             .send_version(&mut version, None)
             .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
-        self.write_all(&version)
+        self.writer
+            .write_all(&version)
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
 
@@ -162,7 +179,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         // Reading byte by byte (from the buffer) leaves whatever follows the
         // terminator in the stream, where the packet reader expects it.
         let mut garbage = vec![0u8; GARBAGE_TERMINATOR_LEN];
-        self.read_exact(&mut garbage)
+        self.reader
+            .read_exact(&mut garbage)
             .await
             .map_err(at(Stage::Bip324Garbage))?;
         let mut pending = handshake;
@@ -181,7 +199,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                     }
                     pending = h;
                     let mut byte = [0u8; 1];
-                    self.read_exact(&mut byte)
+                    self.reader
+                        .read_exact(&mut byte)
                         .await
                         .map_err(at(Stage::Bip324Garbage))?;
                     garbage.push(byte[0]);
@@ -194,23 +213,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         // Decoy packets may precede the version packet; all must authenticate.
         let cipher = loop {
             let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
-            self.read_exact(&mut len_bytes)
+            self.reader
+                .read_exact(&mut len_bytes)
                 .await
                 .map_err(at(Stage::Bip324Version))?;
             let len = handshake
                 .decrypt_packet_len(len_bytes)
                 .map_err(|e| SessionError::new(Stage::Bip324Version, e.into()))?;
-            if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
-                return Err(SessionError::new(
-                    Stage::Bip324Version,
-                    WireError::Oversized {
-                        len,
-                        max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
-                    },
-                ));
-            }
+            check_packet_len(len).map_err(at(Stage::Bip324Version))?;
             let mut packet = vec![0u8; len];
-            self.read_exact(&mut packet)
+            self.reader
+                .read_exact(&mut packet)
                 .await
                 .map_err(at(Stage::Bip324Version))?;
             match handshake.receive_version(&mut packet) {
@@ -221,76 +234,114 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         };
         self.session_id = Some(*cipher.id());
         let (inbound, outbound) = cipher.into_split();
-        self.framing = Framing::V2 { inbound, outbound };
+        self.reader.inbound = Some(inbound);
+        self.writer.outbound = Some(outbound);
         Ok(())
     }
 
     pub async fn send(&mut self, msg: &NetworkMessage) -> Result<(), WireError> {
-        let bytes = match &mut self.framing {
-            Framing::V1 => codec::encode_v1(self.magic, msg),
-            Framing::V2 { outbound, .. } => {
+        self.writer.send(msg).await
+    }
+
+    pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
+        self.reader.recv().await
+    }
+}
+
+fn check_packet_len(len: usize) -> Result<(), WireError> {
+    if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
+        return Err(WireError::Oversized {
+            len,
+            max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
+        });
+    }
+    Ok(())
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let io = &mut self.io;
+        within(self.deadline, async {
+            io.write_all(bytes).await?;
+            io.flush().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn send(&mut self, msg: &NetworkMessage) -> Result<(), WireError> {
+        let bytes = match &mut self.outbound {
+            None => codec::encode_v1(self.magic, msg),
+            Some(outbound) => {
                 outbound.encrypt_to_vec(&codec::encode_v2_contents(msg), PacketType::Genuine, None)
             }
         };
         self.write_all(&bytes).await
     }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
+        let read = self.io.read_exact(buf);
+        within(self.deadline, async { read.await.map(|_| ()).map_err(WireError::from) }).await
+    }
 
     /// The next message from the peer. v2 decoy packets are skipped; a v2
     /// packet with an unassigned short id is returned as `None`.
+    /// Not cancellation-safe: a half-read message is lost with the future.
     pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
-        match self.framing {
-            Framing::V1 => {
-                let mut header = [0u8; V1_HEADER_LEN];
-                self.read_exact(&mut header).await?;
-                let parsed = codec::parse_v1_header(self.magic, &header)?;
-                let mut message = header.to_vec();
-                message.resize(V1_HEADER_LEN + parsed.len, 0);
-                self.read_exact(&mut message[V1_HEADER_LEN..]).await?;
-                codec::decode_v1(&message).map(Some)
-            }
-            Framing::V2 { .. } => loop {
-                let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
-                self.read_exact(&mut len_bytes).await?;
-                let Framing::V2 { inbound, .. } = &mut self.framing else {
-                    unreachable!("framing does not change after the handshake")
-                };
-                let len = inbound.decrypt_packet_len(len_bytes);
-                if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
-                    return Err(WireError::Oversized {
-                        len,
-                        max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
-                    });
-                }
-                let mut packet = vec![0u8; len];
-                self.read_exact(&mut packet).await?;
-                let Framing::V2 { inbound, .. } = &mut self.framing else {
-                    unreachable!("framing does not change after the handshake")
-                };
-                let (kind, plaintext) = inbound.decrypt_to_vec(&packet, None)?;
-                if kind == PacketType::Decoy {
-                    continue;
-                }
-                return match codec::decode_v2_contents(self.magic, &plaintext[1..])? {
-                    V2Decoded::Message(m) => Ok(Some(m)),
-                    V2Decoded::UnknownShortId(id) => {
-                        tracing::debug!(id, "ignoring v2 message with unassigned short id");
-                        Ok(None)
-                    }
-                };
-            },
+        if self.inbound.is_none() {
+            let mut header = [0u8; V1_HEADER_LEN];
+            self.read_exact(&mut header).await?;
+            let parsed = codec::parse_v1_header(self.magic, &header)?;
+            let mut message = header.to_vec();
+            message.resize(V1_HEADER_LEN + parsed.len, 0);
+            self.read_exact(&mut message[V1_HEADER_LEN..]).await?;
+            return codec::decode_v1(&message).map(Some);
         }
+        loop {
+            let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
+            self.read_exact(&mut len_bytes).await?;
+            let inbound = self.inbound.as_mut().expect("v2 checked above");
+            let len = inbound.decrypt_packet_len(len_bytes);
+            check_packet_len(len)?;
+            let mut packet = vec![0u8; len];
+            self.read_exact(&mut packet).await?;
+            let inbound = self.inbound.as_mut().expect("v2 checked above");
+            let (kind, plaintext) = inbound.decrypt_to_vec(&packet, None)?;
+            if kind == PacketType::Decoy {
+                continue;
+            }
+            return match codec::decode_v2_contents(self.magic, &plaintext[1..])? {
+                V2Decoded::Message(m) => Ok(Some(m)),
+                V2Decoded::UnknownShortId(id) => {
+                    tracing::debug!(id, "ignoring v2 message with unassigned short id");
+                    Ok(None)
+                }
+            };
+        }
+    }
+
+    /// Bounds every later read by `deadline` (or lifts the bound).
+    pub fn set_deadline(&mut self, deadline: Option<(Instant, Duration)>) {
+        self.deadline = Deadline::new(deadline);
+    }
+}
+
+impl<S> ChannelWriter<S> {
+    pub fn set_deadline(&mut self, deadline: Option<(Instant, Duration)>) {
+        self.deadline = Deadline::new(deadline);
     }
 }
 
 async fn within<T>(
-    deadline: Option<Instant>,
-    budget: Duration,
+    deadline: Deadline,
     fut: impl std::future::Future<Output = Result<T, WireError>>,
 ) -> Result<T, WireError> {
-    match deadline {
+    match deadline.at {
         Some(d) => tokio::time::timeout_at(d, fut)
             .await
-            .map_err(|_| WireError::Timeout(budget))?,
+            .map_err(|_| WireError::Timeout(deadline.budget))?,
         None => fut.await,
     }
 }

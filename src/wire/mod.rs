@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use channel::{Channel, Transport};
+pub use channel::{Channel, ChannelReader, ChannelWriter, Transport};
 pub use error::{SessionError, Stage, WireError};
 pub use network::Network;
 pub use session::{

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::channel::{Channel, Transport};
+use super::channel::{Channel, ChannelReader, ChannelWriter, Transport};
 use super::error::{SessionError, Stage, WireError};
 use super::network::Network;
 use crate::net::stream::ByteCounters;
@@ -395,8 +395,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         result
     }
 
-    pub fn stream(&self) -> &S {
-        self.channel.get_ref()
+    pub async fn send_message(&mut self, msg: &NetworkMessage) -> Result<(), WireError> {
+        self.channel.send(msg).await
+    }
+
+    /// The next message that is not a ping (pings are answered) within
+    /// `timeout`.
+    pub async fn recv_message(&mut self, timeout: Duration) -> Result<NetworkMessage, WireError> {
+        let deadline = Instant::now() + timeout;
+        self.channel.set_deadline(Some((deadline, timeout)));
+        let result = async {
+            loop {
+                match self.channel.recv().await? {
+                    Some(NetworkMessage::Ping(n)) => self.channel.send(&NetworkMessage::Pong(n)).await?,
+                    Some(msg) => return Ok(msg),
+                    None => {}
+                }
+            }
+        }
+        .await;
+        self.channel.set_deadline(None);
+        result
+    }
+
+    /// The two halves of the channel, for a reader and a writer that run
+    /// concurrently, and the report of the establishment.
+    pub fn into_parts(self) -> (ChannelReader<S>, ChannelWriter<S>, SessionReport) {
+        let (reader, writer) = self.channel.into_split();
+        (reader, writer, self.report)
     }
 }
 

@@ -1,0 +1,432 @@
+//! The native coordination messages. They travel as ordinary Bitcoin P2P
+//! messages (long-form commands `hp…`) on a session with the coordinator, so
+//! they get BIP324's encryption and any Bitcoin node could carry them. Every
+//! payload has a fixed layout with a hard size limit; anything else is an
+//! error that closes the connection. docs/native-protocol.md is the spec.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+use bitcoin::consensus::encode::{Decodable, Encodable};
+use bitcoin::p2p::address::AddrV2;
+use bitcoin::p2p::message::{CommandString, NetworkMessage};
+use bitcoin::p2p::ServiceFlags;
+
+use crate::identity::{NodeId, ID_LEN};
+
+/// The service bit a coordinator sets in its `version`: bit 26, inside the
+/// range 24..31 that BIP 159's successors leave for temporary experiments.
+pub const NODE_PUNCH_COORDINATOR_BIT: u64 = 1 << 26;
+
+pub fn node_punch_coordinator() -> ServiceFlags {
+    ServiceFlags::from(NODE_PUNCH_COORDINATOR_BIT)
+}
+
+/// No native message is larger than this.
+pub const MAX_NATIVE_PAYLOAD: usize = 128;
+
+/// Tags of the two things a node key signs.
+pub const REGISTER_TAG: &str = "bitpunch/register/v1";
+pub const SESSION_TAG: &str = "bitpunch/session/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PunchRole {
+    /// Asked for the connection: BIP324 initiator.
+    Initiator = 0,
+    /// Was asked for: BIP324 responder.
+    Responder = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FailReason {
+    NotRegistered = 1,
+    UnknownPeer = 2,
+    PeerBusy = 3,
+    RateLimited = 4,
+    SelfConnect = 5,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PunchResult {
+    Connected = 0,
+    NoConnection = 1,
+    HandshakeFailed = 2,
+    AuthFailed = 3,
+    Refused = 4,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NativeMessage {
+    /// client → coordinator: "make me reachable; this is my key".
+    Register { key: [u8; 32] },
+    /// coordinator → client: sign this.
+    Challenge { nonce: [u8; 32] },
+    /// client → coordinator: Schnorr signature over (nonce, key).
+    Prove { signature: [u8; 64] },
+    /// coordinator → client: you are `id`, and I see you at `observed`.
+    Registered { id: NodeId, observed: SocketAddr },
+    /// client → coordinator: connect me to `target`.
+    Connect { request: u64, target: NodeId },
+    /// coordinator → both: dial `peer` from your registered port after
+    /// `delay_ms`, in `role`; the peer proves `peer_key` afterwards.
+    Punch {
+        request: u64,
+        role: PunchRole,
+        peer_key: [u8; 32],
+        peer: SocketAddr,
+        delay_ms: u32,
+    },
+    /// coordinator → requester: no punch, because…
+    Fail { request: u64, reason: FailReason },
+    /// client → coordinator: how it went.
+    Result { request: u64, result: PunchResult },
+    /// On the punched connection, both ways: Schnorr signature over the
+    /// BIP324 session id, the signer's role and the request.
+    Auth { request: u64, signature: [u8; 64] },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NativeError {
+    #[error("{command}: payload of {len} bytes, expected {expected}")]
+    BadLength {
+        command: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    #[error("{command}: {what}")]
+    BadField { command: &'static str, what: String },
+    #[error("unknown native command {0:?}")]
+    UnknownCommand(String),
+}
+
+const PREFIX: &str = "hp";
+
+impl NativeMessage {
+    pub fn command(&self) -> &'static str {
+        match self {
+            NativeMessage::Register { .. } => "hpregister",
+            NativeMessage::Challenge { .. } => "hpchallenge",
+            NativeMessage::Prove { .. } => "hpprove",
+            NativeMessage::Registered { .. } => "hpregistered",
+            NativeMessage::Connect { .. } => "hpconnect",
+            NativeMessage::Punch { .. } => "hppunch",
+            NativeMessage::Fail { .. } => "hpfail",
+            NativeMessage::Result { .. } => "hpresult",
+            NativeMessage::Auth { .. } => "hpauth",
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_NATIVE_PAYLOAD);
+        match self {
+            NativeMessage::Register { key } => out.extend_from_slice(key),
+            NativeMessage::Challenge { nonce } => out.extend_from_slice(nonce),
+            NativeMessage::Prove { signature } => out.extend_from_slice(signature),
+            NativeMessage::Registered { id, observed } => {
+                out.extend_from_slice(&id.0);
+                put_endpoint(&mut out, observed);
+            }
+            NativeMessage::Connect { request, target } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(&target.0);
+            }
+            NativeMessage::Punch {
+                request,
+                role,
+                peer_key,
+                peer,
+                delay_ms,
+            } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                out.push(*role as u8);
+                out.extend_from_slice(peer_key);
+                put_endpoint(&mut out, peer);
+                out.extend_from_slice(&delay_ms.to_le_bytes());
+            }
+            NativeMessage::Fail { request, reason } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                out.push(*reason as u8);
+            }
+            NativeMessage::Result { request, result } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                out.push(*result as u8);
+            }
+            NativeMessage::Auth { request, signature } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                out.extend_from_slice(signature);
+            }
+        }
+        debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
+        out
+    }
+
+    pub fn to_network(&self) -> NetworkMessage {
+        NetworkMessage::Unknown {
+            command: CommandString::try_from_static(self.command())
+                .expect("native commands are valid command strings"),
+            payload: self.encode(),
+        }
+    }
+
+    /// `Ok(None)` when `msg` is not a native message at all (any other
+    /// Bitcoin message); an error when it claims to be one and is not valid.
+    pub fn from_network(msg: &NetworkMessage) -> Result<Option<NativeMessage>, NativeError> {
+        let NetworkMessage::Unknown { command, payload } = msg else {
+            return Ok(None);
+        };
+        let command = command.as_ref();
+        if !command.starts_with(PREFIX) {
+            return Ok(None);
+        }
+        Self::decode(command, payload).map(Some)
+    }
+
+    pub fn decode(command: &str, payload: &[u8]) -> Result<NativeMessage, NativeError> {
+        let mut r = Reader {
+            command: static_name(command)?,
+            cursor: Cursor::new(payload),
+        };
+        let msg = match r.command {
+            "hpregister" => NativeMessage::Register { key: r.array()? },
+            "hpchallenge" => NativeMessage::Challenge { nonce: r.array()? },
+            "hpprove" => NativeMessage::Prove {
+                signature: r.array()?,
+            },
+            "hpregistered" => NativeMessage::Registered {
+                id: NodeId(r.array::<ID_LEN>()?),
+                observed: r.endpoint()?,
+            },
+            "hpconnect" => NativeMessage::Connect {
+                request: r.u64()?,
+                target: NodeId(r.array::<ID_LEN>()?),
+            },
+            "hppunch" => NativeMessage::Punch {
+                request: r.u64()?,
+                role: match r.u8()? {
+                    0 => PunchRole::Initiator,
+                    1 => PunchRole::Responder,
+                    other => return Err(r.bad(format!("role {other}"))),
+                },
+                peer_key: r.array()?,
+                peer: r.endpoint()?,
+                delay_ms: r.u32()?,
+            },
+            "hpfail" => NativeMessage::Fail {
+                request: r.u64()?,
+                reason: match r.u8()? {
+                    1 => FailReason::NotRegistered,
+                    2 => FailReason::UnknownPeer,
+                    3 => FailReason::PeerBusy,
+                    4 => FailReason::RateLimited,
+                    5 => FailReason::SelfConnect,
+                    other => return Err(r.bad(format!("reason {other}"))),
+                },
+            },
+            "hpresult" => NativeMessage::Result {
+                request: r.u64()?,
+                result: match r.u8()? {
+                    0 => PunchResult::Connected,
+                    1 => PunchResult::NoConnection,
+                    2 => PunchResult::HandshakeFailed,
+                    3 => PunchResult::AuthFailed,
+                    4 => PunchResult::Refused,
+                    other => return Err(r.bad(format!("result {other}"))),
+                },
+            },
+            "hpauth" => NativeMessage::Auth {
+                request: r.u64()?,
+                signature: r.array()?,
+            },
+            _ => unreachable!("static_name only returns known commands"),
+        };
+        r.finish(msg.encode().len())?;
+        Ok(msg)
+    }
+}
+
+const COMMANDS: [&str; 9] = [
+    "hpregister",
+    "hpchallenge",
+    "hpprove",
+    "hpregistered",
+    "hpconnect",
+    "hppunch",
+    "hpfail",
+    "hpresult",
+    "hpauth",
+];
+
+fn static_name(command: &str) -> Result<&'static str, NativeError> {
+    COMMANDS
+        .iter()
+        .find(|c| **c == command)
+        .copied()
+        .ok_or_else(|| NativeError::UnknownCommand(command.to_string()))
+}
+
+fn put_endpoint(out: &mut Vec<u8>, addr: &SocketAddr) {
+    let v2 = match addr {
+        SocketAddr::V4(a) => AddrV2::Ipv4(*a.ip()),
+        SocketAddr::V6(a) => AddrV2::Ipv6(*a.ip()),
+    };
+    v2.consensus_encode(out).expect("Vec write");
+    // Port in network byte order, as in Bitcoin's address messages.
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+struct Reader<'a> {
+    command: &'static str,
+    cursor: Cursor<&'a [u8]>,
+}
+
+impl Reader<'_> {
+    fn bad(&self, what: String) -> NativeError {
+        NativeError::BadField {
+            command: self.command,
+            what,
+        }
+    }
+
+    fn short(&self) -> NativeError {
+        self.bad(format!(
+            "payload ends early ({} bytes)",
+            self.cursor.get_ref().len()
+        ))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], NativeError> {
+        let pos = self.cursor.position() as usize;
+        let bytes = self.cursor.get_ref();
+        let slice = bytes.get(pos..pos + N).ok_or_else(|| self.short())?;
+        self.cursor.set_position((pos + N) as u64);
+        Ok(slice.try_into().expect("N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, NativeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, NativeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, NativeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn endpoint(&mut self) -> Result<SocketAddr, NativeError> {
+        let addr = AddrV2::consensus_decode(&mut self.cursor)
+            .map_err(|e| self.bad(format!("address: {e}")))?;
+        let port = u16::from_be_bytes(self.array()?);
+        let ip = match addr {
+            AddrV2::Ipv4(ip) => ip.into(),
+            AddrV2::Ipv6(ip) => ip.into(),
+            other => return Err(self.bad(format!("address {other:?} is not IP"))),
+        };
+        if port == 0 {
+            return Err(self.bad("port 0".into()));
+        }
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    fn finish(&self, expected: usize) -> Result<(), NativeError> {
+        let len = self.cursor.get_ref().len();
+        if len != expected {
+            return Err(NativeError::BadLength {
+                command: self.command,
+                len,
+                expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<NativeMessage> {
+        let v4: SocketAddr = "203.0.113.9:40001".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:8333".parse().unwrap();
+        vec![
+            NativeMessage::Register { key: [7; 32] },
+            NativeMessage::Challenge { nonce: [9; 32] },
+            NativeMessage::Prove { signature: [3; 64] },
+            NativeMessage::Registered {
+                id: NodeId([1; 12]),
+                observed: v4,
+            },
+            NativeMessage::Registered {
+                id: NodeId([2; 12]),
+                observed: v6,
+            },
+            NativeMessage::Connect {
+                request: 77,
+                target: NodeId([4; 12]),
+            },
+            NativeMessage::Punch {
+                request: u64::MAX,
+                role: PunchRole::Responder,
+                peer_key: [5; 32],
+                peer: v4,
+                delay_ms: 12,
+            },
+            NativeMessage::Fail {
+                request: 1,
+                reason: FailReason::RateLimited,
+            },
+            NativeMessage::Result {
+                request: 2,
+                result: PunchResult::AuthFailed,
+            },
+            NativeMessage::Auth {
+                request: 3,
+                signature: [8; 64],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_v2_packet() {
+        for msg in samples() {
+            let contents = crate::wire::codec::encode_v2_contents(&msg.to_network());
+            let decoded =
+                crate::wire::codec::decode_v2_contents(bitcoin::p2p::Magic::REGTEST, &contents)
+                    .unwrap();
+            let crate::wire::codec::V2Decoded::Message(net) = decoded else {
+                panic!("not a message")
+            };
+            assert_eq!(NativeMessage::from_network(&net).unwrap(), Some(msg.clone()));
+            assert!(msg.encode().len() <= MAX_NATIVE_PAYLOAD);
+        }
+    }
+
+    #[test]
+    fn truncated_extended_and_garbled_payloads_are_errors() {
+        for msg in samples() {
+            let bytes = msg.encode();
+            for cut in 0..bytes.len() {
+                assert!(NativeMessage::decode(msg.command(), &bytes[..cut]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                NativeMessage::decode(msg.command(), &longer),
+                Err(NativeError::BadLength { .. })
+            ));
+        }
+        assert!(NativeMessage::decode("hpnonsense", &[]).is_err());
+        assert_eq!(NativeMessage::from_network(&NetworkMessage::Verack), Ok(None));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_payloads_never_panic(command in 0usize..COMMANDS.len(), payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = NativeMessage::decode(COMMANDS[command], &payload);
+        }
+    }
+}
