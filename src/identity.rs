@@ -121,6 +121,13 @@ impl NodeKey {
     }
 }
 
+impl fmt::Debug for NodeKey {
+    /// Never the secret: the id only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeKey({})", self.id())
+    }
+}
+
 pub fn verify(key: &XOnlyPublicKey, tag: &str, data: &[&[u8]], signature: &[u8; 64]) -> bool {
     let Ok(sig) = schnorr::Signature::from_slice(signature) else {
         return false;
@@ -166,11 +173,36 @@ mod tests {
         let a = NodeKey::generate();
         let b = NodeKey::generate();
         let sig = a.sign("bitpunch/test", &[b"one", b"two"]);
-        assert!(verify(&a.public(), "bitpunch/test", &[b"one", b"two"], &sig));
-        assert!(!verify(&b.public(), "bitpunch/test", &[b"one", b"two"], &sig));
-        assert!(!verify(&a.public(), "bitpunch/other", &[b"one", b"two"], &sig));
-        assert!(!verify(&a.public(), "bitpunch/test", &[b"one", b"three"], &sig));
-        assert!(!verify(&a.public(), "bitpunch/test", &[b"one", b"two"], &[0u8; 64]));
+        assert!(verify(
+            &a.public(),
+            "bitpunch/test",
+            &[b"one", b"two"],
+            &sig
+        ));
+        assert!(!verify(
+            &b.public(),
+            "bitpunch/test",
+            &[b"one", b"two"],
+            &sig
+        ));
+        assert!(!verify(
+            &a.public(),
+            "bitpunch/other",
+            &[b"one", b"two"],
+            &sig
+        ));
+        assert!(!verify(
+            &a.public(),
+            "bitpunch/test",
+            &[b"one", b"three"],
+            &sig
+        ));
+        assert!(!verify(
+            &a.public(),
+            "bitpunch/test",
+            &[b"one", b"two"],
+            &[0u8; 64]
+        ));
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod lab;
 pub mod native;
 pub mod net;
 pub mod node;
+pub mod punch;
 pub mod report;
 pub mod wire;

@@ -400,7 +400,10 @@ mod tests {
             let crate::wire::codec::V2Decoded::Message(net) = decoded else {
                 panic!("not a message")
             };
-            assert_eq!(NativeMessage::from_network(&net).unwrap(), Some(msg.clone()));
+            assert_eq!(
+                NativeMessage::from_network(&net).unwrap(),
+                Some(msg.clone())
+            );
             assert!(msg.encode().len() <= MAX_NATIVE_PAYLOAD);
         }
     }
@@ -420,7 +423,10 @@ mod tests {
             ));
         }
         assert!(NativeMessage::decode("hpnonsense", &[]).is_err());
-        assert_eq!(NativeMessage::from_network(&NetworkMessage::Verack), Ok(None));
+        assert_eq!(
+            NativeMessage::from_network(&NetworkMessage::Verack),
+            Ok(None)
+        );
     }
 
     proptest::proptest! {

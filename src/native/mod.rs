@@ -2,4 +2,5 @@
 //! behind NATs keep a session with swaps their observed endpoints and tells
 //! both when to dial. Spec: docs/native-protocol.md.
 
+pub mod machine;
 pub mod messages;

@@ -283,7 +283,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
         let read = self.io.read_exact(buf);
-        within(self.deadline, async { read.await.map(|_| ()).map_err(WireError::from) }).await
+        within(self.deadline, async {
+            read.await.map(|_| ()).map_err(WireError::from)
+        })
+        .await
     }
 
     /// The next message from the peer. v2 decoy packets are skipped; a v2

@@ -407,7 +407,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let result = async {
             loop {
                 match self.channel.recv().await? {
-                    Some(NetworkMessage::Ping(n)) => self.channel.send(&NetworkMessage::Pong(n)).await?,
+                    Some(NetworkMessage::Ping(n)) => {
+                        self.channel.send(&NetworkMessage::Pong(n)).await?
+                    }
                     Some(msg) => return Ok(msg),
                     None => {}
                 }

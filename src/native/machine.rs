@@ -1,0 +1,695 @@
+//! The native protocol's state machines, without I/O: the coordinator's and
+//! the client's. Drivers feed them messages and time and carry out what they
+//! return. docs/native-protocol.md describes the same rules in prose.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::XOnlyPublicKey;
+
+use super::messages::{FailReason, NativeMessage, PunchResult, PunchRole, REGISTER_TAG};
+use crate::identity::{self, NodeId, NodeKey};
+
+pub type ConnId = u64;
+
+// ---------------------------------------------------------------- coordinator
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Added to the computed dial time, for processing on both sides.
+    pub margin: Duration,
+    /// Connect requests one client may make per minute.
+    pub requests_per_minute: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            margin: Duration::from_millis(20),
+            requests_per_minute: 30,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PeerState {
+    Connected,
+    Challenged {
+        key: XOnlyPublicKey,
+        nonce: [u8; 32],
+    },
+    Registered {
+        key: XOnlyPublicKey,
+        id: NodeId,
+    },
+}
+
+#[derive(Debug)]
+struct Peer {
+    observed: SocketAddr,
+    rtt: Option<Duration>,
+    state: PeerState,
+    requests: VecDeque<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorAction {
+    Send(ConnId, NativeMessage),
+    Close(ConnId, String),
+    /// A client reported how a punch went (for logs and records).
+    Reported {
+        conn: ConnId,
+        request: u64,
+        result: PunchResult,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    peers: HashMap<ConnId, Peer>,
+    by_id: HashMap<NodeId, ConnId>,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Self {
+        Coordinator {
+            config,
+            ..Default::default()
+        }
+    }
+
+    /// A client finished the Bitcoin handshake; `observed` is its source
+    /// endpoint as this side sees it: its NAT mapping.
+    pub fn connected(&mut self, conn: ConnId, observed: SocketAddr, rtt: Option<Duration>) {
+        self.peers.insert(
+            conn,
+            Peer {
+                observed,
+                rtt,
+                state: PeerState::Connected,
+                requests: VecDeque::new(),
+            },
+        );
+    }
+
+    pub fn rtt(&mut self, conn: ConnId, rtt: Duration) {
+        if let Some(p) = self.peers.get_mut(&conn) {
+            p.rtt = Some(rtt);
+        }
+    }
+
+    pub fn disconnected(&mut self, conn: ConnId) {
+        if let Some(Peer {
+            state: PeerState::Registered { id, .. },
+            ..
+        }) = self.peers.remove(&conn)
+        {
+            if self.by_id.get(&id) == Some(&conn) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    pub fn registered(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// `challenge` is fresh randomness from the driver, used if `msg` starts
+    /// a registration.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        msg: NativeMessage,
+        challenge: [u8; 32],
+    ) -> Vec<CoordinatorAction> {
+        use CoordinatorAction::*;
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return vec![];
+        };
+        match msg {
+            NativeMessage::Register { key } => match identity::parse_public(&key) {
+                Ok(key) => {
+                    peer.state = PeerState::Challenged {
+                        key,
+                        nonce: challenge,
+                    };
+                    vec![Send(conn, NativeMessage::Challenge { nonce: challenge })]
+                }
+                Err(e) => vec![Close(conn, format!("hpregister: {e}"))],
+            },
+            NativeMessage::Prove { signature } => {
+                let PeerState::Challenged { key, nonce } = peer.state else {
+                    return vec![Close(conn, "hpprove without a challenge".into())];
+                };
+                if !identity::verify(&key, REGISTER_TAG, &[&nonce, &key.serialize()], &signature) {
+                    return vec![Close(conn, "hpprove: signature does not verify".into())];
+                }
+                let id = NodeId::of(&key);
+                peer.state = PeerState::Registered { key, id };
+                let observed = peer.observed;
+                // The newest proof of a key wins: an older connection with
+                // the same id is a stale one of the same node.
+                self.by_id.insert(id, conn);
+                vec![Send(conn, NativeMessage::Registered { id, observed })]
+            }
+            NativeMessage::Connect { request, target } => self.connect(now, conn, request, target),
+            NativeMessage::Result { request, result } => vec![Reported {
+                conn,
+                request,
+                result,
+            }],
+            other @ (NativeMessage::Challenge { .. }
+            | NativeMessage::Registered { .. }
+            | NativeMessage::Punch { .. }
+            | NativeMessage::Fail { .. }
+            | NativeMessage::Auth { .. }) => {
+                vec![Close(
+                    conn,
+                    format!("{} is not for a coordinator", other.command()),
+                )]
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: u64,
+        target: NodeId,
+    ) -> Vec<CoordinatorAction> {
+        use CoordinatorAction::*;
+        let fail = |reason| vec![Send(conn, NativeMessage::Fail { request, reason })];
+        let window = Duration::from_secs(60);
+        let limit = self.config.requests_per_minute;
+        let requester = self.peers.get_mut(&conn).expect("checked by handle");
+        while requester
+            .requests
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            requester.requests.pop_front();
+        }
+        if requester.requests.len() >= limit {
+            return fail(FailReason::RateLimited);
+        }
+        requester.requests.push_back(now);
+        let PeerState::Registered {
+            key: requester_key,
+            id: requester_id,
+        } = requester.state
+        else {
+            return fail(FailReason::NotRegistered);
+        };
+        if requester_id == target {
+            return fail(FailReason::SelfConnect);
+        }
+        let (requester_addr, requester_rtt) = (requester.observed, requester.rtt);
+        let Some(&target_conn) = self.by_id.get(&target) else {
+            return fail(FailReason::UnknownPeer);
+        };
+        let target_peer = &self.peers[&target_conn];
+        let PeerState::Registered {
+            key: target_key, ..
+        } = target_peer.state
+        else {
+            return fail(FailReason::UnknownPeer);
+        };
+        // Both orders leave now; each reaches its node half an RTT later.
+        // Each node waits so that both dial at the same moment: when the
+        // farther one receives its order, plus a margin.
+        let rtt_r = requester_rtt.unwrap_or_default();
+        let rtt_t = target_peer.rtt.unwrap_or_default();
+        let farthest = rtt_r.max(rtt_t);
+        let delay = |own: Duration| ((farthest - own) / 2 + self.config.margin).as_millis() as u32;
+        vec![
+            Send(
+                conn,
+                NativeMessage::Punch {
+                    request,
+                    role: PunchRole::Initiator,
+                    peer_key: target_key.serialize(),
+                    peer: target_peer.observed,
+                    delay_ms: delay(rtt_r),
+                },
+            ),
+            Send(
+                target_conn,
+                NativeMessage::Punch {
+                    request,
+                    role: PunchRole::Responder,
+                    peer_key: requester_key.serialize(),
+                    peer: requester_addr,
+                    delay_ms: delay(rtt_t),
+                },
+            ),
+        ]
+    }
+}
+
+// --------------------------------------------------------------------- client
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Punch orders per target address per minute (reflection limit).
+    pub orders_per_target_per_minute: usize,
+    /// Punch orders per minute in all.
+    pub orders_per_minute: usize,
+    /// Longest dial delay an order may ask for.
+    pub max_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            orders_per_target_per_minute: 6,
+            orders_per_minute: 30,
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A punch the client should carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PunchOrder {
+    pub request: u64,
+    pub role: PunchRole,
+    pub peer_key: XOnlyPublicKey,
+    pub peer: SocketAddr,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    Send(NativeMessage),
+    Registered {
+        id: NodeId,
+        observed: SocketAddr,
+    },
+    Punch(PunchOrder),
+    /// An order was not followed; the coordinator has been told.
+    Refused {
+        request: u64,
+        why: String,
+    },
+    RequestFailed {
+        request: u64,
+        reason: FailReason,
+    },
+    /// The coordinator broke the protocol: close the connection.
+    Close(String),
+}
+
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    key: NodeKey,
+    registered: Option<NodeId>,
+    /// Requests we made, and the id we asked for (checked against the key in
+    /// the order: a coordinator cannot substitute another key).
+    requests: HashMap<u64, NodeId>,
+    orders: VecDeque<(Instant, IpAddr)>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig, key: NodeKey) -> Self {
+        Client {
+            config,
+            key,
+            registered: None,
+            requests: HashMap::new(),
+            orders: VecDeque::new(),
+        }
+    }
+
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    pub fn start(&self) -> NativeMessage {
+        NativeMessage::Register {
+            key: self.key.public().serialize(),
+        }
+    }
+
+    pub fn request(&mut self, request: u64, target: NodeId) -> NativeMessage {
+        self.requests.insert(request, target);
+        NativeMessage::Connect { request, target }
+    }
+
+    pub fn handle(&mut self, now: Instant, msg: NativeMessage) -> Vec<ClientEvent> {
+        use ClientEvent::*;
+        match msg {
+            NativeMessage::Challenge { nonce } => {
+                let key = self.key.public().serialize();
+                vec![Send(NativeMessage::Prove {
+                    signature: self.key.sign(REGISTER_TAG, &[&nonce, &key]),
+                })]
+            }
+            NativeMessage::Registered { id, observed } => {
+                if id != self.key.id() {
+                    return vec![Close(format!(
+                        "coordinator registered us as {id}, not {}",
+                        self.key.id()
+                    ))];
+                }
+                self.registered = Some(id);
+                vec![Registered { id, observed }]
+            }
+            NativeMessage::Fail { request, reason } => {
+                self.requests.remove(&request);
+                vec![RequestFailed { request, reason }]
+            }
+            NativeMessage::Punch {
+                request,
+                role,
+                peer_key,
+                peer,
+                delay_ms,
+            } => self.order(now, request, role, peer_key, peer, delay_ms),
+            other @ (NativeMessage::Register { .. }
+            | NativeMessage::Prove { .. }
+            | NativeMessage::Connect { .. }
+            | NativeMessage::Result { .. }
+            | NativeMessage::Auth { .. }) => {
+                vec![Close(format!("{} is not for a client", other.command()))]
+            }
+        }
+    }
+
+    fn order(
+        &mut self,
+        now: Instant,
+        request: u64,
+        role: PunchRole,
+        peer_key: [u8; 32],
+        peer: SocketAddr,
+        delay_ms: u32,
+    ) -> Vec<ClientEvent> {
+        use ClientEvent::*;
+        let refuse = |why: String| {
+            vec![
+                Send(NativeMessage::Result {
+                    request,
+                    result: PunchResult::Refused,
+                }),
+                Refused { request, why },
+            ]
+        };
+        let Ok(peer_key) = identity::parse_public(&peer_key) else {
+            return refuse("the peer key is not a valid public key".into());
+        };
+        if role == PunchRole::Initiator {
+            // Only for our own requests, and only with the key whose id we
+            // asked for.
+            let Some(asked) = self.requests.remove(&request) else {
+                return refuse(format!(
+                    "an initiator order for request {request} we never made"
+                ));
+            };
+            if NodeId::of(&peer_key) != asked {
+                return refuse(format!(
+                    "the coordinator gave key {} for peer {asked}: it does not hash to that id",
+                    NodeId::of(&peer_key)
+                ));
+            }
+        } else if self.registered.is_none() {
+            return refuse("a responder order before registration".into());
+        }
+        let delay = Duration::from_millis(delay_ms.into());
+        if delay > self.config.max_delay {
+            return refuse(format!("dial delay {delay:?} is too long"));
+        }
+        // Reflection limit: whatever the coordinator says, this node sends
+        // SYNs to one address at most so often, and to all at most so often.
+        let window = Duration::from_secs(60);
+        while self
+            .orders
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+        {
+            self.orders.pop_front();
+        }
+        let to_target = self
+            .orders
+            .iter()
+            .filter(|(_, ip)| *ip == peer.ip())
+            .count();
+        if to_target >= self.config.orders_per_target_per_minute {
+            return refuse(format!(
+                "rate limit: {to_target} punches to {} in the last minute",
+                peer.ip()
+            ));
+        }
+        if self.orders.len() >= self.config.orders_per_minute {
+            return refuse(format!(
+                "rate limit: {} punches in the last minute",
+                self.orders.len()
+            ));
+        }
+        self.orders.push_back((now, peer.ip()));
+        vec![Punch(PunchOrder {
+            request,
+            role,
+            peer_key,
+            peer,
+            delay,
+        })]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Runs a client's registration against the coordinator, returns its id.
+    fn register(c: &mut Coordinator, conn: ConnId, client: &mut Client, now: Instant) -> NodeId {
+        let mut to_coord = vec![client.start()];
+        let mut id = None;
+        while let Some(msg) = to_coord.pop() {
+            for action in c.handle(now, conn, msg, [conn as u8; 32]) {
+                let CoordinatorAction::Send(to, reply) = action else {
+                    panic!("unexpected {action:?}")
+                };
+                assert_eq!(to, conn);
+                for event in client.handle(now, reply) {
+                    match event {
+                        ClientEvent::Send(m) => to_coord.push(m),
+                        ClientEvent::Registered { id: got, .. } => id = Some(got),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+        id.expect("registered")
+    }
+
+    #[test]
+    fn registration_and_a_timed_punch() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default());
+        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(
+            1,
+            addr("203.0.113.2:40001"),
+            Some(Duration::from_millis(40)),
+        );
+        coord.connected(
+            2,
+            addr("203.0.113.6:40002"),
+            Some(Duration::from_millis(100)),
+        );
+        let alice_id = register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        assert_eq!(alice_id, alice.key().id());
+        assert_eq!(coord.registered(), 2);
+
+        let ask = alice.request(7, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let [CoordinatorAction::Send(1, to_alice), CoordinatorAction::Send(2, to_bob)] =
+            &actions[..]
+        else {
+            panic!("{actions:?}")
+        };
+        // Alice is 40 ms away, Bob 100 ms: Alice waits (100-40)/2 ms longer.
+        let a = alice.handle(t0, to_alice.clone());
+        let b = bob.handle(t0, to_bob.clone());
+        let [ClientEvent::Punch(a)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        let [ClientEvent::Punch(b)] = &b[..] else {
+            panic!("{b:?}")
+        };
+        assert_eq!(a.role, PunchRole::Initiator);
+        assert_eq!(b.role, PunchRole::Responder);
+        assert_eq!(a.peer, addr("203.0.113.6:40002"));
+        assert_eq!(b.peer, addr("203.0.113.2:40001"));
+        assert_eq!(a.delay, Duration::from_millis(30 + 20));
+        assert_eq!(b.delay, Duration::from_millis(20));
+        // Each arrives at rtt/2, then waits: both dial at 70 ms.
+        assert_eq!(
+            Duration::from_millis(20) + a.delay,
+            Duration::from_millis(50) + b.delay
+        );
+        assert_eq!(a.peer_key, bob.key().public());
+    }
+
+    #[test]
+    fn a_bad_proof_closes_and_requests_need_registration() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default());
+        coord.connected(1, addr("203.0.113.2:1"), None);
+        let key = NodeKey::generate();
+        coord.handle(
+            t0,
+            1,
+            NativeMessage::Register {
+                key: key.public().serialize(),
+            },
+            [1; 32],
+        );
+        let wrong = key.sign(REGISTER_TAG, &[&[2u8; 32], &key.public().serialize()]);
+        assert!(matches!(
+            &coord.handle(t0, 1, NativeMessage::Prove { signature: wrong }, [0; 32])[..],
+            [CoordinatorAction::Close(1, why)] if why.contains("does not verify")
+        ));
+        coord.connected(2, addr("203.0.113.6:1"), None);
+        let actions = coord.handle(
+            t0,
+            2,
+            NativeMessage::Connect {
+                request: 1,
+                target: key.id(),
+            },
+            [0; 32],
+        );
+        assert_eq!(
+            actions,
+            vec![CoordinatorAction::Send(
+                2,
+                NativeMessage::Fail {
+                    request: 1,
+                    reason: FailReason::NotRegistered
+                }
+            )]
+        );
+        assert!(matches!(
+            &coord.handle(t0, 2, NativeMessage::Challenge { nonce: [0; 32] }, [0; 32])[..],
+            [CoordinatorAction::Close(2, _)]
+        ));
+    }
+
+    #[test]
+    fn unknown_targets_and_request_floods_fail() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig {
+            requests_per_minute: 2,
+            ..Default::default()
+        });
+        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(1, addr("203.0.113.2:1"), None);
+        let alice_id = register(&mut coord, 1, &mut alice, t0);
+        let stranger = NodeKey::generate().id();
+        let fail = |actions: Vec<CoordinatorAction>| match &actions[..] {
+            [CoordinatorAction::Send(_, NativeMessage::Fail { reason, .. })] => *reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            fail(coord.handle(t0, 1, alice.request(1, stranger), [0; 32])),
+            FailReason::UnknownPeer
+        );
+        assert_eq!(
+            fail(coord.handle(t0, 1, alice.request(2, alice_id), [0; 32])),
+            FailReason::SelfConnect
+        );
+        assert_eq!(
+            fail(coord.handle(t0, 1, alice.request(3, stranger), [0; 32])),
+            FailReason::RateLimited
+        );
+        // A minute later the window has moved on.
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(
+            fail(coord.handle(later, 1, alice.request(4, stranger), [0; 32])),
+            FailReason::UnknownPeer
+        );
+    }
+
+    #[test]
+    fn the_client_refuses_substituted_keys_unknown_requests_and_floods() {
+        let t0 = Instant::now();
+        let config = ClientConfig {
+            orders_per_target_per_minute: 2,
+            orders_per_minute: 3,
+            ..Default::default()
+        };
+        let mut alice = Client::new(config, NodeKey::generate());
+        alice.registered = Some(alice.key().id());
+        let bob = NodeKey::generate();
+        let mallory = NodeKey::generate();
+        let order = |request, role, key: &NodeKey, peer: &str| NativeMessage::Punch {
+            request,
+            role,
+            peer_key: key.public().serialize(),
+            peer: addr(peer),
+            delay_ms: 10,
+        };
+        let refused = |events: Vec<ClientEvent>| {
+            matches!(
+                &events[..],
+                [
+                    ClientEvent::Send(NativeMessage::Result {
+                        result: PunchResult::Refused,
+                        ..
+                    }),
+                    ClientEvent::Refused { .. }
+                ]
+            )
+        };
+        // A key that does not hash to the id we asked for.
+        alice.request(1, bob.id());
+        assert!(refused(alice.handle(
+            t0,
+            order(1, PunchRole::Initiator, &mallory, "198.51.100.1:1")
+        )));
+        // An initiator order for a request never made.
+        assert!(refused(alice.handle(
+            t0,
+            order(9, PunchRole::Initiator, &bob, "198.51.100.1:1")
+        )));
+        // Responder orders: two per target address, three in all.
+        for (i, target) in ["198.51.100.1:1", "198.51.100.1:2"].iter().enumerate() {
+            assert!(matches!(
+                &alice.handle(t0, order(10 + i as u64, PunchRole::Responder, &bob, target))[..],
+                [ClientEvent::Punch(_)]
+            ));
+        }
+        assert!(refused(alice.handle(
+            t0,
+            order(12, PunchRole::Responder, &bob, "198.51.100.1:3")
+        )));
+        assert!(matches!(
+            &alice.handle(t0, order(13, PunchRole::Responder, &bob, "198.51.100.2:1"))[..],
+            [ClientEvent::Punch(_)]
+        ));
+        assert!(refused(alice.handle(
+            t0,
+            order(14, PunchRole::Responder, &bob, "198.51.100.3:1")
+        )));
+        let later = t0 + Duration::from_secs(60);
+        assert!(matches!(
+            &alice.handle(
+                later,
+                order(15, PunchRole::Responder, &bob, "198.51.100.1:1")
+            )[..],
+            [ClientEvent::Punch(_)]
+        ));
+    }
+}

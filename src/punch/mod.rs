@@ -1,0 +1,156 @@
+//! The punch, shared by both coordination paths: a schedule without I/O
+//! (`schedule`) and the driver that carries it out on the shared port.
+//!
+//! Each attempt `connect()`s from the node's port `L` to every candidate
+//! endpoint of the peer. Whichever TCP connection completes first wins: one
+//! of our connects (the SYNs crossed, or the peer's SYN-ACK answered ours), or
+//! an inbound connection that the accept loop hands over because it comes
+//! from a candidate endpoint while the punch runs (the peer's SYN beat ours,
+//! or our NAT lets anyone in). The losers are closed by being dropped.
+
+pub mod schedule;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub use schedule::{Schedule, ScheduleConfig, Step};
+
+use crate::net::router::Expectation;
+use crate::net::stream::Counted;
+use crate::net::{Router, SharedPort};
+use crate::report::WonBy;
+
+#[derive(Debug, Clone)]
+pub struct PunchPlan {
+    /// The peer's endpoints to dial (its NAT mappings as someone observed
+    /// them).
+    pub candidates: Vec<SocketAddr>,
+    /// When the first attempt starts; the peer starts at the same moment.
+    pub start: Instant,
+    pub config: ScheduleConfig,
+}
+
+/// A direct TCP connection to the peer.
+#[derive(Debug)]
+pub struct Punched {
+    pub stream: Counted<TcpStream>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub won_by: WonBy,
+    /// Attempts started, the winning one included.
+    pub attempts: u32,
+    pub first_syn: Option<Instant>,
+    pub established: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no direct connection after {attempts} attempts to {candidates:?}{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+pub struct PunchError {
+    pub attempts: u32,
+    pub candidates: Vec<SocketAddr>,
+    pub last_error: Option<String>,
+    pub first_syn: Option<Instant>,
+}
+
+/// Carries out `plan` from `port`, with `router` (the accept loop of the same
+/// port) handing over inbound connections from the candidates.
+pub async fn punch(
+    port: &SharedPort,
+    router: &Arc<Router>,
+    plan: PunchPlan,
+) -> Result<Punched, PunchError> {
+    // Claim the candidates' inbound connections before any SYN leaves.
+    let mut expectations: Vec<Expectation> = plan
+        .candidates
+        .iter()
+        .map(|c| router.expect_from(*c))
+        .collect();
+    let mut schedule = Schedule::new(plan.config, plan.candidates.clone(), plan.start.into_std());
+    let mut dials = FuturesUnordered::new();
+    let mut first_syn = None;
+    let mut last_error = None;
+    let give_up = |schedule: &Schedule, last_error: Option<String>, first_syn| PunchError {
+        attempts: schedule.attempts_started(),
+        candidates: plan.candidates.clone(),
+        last_error,
+        first_syn,
+    };
+
+    loop {
+        let wait_until = match schedule.poll(Instant::now().into_std()) {
+            Step::Dial {
+                attempt,
+                candidates,
+            } => {
+                // A connect still pending from the last attempt is abandoned:
+                // its SYN was lost or dropped, and a fresh one is due now.
+                dials = FuturesUnordered::new();
+                first_syn.get_or_insert_with(Instant::now);
+                for candidate in candidates {
+                    tracing::debug!(%candidate, attempt, "punch: dialing");
+                    let dial = port.dial(candidate);
+                    dials.push(async move { (candidate, dial.await) });
+                }
+                continue;
+            }
+            Step::WaitUntil(t) => Instant::from_std(t),
+            Step::GiveUp => return Err(give_up(&schedule, last_error, first_syn)),
+        };
+        let claimed = !expectations.is_empty();
+        let inbound = async {
+            if claimed {
+                let next = futures::future::select_all(
+                    expectations.iter_mut().map(|e| Box::pin(&mut e.inbound)),
+                );
+                next.await.0
+            } else {
+                futures::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wait_until) => {}
+            Some((candidate, result)) = dials.next(), if !dials.is_empty() => match result {
+                Ok(stream) => {
+                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn))?;
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Punched {
+                        stream: Counted::new(stream),
+                        local,
+                        remote: candidate,
+                        won_by: WonBy::Connect,
+                        attempts: schedule.attempts_started(),
+                        first_syn,
+                        established: Instant::now(),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(%candidate, error = %e, "punch: attempt failed");
+                    last_error = Some(e.to_string());
+                }
+            },
+            arrived = inbound => match arrived {
+                Ok(inbound) => {
+                    let (_, stream) = inbound.stream.into_inner();
+                    return Ok(Punched {
+                        stream,
+                        local: inbound.local,
+                        remote: inbound.remote,
+                        won_by: WonBy::Accept,
+                        attempts: schedule.attempts_started(),
+                        first_syn,
+                        established: inbound.accepted_at,
+                    });
+                }
+                Err(_) => {
+                    // The claim was taken away (a newer punch to the same
+                    // endpoint); keep dialing.
+                    expectations.retain(|e| !e.inbound.is_terminated());
+                }
+            },
+        }
+    }
+}
