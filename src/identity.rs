@@ -66,6 +66,7 @@ fn tagged_hash(tag: &str, data: &[&[u8]]) -> [u8; 32] {
     sha256::Hash::from_engine(engine).to_byte_array()
 }
 
+#[derive(Clone)]
 pub struct NodeKey {
     keypair: Keypair,
 }

@@ -47,6 +47,7 @@ pub enum NodeEvent {
 }
 
 pub struct Node {
+    shared: Arc<SharedPort>,
     router: Arc<Router>,
     local_addrs: Vec<SocketAddr>,
     port: u16,
@@ -64,9 +65,9 @@ impl Drop for Node {
 
 impl Node {
     pub fn start(config: NodeConfig) -> std::io::Result<Node> {
-        let shared = SharedPort::bind(config.bind_ip, config.port)?;
+        let mut shared = SharedPort::bind(config.bind_ip, config.port)?;
         let port = shared.port();
-        let local_addrs = shared.local_addrs();
+        let local_addrs = shared.local_addrs().to_vec();
         let router = Router::new(
             config.session.network.magic().to_bytes(),
             config.sniff_timeout,
@@ -92,6 +93,7 @@ impl Node {
             }
         });
         Ok(Node {
+            shared: Arc::new(shared),
             router,
             local_addrs,
             port,
@@ -106,6 +108,11 @@ impl Node {
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The port everything leaves from, for outbound connections and punches.
+    pub fn shared_port(&self) -> &Arc<SharedPort> {
+        &self.shared
     }
 
     pub fn router(&self) -> &Arc<Router> {

@@ -146,7 +146,7 @@ async fn outbound_connections_leave_from_the_shared_port() {
     // connection's tuple sits in TIME_WAIT on our side.)
     let (_a, addr_a) = start_node(TransportPolicy::Auto, Duration::from_secs(10));
     let (_b, addr_b) = start_node(TransportPolicy::Auto, Duration::from_secs(10));
-    let port = bitpunch::net::SharedPort::bind(Some(LOOPBACK), 0).expect("bind");
+    let mut port = bitpunch::net::SharedPort::bind(Some(LOOPBACK), 0).expect("bind");
     let config = session(TransportPolicy::V2, Duration::from_secs(10));
     let mut held = Vec::new();
     for addr in [addr_a, addr_b] {

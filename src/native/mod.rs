@@ -2,5 +2,135 @@
 //! behind NATs keep a session with swaps their observed endpoints and tells
 //! both when to dial. Spec: docs/native-protocol.md.
 
+pub mod client;
+pub mod coordinator;
 pub mod machine;
 pub mod messages;
+pub mod punch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::identity::{NodeId, NodeKey};
+use crate::node::Node;
+use crate::report::{Outcome, Path};
+use crate::wire::{SessionConfig, SessionRole, Stage};
+use client::{CoordinatorLink, LinkConfig};
+use punch::{PunchContext, PunchOutcome};
+
+impl PunchContext {
+    pub fn for_node(
+        node: &Node,
+        key: Arc<NodeKey>,
+        session: SessionConfig,
+        link: &CoordinatorLink,
+    ) -> Self {
+        PunchContext {
+            port: node.shared_port().clone(),
+            router: node.router().clone(),
+            key,
+            session,
+            coordinator: link.coordinator,
+            coordinator_rtt: link.rtt,
+        }
+    }
+}
+
+/// The requester's side: ask the coordinator for `target`, punch, upgrade,
+/// authenticate. `link` must have been opened from `node`'s shared port.
+pub async fn connect_via(
+    node: &Node,
+    link: &CoordinatorLink,
+    key: Arc<NodeKey>,
+    session: SessionConfig,
+    target: NodeId,
+) -> PunchOutcome {
+    let ctx = PunchContext::for_node(node, key, session.clone(), link);
+    let bytes_before = link.bytes();
+    let asked = Instant::now();
+    let (order, received) = match link.request(target, session.handshake_timeout).await {
+        Ok(o) => o,
+        Err(e) => {
+            let mut record = Outcome::failed(
+                Path::Native,
+                SessionRole::Initiator,
+                Stage::Coordination,
+                e.to_string(),
+            );
+            record.via = Some(link.coordinator.to_string());
+            return PunchOutcome {
+                record,
+                session: None,
+                result: messages::PunchResult::NoConnection,
+            };
+        }
+    };
+    let request = order.request;
+    let mut outcome = punch::execute(&ctx, order, asked, received).await;
+    link.report(request, outcome.result).await;
+    outcome.record.bytes.coordination = link.bytes().saturating_sub(bytes_before);
+    outcome
+}
+
+/// The responder's side: carries out every order the coordinator sends,
+/// each in its own task; established sessions are served until they end.
+/// Each finished punch's record goes to `records`, if given.
+pub async fn serve_orders(
+    node: &Node,
+    link: &mut CoordinatorLink,
+    key: Arc<NodeKey>,
+    session: SessionConfig,
+    idle: Duration,
+    records: Option<mpsc::Sender<Outcome>>,
+) -> String {
+    let ctx = PunchContext::for_node(node, key, session, link);
+    let handle = link.handle();
+    let mut punches = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            order = link.orders.recv() => {
+                let Some((order, received)) = order else { break };
+                let ctx = ctx.clone();
+                let handle = handle.clone();
+                let records = records.clone();
+                punches.spawn(async move {
+                    let request = order.request;
+                    let peer = order.peer;
+                    let outcome = punch::execute(&ctx, order, received, received).await;
+                    handle.report(request, outcome.result).await;
+                    let record = outcome.record;
+                    match &outcome.session {
+                        Some(_) => tracing::info!(%peer, record = %record.to_json(), "punched session established"),
+                        None => tracing::warn!(%peer, record = %record.to_json(), "punch failed"),
+                    }
+                    if let Some(tx) = records {
+                        let _ = tx.send(record).await;
+                    }
+                    if let Some(session) = outcome.session {
+                        let ended = session.serve(idle).await;
+                        tracing::info!(%peer, reason = %ended, "punched session closed");
+                    }
+                });
+            }
+            Some(_) = punches.join_next(), if !punches.is_empty() => {}
+        }
+    }
+    link.closed().await
+}
+
+/// Opens a coordinator link from `node`'s port and registers `key`.
+pub async fn register(
+    node: &Node,
+    coordinator: SocketAddr,
+    key: &NodeKey,
+    config: LinkConfig,
+) -> Result<CoordinatorLink> {
+    CoordinatorLink::connect(node.shared_port(), coordinator, key.clone(), config)
+        .await
+        .with_context(|| format!("registering with coordinator {coordinator}"))
+}

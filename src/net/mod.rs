@@ -16,7 +16,9 @@ pub use router::{Inbound, Route, Router, StreamKind};
 /// One TCP port, bound with `SO_REUSEADDR` + `SO_REUSEPORT` so that outbound
 /// connections (and later, punch attempts) can leave from it while it listens.
 pub struct SharedPort {
+    /// Until the accept loop takes them.
     listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
     port: u16,
     /// The address outbound connections bind to: the listen IP when it is a
     /// specific one, so that the source address matches what peers expect.
@@ -55,6 +57,7 @@ impl SharedPort {
                 let listener = listen_reusable(SocketAddr::new(ip, port))?;
                 let port = listener.local_addr()?.port();
                 Ok(SharedPort {
+                    local_addrs: vec![listener.local_addr()?],
                     listeners: vec![listener],
                     port,
                     bind_ip: Some(ip),
@@ -71,6 +74,10 @@ impl SharedPort {
                     }
                 }
                 Ok(SharedPort {
+                    local_addrs: listeners
+                        .iter()
+                        .filter_map(|l| l.local_addr().ok())
+                        .collect(),
                     listeners,
                     port,
                     bind_ip: None,
@@ -83,11 +90,8 @@ impl SharedPort {
         self.port
     }
 
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Opens a TCP connection to `remote` from this port.
@@ -107,11 +111,15 @@ impl SharedPort {
     }
 
     /// Starts the accept loop: every inbound connection goes to `router`.
-    /// The loop ends when the returned handle is aborted or dropped with the
-    /// runtime.
-    pub fn spawn_accept_loop(self, router: std::sync::Arc<Router>) -> tokio::task::JoinHandle<()> {
+    /// The port keeps serving dials. The loop ends when the returned handle
+    /// is aborted (or a second call finds no listeners left).
+    pub fn spawn_accept_loop(
+        &mut self,
+        router: std::sync::Arc<Router>,
+    ) -> tokio::task::JoinHandle<()> {
+        let listeners = std::mem::take(&mut self.listeners);
         tokio::spawn(async move {
-            let accepts = self.listeners.into_iter().map(|listener| {
+            let accepts = listeners.into_iter().map(|listener| {
                 let router = router.clone();
                 async move {
                     loop {

@@ -33,6 +33,8 @@ pub struct Bytes {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub coordination: Option<f64>,
+    /// The first SYN of the punch left (punched paths only).
+    pub first_syn: Option<f64>,
     pub tcp: Option<f64>,
     pub handshake: Option<f64>,
     pub verack: Option<f64>,
@@ -52,6 +54,8 @@ pub struct Outcome {
     pub local: Option<String>,
     pub remote: Option<String>,
     pub via: Option<String>,
+    /// The peer endpoints a punch dialed.
+    pub candidates: Vec<String>,
     pub attempts: u32,
     pub won_by: Option<WonBy>,
     pub t_ms: Timings,
@@ -80,6 +84,7 @@ impl Outcome {
             local: None,
             remote: None,
             via: None,
+            candidates: Vec::new(),
             attempts: 1,
             won_by: None,
             t_ms: Timings::default(),
@@ -109,6 +114,7 @@ impl Outcome {
             remote: Some(report.remote.to_string()),
             t_ms: Timings {
                 coordination: None,
+                first_syn: None,
                 tcp,
                 handshake,
                 verack,
@@ -138,6 +144,15 @@ impl Outcome {
             error: Some(error.to_string()),
             failed_at: Some(error.stage),
             remote,
+            ..Outcome::empty(path, role)
+        }
+    }
+
+    /// A failure before or during a punch, with what is known by then.
+    pub fn failed(path: Path, role: SessionRole, stage: Stage, error: String) -> Outcome {
+        Outcome {
+            error: Some(error),
+            failed_at: Some(stage),
             ..Outcome::empty(path, role)
         }
     }

@@ -7,6 +7,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Asking the coordinator or relay for the connection.
+    Coordination,
+    /// The punch itself: no direct TCP connection came about.
+    Punch,
+    /// Proving the node key over the BIP324 session id.
+    Auth,
     Connect,
     Sniff,
     Bip324KeyExchange,
@@ -21,6 +27,9 @@ pub enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Stage::Coordination => "coordination",
+            Stage::Punch => "punch",
+            Stage::Auth => "peer authentication",
             Stage::Connect => "TCP connect",
             Stage::Sniff => "transport detection",
             Stage::Bip324KeyExchange => "BIP324 key exchange",

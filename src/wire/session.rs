@@ -113,6 +113,9 @@ pub struct SessionReport {
     pub t_ms: Phases,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Live byte counts of the connection, for whoever keeps using it.
+    #[serde(skip)]
+    pub counters: Arc<ByteCounters>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -222,6 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 bytes_sent: 0,
                 bytes_received: 0,
+                counters: ctx.counters.clone(),
             },
             channel,
         };

@@ -1,0 +1,286 @@
+//! The client side of the native protocol: a node's session with its
+//! coordinator, kept open from the node's shared port, so that what the
+//! coordinator observes is the NAT mapping the punch will use.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::ServiceFlags;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::machine::{Client, ClientConfig, ClientEvent, PunchOrder};
+use super::messages::{node_punch_coordinator, FailReason, NativeMessage, PunchResult};
+use crate::identity::{NodeId, NodeKey};
+use crate::net::stream::ByteCounters;
+use crate::net::SharedPort;
+use crate::wire::{self, SessionConfig};
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub session: SessionConfig,
+    pub client: ClientConfig,
+}
+
+/// A punch order and when it arrived (its delay counts from then).
+pub type ReceivedOrder = (PunchOrder, Instant);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the coordinator refused: {0:?}")]
+    Refused(FailReason),
+    #[error("the coordinator connection is gone: {0}")]
+    LinkDown(String),
+    #[error("no answer from the coordinator within {0:?}")]
+    Timeout(Duration),
+}
+
+enum Command {
+    Request {
+        target: NodeId,
+        reply: oneshot::Sender<Result<ReceivedOrder, RequestError>>,
+    },
+    Report {
+        request: u64,
+        result: PunchResult,
+    },
+}
+
+pub struct CoordinatorLink {
+    pub id: NodeId,
+    /// Where the coordinator sees us: our NAT mapping of the shared port.
+    pub observed: SocketAddr,
+    pub coordinator: SocketAddr,
+    pub rtt: Duration,
+    counters: Arc<ByteCounters>,
+    commands: mpsc::Sender<Command>,
+    /// Orders in which we are the responder: someone asked for us.
+    pub orders: mpsc::Receiver<ReceivedOrder>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Drop for CoordinatorLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CoordinatorLink {
+    /// Opens the session from `port`, checks the service bit, registers
+    /// `key`.
+    pub async fn connect(
+        port: &SharedPort,
+        coordinator: SocketAddr,
+        key: NodeKey,
+        config: LinkConfig,
+    ) -> Result<CoordinatorLink> {
+        let outcome = wire::connect(coordinator, &config.session, Some(port), Instant::now()).await;
+        let session = outcome
+            .result
+            .with_context(|| format!("connecting to coordinator {coordinator}"))?;
+        let services = ServiceFlags::from(session.report.peer.services);
+        if !services.has(node_punch_coordinator()) {
+            bail!(
+                "{coordinator} ({}) does not offer hole-punch coordination (service bit 26 unset)",
+                session.report.peer.user_agent
+            );
+        }
+        let (mut reader, mut writer, report) = session.into_parts();
+        let counters = report.counters.clone();
+        let rtt = Duration::from_secs_f64(report.rtt_ms.unwrap_or_default() / 1000.0);
+
+        let (inbound_tx, mut inbound) = mpsc::channel(64);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                let next = reader.recv().await;
+                let stop = next.is_err();
+                if inbound_tx.send(next).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let (commands, mut command_rx) = mpsc::channel(64);
+        let (orders_tx, orders) = mpsc::channel(64);
+        let (registered_tx, registered_rx) = oneshot::channel();
+        let mut client = Client::new(config.client, key);
+        let first = client.start();
+        let task = tokio::spawn(async move {
+            let _reader = AbortOnDrop(reader_task);
+            let mut registered_tx = Some(registered_tx);
+            let mut pending: HashMap<u64, oneshot::Sender<Result<ReceivedOrder, RequestError>>> =
+                HashMap::new();
+            writer.send(&first.to_network()).await?;
+            loop {
+                tokio::select! {
+                    next = inbound.recv() => {
+                        let msg = match next {
+                            Some(Ok(Some(msg))) => msg,
+                            Some(Ok(None)) => continue,
+                            Some(Err(e)) => bail!("coordinator session ended: {e}"),
+                            None => bail!("coordinator reader stopped"),
+                        };
+                        let native = match NativeMessage::from_network(&msg) {
+                            Ok(Some(native)) => native,
+                            Ok(None) => {
+                                if let NetworkMessage::Ping(n) = msg {
+                                    writer.send(&NetworkMessage::Pong(n)).await?;
+                                }
+                                continue;
+                            }
+                            Err(e) => bail!("malformed message from the coordinator: {e}"),
+                        };
+                        let now = Instant::now();
+                        for event in client.handle(now.into_std(), native) {
+                            match event {
+                                ClientEvent::Send(m) => writer.send(&m.to_network()).await?,
+                                ClientEvent::Registered { id, observed } => {
+                                    if let Some(tx) = registered_tx.take() {
+                                        let _ = tx.send((id, observed));
+                                    }
+                                }
+                                ClientEvent::Punch(order) => {
+                                    if let Some(reply) = pending.remove(&order.request) {
+                                        let _ = reply.send(Ok((order, now)));
+                                    } else if orders_tx.try_send((order, now)).is_err() {
+                                        tracing::warn!("dropping a punch order: too many waiting");
+                                    }
+                                }
+                                ClientEvent::RequestFailed { request, reason } => {
+                                    if let Some(reply) = pending.remove(&request) {
+                                        let _ = reply.send(Err(RequestError::Refused(reason)));
+                                    }
+                                }
+                                ClientEvent::Refused { request, why } => {
+                                    tracing::warn!(request, %why, "refused a punch order");
+                                    if let Some(reply) = pending.remove(&request) {
+                                        let _ = reply.send(Err(RequestError::LinkDown(why)));
+                                    }
+                                }
+                                ClientEvent::Close(why) => bail!("coordinator broke the protocol: {why}"),
+                            }
+                        }
+                    }
+                    command = command_rx.recv() => match command {
+                        Some(Command::Request { target, reply }) => {
+                            let request = rand::random();
+                            pending.insert(request, reply);
+                            writer.send(&client.request(request, target).to_network()).await?;
+                        }
+                        Some(Command::Report { request, result }) => {
+                            writer.send(&NativeMessage::Result { request, result }.to_network()).await?;
+                        }
+                        None => return Ok(()),
+                    },
+                }
+            }
+        });
+        let (id, observed) =
+            match tokio::time::timeout(config.session.handshake_timeout, registered_rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => {
+                    let why = match task.await {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the link stopped".into(),
+                    };
+                    bail!("registration with {coordinator} failed: {why}");
+                }
+                Err(_) => {
+                    task.abort();
+                    bail!("registration with {coordinator} timed out");
+                }
+            };
+        Ok(CoordinatorLink {
+            id,
+            observed,
+            coordinator,
+            rtt,
+            counters,
+            commands,
+            orders,
+            task,
+        })
+    }
+
+    /// A handle for asking and reporting from other tasks.
+    pub fn handle(&self) -> LinkHandle {
+        LinkHandle {
+            commands: self.commands.clone(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<ReceivedOrder, RequestError> {
+        self.handle().request(target, timeout).await
+    }
+
+    pub async fn report(&self, request: u64, result: PunchResult) {
+        self.handle().report(request, result).await
+    }
+
+    /// Bytes on the coordinator session so far, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.counters.total()
+    }
+
+    /// Waits until the link ends and says why.
+    pub async fn closed(&mut self) -> String {
+        match (&mut self.task).await {
+            Ok(Ok(())) => "closed".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+#[derive(Clone)]
+pub struct LinkHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl LinkHandle {
+    /// Asks for a punch to `target`; returns our order.
+    pub async fn request(
+        &self,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<ReceivedOrder, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Request { target, reply })
+            .await
+            .map_err(|_| RequestError::LinkDown("link task ended".into()))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::LinkDown("link task ended".into())),
+            Err(_) => Err(RequestError::Timeout(timeout)),
+        }
+    }
+
+    /// Tells the coordinator how a punch went.
+    pub async fn report(&self, request: u64, result: PunchResult) {
+        let _ = self
+            .commands
+            .send(Command::Report { request, result })
+            .await;
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

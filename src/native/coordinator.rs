@@ -1,0 +1,338 @@
+//! The coordinator: a reachable Bitcoin node that offers hole-punch service.
+//! It serves ordinary Bitcoin sessions on its port (BIP324, or v1), sets the
+//! service bit, and runs the coordinator state machine over the `hp…`
+//! messages of every session.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::p2p::message::NetworkMessage;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
+use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
+use crate::net::router::Inbound;
+use crate::net::{Route, Router, SharedPort, StreamKind};
+use crate::wire::{Session, SessionConfig, SessionRole, StreamContext, Transport};
+
+/// Rewrites each message before it is sent. For experiments and tests that
+/// play a dishonest coordinator (e.g. one that puts itself in the middle).
+pub type MessageFilter = Arc<dyn Fn(ConnId, &mut NativeMessage) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct CoordinatorServerConfig {
+    pub bind_ip: Option<IpAddr>,
+    pub port: u16,
+    pub session: SessionConfig,
+    pub machine: CoordinatorConfig,
+    /// How often each client's RTT is measured again.
+    pub ping_interval: Duration,
+    pub filter: Option<MessageFilter>,
+}
+
+impl CoordinatorServerConfig {
+    pub fn new(session: SessionConfig) -> Self {
+        CoordinatorServerConfig {
+            bind_ip: None,
+            port: session.network.default_port(),
+            session,
+            machine: CoordinatorConfig::default(),
+            ping_interval: Duration::from_secs(30),
+            filter: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CoordinatorEvent {
+    Registered {
+        conn: ConnId,
+        remote: SocketAddr,
+    },
+    Reported {
+        conn: ConnId,
+        request: u64,
+        result: PunchResult,
+    },
+    Closed {
+        conn: ConnId,
+        remote: SocketAddr,
+        reason: String,
+    },
+}
+
+struct Conn {
+    outbox: mpsc::Sender<NetworkMessage>,
+    close: Option<oneshot::Sender<String>>,
+}
+
+struct Shared {
+    machine: Mutex<Coordinator>,
+    conns: Mutex<HashMap<ConnId, Conn>>,
+    events: broadcast::Sender<CoordinatorEvent>,
+    filter: Option<MessageFilter>,
+}
+
+impl Shared {
+    fn carry_out(&self, actions: Vec<CoordinatorAction>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for action in actions {
+            match action {
+                CoordinatorAction::Send(conn, mut msg) => {
+                    if let Some(filter) = &self.filter {
+                        filter(conn, &mut msg);
+                    }
+                    if let Some(c) = conns.get(&conn) {
+                        if c.outbox.try_send(msg.to_network()).is_err() {
+                            tracing::warn!(conn, "client does not read its messages; closing");
+                            if let Some(close) = conns.get_mut(&conn).and_then(|c| c.close.take()) {
+                                let _ = close.send("outbox full".into());
+                            }
+                        }
+                    }
+                }
+                CoordinatorAction::Close(conn, reason) => {
+                    if let Some(close) = conns.get_mut(&conn).and_then(|c| c.close.take()) {
+                        let _ = close.send(reason);
+                    }
+                }
+                CoordinatorAction::Reported {
+                    conn,
+                    request,
+                    result,
+                } => {
+                    tracing::info!(conn, request, ?result, "punch reported");
+                    let _ = self.events.send(CoordinatorEvent::Reported {
+                        conn,
+                        request,
+                        result,
+                    });
+                }
+            }
+        }
+    }
+}
+
+pub struct CoordinatorServer {
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for CoordinatorServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.accept.abort();
+    }
+}
+
+impl CoordinatorServer {
+    pub fn start(config: CoordinatorServerConfig) -> std::io::Result<CoordinatorServer> {
+        let mut port = SharedPort::bind(config.bind_ip, config.port)?;
+        let router = Router::new(
+            config.session.network.magic().to_bytes(),
+            config.session.handshake_timeout,
+        );
+        let mut inbound = router.subscribe(Route::Bitcoin, 256);
+        let accept = port.spawn_accept_loop(router);
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            machine: Mutex::new(Coordinator::new(config.machine.clone())),
+            conns: Mutex::default(),
+            events,
+            filter: config.filter.clone(),
+        });
+        let mut session = config.session.clone();
+        session.services |= node_punch_coordinator();
+        let served = shared.clone();
+        let ping_interval = config.ping_interval;
+        let task = tokio::spawn(async move {
+            let next_conn = AtomicU64::new(1);
+            let mut clients = JoinSet::new();
+            loop {
+                tokio::select! {
+                    next = inbound.recv() => match next {
+                        Some(i) => {
+                            let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+                            clients.spawn(serve_client(conn, i, session.clone(), served.clone(), ping_interval));
+                        }
+                        None => break,
+                    },
+                    Some(_) = clients.join_next(), if !clients.is_empty() => {}
+                }
+            }
+        });
+        Ok(CoordinatorServer {
+            local_addrs: port.local_addrs().to_vec(),
+            shared,
+            task,
+            accept,
+        })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<CoordinatorEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn registered(&self) -> usize {
+        self.shared
+            .machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .registered()
+    }
+}
+
+async fn serve_client(
+    conn: ConnId,
+    inbound: Inbound,
+    config: SessionConfig,
+    shared: Arc<Shared>,
+    ping_interval: Duration,
+) {
+    let remote = inbound.remote;
+    let transport = match inbound.kind {
+        Some(StreamKind::Bitcoin(t)) => t,
+        _ => Transport::V2,
+    };
+    let ctx = StreamContext {
+        local: inbound.local,
+        remote,
+        started: inbound.accepted_at,
+        tcp_at: inbound.accepted_at,
+        counters: inbound.counters.clone(),
+    };
+    let session = match Session::establish(
+        inbound.stream,
+        ctx,
+        SessionRole::Responder,
+        transport,
+        &config,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(%remote, reason = %e, "closing client connection");
+            return;
+        }
+    };
+    let (mut reader, mut writer, report) = session.into_parts();
+    let rtt = report.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    let (outbox, mut outgoing) = mpsc::channel::<NetworkMessage>(64);
+    let (close_tx, mut close) = oneshot::channel();
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            conn,
+            Conn {
+                outbox: outbox.clone(),
+                close: Some(close_tx),
+            },
+        );
+    shared
+        .machine
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .connected(conn, remote, rtt);
+    tracing::debug!(conn, %remote, transport = %report.transport, "client connected");
+
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = outgoing.recv().await {
+            if writer.send(&msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (incoming_tx, mut incoming) = mpsc::channel(16);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let next = reader.recv().await;
+            let stop = next.is_err();
+            if incoming_tx.send(next).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+
+    let mut ping_timer = tokio::time::interval(ping_interval);
+    ping_timer.tick().await;
+    let mut ping_out: Option<(u64, Instant)> = None;
+    let reason = loop {
+        tokio::select! {
+            reason = &mut close => break reason.unwrap_or_else(|_| "closed".into()),
+            _ = ping_timer.tick() => {
+                let nonce = rand::random();
+                ping_out = Some((nonce, Instant::now()));
+                let _ = outbox.try_send(NetworkMessage::Ping(nonce));
+            }
+            next = incoming.recv() => {
+                let msg = match next {
+                    Some(Ok(Some(msg))) => msg,
+                    Some(Ok(None)) => continue,
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "reader stopped".into(),
+                };
+                match NativeMessage::from_network(&msg) {
+                    Ok(Some(native)) => {
+                        let registering = matches!(native, NativeMessage::Prove { .. });
+                        let actions = shared
+                            .machine
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .handle(Instant::now().into_std(), conn, native, rand::random());
+                        if registering && actions.iter().any(|a| matches!(a, CoordinatorAction::Send(_, NativeMessage::Registered { .. }))) {
+                            let _ = shared.events.send(CoordinatorEvent::Registered { conn, remote });
+                        }
+                        shared.carry_out(actions);
+                    }
+                    Ok(None) => match msg {
+                        NetworkMessage::Ping(n) => {
+                            let _ = outbox.try_send(NetworkMessage::Pong(n));
+                        }
+                        NetworkMessage::Pong(n) => {
+                            if let Some((nonce, sent)) = ping_out {
+                                if n == nonce {
+                                    ping_out = None;
+                                    shared.machine.lock().unwrap_or_else(|p| p.into_inner()).rtt(conn, sent.elapsed());
+                                }
+                            }
+                        }
+                        _ => {}
+                    },
+                    Err(e) => break format!("malformed message: {e}"),
+                }
+            }
+        }
+    };
+    tracing::info!(conn, %remote, %reason, "client connection closed");
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&conn);
+    shared
+        .machine
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .disconnected(conn);
+    reader_task.abort();
+    writer_task.abort();
+    let _ = shared.events.send(CoordinatorEvent::Closed {
+        conn,
+        remote,
+        reason,
+    });
+}
