@@ -9,9 +9,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use crate::identity::NodeId;
+
 pub const ACCEPTED_FORMS: &str =
     "accepted forms: HOST:PORT (127.0.0.1:8333, node.example.org:8333), [IPv6]:PORT ([::1]:8333), \
-     HOST (uses the network's default port), or a bare IPv6 address (::1)";
+     HOST (uses the network's default port), a bare IPv6 address (::1), or NODE_ID@COORDINATOR \
+     (a 24-hex-digit node id, then the coordinator in any of the forms before)";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -34,6 +37,11 @@ impl fmt::Display for Host {
 pub enum PeerAddress {
     /// A reachable host; `port` is `None` when the network's default applies.
     Direct { host: Host, port: Option<u16> },
+    /// A node behind a NAT, reached by a punch that `coordinator` arranges.
+    Coordinated {
+        peer: NodeId,
+        coordinator: Box<PeerAddress>,
+    },
 }
 
 impl fmt::Display for PeerAddress {
@@ -44,6 +52,7 @@ impl fmt::Display for PeerAddress {
                 port: Some(p),
             } => write!(f, "{host}:{p}"),
             PeerAddress::Direct { host, port: None } => write!(f, "{host}"),
+            PeerAddress::Coordinated { peer, coordinator } => write!(f, "{peer}@{coordinator}"),
         }
     }
 }
@@ -68,6 +77,9 @@ impl PeerAddress {
                         .collect()),
                 }
             }
+            PeerAddress::Coordinated { coordinator, .. } => {
+                Box::pin(coordinator.resolve(default_port)).await
+            }
         }
     }
 }
@@ -89,10 +101,20 @@ impl FromStr for PeerAddress {
                 "libp2p multiaddrs (/ip4/…/p2p-circuit/p2p/<id>) are not supported by this build yet",
             ));
         }
-        if s.contains('@') {
-            return Err(fail(
-                "PEER@COORDINATOR addresses (the native punch path) are not supported by this build yet",
-            ));
+        if let Some((peer, coordinator)) = s.split_once('@') {
+            let peer: NodeId = peer
+                .parse()
+                .map_err(|e: String| fail(&format!("in NODE_ID@COORDINATOR, {e}")))?;
+            let coordinator: PeerAddress = coordinator.parse().map_err(|e: AddressError| {
+                fail(&format!("in NODE_ID@COORDINATOR, the coordinator: {}", e.problem))
+            })?;
+            if matches!(coordinator, PeerAddress::Coordinated { .. }) {
+                return Err(fail("only one '@' (NODE_ID@COORDINATOR)"));
+            }
+            return Ok(PeerAddress::Coordinated {
+                peer,
+                coordinator: Box::new(coordinator),
+            });
         }
         if s.contains("://") {
             return Err(fail("a URL scheme is not part of an address"));
@@ -236,6 +258,9 @@ mod tests {
             }
         );
         assert_eq!(ok("localhost:1").to_string(), "localhost:1");
+        let coordinated = ok("00112233445566778899aabb@[::1]:9000");
+        assert_eq!(coordinated.to_string(), "00112233445566778899aabb@[::1]:9000");
+        assert!(matches!(coordinated, PeerAddress::Coordinated { .. }));
         assert_eq!(ok("[::1]:2").to_string(), "[::1]:2");
     }
 
@@ -262,7 +287,11 @@ mod tests {
             ("bad..name", "empty label"),
             ("-bad.example", "'-'"),
             ("/ip4/1.2.3.4/tcp/1/p2p-circuit", "multiaddr"),
-            ("alice@127.0.0.1:9000", "PEER@COORDINATOR"),
+            ("alice@127.0.0.1:9000", "NODE_ID@COORDINATOR"),
+            ("00112233445566778899aabb@", "the coordinator"),
+            ("00112233445566778899aabb@127.0.0.1:0", "port 0"),
+            ("0011@127.0.0.1:9000", "wrong length"),
+            ("00112233445566778899aabb@a@b", "NODE_ID@COORDINATOR"),
             ("tcp://127.0.0.1:1", "URL scheme"),
         ];
         for (input, needle) in cases {

@@ -1,6 +1,8 @@
 //! The `bitpunch` command line: parses, builds a config, calls the library.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
 use bitpunch::address::PeerAddress;
+use bitpunch::identity::{NodeId, NodeKey};
+use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
@@ -41,9 +45,32 @@ struct NetArgs {
     transport: TransportPolicy,
 }
 
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Where the node key lives (node.key). Default: $BITPUNCH_DATA_DIR, or
+    /// ~/.bitpunch.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("BITPUNCH_DATA_DIR").map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".bitpunch")))
+            .unwrap_or_else(|| PathBuf::from(".bitpunch"))
+    }
+
+    fn key(&self) -> anyhow::Result<NodeKey> {
+        NodeKey::load_or_create(&self.dir())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C.
+    /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C; with
+    /// --coordinator, also be reachable through it and accept punches.
     Node {
         #[command(flatten)]
         net: NetArgs,
@@ -56,10 +83,18 @@ enum Command {
         /// Seconds a peer has to finish the handshake.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// A coordinator (HOST:PORT) to register with; prints the
+        /// NODE_ID@COORDINATOR address others connect to.
+        #[arg(long)]
+        coordinator: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Open one session to ADDRESS, exchange version/verack/ping, report.
+    /// NODE_ID@COORDINATOR punches through NATs first.
     Connect {
-        /// HOST:PORT, [IPv6]:PORT, or HOST (the network's default port).
+        /// HOST:PORT, [IPv6]:PORT, HOST (the network's default port), or
+        /// NODE_ID@COORDINATOR.
         address: String,
         #[command(flatten)]
         net: NetArgs,
@@ -69,6 +104,28 @@ enum Command {
         /// Seconds for TCP connect, and again for the handshake up to pong.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// For a punch: the local port to punch from (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Offer hole-punch coordination (the native path) on a reachable port.
+    Coordinator {
+        #[command(flatten)]
+        net: NetArgs,
+        /// The TCP port (default: the network's port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Listen on this address only (default: every IPv4 and IPv6 address).
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// Seconds a client has to finish the handshake.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Connect requests one client may make per minute.
+        #[arg(long, default_value_t = 30)]
+        requests_per_minute: usize,
     },
     /// The NAT lab (root): emulated NATs in network namespaces.
     Lab {
@@ -159,13 +216,24 @@ async fn main() -> ExitCode {
             port,
             bind,
             timeout,
-        } => run_node(net, port, bind, timeout).await,
+            coordinator,
+            data,
+        } => run_node(net, port, bind, timeout, coordinator, data).await,
         Command::Connect {
             address,
             net,
             json,
             timeout,
-        } => run_connect(&address, net, json, timeout).await,
+            port,
+            data,
+        } => run_connect(&address, net, json, timeout, port, data).await,
+        Command::Coordinator {
+            net,
+            port,
+            bind,
+            timeout,
+            requests_per_minute,
+        } => run_coordinator(net, port, bind, timeout, requests_per_minute).await,
         Command::Lab { command } => run_lab(command).await,
     };
     match result {
@@ -182,25 +250,102 @@ async fn run_node(
     port: Option<u16>,
     bind: Option<IpAddr>,
     timeout: f64,
+    coordinator: Option<String>,
+    data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     let session = session_config(&net, timeout)?;
-    let mut config = NodeConfig::new(session);
+    // Parse everything the user typed before binding anything.
+    let coordinator = coordinator
+        .map(|c| resolve_one(&c, net.network.default_port()))
+        .transpose()?;
+    let coordinator = match coordinator {
+        Some(c) => Some(c.await?),
+        None => None,
+    };
+    let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
-    let node = Node::start(config).with_context(|| {
-        format!(
-            "cannot listen on port {}",
-            port.unwrap_or(net.network.default_port())
-        )
-    })?;
+    let node = Node::start(config)
+        .with_context(|| format!("cannot listen on port {}", port.unwrap_or(net.network.default_port())))?;
     // One line per listener on stdout, so that scripts can find the port.
     for addr in node.local_addrs() {
         println!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let Some(coordinator) = coordinator else {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tracing::info!("shutting down");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let key = Arc::new(data.key()?);
+    let serve = async {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let link_config = LinkConfig {
+                session: session.clone(),
+                client: machine::ClientConfig::default(),
+            };
+            match native::register(&node, coordinator, &key, link_config).await {
+                Ok(mut link) => {
+                    backoff = Duration::from_secs(1);
+                    println!("reachable as {}@{}", link.id, coordinator);
+                    tracing::info!(id = %link.id, observed = %link.observed, "registered with the coordinator");
+                    let why = native::serve_orders(&node, &mut link, key.clone(), session.clone(), Duration::from_secs(20 * 60), None).await;
+                    tracing::warn!(%why, "lost the coordinator");
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot register"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        () = serve => {}
+    }
+    tracing::info!("shutting down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses and resolves an address that must be a plain HOST[:PORT].
+fn resolve_one(
+    text: &str,
+    default_port: u16,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<SocketAddr>>> {
+    let address: PeerAddress = text.parse()?;
+    if matches!(address, PeerAddress::Coordinated { .. }) {
+        anyhow::bail!("{text}: a coordinator is HOST:PORT, not NODE_ID@COORDINATOR");
+    }
+    Ok(async move {
+        let resolved = address
+            .resolve(default_port)
+            .await
+            .with_context(|| format!("cannot resolve {address}"))?;
+        resolved
+            .first()
+            .copied()
+            .with_context(|| format!("{address} resolved to no address"))
+    })
+}
+
+async fn run_coordinator(
+    net: NetArgs,
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+    timeout: f64,
+    requests_per_minute: usize,
+) -> anyhow::Result<ExitCode> {
+    let mut config = coordinator::CoordinatorServerConfig::new(session_config(&net, timeout)?);
+    config.port = port.unwrap_or(net.network.default_port());
+    config.bind_ip = bind;
+    config.machine.requests_per_minute = requests_per_minute;
+    let server = coordinator::CoordinatorServer::start(config)
+        .with_context(|| format!("cannot listen on port {}", port.unwrap_or(net.network.default_port())))?;
+    for addr in server.local_addrs() {
+        println!("coordinator listening {addr}");
+        tracing::info!(%addr, network = %net.network, "coordinator listening");
+    }
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)
 }
@@ -210,9 +355,16 @@ async fn run_connect(
     net: NetArgs,
     json: bool,
     timeout: f64,
+    port: u16,
+    data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     let target: PeerAddress = address.parse()?;
     let config = session_config(&net, timeout)?;
+    if let PeerAddress::Coordinated { peer, coordinator } = &target {
+        let coordinator = resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
+        let record = connect_native(*peer, coordinator, config, port, data).await?;
+        return Ok(finish(record, json));
+    }
     let started = Instant::now();
     let resolved = target
         .resolve(net.network.default_port())
@@ -240,16 +392,49 @@ async fn run_connect(
         v2_fallback_reason: outcome.fell_back.as_ref().map(|e| e.to_string()),
         ..record
     };
+    Ok(finish(record, json))
+}
+
+fn finish(record: Outcome, json: bool) -> ExitCode {
     if json {
         println!("{}", record.to_json());
     } else {
         print_summary(&record);
     }
-    Ok(if record.ok {
+    if record.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// A punch through `coordinator` to `peer`, from local port `port`.
+async fn connect_native(
+    peer: NodeId,
+    coordinator: SocketAddr,
+    session: SessionConfig,
+    port: u16,
+    data: DataArgs,
+) -> anyhow::Result<Outcome> {
+    let key = Arc::new(data.key()?);
+    let mut config = NodeConfig::new(session.clone());
+    config.port = port;
+    let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
+    let link_config = LinkConfig {
+        session: session.clone(),
+        client: machine::ClientConfig::default(),
+    };
+    let link = match native::register(&node, coordinator, &key, link_config).await {
+        Ok(link) => link,
+        Err(e) => {
+            let mut record = Outcome::failed(Path::Native, SessionRole::Initiator, wire::Stage::Coordination, format!("{e:#}"));
+            record.via = Some(coordinator.to_string());
+            return Ok(record);
+        }
+    };
+    tracing::info!(id = %link.id, observed = %link.observed, "registered; asking for {peer}");
+    let outcome = native::connect_via(&node, &link, key, session, peer).await;
+    Ok(outcome.record)
 }
 
 fn print_summary(r: &Outcome) {
@@ -263,8 +448,15 @@ fn print_summary(r: &Outcome) {
     }
     let transport = r.transport.map(|t| t.to_string()).unwrap_or_default();
     println!(
-        "connected to {remote} from {}",
-        r.local.as_deref().unwrap_or("?")
+        "connected to {remote} from {}{}",
+        r.local.as_deref().unwrap_or("?"),
+        match (&r.via, r.won_by) {
+            (Some(via), Some(won_by)) => format!(
+                " (punched via {via}, {} attempt(s), won by {won_by:?})",
+                r.attempts
+            ),
+            _ => String::new(),
+        }
     );
     println!(
         "  transport   {transport}{}",
@@ -287,6 +479,13 @@ fn print_summary(r: &Outcome) {
         println!("  sees us at  {us}");
     }
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or("-".into());
+    if r.via.is_some() {
+        println!(
+            "  punch       coordination {}, first SYN {}",
+            ms(r.t_ms.coordination),
+            ms(r.t_ms.first_syn)
+        );
+    }
     println!(
         "  timeline    tcp {}, handshake {}, verack {}, pong {}",
         ms(r.t_ms.tcp),
@@ -295,7 +494,10 @@ fn print_summary(r: &Outcome) {
         ms(r.t_ms.pong)
     );
     println!("  rtt         {}", ms(r.rtt_ms));
-    println!("  bytes       {}", r.bytes.direct);
+    println!(
+        "  bytes       {} direct, {} coordination",
+        r.bytes.direct, r.bytes.coordination
+    );
 }
 
 async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {

@@ -31,7 +31,7 @@ fn malformed_addresses_get_one_clear_line_and_a_nonzero_exit() {
         ("a b", "contains"),
         ("1:2:3", "several ':'"),
         ("/ip4/203.0.113.1/tcp/4001/p2p-circuit", "multiaddr"),
-        ("peer@203.0.113.1:8333", "PEER@COORDINATOR"),
+        ("peer@203.0.113.1:8333", "NODE_ID@COORDINATOR"),
     ];
     for (address, needle) in cases {
         let out = bitpunch()
