@@ -106,7 +106,10 @@ impl FromStr for PeerAddress {
                 .parse()
                 .map_err(|e: String| fail(&format!("in NODE_ID@COORDINATOR, {e}")))?;
             let coordinator: PeerAddress = coordinator.parse().map_err(|e: AddressError| {
-                fail(&format!("in NODE_ID@COORDINATOR, the coordinator: {}", e.problem))
+                fail(&format!(
+                    "in NODE_ID@COORDINATOR, the coordinator: {}",
+                    e.problem
+                ))
             })?;
             if matches!(coordinator, PeerAddress::Coordinated { .. }) {
                 return Err(fail("only one '@' (NODE_ID@COORDINATOR)"));
@@ -259,7 +262,10 @@ mod tests {
         );
         assert_eq!(ok("localhost:1").to_string(), "localhost:1");
         let coordinated = ok("00112233445566778899aabb@[::1]:9000");
-        assert_eq!(coordinated.to_string(), "00112233445566778899aabb@[::1]:9000");
+        assert_eq!(
+            coordinated.to_string(),
+            "00112233445566778899aabb@[::1]:9000"
+        );
         assert!(matches!(coordinated, PeerAddress::Coordinated { .. }));
         assert_eq!(ok("[::1]:2").to_string(), "[::1]:2");
     }

@@ -2,8 +2,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use bitpunch::address::PeerAddress;
 use bitpunch::identity::{NodeId, NodeKey};
-use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::lab::{self, LinkShape, NatProfile};
+use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
 use bitpunch::wire::{self, Network, SessionConfig, SessionRole, TransportPolicy};
@@ -265,15 +265,21 @@ async fn run_node(
     let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
-    let node = Node::start(config)
-        .with_context(|| format!("cannot listen on port {}", port.unwrap_or(net.network.default_port())))?;
+    let node = Node::start(config).with_context(|| {
+        format!(
+            "cannot listen on port {}",
+            port.unwrap_or(net.network.default_port())
+        )
+    })?;
     // One line per listener on stdout, so that scripts can find the port.
     for addr in node.local_addrs() {
         println!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
     let Some(coordinator) = coordinator else {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
     };
@@ -290,10 +296,20 @@ async fn run_node(
                     backoff = Duration::from_secs(1);
                     println!("reachable as {}@{}", link.id, coordinator);
                     tracing::info!(id = %link.id, observed = %link.observed, "registered with the coordinator");
-                    let why = native::serve_orders(&node, &mut link, key.clone(), session.clone(), Duration::from_secs(20 * 60), None).await;
+                    let why = native::serve_orders(
+                        &node,
+                        &mut link,
+                        key.clone(),
+                        session.clone(),
+                        Duration::from_secs(20 * 60),
+                        None,
+                    )
+                    .await;
                     tracing::warn!(%why, "lost the coordinator");
                 }
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot register"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot register")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -339,13 +355,19 @@ async fn run_coordinator(
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
     config.machine.requests_per_minute = requests_per_minute;
-    let server = coordinator::CoordinatorServer::start(config)
-        .with_context(|| format!("cannot listen on port {}", port.unwrap_or(net.network.default_port())))?;
+    let server = coordinator::CoordinatorServer::start(config).with_context(|| {
+        format!(
+            "cannot listen on port {}",
+            port.unwrap_or(net.network.default_port())
+        )
+    })?;
     for addr in server.local_addrs() {
         println!("coordinator listening {addr}");
         tracing::info!(%addr, network = %net.network, "coordinator listening");
     }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)
 }
@@ -361,7 +383,8 @@ async fn run_connect(
     let target: PeerAddress = address.parse()?;
     let config = session_config(&net, timeout)?;
     if let PeerAddress::Coordinated { peer, coordinator } = &target {
-        let coordinator = resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
+        let coordinator =
+            resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
         let record = connect_native(*peer, coordinator, config, port, data).await?;
         return Ok(finish(record, json));
     }
@@ -427,7 +450,12 @@ async fn connect_native(
     let link = match native::register(&node, coordinator, &key, link_config).await {
         Ok(link) => link,
         Err(e) => {
-            let mut record = Outcome::failed(Path::Native, SessionRole::Initiator, wire::Stage::Coordination, format!("{e:#}"));
+            let mut record = Outcome::failed(
+                Path::Native,
+                SessionRole::Initiator,
+                wire::Stage::Coordination,
+                format!("{e:#}"),
+            );
             record.via = Some(coordinator.to_string());
             return Ok(record);
         }

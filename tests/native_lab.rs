@@ -1,0 +1,195 @@
+//! The native path between hosts behind emulated NATs (root only; skips
+//! loudly elsewhere): two home routers with 20 ms on each internet link, a
+//! coordinator on a public host.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitpunch::identity::{NodeId, NodeKey};
+use bitpunch::lab::{self, Lab, LinkShape, NatProfile, NsRuntime};
+use bitpunch::native;
+use bitpunch::native::client::LinkConfig;
+use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
+use bitpunch::native::machine::ClientConfig;
+use bitpunch::node::{Node, NodeConfig};
+use bitpunch::report::Outcome;
+use bitpunch::wire::{Network, SessionConfig, Transport};
+
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = lab::unavailable_reason() {
+            eprintln!("SKIPPED (NAT lab unavailable): {why}");
+            return;
+        }
+    };
+}
+
+const COORDINATOR_PORT: u16 = 18555;
+const BOB_PORT: u16 = 18444;
+
+fn session() -> SessionConfig {
+    let mut s = SessionConfig::new(Network::Regtest);
+    s.handshake_timeout = Duration::from_secs(10);
+    s
+}
+
+fn node(port: u16) -> Node {
+    let mut config = NodeConfig::new(session());
+    config.bind_ip = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    config.port = port;
+    Node::start(config).unwrap()
+}
+
+fn link_config() -> LinkConfig {
+    LinkConfig {
+        session: session(),
+        client: ClientConfig::default(),
+    }
+}
+
+struct Scenario {
+    // Runtimes before the lab: they hold threads inside its namespaces.
+    alice_rt: NsRuntime,
+    _bob_rt: NsRuntime,
+    _coord_rt: NsRuntime,
+    coordinator: SocketAddr,
+    bob_id: NodeId,
+    _lab: Lab,
+}
+
+async fn scenario(profile: &str) -> Scenario {
+    let profile: NatProfile = profile.parse().unwrap();
+    let mut lab = Lab::new().unwrap();
+    let public = lab.add_public_host("coord").unwrap();
+    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
+    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
+    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
+    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
+        .unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
+        .unwrap();
+
+    let coord_rt = lab.runtime(&public).unwrap();
+    coord_rt.spawn(async {
+        let mut config = CoordinatorServerConfig::new(session());
+        config.port = COORDINATOR_PORT;
+        let server = CoordinatorServer::start(config).unwrap();
+        // Lives as long as the namespace's runtime.
+        std::future::pending::<()>().await;
+        drop(server);
+    });
+    let coordinator = SocketAddr::new(public.ip.into(), COORDINATOR_PORT);
+
+    let bob_rt = lab.runtime(&bob).unwrap();
+    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
+    bob_rt.spawn(async move {
+        let node = node(BOB_PORT);
+        let key = NodeKey::generate();
+        let mut link = loop {
+            // Alice's tries all come from one public address; the default
+            // reflection limit (6 per address per minute) would refuse most.
+            let mut config = link_config();
+            config.client.orders_per_target_per_minute = 100;
+            config.client.orders_per_minute = 100;
+            match native::register(&node, coordinator, &key, config).await {
+                Ok(link) => break link,
+                // The coordinator may still be starting.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let _ = id_tx.send(link.id);
+        native::serve_orders(
+            &node,
+            &mut link,
+            Arc::new(key),
+            session(),
+            Duration::from_secs(30),
+            None,
+        )
+        .await;
+    });
+    let bob_id = tokio::time::timeout(Duration::from_secs(20), id_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let alice_rt = lab.runtime(&alice).unwrap();
+    Scenario {
+        alice_rt,
+        _bob_rt: bob_rt,
+        _coord_rt: coord_rt,
+        coordinator,
+        bob_id,
+        _lab: lab,
+    }
+}
+
+/// One `connect NODE_ID@COORDINATOR` from Alice, from a fresh port, as the
+/// CLI does it.
+async fn alice_connects(s: &Scenario) -> Outcome {
+    let (coordinator, bob_id) = (s.coordinator, s.bob_id);
+    s.alice_rt
+        .run(async move {
+            let node = node(0);
+            let key = Arc::new(NodeKey::generate());
+            let link = native::register(&node, coordinator, &key, link_config())
+                .await
+                .unwrap();
+            native::connect_via(&node, &link, key, session(), bob_id)
+                .await
+                .record
+        })
+        .await
+}
+
+async fn twenty_tries(profile: &str) {
+    let s = scenario(profile).await;
+    let mut ok = 0;
+    for i in 0..20 {
+        let record = alice_connects(&s).await;
+        if record.ok {
+            ok += 1;
+            assert_eq!(record.transport, Some(Transport::V2));
+            // Direct: the far end is Bob's NAT mapping, not the coordinator.
+            let remote: SocketAddr = record.remote.as_deref().unwrap().parse().unwrap();
+            assert_ne!(remote.ip(), s.coordinator.ip());
+            assert!(
+                remote.ip().to_string().starts_with("203.0.113."),
+                "{remote}"
+            );
+        } else {
+            eprintln!("try {i} failed: {}", record.to_json());
+        }
+    }
+    eprintln!("{profile}: {ok}/20");
+    assert!(ok >= 19, "{profile}: only {ok} of 20 punches worked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_home_nats_that_drop() {
+    require_lab!();
+    twenty_tries("home").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_home_nats_that_reset() {
+    require_lab!();
+    twenty_tries("home-rst").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_nats_fail_cleanly_after_the_attempts() {
+    require_lab!();
+    let s = scenario("symmetric").await;
+    let record = tokio::time::timeout(Duration::from_secs(30), alice_connects(&s))
+        .await
+        .expect("a failing punch must not hang");
+    assert!(!record.ok);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("no direct connection after 3 attempts"),
+        "{error}"
+    );
+    assert_eq!(record.attempts, 3);
+}
