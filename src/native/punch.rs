@@ -6,15 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::machine::PunchOrder;
 use super::messages::{NativeMessage, PunchResult, PunchRole, SESSION_TAG};
 use crate::identity::{self, NodeId, NodeKey};
-use crate::net::stream::Counted;
 use crate::net::{Router, SharedPort};
-use crate::punch::{self, PunchPlan, ScheduleConfig};
+use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{Outcome, Path};
 use crate::wire::{
     Session, SessionConfig, SessionError, SessionRole, Stage, StreamContext, Transport, WireError,
@@ -35,7 +33,7 @@ pub struct PunchContext {
 /// result to report to the coordinator.
 pub struct PunchOutcome {
     pub record: Outcome,
-    pub session: Option<Session<Counted<TcpStream>>>,
+    pub session: Option<Session<PunchedStream>>,
     pub result: PunchResult,
 }
 
@@ -83,7 +81,7 @@ pub async fn execute(
     record.attempts = punched.attempts;
     record.won_by = Some(punched.won_by);
     record.t_ms.first_syn = punched.first_syn.and_then(ms);
-    let counters = punched.stream.counters();
+    let counters = punched.stream.get_ref().counters();
     let stream_ctx = StreamContext {
         local: punched.local,
         remote: punched.remote,
@@ -155,7 +153,7 @@ fn signed_data(session_id: &[u8; 32], role: PunchRole, request: u64) -> Vec<u8> 
 /// two BIP324 sessions has two session ids and cannot produce the peer's
 /// signature over the one we see.
 async fn authenticate(
-    session: &mut Session<Counted<TcpStream>>,
+    session: &mut Session<PunchedStream>,
     key: &NodeKey,
     order: &PunchOrder,
     timeout: Duration,
@@ -199,6 +197,12 @@ async fn authenticate(
                     "the peer could not prove it holds the key of {}: someone (the coordinator?) may be in the middle",
                     NodeId::of(&order.peer_key)
                 ))));
+            }
+            Some(NativeMessage::Auth { request, .. }) => {
+                return Err(err(WireError::Protocol(format!(
+                    "hpauth for request {request}, expected {}",
+                    order.request
+                ))))
             }
             Some(other) => {
                 return Err(err(WireError::Protocol(format!(

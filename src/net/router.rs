@@ -93,6 +93,10 @@ pub struct Router {
     magic: [u8; 4],
     sniff_timeout: Duration,
     expected: Mutex<HashMap<SocketAddr, oneshot::Sender<Inbound>>>,
+    /// Connections still being classified, by remote endpoint: a punch that
+    /// starts to expect one of them takes it over (the peer's SYN came in just
+    /// before our punch began, and a BIP324 responder says nothing first).
+    sniffing: Mutex<HashMap<SocketAddr, oneshot::Sender<oneshot::Sender<Inbound>>>>,
     routes: Mutex<HashMap<Route, mpsc::Sender<Inbound>>>,
 }
 
@@ -105,7 +109,12 @@ pub struct Expectation {
 
 impl Drop for Expectation {
     fn drop(&mut self) {
-        self.router.lock_expected().remove(&self.remote);
+        // Remove our claim, not a newer one for the same endpoint.
+        self.inbound.close();
+        let mut expected = self.router.lock_expected();
+        if expected.get(&self.remote).is_some_and(|tx| tx.is_closed()) {
+            expected.remove(&self.remote);
+        }
     }
 }
 
@@ -115,6 +124,7 @@ impl Router {
             magic,
             sniff_timeout,
             expected: Mutex::default(),
+            sniffing: Mutex::default(),
             routes: Mutex::default(),
         })
     }
@@ -135,10 +145,24 @@ impl Router {
         rx
     }
 
-    /// Claims the next connection from `remote` (a punch in progress).
+    fn lock_sniffing(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<oneshot::Sender<Inbound>>>> {
+        self.sniffing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims the next connection from `remote` (a punch in progress), or
+    /// the one from `remote` that is being classified right now.
     pub fn expect_from(self: &Arc<Self>, remote: SocketAddr) -> Expectation {
         let (tx, rx) = oneshot::channel();
-        self.lock_expected().insert(remote, tx);
+        let in_sniff = self.lock_sniffing().remove(&remote);
+        let unclaimed = match in_sniff {
+            Some(sniffer) => sniffer.send(tx).err(),
+            None => Some(tx),
+        };
+        if let Some(tx) = unclaimed {
+            self.lock_expected().insert(remote, tx);
+        }
         Expectation {
             router: self.clone(),
             remote,
@@ -173,19 +197,35 @@ impl Router {
             }
             return;
         }
+        let (claim_tx, mut claim_rx) = oneshot::channel::<oneshot::Sender<Inbound>>();
+        self.lock_sniffing().insert(remote, claim_tx);
         tokio::spawn(async move {
-            let (prefix, mut counted) = inbound.stream.into_inner();
-            debug_assert!(prefix.is_empty());
-            let read =
-                tokio::time::timeout(self.sniff_timeout, read_prefix(&mut counted, self.magic))
-                    .await;
-            let (kind, prefix) = match read {
-                Ok(Ok(found)) => found,
-                Ok(Err(e)) => {
+            let (_, mut counted) = inbound.stream.into_inner();
+            let mut prefix = Vec::new();
+            let read = tokio::select! {
+                read = tokio::time::timeout(self.sniff_timeout, read_prefix(&mut counted, self.magic, &mut prefix)) => Some(read),
+                Ok(claimer) = &mut claim_rx => {
+                    self.lock_sniffing().remove(&remote);
+                    inbound.stream = Rewound::new(prefix, counted);
+                    tracing::debug!(%remote, "connection being classified belongs to a punch that just began");
+                    let _ = claimer.send(inbound);
+                    return;
+                }
+            };
+            self.lock_sniffing().remove(&remote);
+            // A claim that raced with the end of classification still wins.
+            if let Ok(claimer) = claim_rx.try_recv() {
+                inbound.stream = Rewound::new(prefix, counted);
+                let _ = claimer.send(inbound);
+                return;
+            }
+            let kind = match read {
+                Some(Ok(Ok(kind))) => kind,
+                Some(Ok(Err(e))) => {
                     tracing::info!(%remote, reason = %e, "closing inbound connection before routing");
                     return;
                 }
-                Err(_) => {
+                _ => {
                     tracing::info!(%remote, timeout = ?self.sniff_timeout, "closing inbound connection: it sent too little to route");
                     return;
                 }
@@ -212,14 +252,16 @@ impl Router {
     }
 }
 
+/// Reads into `prefix` until its first bytes say what the connection is.
+/// Cancellation-safe: what was read stays in `prefix`.
 async fn read_prefix(
     stream: &mut Counted<TcpStream>,
     magic: [u8; 4],
-) -> std::io::Result<(StreamKind, Vec<u8>)> {
-    let mut prefix = Vec::with_capacity(MULTISTREAM_HEADER.len());
+    prefix: &mut Vec<u8>,
+) -> std::io::Result<StreamKind> {
     loop {
-        if let Sniff::Is(kind) = sniff(&prefix, magic) {
-            return Ok((kind, prefix));
+        if let Sniff::Is(kind) = sniff(prefix, magic) {
+            return Ok(kind);
         }
         let mut chunk = [0u8; 32];
         let want = MULTISTREAM_HEADER.len().saturating_sub(prefix.len()).max(1);

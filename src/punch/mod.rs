@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub use schedule::{Schedule, ScheduleConfig, Step};
 
 use crate::net::router::Expectation;
-use crate::net::stream::Counted;
+use crate::net::stream::{Counted, Rewound};
 use crate::net::{Router, SharedPort};
 use crate::report::WonBy;
 
@@ -34,10 +34,14 @@ pub struct PunchPlan {
     pub config: ScheduleConfig,
 }
 
+pub type PunchedStream = Rewound<Counted<TcpStream>>;
+
 /// A direct TCP connection to the peer.
 #[derive(Debug)]
 pub struct Punched {
-    pub stream: Counted<TcpStream>,
+    /// With whatever the accept loop had already read from it, still to be
+    /// read (the peer may have sent its BIP324 key before our punch began).
+    pub stream: PunchedStream,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub won_by: WonBy,
@@ -118,7 +122,7 @@ pub async fn punch(
                     let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn))?;
                     let _ = stream.set_nodelay(true);
                     return Ok(Punched {
-                        stream: Counted::new(stream),
+                        stream: Rewound::new(Vec::new(), Counted::new(stream)),
                         local,
                         remote: candidate,
                         won_by: WonBy::Connect,
@@ -134,9 +138,8 @@ pub async fn punch(
             },
             arrived = inbound => match arrived {
                 Ok(inbound) => {
-                    let (_, stream) = inbound.stream.into_inner();
                     return Ok(Punched {
-                        stream,
+                        stream: inbound.stream,
                         local: inbound.local,
                         remote: inbound.remote,
                         won_by: WonBy::Accept,
