@@ -159,7 +159,14 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
     config.bind_ip = Some(LOOPBACK);
     config.port = 0;
     config.filter = Some(Arc::new(move |_conn, msg: &mut NativeMessage| {
-        if let NativeMessage::Punch { role, peer, peer_key, request, .. } = msg {
+        if let NativeMessage::Punch {
+            role,
+            peer,
+            peer_key,
+            request,
+            ..
+        } = msg
+        {
             match role {
                 PunchRole::Initiator => {
                     *peer = mallory_addr;
@@ -181,7 +188,9 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
     let alice = node();
     let alice_key = Arc::new(NodeKey::generate());
     let alice_public = alice_key.public();
-    let link = native::register(&alice, coord, &alice_key, link_config()).await.unwrap();
+    let link = native::register(&alice, coord, &alice_key, link_config())
+        .await
+        .unwrap();
     let mallory_task = {
         let mallory = mallory.clone();
         tokio::spawn(async move {
@@ -206,13 +215,20 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
             native::punch::execute(&ctx, order, now, now).await
         })
     };
-    let record = native::connect_via(&alice, &link, alice_key, session(), bob_id).await.record;
+    let record = native::connect_via(&alice, &link, alice_key, session(), bob_id)
+        .await
+        .record;
     if !substitute_key {
         // Mallory did get a BIP324 session with Alice (and, knowing Alice's
         // key from the coordinator, accepts her); only Bob's key, which she
         // does not hold, gives her away.
         let mallory_side = mallory_task.await.unwrap();
-        assert_eq!(mallory_side.record.transport, Some(Transport::V2), "{}", mallory_side.record.to_json());
+        assert_eq!(
+            mallory_side.record.transport,
+            Some(Transport::V2),
+            "{}",
+            mallory_side.record.to_json()
+        );
     }
     drop(server);
     record
@@ -224,7 +240,10 @@ async fn a_coordinator_in_the_middle_is_caught_by_the_session_signature() {
     assert!(!record.ok);
     assert_eq!(record.failed_at, Some(Stage::Auth), "{}", record.to_json());
     let error = record.error.unwrap();
-    assert!(error.contains("could not prove it holds the key"), "{error}");
+    assert!(
+        error.contains("could not prove it holds the key"),
+        "{error}"
+    );
     assert!(error.contains("in the middle"), "{error}");
 }
 
@@ -232,7 +251,269 @@ async fn a_coordinator_in_the_middle_is_caught_by_the_session_signature() {
 async fn a_coordinator_that_swaps_the_key_is_refused_before_any_syn() {
     let record = man_in_the_middle(true).await;
     assert!(!record.ok);
-    assert_eq!(record.failed_at, Some(Stage::Coordination), "{}", record.to_json());
+    assert_eq!(
+        record.failed_at,
+        Some(Stage::Coordination),
+        "{}",
+        record.to_json()
+    );
     assert!(record.error.unwrap().contains("does not hash to that id"));
     assert_eq!(record.t_ms.first_syn, None);
+}
+
+use bitcoin::p2p::message::{CommandString, NetworkMessage};
+use bitpunch::identity::NodeId as Id;
+use bitpunch::net::stream::Counted;
+use bitpunch::wire::{Session, SessionRole, StreamContext};
+
+type CoordinatorSession = Session<Counted<tokio::net::TcpStream>>;
+
+/// A coordinator written by hand from the wire pieces: it registers the one
+/// client that connects, then hands the session to `script`.
+async fn scripted_coordinator<F, Fut>(script: F) -> SocketAddr
+where
+    F: FnOnce(CoordinatorSession) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, remote) = listener.accept().await.unwrap();
+        let now = tokio::time::Instant::now();
+        let counted = Counted::new(stream);
+        let ctx = StreamContext {
+            local: addr,
+            remote,
+            started: now,
+            tcp_at: now,
+            counters: counted.counters(),
+        };
+        let mut config = session();
+        config.services |= native::messages::node_punch_coordinator();
+        let mut s =
+            Session::establish(counted, ctx, SessionRole::Responder, Transport::V2, &config)
+                .await
+                .unwrap();
+        let mut key = None;
+        loop {
+            let msg = s.recv_message(Duration::from_secs(10)).await.unwrap();
+            match NativeMessage::from_network(&msg).unwrap() {
+                Some(NativeMessage::Register { key: k }) => {
+                    key = Some(k);
+                    s.send_message(&NativeMessage::Challenge { nonce: [7; 32] }.to_network())
+                        .await
+                        .unwrap();
+                }
+                Some(NativeMessage::Prove { .. }) => {
+                    let k = bitpunch::identity::parse_public(&key.unwrap()).unwrap();
+                    let registered = NativeMessage::Registered {
+                        id: Id::of(&k),
+                        observed: remote,
+                    };
+                    s.send_message(&registered.to_network()).await.unwrap();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        script(s).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_flood_of_punch_orders_is_limited_per_target_address() {
+    // Twenty "victims" on one address; the node may punch it 3 times a minute.
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut victims = Vec::new();
+    for _ in 0..20 {
+        let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        victims.push(listener.local_addr().unwrap());
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+    }
+    let (refusals_tx, mut refusals) = mpsc::unbounded_channel();
+    let someone = NodeKey::generate().public().serialize();
+    let coord = scripted_coordinator(move |mut s| async move {
+        for (i, victim) in victims.into_iter().enumerate() {
+            let order = NativeMessage::Punch {
+                request: i as u64,
+                role: PunchRole::Responder,
+                peer_key: someone,
+                peer: victim,
+                delay_ms: 0,
+            };
+            s.send_message(&order.to_network()).await.unwrap();
+        }
+        while let Ok(msg) = s.recv_message(Duration::from_secs(5)).await {
+            if let Ok(Some(NativeMessage::Result {
+                result: native::messages::PunchResult::Refused,
+                ..
+            })) = NativeMessage::from_network(&msg)
+            {
+                let _ = refusals_tx.send(());
+            }
+        }
+    })
+    .await;
+
+    let bob = Arc::new(node());
+    let key = NodeKey::generate();
+    let mut config = link_config();
+    config.client.orders_per_target_per_minute = 3;
+    let mut link = native::register(&bob, coord, &key, config).await.unwrap();
+    let serving = bob.clone();
+    tokio::spawn(async move {
+        native::serve_orders(
+            &serving,
+            &mut link,
+            Arc::new(key),
+            session(),
+            Duration::from_secs(5),
+            None,
+        )
+        .await;
+    });
+    let mut refused = 0;
+    while refused < 17 {
+        tokio::time::timeout(Duration::from_secs(10), refusals.recv())
+            .await
+            .expect("17 refusals")
+            .unwrap();
+        refused += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "SYNs that reached the victims' address"
+    );
+}
+
+#[tokio::test]
+async fn malformed_messages_close_only_that_connection_at_the_coordinator() {
+    let (server, coord) = coordinator();
+    let mut events = server.events();
+    // A well-behaved client, registered before and alive after.
+    let good = node();
+    let good_key = NodeKey::generate();
+    let good_link = native::register(&good, coord, &good_key, link_config())
+        .await
+        .unwrap();
+
+    let command = |c: &'static str| CommandString::try_from_static(c).unwrap();
+    let mut rng_payload = vec![0u8; 40];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut rng_payload[..]);
+    let valid = NativeMessage::Connect {
+        request: 1,
+        target: good_key.id(),
+    }
+    .encode();
+    let cases: Vec<(&str, NetworkMessage)> = vec![
+        (
+            "random",
+            NetworkMessage::Unknown {
+                command: command("hpconnect"),
+                payload: rng_payload.clone(),
+            },
+        ),
+        (
+            "truncated",
+            NetworkMessage::Unknown {
+                command: command("hpconnect"),
+                payload: valid[..valid.len() - 1].to_vec(),
+            },
+        ),
+        (
+            "oversize",
+            NetworkMessage::Unknown {
+                command: command("hpregister"),
+                payload: vec![1; 5000],
+            },
+        ),
+        (
+            "unknown",
+            NetworkMessage::Unknown {
+                command: command("hpbogus"),
+                payload: vec![],
+            },
+        ),
+        (
+            "wrong direction",
+            NativeMessage::Challenge { nonce: [0; 32] }.to_network(),
+        ),
+        (
+            "bad key",
+            NativeMessage::Register { key: [0; 32] }.to_network(),
+        ),
+    ];
+    for (what, msg) in cases {
+        let mut s = bitpunch::wire::connect(coord, &session(), None, tokio::time::Instant::now())
+            .await
+            .result
+            .unwrap();
+        s.send_message(&msg).await.unwrap();
+        let closed = s.recv_message(Duration::from_secs(5)).await;
+        assert!(closed.is_err(), "{what}: still open");
+        let reason = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                native::coordinator::CoordinatorEvent::Closed { remote, reason, .. }
+                    if remote == s.report.local =>
+                {
+                    break reason
+                }
+                _ => {}
+            }
+        };
+        eprintln!("{what}: {reason}");
+        assert!(!reason.is_empty());
+    }
+    assert!(good_link.is_alive());
+    // And the coordinator still answers the good client.
+    let err = good_link
+        .request(NodeKey::generate().id(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("UnknownPeer"), "{err}");
+}
+
+#[tokio::test]
+async fn a_malformed_coordinator_ends_the_link_not_the_node() {
+    let coord = scripted_coordinator(|mut s| async move {
+        let garbage = NetworkMessage::Unknown {
+            command: CommandString::try_from_static("hppunch").unwrap(),
+            payload: vec![0xff; 7],
+        };
+        s.send_message(&garbage).await.unwrap();
+        let _ = s.recv_message(Duration::from_secs(5)).await;
+    })
+    .await;
+    let bob = node();
+    let key = NodeKey::generate();
+    let mut link = native::register(&bob, coord, &key, link_config())
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(5), link.closed())
+        .await
+        .unwrap();
+    assert!(
+        why.contains("malformed message from the coordinator"),
+        "{why}"
+    );
+    // The node itself keeps serving peers.
+    let bob_addr = SocketAddr::new(LOOPBACK, bob.port());
+    bitpunch::wire::connect(bob_addr, &session(), None, tokio::time::Instant::now())
+        .await
+        .result
+        .expect("node still serves after its coordinator misbehaved");
 }

@@ -147,7 +147,8 @@ impl Router {
 
     fn lock_sniffing(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<oneshot::Sender<Inbound>>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<oneshot::Sender<Inbound>>>>
+    {
         self.sniffing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
