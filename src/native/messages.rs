@@ -409,6 +409,14 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_the_ones_the_spec_lists() {
+        let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
+        // register, challenge, prove, registered v4/v6, connect, punch v4,
+        // fail, result, auth (docs/native-protocol.md)
+        assert_eq!(sizes, vec![32, 32, 64, 20, 32, 20, 53, 9, 9, 72]);
+    }
+
+    #[test]
     fn truncated_extended_and_garbled_payloads_are_errors() {
         for msg in samples() {
             let bytes = msg.encode();
