@@ -163,3 +163,95 @@ fn connect_to_a_closed_port_fails_with_a_record() {
         "{record}"
     );
 }
+
+/// The next line from `reader` that starts with `prefix`, without it.
+fn line_starting(reader: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("no line starting with {prefix:?}");
+        }
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+    }
+}
+
+#[test]
+fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut coordinator = Running(
+        bitpunch()
+            .args([
+                "coordinator",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--network",
+                "regtest",
+                "-q",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord = line_starting(&mut out, "coordinator listening ");
+
+    let bob_dir = data.join("bob");
+    let mut bob = Running(
+        bitpunch()
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--network",
+                "regtest",
+                "-q",
+            ])
+            .args([
+                "--coordinator",
+                &coord,
+                "--data-dir",
+                bob_dir.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut bob_out = BufReader::new(bob.0.stdout.take().unwrap());
+    let bob_listens = line_starting(&mut bob_out, "listening ");
+    let address = line_starting(&mut bob_out, "reachable as ");
+    assert!(address.ends_with(&format!("@{coord}")), "{address}");
+    // The key stays: a second start would have the same id.
+    assert!(bob_dir.join("node.key").exists());
+
+    let out = bitpunch()
+        .args(["connect", &address, "--network", "regtest", "--json", "-q"])
+        .args(["--data-dir", data.join("alice").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["path"], "native");
+    assert_eq!(record["ok"], true);
+    assert_eq!(record["transport"], "v2");
+    assert_eq!(record["via"], coord.as_str());
+    assert_eq!(
+        record["remote"],
+        bob_listens.as_str(),
+        "direct to Bob's port"
+    );
+    assert!(record["bytes"]["coordination"].as_u64().unwrap() > 0);
+    drop(bob);
+    let _ = std::fs::remove_dir_all(&data);
+}
