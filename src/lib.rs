@@ -9,6 +9,7 @@
 pub mod address;
 pub mod identity;
 pub mod lab;
+pub mod libp2p;
 pub mod native;
 pub mod net;
 pub mod node;

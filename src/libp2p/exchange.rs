@@ -1,0 +1,347 @@
+//! The coordination exchange on the relayed connection: DCUtR's messages and
+//! flow (libp2p specs, relay/DCUtR.md) under our own protocol id, so that
+//! the punched connection can become a BIP324 session instead of a libp2p
+//! one. Message = unsigned-varint length + protobuf `HolePunch`.
+//!
+//! B, the side that accepted the relayed connection, opens the stream, sends
+//! CONNECT with its observed addresses and measures the time to A's CONNECT
+//! (the RTT). It then sends SYNC and dials RTT/2 later; A dials as soon as
+//! SYNC arrives, so both SYNs leave together. Up to three rounds on the same
+//! stream.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ::libp2p::{Multiaddr, StreamProtocol};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use prost::Message;
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/bitpunch/dcutr-bip324/1.0.0");
+/// DCUtR's own limit on a message.
+pub const MAX_MESSAGE: usize = 4096;
+pub const MAX_ROUNDS: u32 = 3;
+
+/// DCUtR's `HolePunch` (proto2): `required Type type = 1; repeated bytes
+/// ObsAddrs = 2;`, with CONNECT = 100 and SYNC = 300. `type` is declared
+/// optional here, which encodes the same, so that a message without it can
+/// be told apart and refused (prost fills in a default for `required`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HolePunch {
+    #[prost(enumeration = "HolePunchType", optional, tag = "1")]
+    pub r#type: Option<i32>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub obs_addrs: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum HolePunchType {
+    Connect = 100,
+    Sync = 300,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeMessage {
+    Connect(Vec<Multiaddr>),
+    Sync,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    Oversized(usize),
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    #[error("unexpected {got} while waiting for {expected}")]
+    Unexpected { got: &'static str, expected: &'static str },
+    #[error("no observed address to offer the peer yet")]
+    NoAddress,
+    #[error("no direct connection after {0} rounds")]
+    Exhausted(u32),
+}
+
+impl ExchangeMessage {
+    fn name(&self) -> &'static str {
+        match self {
+            ExchangeMessage::Connect(_) => "CONNECT",
+            ExchangeMessage::Sync => "SYNC",
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let msg = match self {
+            ExchangeMessage::Connect(addrs) => HolePunch {
+                r#type: Some(HolePunchType::Connect as i32),
+                obs_addrs: addrs.iter().map(|a| a.to_vec()).collect(),
+            },
+            ExchangeMessage::Sync => HolePunch {
+                r#type: Some(HolePunchType::Sync as i32),
+                obs_addrs: vec![],
+            },
+        };
+        msg.encode_to_vec()
+    }
+
+    /// Unparsable addresses are skipped, as DCUtR does; a bad type or bad
+    /// protobuf is an error.
+    pub fn decode(bytes: &[u8]) -> Result<ExchangeMessage, ExchangeError> {
+        let msg = HolePunch::decode(bytes).map_err(|e| ExchangeError::Decode(e.to_string()))?;
+        let kind = msg.r#type.ok_or_else(|| ExchangeError::Decode("no type".into()))?;
+        match HolePunchType::try_from(kind) {
+            Ok(HolePunchType::Connect) => Ok(ExchangeMessage::Connect(
+                msg.obs_addrs
+                    .into_iter()
+                    .filter_map(|a| Multiaddr::try_from(a).ok())
+                    .collect(),
+            )),
+            Ok(HolePunchType::Sync) => Ok(ExchangeMessage::Sync),
+            Err(_) => Err(ExchangeError::Decode(format!("unknown type {kind}"))),
+        }
+    }
+}
+
+pub async fn write_message<S: AsyncWrite + Unpin>(stream: &mut S, msg: &ExchangeMessage) -> Result<usize, ExchangeError> {
+    let body = msg.encode();
+    let mut len = unsigned_varint::encode::usize_buffer();
+    let prefix = unsigned_varint::encode::usize(body.len(), &mut len);
+    stream.write_all(prefix).await?;
+    stream.write_all(&body).await?;
+    stream.flush().await?;
+    Ok(prefix.len() + body.len())
+}
+
+pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(ExchangeMessage, usize), ExchangeError> {
+    let len = unsigned_varint::aio::read_usize(&mut *stream).await.map_err(|e| match e {
+        unsigned_varint::io::ReadError::Io(e) => ExchangeError::Io(e),
+        other => ExchangeError::Decode(other.to_string()),
+    })?;
+    if len > MAX_MESSAGE {
+        return Err(ExchangeError::Oversized(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    let prefix = unsigned_varint::encode::usize(len, &mut unsigned_varint::encode::usize_buffer()).len();
+    Ok((ExchangeMessage::decode(&body)?, prefix + len))
+}
+
+/// The addresses worth offering a peer: TCP ones on public addresses (the
+/// lab's documentation ranges count as public), or any with `allow_private`.
+pub fn punchable(addr: &Multiaddr, allow_private: bool) -> Option<SocketAddr> {
+    let socket = super::transport::socket_addr(addr)?;
+    if allow_private || is_public(socket.ip()) {
+        Some(socket)
+    } else {
+        None
+    }
+}
+
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                // 100.64.0.0/10: carrier-grade NAT, not reachable from outside
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+        }
+        std::net::IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80) // link local
+        }
+    }
+}
+
+/// What the exchange asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Send(ExchangeMessage),
+    /// Punch now-ish: first SYN at `start`, to `candidates`.
+    Punch { candidates: Vec<SocketAddr>, start: Instant, rtt: Option<Duration> },
+    /// Wait for the peer's next message.
+    Receive,
+}
+
+/// B's side (opens the stream, measures the RTT), without I/O.
+#[derive(Debug)]
+pub struct Initiator {
+    ours: Vec<Multiaddr>,
+    allow_private: bool,
+    round: u32,
+    sent_connect: Option<Instant>,
+}
+
+impl Initiator {
+    pub fn new(ours: Vec<Multiaddr>, allow_private: bool) -> Self {
+        Initiator {
+            ours,
+            allow_private,
+            round: 0,
+            sent_connect: None,
+        }
+    }
+
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Start a round (also after a failed punch): CONNECT, or give up.
+    pub fn start_round(&mut self, now: Instant) -> Result<Step, ExchangeError> {
+        if self.round >= MAX_ROUNDS {
+            return Err(ExchangeError::Exhausted(self.round));
+        }
+        self.round += 1;
+        self.sent_connect = Some(now);
+        Ok(Step::Send(ExchangeMessage::Connect(self.ours.clone())))
+    }
+
+    /// A's CONNECT arrived: SYNC, then punch half an RTT later.
+    pub fn on_message(&mut self, now: Instant, msg: ExchangeMessage) -> Result<Vec<Step>, ExchangeError> {
+        let (ExchangeMessage::Connect(theirs), Some(sent)) = (&msg, self.sent_connect.take()) else {
+            return Err(ExchangeError::Unexpected { got: msg.name(), expected: "CONNECT" });
+        };
+        let rtt = now.saturating_duration_since(sent);
+        let candidates: Vec<SocketAddr> = theirs.iter().filter_map(|a| punchable(a, self.allow_private)).collect();
+        Ok(vec![
+            Step::Send(ExchangeMessage::Sync),
+            Step::Punch {
+                candidates,
+                start: now + rtt / 2,
+                rtt: Some(rtt),
+            },
+        ])
+    }
+}
+
+/// A's side (answers CONNECT, dials on SYNC), without I/O.
+#[derive(Debug)]
+pub struct Responder {
+    ours: Vec<Multiaddr>,
+    allow_private: bool,
+    theirs: Option<Vec<SocketAddr>>,
+}
+
+impl Responder {
+    pub fn new(ours: Vec<Multiaddr>, allow_private: bool) -> Self {
+        Responder {
+            ours,
+            allow_private,
+            theirs: None,
+        }
+    }
+
+    pub fn on_message(&mut self, now: Instant, msg: ExchangeMessage) -> Result<Vec<Step>, ExchangeError> {
+        match (msg, self.theirs.take()) {
+            (ExchangeMessage::Connect(theirs), None) => {
+                self.theirs = Some(theirs.iter().filter_map(|a| punchable(a, self.allow_private)).collect());
+                Ok(vec![Step::Send(ExchangeMessage::Connect(self.ours.clone())), Step::Receive])
+            }
+            (ExchangeMessage::Sync, Some(candidates)) => Ok(vec![Step::Punch {
+                candidates,
+                start: now,
+                rtt: None,
+            }]),
+            (msg, expected) => Err(ExchangeError::Unexpected {
+                got: msg.name(),
+                expected: if expected.is_some() { "SYNC" } else { "CONNECT" },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn messages_round_trip_and_bad_ones_are_errors() {
+        let connect = ExchangeMessage::Connect(vec![addr("/ip4/203.0.113.2/tcp/4001")]);
+        for msg in [connect, ExchangeMessage::Sync] {
+            assert_eq!(ExchangeMessage::decode(&msg.encode()).unwrap(), msg);
+        }
+        // type 200 does not exist; missing required type; garbage
+        let bad = HolePunch { r#type: Some(200), obs_addrs: vec![] }.encode_to_vec();
+        assert!(ExchangeMessage::decode(&bad).is_err());
+        assert!(ExchangeMessage::decode(&[]).is_err());
+        assert!(ExchangeMessage::decode(&[0xff, 0xff, 0xff]).is_err());
+        // An unparsable address is skipped, not fatal.
+        let mixed = HolePunch {
+            r#type: Some(100),
+            obs_addrs: vec![vec![0xff, 0x00], addr("/ip4/198.51.100.1/tcp/1").to_vec()],
+        }
+        .encode_to_vec();
+        assert_eq!(
+            ExchangeMessage::decode(&mixed).unwrap(),
+            ExchangeMessage::Connect(vec![addr("/ip4/198.51.100.1/tcp/1")])
+        );
+    }
+
+    #[tokio::test]
+    async fn framing_enforces_the_size_limit() {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let (mut a, mut b) = (a.compat(), b.compat());
+        let sent = write_message(&mut a, &ExchangeMessage::Sync).await.unwrap();
+        let (got, read) = read_message(&mut b).await.unwrap();
+        assert_eq!((got, read), (ExchangeMessage::Sync, sent));
+        let mut huge = Vec::new();
+        huge.extend_from_slice(unsigned_varint::encode::usize(MAX_MESSAGE + 1, &mut unsigned_varint::encode::usize_buffer()));
+        a.write_all(&huge).await.unwrap();
+        assert!(matches!(read_message(&mut b).await, Err(ExchangeError::Oversized(_))));
+    }
+
+    #[test]
+    fn private_addresses_are_not_offered_unless_allowed() {
+        assert!(punchable(&addr("/ip4/203.0.113.2/tcp/1"), false).is_some());
+        assert!(punchable(&addr("/ip4/10.1.0.10/tcp/1"), false).is_none());
+        assert!(punchable(&addr("/ip4/127.0.0.1/tcp/1"), false).is_none());
+        assert!(punchable(&addr("/ip4/100.64.1.1/tcp/1"), false).is_none());
+        assert!(punchable(&addr("/ip6/fe80::1/tcp/1"), false).is_none());
+        assert!(punchable(&addr("/ip4/127.0.0.1/tcp/1"), true).is_some());
+        assert!(punchable(&addr("/ip4/203.0.113.2/udp/1/quic-v1"), false).is_none());
+    }
+
+    #[test]
+    fn rtt_timing_and_rounds() {
+        let t0 = Instant::now();
+        let ours = vec![addr("/ip4/203.0.113.6/tcp/2")];
+        let mut b = Initiator::new(ours.clone(), false);
+        let mut a = Responder::new(vec![addr("/ip4/203.0.113.2/tcp/1")], false);
+        let Step::Send(connect_b) = b.start_round(t0).unwrap() else { panic!() };
+        let replies = a.on_message(t0, connect_b).unwrap();
+        let Step::Send(connect_a) = replies[0].clone() else { panic!() };
+        let t1 = t0 + Duration::from_millis(80);
+        let steps = b.on_message(t1, connect_a).unwrap();
+        assert_eq!(steps[0], Step::Send(ExchangeMessage::Sync));
+        assert_eq!(
+            steps[1],
+            Step::Punch {
+                candidates: vec!["203.0.113.2:1".parse().unwrap()],
+                start: t1 + Duration::from_millis(40),
+                rtt: Some(Duration::from_millis(80)),
+            }
+        );
+        // SYNC reaches A half an RTT after B sent it: both dial at t1 + 40 ms.
+        let t2 = t1 + Duration::from_millis(40);
+        assert_eq!(
+            a.on_message(t2, ExchangeMessage::Sync).unwrap(),
+            vec![Step::Punch { candidates: vec!["203.0.113.6:2".parse().unwrap()], start: t2, rtt: None }]
+        );
+        // SYNC out of turn is an error; three rounds at most.
+        assert!(a.on_message(t2, ExchangeMessage::Sync).is_err());
+        b.start_round(t2).unwrap();
+        b.start_round(t2).unwrap();
+        assert!(matches!(b.start_round(t2), Err(ExchangeError::Exhausted(3))));
+    }
+}
