@@ -55,7 +55,10 @@ pub enum ExchangeError {
     #[error("undecodable message: {0}")]
     Decode(String),
     #[error("unexpected {got} while waiting for {expected}")]
-    Unexpected { got: &'static str, expected: &'static str },
+    Unexpected {
+        got: &'static str,
+        expected: &'static str,
+    },
     #[error("no observed address to offer the peer yet")]
     NoAddress,
     #[error("no direct connection after {0} rounds")]
@@ -88,7 +91,9 @@ impl ExchangeMessage {
     /// protobuf is an error.
     pub fn decode(bytes: &[u8]) -> Result<ExchangeMessage, ExchangeError> {
         let msg = HolePunch::decode(bytes).map_err(|e| ExchangeError::Decode(e.to_string()))?;
-        let kind = msg.r#type.ok_or_else(|| ExchangeError::Decode("no type".into()))?;
+        let kind = msg
+            .r#type
+            .ok_or_else(|| ExchangeError::Decode("no type".into()))?;
         match HolePunchType::try_from(kind) {
             Ok(HolePunchType::Connect) => Ok(ExchangeMessage::Connect(
                 msg.obs_addrs
@@ -102,7 +107,10 @@ impl ExchangeMessage {
     }
 }
 
-pub async fn write_message<S: AsyncWrite + Unpin>(stream: &mut S, msg: &ExchangeMessage) -> Result<usize, ExchangeError> {
+pub async fn write_message<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &ExchangeMessage,
+) -> Result<usize, ExchangeError> {
     let body = msg.encode();
     let mut len = unsigned_varint::encode::usize_buffer();
     let prefix = unsigned_varint::encode::usize(body.len(), &mut len);
@@ -112,17 +120,22 @@ pub async fn write_message<S: AsyncWrite + Unpin>(stream: &mut S, msg: &Exchange
     Ok(prefix.len() + body.len())
 }
 
-pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(ExchangeMessage, usize), ExchangeError> {
-    let len = unsigned_varint::aio::read_usize(&mut *stream).await.map_err(|e| match e {
-        unsigned_varint::io::ReadError::Io(e) => ExchangeError::Io(e),
-        other => ExchangeError::Decode(other.to_string()),
-    })?;
+pub async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(ExchangeMessage, usize), ExchangeError> {
+    let len = unsigned_varint::aio::read_usize(&mut *stream)
+        .await
+        .map_err(|e| match e {
+            unsigned_varint::io::ReadError::Io(e) => ExchangeError::Io(e),
+            other => ExchangeError::Decode(other.to_string()),
+        })?;
     if len > MAX_MESSAGE {
         return Err(ExchangeError::Oversized(len));
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
-    let prefix = unsigned_varint::encode::usize(len, &mut unsigned_varint::encode::usize_buffer()).len();
+    let prefix =
+        unsigned_varint::encode::usize(len, &mut unsigned_varint::encode::usize_buffer()).len();
     Ok((ExchangeMessage::decode(&body)?, prefix + len))
 }
 
@@ -164,7 +177,11 @@ fn is_public(ip: std::net::IpAddr) -> bool {
 pub enum Step {
     Send(ExchangeMessage),
     /// Punch now-ish: first SYN at `start`, to `candidates`.
-    Punch { candidates: Vec<SocketAddr>, start: Instant, rtt: Option<Duration> },
+    Punch {
+        candidates: Vec<SocketAddr>,
+        start: Instant,
+        rtt: Option<Duration>,
+    },
     /// Wait for the peer's next message.
     Receive,
 }
@@ -203,12 +220,23 @@ impl Initiator {
     }
 
     /// A's CONNECT arrived: SYNC, then punch half an RTT later.
-    pub fn on_message(&mut self, now: Instant, msg: ExchangeMessage) -> Result<Vec<Step>, ExchangeError> {
-        let (ExchangeMessage::Connect(theirs), Some(sent)) = (&msg, self.sent_connect.take()) else {
-            return Err(ExchangeError::Unexpected { got: msg.name(), expected: "CONNECT" });
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        msg: ExchangeMessage,
+    ) -> Result<Vec<Step>, ExchangeError> {
+        let (ExchangeMessage::Connect(theirs), Some(sent)) = (&msg, self.sent_connect.take())
+        else {
+            return Err(ExchangeError::Unexpected {
+                got: msg.name(),
+                expected: "CONNECT",
+            });
         };
         let rtt = now.saturating_duration_since(sent);
-        let candidates: Vec<SocketAddr> = theirs.iter().filter_map(|a| punchable(a, self.allow_private)).collect();
+        let candidates: Vec<SocketAddr> = theirs
+            .iter()
+            .filter_map(|a| punchable(a, self.allow_private))
+            .collect();
         Ok(vec![
             Step::Send(ExchangeMessage::Sync),
             Step::Punch {
@@ -237,11 +265,23 @@ impl Responder {
         }
     }
 
-    pub fn on_message(&mut self, now: Instant, msg: ExchangeMessage) -> Result<Vec<Step>, ExchangeError> {
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        msg: ExchangeMessage,
+    ) -> Result<Vec<Step>, ExchangeError> {
         match (msg, self.theirs.take()) {
             (ExchangeMessage::Connect(theirs), None) => {
-                self.theirs = Some(theirs.iter().filter_map(|a| punchable(a, self.allow_private)).collect());
-                Ok(vec![Step::Send(ExchangeMessage::Connect(self.ours.clone())), Step::Receive])
+                self.theirs = Some(
+                    theirs
+                        .iter()
+                        .filter_map(|a| punchable(a, self.allow_private))
+                        .collect(),
+                );
+                Ok(vec![
+                    Step::Send(ExchangeMessage::Connect(self.ours.clone())),
+                    Step::Receive,
+                ])
             }
             (ExchangeMessage::Sync, Some(candidates)) => Ok(vec![Step::Punch {
                 candidates,
@@ -250,7 +290,11 @@ impl Responder {
             }]),
             (msg, expected) => Err(ExchangeError::Unexpected {
                 got: msg.name(),
-                expected: if expected.is_some() { "SYNC" } else { "CONNECT" },
+                expected: if expected.is_some() {
+                    "SYNC"
+                } else {
+                    "CONNECT"
+                },
             }),
         }
     }
@@ -271,7 +315,11 @@ mod tests {
             assert_eq!(ExchangeMessage::decode(&msg.encode()).unwrap(), msg);
         }
         // type 200 does not exist; missing required type; garbage
-        let bad = HolePunch { r#type: Some(200), obs_addrs: vec![] }.encode_to_vec();
+        let bad = HolePunch {
+            r#type: Some(200),
+            obs_addrs: vec![],
+        }
+        .encode_to_vec();
         assert!(ExchangeMessage::decode(&bad).is_err());
         assert!(ExchangeMessage::decode(&[]).is_err());
         assert!(ExchangeMessage::decode(&[0xff, 0xff, 0xff]).is_err());
@@ -296,9 +344,15 @@ mod tests {
         let (got, read) = read_message(&mut b).await.unwrap();
         assert_eq!((got, read), (ExchangeMessage::Sync, sent));
         let mut huge = Vec::new();
-        huge.extend_from_slice(unsigned_varint::encode::usize(MAX_MESSAGE + 1, &mut unsigned_varint::encode::usize_buffer()));
+        huge.extend_from_slice(unsigned_varint::encode::usize(
+            MAX_MESSAGE + 1,
+            &mut unsigned_varint::encode::usize_buffer(),
+        ));
         a.write_all(&huge).await.unwrap();
-        assert!(matches!(read_message(&mut b).await, Err(ExchangeError::Oversized(_))));
+        assert!(matches!(
+            read_message(&mut b).await,
+            Err(ExchangeError::Oversized(_))
+        ));
     }
 
     #[test]
@@ -318,9 +372,13 @@ mod tests {
         let ours = vec![addr("/ip4/203.0.113.6/tcp/2")];
         let mut b = Initiator::new(ours.clone(), false);
         let mut a = Responder::new(vec![addr("/ip4/203.0.113.2/tcp/1")], false);
-        let Step::Send(connect_b) = b.start_round(t0).unwrap() else { panic!() };
+        let Step::Send(connect_b) = b.start_round(t0).unwrap() else {
+            panic!()
+        };
         let replies = a.on_message(t0, connect_b).unwrap();
-        let Step::Send(connect_a) = replies[0].clone() else { panic!() };
+        let Step::Send(connect_a) = replies[0].clone() else {
+            panic!()
+        };
         let t1 = t0 + Duration::from_millis(80);
         let steps = b.on_message(t1, connect_a).unwrap();
         assert_eq!(steps[0], Step::Send(ExchangeMessage::Sync));
@@ -336,12 +394,19 @@ mod tests {
         let t2 = t1 + Duration::from_millis(40);
         assert_eq!(
             a.on_message(t2, ExchangeMessage::Sync).unwrap(),
-            vec![Step::Punch { candidates: vec!["203.0.113.6:2".parse().unwrap()], start: t2, rtt: None }]
+            vec![Step::Punch {
+                candidates: vec!["203.0.113.6:2".parse().unwrap()],
+                start: t2,
+                rtt: None
+            }]
         );
         // SYNC out of turn is an error; three rounds at most.
         assert!(a.on_message(t2, ExchangeMessage::Sync).is_err());
         b.start_round(t2).unwrap();
         b.start_round(t2).unwrap();
-        assert!(matches!(b.start_round(t2), Err(ExchangeError::Exhausted(3))));
+        assert!(matches!(
+            b.start_round(t2),
+            Err(ExchangeError::Exhausted(3))
+        ));
     }
 }

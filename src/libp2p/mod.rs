@@ -2,4 +2,166 @@
 //! the punch; the punched TCP connection becomes a BIP324 Bitcoin session.
 
 pub mod exchange;
+pub mod punch;
+pub mod relay;
+pub mod swarm;
 pub mod transport;
+
+use std::time::Duration;
+
+use ::libp2p::multiaddr::Protocol;
+use ::libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::report::Outcome;
+use crate::wire::{SessionRole, Stage};
+use punch::{Libp2pOutcome, Libp2pPunchContext};
+use swarm::Libp2pEvent;
+
+/// The peer id at the end of a circuit address
+/// (`<relay>/p2p-circuit/p2p/<peer>`), if it is one.
+pub fn circuit_peer(addr: &Multiaddr) -> Option<PeerId> {
+    let mut saw_circuit = false;
+    let mut peer = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => saw_circuit = true,
+            Protocol::P2p(id) if saw_circuit => peer = Some(id),
+            _ => {}
+        }
+    }
+    peer
+}
+
+/// The requester's side: dial `circuit` through its relay, answer the
+/// peer's exchange, punch, and run BIP324 as initiator.
+pub async fn connect_circuit(ctx: &Libp2pPunchContext, circuit: Multiaddr) -> Libp2pOutcome {
+    let asked = Instant::now();
+    let role = SessionRole::Initiator;
+    let fail = |stage, error: String| {
+        let mut record = Outcome::failed(crate::report::Path::Libp2p, role, stage, error);
+        record.via = Some(circuit.to_string());
+        Libp2pOutcome {
+            record,
+            session: None,
+        }
+    };
+    let Some(peer) = circuit_peer(&circuit) else {
+        return fail(
+            Stage::Coordination,
+            format!("{circuit} is not a /p2p-circuit/p2p/<peer> address"),
+        );
+    };
+    let bytes_before = ctx.libp2p.counters.total();
+    let exchange = ctx.libp2p.await_exchange(peer);
+    if let Err(e) = tokio::time::timeout(
+        ctx.session.handshake_timeout,
+        ctx.libp2p.dial(circuit.clone(), peer),
+    )
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()))
+    {
+        return fail(
+            Stage::Coordination,
+            format!("reaching {peer} through the relay: {e}"),
+        );
+    }
+    let stream = match tokio::time::timeout(ctx.session.handshake_timeout, exchange).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            ctx.libp2p.disconnect(peer).await;
+            return fail(
+                Stage::Coordination,
+                format!("{peer} did not start the exchange"),
+            );
+        }
+    };
+    let mut out = punch::respond(ctx, peer, circuit, asked, stream).await;
+    // Everything libp2p carried for this connection: relay, identify, exchange.
+    out.record.bytes.coordination = ctx.libp2p.counters.total().saturating_sub(bytes_before);
+    out
+}
+
+/// The reachable side: for everyone who reaches us through a relay, run the
+/// exchange and the punch (as BIP324 responder), then serve the session.
+/// Each record goes to `records` when given.
+pub async fn serve_relayed(
+    ctx: Libp2pPunchContext,
+    idle: Duration,
+    records: Option<mpsc::Sender<Outcome>>,
+) {
+    let mut events = ctx.libp2p.events();
+    let mut punches = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(Libp2pEvent::RelayedInbound { peer, via }) => {
+                    let ctx = ctx.clone();
+                    let records = records.clone();
+                    punches.spawn(async move {
+                        let out = punch::initiate(&ctx, peer, via).await;
+                        match &out.session {
+                            Some(_) => tracing::info!(%peer, record = %out.record.to_json(), "punched session established"),
+                            None => tracing::warn!(%peer, record = %out.record.to_json(), "punch failed"),
+                        }
+                        if let Some(tx) = records {
+                            let _ = tx.send(out.record).await;
+                        }
+                        if let Some(session) = out.session {
+                            let ended = session.serve(idle).await;
+                            tracing::info!(%peer, reason = %ended, "punched session closed");
+                        }
+                    });
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(n, "missed libp2p events"),
+                Err(_) => return,
+            },
+            Some(_) = punches.join_next(), if !punches.is_empty() => {}
+        }
+    }
+}
+
+/// Keeps a reservation on `relay` (with `/p2p/<id>`): reserves, reports the
+/// circuit address through `on_reserved`, and after a loss tries again with
+/// back-off (1 s doubling to 60 s).
+pub async fn keep_reservation(
+    node: std::sync::Arc<swarm::Libp2pNode>,
+    relay: Multiaddr,
+    on_reserved: impl Fn(&Multiaddr),
+) {
+    let listen = relay.clone().with(Protocol::P2pCircuit);
+    let mut backoff = Duration::from_secs(1);
+    let mut events = node.events();
+    loop {
+        if let Err(e) = node.listen(listen.clone()).await {
+            tracing::warn!(%relay, error = %e, retry_in = ?backoff, "cannot ask for a reservation");
+        } else {
+            loop {
+                match events.recv().await {
+                    Ok(Libp2pEvent::Reserved {
+                        circuit, renewal, ..
+                    }) if circuit.to_string().starts_with(&listen.to_string()) => {
+                        if !renewal {
+                            on_reserved(&circuit);
+                        }
+                        tracing::info!(%circuit, renewal, "reservation held");
+                        backoff = Duration::from_secs(1);
+                    }
+                    Ok(Libp2pEvent::ReservationLost { relay_addr, reason })
+                        if relay_addr == listen =>
+                    {
+                        tracing::warn!(%relay, %reason, retry_in = ?backoff, "reservation lost");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}

@@ -65,7 +65,11 @@ pub fn multiaddr(addr: SocketAddr) -> Multiaddr {
 
 impl SharedPortTransport {
     /// `inbound`: the router's libp2p route for this port.
-    pub fn new(port: Arc<SharedPort>, inbound: mpsc::Receiver<Inbound>, counters: Arc<ByteCounters>) -> Self {
+    pub fn new(
+        port: Arc<SharedPort>,
+        inbound: mpsc::Receiver<Inbound>,
+        counters: Arc<ByteCounters>,
+    ) -> Self {
         SharedPortTransport {
             port,
             inbound,
@@ -84,7 +88,11 @@ impl Transport for SharedPortTransport {
 
     /// "Listening" means taking the accept loop's libp2p connections; the
     /// address must be the shared port's (or port 0 for "whatever it is").
-    fn listen_on(&mut self, id: ListenerId, addr: Multiaddr) -> Result<(), TransportError<io::Error>> {
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<io::Error>> {
         let Some(requested) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
@@ -121,7 +129,11 @@ impl Transport for SharedPortTransport {
 
     /// Dials from the shared port, whatever `opts` asks: reusing `L` is the
     /// point, and in a hole punch both sides dial anyway.
-    fn dial(&mut self, addr: Multiaddr, _opts: DialOpts) -> Result<Self::Dial, TransportError<io::Error>> {
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<io::Error>> {
         let Some(remote) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
@@ -130,12 +142,18 @@ impl Transport for SharedPortTransport {
         Ok(async move {
             let stream = port.dial(remote).await?;
             let _ = stream.set_nodelay(true);
-            Ok(Counted::with_counters(Rewound::new(Vec::new(), Counted::new(stream)), counters).compat())
+            Ok(
+                Counted::with_counters(Rewound::new(Vec::new(), Counted::new(stream)), counters)
+                    .compat(),
+            )
         }
         .boxed())
     }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TransportEvent<Self::ListenerUpgrade, io::Error>> {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, io::Error>> {
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(event);
         }
@@ -173,9 +191,10 @@ mod tests {
         let a: Multiaddr = "/ip4/203.0.113.2/tcp/4001".parse().unwrap();
         assert_eq!(socket_addr(&a), Some("203.0.113.2:4001".parse().unwrap()));
         assert_eq!(multiaddr(socket_addr(&a).unwrap()), a);
-        let with_id: Multiaddr = "/ip6/::1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
-            .parse()
-            .unwrap();
+        let with_id: Multiaddr =
+            "/ip6/::1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+                .parse()
+                .unwrap();
         assert_eq!(socket_addr(&with_id), Some("[::1]:1".parse().unwrap()));
         let circuit: Multiaddr = "/ip4/203.0.113.2/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit"
             .parse()

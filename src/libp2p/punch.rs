@@ -1,0 +1,529 @@
+//! One punch on the libp2p path: the exchange on the relayed connection,
+//! the punch from the shared port, BIP324 with roles from the exchange, and
+//! the libp2p identities' signatures over the BIP324 session id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::libp2p::{identity, Multiaddr, PeerId};
+use bitcoin::p2p::message::{CommandString, NetworkMessage};
+use tokio::time::Instant;
+
+use super::exchange::{self, ExchangeError, Initiator, Responder, Step};
+use super::swarm::Libp2pNode;
+use crate::net::{Router, SharedPort};
+use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
+use crate::report::{Outcome, Path};
+use crate::wire::{
+    Session, SessionConfig, SessionError, SessionRole, Stage, StreamContext, Transport, WireError,
+};
+
+const AUTH_COMMAND: &str = "bpauth";
+const AUTH_DOMAIN: &[u8] = b"bitpunch/libp2p-session/v1";
+const MAX_AUTH_FIELD: usize = 128;
+
+#[derive(Clone)]
+pub struct Libp2pPunchContext {
+    pub port: Arc<SharedPort>,
+    pub router: Arc<Router>,
+    pub libp2p: Arc<Libp2pNode>,
+    pub session: SessionConfig,
+    /// Offer and accept loopback and private addresses (tests on loopback).
+    pub allow_private: bool,
+}
+
+pub struct Libp2pOutcome {
+    pub record: Outcome,
+    pub session: Option<Session<PunchedStream>>,
+}
+
+fn ms(asked: Instant, t: Instant) -> Option<f64> {
+    Some(t.saturating_duration_since(asked).as_micros() as f64 / 1000.0)
+}
+
+impl Libp2pPunchContext {
+    /// Our observed addresses worth offering, waiting a little for identify
+    /// if none is known yet.
+    async fn offer(&self) -> Vec<Multiaddr> {
+        let mut events = self.libp2p.events();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ours: Vec<Multiaddr> = self
+                .libp2p
+                .observed()
+                .into_iter()
+                .filter(|a| exchange::punchable(a, self.allow_private).is_some())
+                .collect();
+            if !ours.is_empty() || Instant::now() >= deadline {
+                return ours;
+            }
+            let _ = tokio::time::timeout_at(deadline, events.recv()).await;
+        }
+    }
+}
+
+fn failed(role: SessionRole, via: &Multiaddr, stage: Stage, error: String) -> Libp2pOutcome {
+    let mut record = Outcome::failed(Path::Libp2p, role, stage, error);
+    record.via = Some(via.to_string());
+    Libp2pOutcome {
+        record,
+        session: None,
+    }
+}
+
+/// B's side: `peer` reached us through the relay at `via`; open the
+/// exchange, punch, and be the BIP324 responder.
+pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -> Libp2pOutcome {
+    let asked = Instant::now();
+    let role = SessionRole::Responder;
+    let mut control = ctx.libp2p.control.clone();
+    let mut stream = match tokio::time::timeout(
+        ctx.session.handshake_timeout,
+        control.open_stream(peer, exchange::PROTOCOL),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return failed(
+                role,
+                &via,
+                Stage::Coordination,
+                format!("opening the exchange with {peer}: {e}"),
+            )
+        }
+        Err(_) => {
+            return failed(
+                role,
+                &via,
+                Stage::Coordination,
+                format!("opening the exchange with {peer} timed out"),
+            )
+        }
+    };
+    let ours = ctx.offer().await;
+    let mut machine = Initiator::new(ours, ctx.allow_private);
+    let mut bytes = 0;
+    let mut last_error = String::new();
+    let mut first_syn = None;
+    let timeout = ctx.session.handshake_timeout;
+    let punched = loop {
+        let step = match machine.start_round(Instant::now().into_std()) {
+            Ok(step) => step,
+            Err(e) => {
+                let mut out = failed(role, &via, Stage::Punch, format!("{e} ({last_error})"));
+                out.record.attempts = machine.round();
+                out.record.bytes.coordination = bytes;
+                out.record.t_ms.first_syn = first_syn.and_then(|t| ms(asked, t));
+                ctx.libp2p.disconnect(peer).await;
+                return out;
+            }
+        };
+        let result: Result<_, ExchangeError> = async {
+            if let Step::Send(msg) = step {
+                bytes += exchange::write_message(&mut stream, &msg).await? as u64;
+            }
+            let (reply, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
+                .await
+                .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            bytes += n as u64;
+            let mut plan = None;
+            for step in machine.on_message(Instant::now().into_std(), reply)? {
+                match step {
+                    Step::Send(msg) => {
+                        bytes += exchange::write_message(&mut stream, &msg).await? as u64
+                    }
+                    Step::Punch {
+                        candidates,
+                        start,
+                        rtt,
+                    } => plan = Some((candidates, start, rtt)),
+                    Step::Receive => {}
+                }
+            }
+            Ok(plan.expect("the initiator always punches after CONNECT"))
+        }
+        .await;
+        let (candidates, start, rtt) = match result {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "closing the exchange stream");
+                ctx.libp2p.disconnect(peer).await;
+                let mut out = failed(role, &via, Stage::Coordination, e.to_string());
+                out.record.bytes.coordination = bytes;
+                return out;
+            }
+        };
+        if candidates.is_empty() {
+            ctx.libp2p.disconnect(peer).await;
+            return failed(
+                role,
+                &via,
+                Stage::Coordination,
+                format!("{peer} offered no address to punch to"),
+            );
+        }
+        let coordinated = Instant::now();
+        match punch_once(
+            ctx,
+            candidates.clone(),
+            Instant::from_std(start),
+            rtt.unwrap_or_default(),
+        )
+        .await
+        {
+            Ok(p) => break (p, candidates, coordinated),
+            Err(e) => {
+                first_syn = first_syn.or(e.first_syn);
+                last_error = e.to_string();
+            }
+        }
+    };
+    let (punched, candidates, coordinated) = punched;
+    let attempts = machine.round();
+    let out = upgrade(
+        ctx,
+        punched,
+        role,
+        peer,
+        asked,
+        coordinated,
+        &via,
+        candidates,
+        attempts,
+        bytes,
+    )
+    .await;
+    ctx.libp2p.disconnect(peer).await;
+    out
+}
+
+/// A's side: we dialed `peer` through `via`; wait for its exchange, punch,
+/// and be the BIP324 initiator. `asked`: when the connection was asked for.
+pub async fn respond(
+    ctx: &Libp2pPunchContext,
+    peer: PeerId,
+    via: Multiaddr,
+    asked: Instant,
+    stream: ::libp2p::Stream,
+) -> Libp2pOutcome {
+    let role = SessionRole::Initiator;
+    let mut stream = stream;
+    let ours = ctx.offer().await;
+    let mut machine = Responder::new(ours, ctx.allow_private);
+    let mut bytes = 0;
+    let mut rounds = 0;
+    let mut first_syn = None;
+    let mut last_error = String::from("the peer gave up");
+    let timeout = ctx.session.handshake_timeout;
+    let punched = loop {
+        let plan: Result<Option<(Vec<SocketAddr>, _)>, ExchangeError> = async {
+            let (msg, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
+                .await
+                .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            bytes += n as u64;
+            for step in machine.on_message(Instant::now().into_std(), msg)? {
+                match step {
+                    Step::Send(m) => {
+                        bytes += exchange::write_message(&mut stream, &m).await? as u64
+                    }
+                    Step::Punch {
+                        candidates, start, ..
+                    } => return Ok(Some((candidates, start))),
+                    Step::Receive => {}
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        match plan {
+            Ok(None) => continue,
+            Ok(Some((candidates, start))) => {
+                rounds += 1;
+                let coordinated = Instant::now();
+                if candidates.is_empty() {
+                    last_error = format!("{peer} offered no address to punch to");
+                    continue;
+                }
+                match punch_once(
+                    ctx,
+                    candidates.clone(),
+                    Instant::from_std(start),
+                    Duration::ZERO,
+                )
+                .await
+                {
+                    Ok(p) => break (p, candidates, coordinated),
+                    Err(e) => {
+                        first_syn = first_syn.or(e.first_syn);
+                        last_error = e.to_string();
+                    }
+                }
+            }
+            Err(e) => {
+                // The stream ends when B gives up after its rounds.
+                let stage = if rounds > 0 {
+                    Stage::Punch
+                } else {
+                    Stage::Coordination
+                };
+                let reason = if rounds > 0 {
+                    format!("no direct connection after {rounds} rounds ({last_error})")
+                } else {
+                    e.to_string()
+                };
+                ctx.libp2p.disconnect(peer).await;
+                let mut out = failed(role, &via, stage, reason);
+                out.record.attempts = rounds;
+                out.record.bytes.coordination = bytes;
+                out.record.t_ms.first_syn = first_syn.and_then(|t| ms(asked, t));
+                return out;
+            }
+        }
+    };
+    let (punched, candidates, coordinated) = punched;
+    let out = upgrade(
+        ctx,
+        punched,
+        role,
+        peer,
+        asked,
+        coordinated,
+        &via,
+        candidates,
+        rounds,
+        bytes,
+    )
+    .await;
+    ctx.libp2p.disconnect(peer).await;
+    out
+}
+
+/// One attempt of the punch engine: each exchange round is one attempt,
+/// as in DCUtR; the rounds themselves re-synchronise the two sides.
+async fn punch_once(
+    ctx: &Libp2pPunchContext,
+    candidates: Vec<SocketAddr>,
+    start: Instant,
+    rtt: Duration,
+) -> Result<punch::Punched, punch::PunchError> {
+    let config = ScheduleConfig {
+        attempts: 1,
+        ..ScheduleConfig::for_rtt(rtt)
+    };
+    punch::punch(
+        &ctx.port,
+        &ctx.router,
+        PunchPlan {
+            candidates,
+            start,
+            config,
+        },
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upgrade(
+    ctx: &Libp2pPunchContext,
+    punched: punch::Punched,
+    role: SessionRole,
+    peer: PeerId,
+    asked: Instant,
+    coordinated: Instant,
+    via: &Multiaddr,
+    candidates: Vec<SocketAddr>,
+    rounds: u32,
+    coordination_bytes: u64,
+) -> Libp2pOutcome {
+    let counters = punched.stream.get_ref().counters();
+    let stream_ctx = StreamContext {
+        local: punched.local,
+        remote: punched.remote,
+        started: asked,
+        tcp_at: punched.established,
+        counters: counters.clone(),
+    };
+    let mut record = Outcome::failed(Path::Libp2p, role, Stage::Bip324KeyExchange, String::new());
+    let result = async {
+        let mut session = Session::establish(
+            punched.stream,
+            stream_ctx,
+            role,
+            Transport::V2,
+            &ctx.session,
+        )
+        .await?;
+        authenticate(
+            &mut session,
+            &ctx.libp2p.keypair,
+            role,
+            peer,
+            ctx.session.handshake_timeout,
+        )
+        .await?;
+        Ok::<_, SessionError>(session)
+    }
+    .await;
+    let session = match result {
+        Ok(session) => {
+            record = Outcome::from_session(Path::Libp2p, &session.report);
+            Some(session)
+        }
+        Err(e) => {
+            record.error = Some(e.to_string());
+            record.failed_at = Some(e.stage);
+            record.local = Some(punched.local.to_string());
+            record.remote = Some(punched.remote.to_string());
+            None
+        }
+    };
+    record.via = Some(via.to_string());
+    record.candidates = candidates.iter().map(|c| c.to_string()).collect();
+    record.attempts = rounds;
+    record.won_by = Some(punched.won_by);
+    record.t_ms.coordination = ms(asked, coordinated);
+    record.t_ms.first_syn = punched.first_syn.and_then(|t| ms(asked, t));
+    record.bytes.coordination = coordination_bytes;
+    record.bytes.direct = counters.total();
+    Libp2pOutcome { record, session }
+}
+
+fn role_byte(role: SessionRole) -> u8 {
+    match role {
+        SessionRole::Initiator => 0,
+        SessionRole::Responder => 1,
+    }
+}
+
+fn signed(session_id: &[u8], role: SessionRole) -> Vec<u8> {
+    let mut data = AUTH_DOMAIN.to_vec();
+    data.extend_from_slice(session_id);
+    data.push(role_byte(role));
+    data
+}
+
+/// `bpauth`: key length (u8) ‖ protobuf public key ‖ signature length (u8)
+/// ‖ signature over (domain ‖ session id ‖ signer's role).
+fn encode_auth(key: &identity::Keypair, session_id: &[u8], role: SessionRole) -> NetworkMessage {
+    let public = key.public().encode_protobuf();
+    let signature = key
+        .sign(&signed(session_id, role))
+        .expect("ed25519 signing does not fail");
+    let mut payload = vec![public.len() as u8];
+    payload.extend_from_slice(&public);
+    payload.push(signature.len() as u8);
+    payload.extend_from_slice(&signature);
+    NetworkMessage::Unknown {
+        command: CommandString::try_from_static(AUTH_COMMAND).expect("valid command"),
+        payload,
+    }
+}
+
+fn verify_auth(
+    payload: &[u8],
+    expected: PeerId,
+    session_id: &[u8],
+    peer_role: SessionRole,
+) -> Result<(), String> {
+    let field = |at: usize| -> Result<(&[u8], usize), String> {
+        let len = *payload.get(at).ok_or("bpauth ends early")? as usize;
+        if len > MAX_AUTH_FIELD {
+            return Err("bpauth field too long".into());
+        }
+        let bytes = payload
+            .get(at + 1..at + 1 + len)
+            .ok_or("bpauth ends early")?;
+        Ok((bytes, at + 1 + len))
+    };
+    let (public, next) = field(0)?;
+    let (signature, end) = field(next)?;
+    if end != payload.len() {
+        return Err("bpauth has trailing bytes".into());
+    }
+    let public =
+        identity::PublicKey::try_decode_protobuf(public).map_err(|e| format!("bpauth key: {e}"))?;
+    if public.to_peer_id() != expected {
+        return Err(format!(
+            "the punched peer is {}, not {expected} that we reached through the relay: someone is in the middle",
+            public.to_peer_id()
+        ));
+    }
+    if !public.verify(&signed(session_id, peer_role), signature) {
+        return Err(format!(
+            "{expected} did not sign this BIP324 session: someone is in the middle"
+        ));
+    }
+    Ok(())
+}
+
+async fn authenticate(
+    session: &mut Session<PunchedStream>,
+    key: &identity::Keypair,
+    role: SessionRole,
+    peer: PeerId,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let err = |e: WireError| SessionError::new(Stage::Auth, e);
+    let session_id = session
+        .report
+        .session_id
+        .as_deref()
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or_else(|| err(WireError::Protocol("no BIP324 session id to sign".into())))?;
+    session
+        .send_message(&encode_auth(key, &session_id, role))
+        .await
+        .map_err(err)?;
+    let peer_role = match role {
+        SessionRole::Initiator => SessionRole::Responder,
+        SessionRole::Responder => SessionRole::Initiator,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let msg = session
+            .recv_message(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .map_err(err)?;
+        if let NetworkMessage::Unknown { command, payload } = &msg {
+            if command.as_ref() == AUTH_COMMAND {
+                return verify_auth(payload, peer, &session_id, peer_role)
+                    .map_err(|e| err(WireError::Protocol(e)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_binds_peer_session_and_role() {
+        let alice = identity::Keypair::generate_ed25519();
+        let mallory = identity::Keypair::generate_ed25519();
+        let session = [7u8; 32];
+        let payload =
+            |key: &identity::Keypair, session: &[u8], role| match encode_auth(key, session, role) {
+                NetworkMessage::Unknown { payload, .. } => payload,
+                _ => unreachable!(),
+            };
+        let good = payload(&alice, &session, SessionRole::Initiator);
+        let alice_id = alice.public().to_peer_id();
+        assert!(verify_auth(&good, alice_id, &session, SessionRole::Initiator).is_ok());
+        assert!(verify_auth(&good, alice_id, &[8u8; 32], SessionRole::Initiator).is_err());
+        assert!(verify_auth(&good, alice_id, &session, SessionRole::Responder).is_err());
+        let e = verify_auth(
+            &payload(&mallory, &session, SessionRole::Initiator),
+            alice_id,
+            &session,
+            SessionRole::Initiator,
+        )
+        .unwrap_err();
+        assert!(e.contains("in the middle"), "{e}");
+        for cut in 0..good.len() {
+            assert!(verify_auth(&good[..cut], alice_id, &session, SessionRole::Initiator).is_err());
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The relay: rust-libp2p's circuit relay v2 server, with identify and ping,
+//! on libp2p's own TCP transport (a relay is reachable and punches nothing).
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use ::libp2p::multiaddr::Protocol;
+use ::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use ::libp2p::{
+    identify, identity, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, SwarmBuilder,
+};
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+#[derive(NetworkBehaviour)]
+struct RelayBehaviour {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// Limits of the relay; defaults are rust-libp2p's, rate limits included.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    pub reservation_duration: Duration,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
+    /// (count, per interval) per peer and per IP for reservations and for
+    /// circuits; `None` turns rate limiting off (benchmarks only).
+    pub rate_limits: Option<RateLimits>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub reservations_per_peer: (u32, Duration),
+    pub reservations_per_ip: (u32, Duration),
+    pub circuits_per_peer: (u32, Duration),
+    pub circuits_per_ip: (u32, Duration),
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        let d = relay::Config::default();
+        RelayLimits {
+            max_reservations: d.max_reservations,
+            max_reservations_per_peer: d.max_reservations_per_peer,
+            reservation_duration: d.reservation_duration,
+            max_circuits: d.max_circuits,
+            max_circuits_per_peer: d.max_circuits_per_peer,
+            max_circuit_duration: d.max_circuit_duration,
+            max_circuit_bytes: d.max_circuit_bytes,
+            rate_limits: Some(RateLimits {
+                reservations_per_peer: (30, Duration::from_secs(120)),
+                reservations_per_ip: (60, Duration::from_secs(60)),
+                circuits_per_peer: (30, Duration::from_secs(120)),
+                circuits_per_ip: (60, Duration::from_secs(60)),
+            }),
+        }
+    }
+}
+
+impl RelayLimits {
+    fn config(&self) -> relay::Config {
+        let mut config = relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            reservation_rate_limiters: Vec::new(),
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            circuit_src_rate_limiters: Vec::new(),
+        };
+        if let Some(r) = &self.rate_limits {
+            let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
+            config = config
+                .reservation_rate_per_peer(nz(r.reservations_per_peer.0), r.reservations_per_peer.1)
+                .reservation_rate_per_ip(nz(r.reservations_per_ip.0), r.reservations_per_ip.1)
+                .circuit_src_per_peer(nz(r.circuits_per_peer.0), r.circuits_per_peer.1)
+                .circuit_src_per_ip(nz(r.circuits_per_ip.0), r.circuits_per_ip.1);
+        }
+        config
+    }
+}
+
+/// An ed25519 key kept in `path` (protobuf encoding), created on first use.
+pub fn load_or_create_keypair(path: &Path) -> Result<identity::Keypair> {
+    if path.exists() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return identity::Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a libp2p key", path.display()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key = identity::Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().context("encoding the key")?;
+    write_private(path, &bytes)?;
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("creating {}", path.display()))
+}
+
+pub struct RelayServer {
+    pub peer_id: PeerId,
+    /// The relay's address with `/p2p/<id>`: what nodes are given.
+    pub address: Multiaddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RelayServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn is_wildcard(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+impl RelayServer {
+    /// Listens on `listen` and announces `external` (default: the listen
+    /// address, which must then be a specific one). rust-libp2p's relay
+    /// refuses every reservation until it has a confirmed external address.
+    pub async fn start(
+        keypair: identity::Keypair,
+        listen: Multiaddr,
+        external: Option<Multiaddr>,
+        limits: RelayLimits,
+    ) -> Result<RelayServer> {
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|key| RelayBehaviour {
+                relay: relay::Behaviour::new(key.public().to_peer_id(), limits.config()),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/ipfs/id/1.0.0".into(), key.public())
+                        .with_agent_version(super::swarm::AGENT.into()),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        swarm
+            .listen_on(listen.clone())
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        // The actual address (port 0 resolved) comes with the first event.
+        let bound = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => break address,
+                SwarmEvent::ListenerError { error, .. } => anyhow::bail!("relay listener: {error}"),
+                _ => {}
+            }
+        };
+        let external = match external {
+            Some(e) => e,
+            None if is_wildcard(&bound) => anyhow::bail!(
+                "listening on {bound}, a wildcard address: give --external (the address nodes dial)"
+            ),
+            None => bound,
+        };
+        swarm.add_external_address(external.clone());
+        let peer_id = *swarm.local_peer_id();
+        let address = external.with(Protocol::P2p(peer_id));
+        let task = tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) =
+                    swarm.select_next_some().await
+                {
+                    log_relay_event(&event);
+                }
+            }
+        });
+        Ok(RelayServer {
+            peer_id,
+            address,
+            task,
+        })
+    }
+}
+
+fn log_relay_event(event: &relay::Event) {
+    use relay::Event::*;
+    match event {
+        ReservationReqAccepted {
+            src_peer_id,
+            renewed,
+        } => {
+            tracing::info!(peer = %src_peer_id, renewed, "reservation accepted")
+        }
+        ReservationReqDenied { src_peer_id, .. } => {
+            tracing::warn!(peer = %src_peer_id, "reservation denied")
+        }
+        ReservationTimedOut { src_peer_id } => {
+            tracing::info!(peer = %src_peer_id, "reservation timed out")
+        }
+        CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => {
+            tracing::info!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened")
+        }
+        CircuitReqDenied {
+            src_peer_id,
+            dst_peer_id,
+            ..
+        } => {
+            tracing::warn!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied")
+        }
+        CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            error,
+        } => {
+            tracing::info!(src = %src_peer_id, dst = %dst_peer_id, error = ?error, "circuit closed")
+        }
+        other => tracing::debug!(?other, "relay event"),
+    }
+}

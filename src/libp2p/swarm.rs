@@ -1,0 +1,334 @@
+//! A node's libp2p side: a swarm on the shared-port transport with the relay
+//! client, identify, ping and `libp2p-stream` (for the exchange), run by one
+//! task that others talk to through a handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::libp2p::core::upgrade::Version;
+use ::libp2p::core::{ConnectedPoint, Transport};
+use ::libp2p::multiaddr::Protocol;
+use ::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use ::libp2p::{
+    identify, identity, noise, ping, relay, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
+};
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::transport::SharedPortTransport;
+use crate::net::stream::ByteCounters;
+use crate::net::{Route, Router, SharedPort};
+
+pub const AGENT: &str = concat!("bitpunch/", env!("CARGO_PKG_VERSION"));
+
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    relay_client: relay::client::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+#[derive(Debug, Clone)]
+pub enum Libp2pEvent {
+    /// A relay holds a slot for us; others reach us at `circuit`.
+    Reserved {
+        relay: PeerId,
+        circuit: Multiaddr,
+        renewal: bool,
+    },
+    /// A relay refused or dropped our reservation, or the connection to it
+    /// went away.
+    ReservationLost {
+        relay_addr: Multiaddr,
+        reason: String,
+    },
+    /// Someone reached us through a relay: the moment to start an exchange.
+    RelayedInbound { peer: PeerId, via: Multiaddr },
+    /// A relay (or anyone) told us where it sees us.
+    Observed { addr: Multiaddr },
+}
+
+enum Command {
+    Dial {
+        addr: Multiaddr,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Listen {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Disconnect(PeerId),
+}
+
+#[derive(Default)]
+struct Shared {
+    observed: Vec<Multiaddr>,
+    /// Exchanges we wait for, by the peer that should open them.
+    awaited: HashMap<PeerId, oneshot::Sender<::libp2p::Stream>>,
+}
+
+/// The handle to the swarm task; dropping it stops the task.
+pub struct Libp2pNode {
+    pub peer_id: PeerId,
+    pub keypair: identity::Keypair,
+    commands: mpsc::Sender<Command>,
+    pub control: libp2p_stream::Control,
+    events: broadcast::Sender<Libp2pEvent>,
+    shared: Arc<Mutex<Shared>>,
+    /// Every byte of every libp2p connection (relay traffic, mostly).
+    pub counters: Arc<ByteCounters>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Libp2pNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Libp2pNode {
+    /// Starts the swarm on `port`; inbound libp2p connections come from
+    /// `router`'s libp2p route.
+    pub fn start(
+        keypair: identity::Keypair,
+        port: Arc<SharedPort>,
+        router: &Arc<Router>,
+    ) -> anyhow::Result<Libp2pNode> {
+        let counters: Arc<ByteCounters> = Arc::default();
+        let inbound = router.subscribe(Route::Libp2p, 64);
+        let transport = SharedPortTransport::new(port.clone(), inbound, counters.clone());
+        let mut swarm: Swarm<NodeBehaviour> = SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    transport
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay_client| NodeBehaviour {
+                relay_client,
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/ipfs/id/1.0.0".into(), key.public())
+                        .with_agent_version(AGENT.into()),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                stream: libp2p_stream::Behaviour::new(),
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let listen = super::transport::multiaddr(std::net::SocketAddr::new(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port.port(),
+        ));
+        swarm.listen_on(listen)?;
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let (commands, command_rx) = mpsc::channel(16);
+        let (events, _) = broadcast::channel(256);
+        let shared: Arc<Mutex<Shared>> = Arc::default();
+        let (events_for_task, shared_for_task) = (events.clone(), shared.clone());
+        let mut incoming = control
+            .clone()
+            .accept(super::exchange::PROTOCOL)
+            .expect("the exchange protocol is registered once, here");
+        let accept_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            let accept = async move {
+                while let Some((peer, stream)) = incoming.next().await {
+                    let waiter = accept_shared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .awaited
+                        .remove(&peer);
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(stream);
+                        }
+                        // Only the side that dialed through the relay answers
+                        // an exchange, and only with the peer it dialed.
+                        None => tracing::info!(%peer, "refusing an exchange nobody here asked for"),
+                    }
+                }
+            };
+            tokio::join!(
+                drive(swarm, command_rx, events_for_task, shared_for_task),
+                accept
+            );
+        });
+        Ok(Libp2pNode {
+            peer_id,
+            keypair,
+            commands,
+            control,
+            events,
+            shared,
+            counters,
+            task,
+        })
+    }
+
+    /// The next exchange stream `peer` opens to us (after we dialed it
+    /// through a relay: the peer that was dialed opens the exchange).
+    pub fn await_exchange(&self, peer: PeerId) -> oneshot::Receiver<::libp2p::Stream> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .awaited
+            .insert(peer, tx);
+        rx
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Libp2pEvent> {
+        self.events.subscribe()
+    }
+
+    /// The addresses identify has reported for us, newest first.
+    pub fn observed(&self) -> Vec<Multiaddr> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observed
+            .clone()
+    }
+
+    /// Dials `addr` (a relay, or a peer through a circuit) and waits until a
+    /// connection to `peer` is up.
+    pub async fn dial(&self, addr: Multiaddr, peer: PeerId) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial { addr, peer, reply })
+            .await
+            .map_err(|_| "libp2p task stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "libp2p task stopped".to_string())?
+    }
+
+    /// Listens on `addr`: for `<relay>/p2p-circuit`, asks the relay for a
+    /// reservation (see `Libp2pEvent::Reserved`).
+    pub async fn listen(&self, addr: Multiaddr) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Listen { addr, reply })
+            .await
+            .map_err(|_| "libp2p task stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "libp2p task stopped".to_string())?
+    }
+
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Disconnect(peer)).await;
+    }
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+async fn drive(
+    mut swarm: Swarm<NodeBehaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Libp2pEvent>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let mut dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
+    // Relay listeners: listener id -> the address we listened on.
+    let mut relay_listeners: HashMap<::libp2p::core::transport::ListenerId, Multiaddr> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Dial { addr, peer, reply }) => {
+                    if swarm.is_connected(&peer) && !is_relayed(&addr) {
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
+                    match swarm.dial(addr.clone()) {
+                        Ok(()) => dials.entry(peer).or_default().push(reply),
+                        Err(e) => { let _ = reply.send(Err(format!("cannot dial {addr}: {e}"))); }
+                    }
+                }
+                Some(Command::Listen { addr, reply }) => {
+                    let result = swarm.listen_on(addr.clone()).map_err(|e| format!("cannot listen on {addr}: {e}"));
+                    if let Ok(id) = &result {
+                        if is_relayed(&addr) {
+                            relay_listeners.insert(*id, addr);
+                        }
+                    }
+                    let _ = reply.send(result.map(|_| ()));
+                }
+                Some(Command::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    let relayed = is_relayed(endpoint.get_remote_address()) || match &endpoint {
+                        ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
+                        ConnectedPoint::Dialer { .. } => false,
+                    };
+                    tracing::debug!(%peer_id, relayed, remote = %endpoint.get_remote_address(), "libp2p connection established");
+                    // A dial through a circuit waits for the relayed connection.
+                    let wanted = match &endpoint {
+                        ConnectedPoint::Dialer { address, .. } => !is_relayed(address) || relayed,
+                        ConnectedPoint::Listener { .. } => true,
+                    };
+                    if wanted {
+                        for reply in dials.remove(&peer_id).unwrap_or_default() {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    if let ConnectedPoint::Listener { local_addr, .. } = &endpoint {
+                        if relayed {
+                            let _ = events.send(Libp2pEvent::RelayedInbound { peer: peer_id, via: local_addr.clone() });
+                        }
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                    for reply in dials.remove(&peer).unwrap_or_default() {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                    if let Some(addr) = relay_listeners.remove(&listener_id) {
+                        let reason = match reason { Ok(()) => "closed".to_string(), Err(e) => e.to_string() };
+                        let _ = events.send(Libp2pEvent::ReservationLost { relay_addr: addr, reason });
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if let Some(addr) = relay_listeners.get(&listener_id) {
+                        tracing::warn!(relay = %addr, %error, "relay listener error");
+                    }
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. })) => {
+                    let base = relay_listeners
+                        .values()
+                        .find(|a| a.iter().any(|p| p == Protocol::P2p(relay_peer_id)))
+                        .cloned();
+                    if let Some(base) = base {
+                        let circuit = base.with(Protocol::P2p(*swarm.local_peer_id()));
+                        let _ = events.send(Libp2pEvent::Reserved { relay: relay_peer_id, circuit, renewal });
+                    }
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    tracing::debug!(%peer_id, observed = %info.observed_addr, agent = %info.agent_version, "identify");
+                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    s.observed.retain(|a| a != &info.observed_addr);
+                    s.observed.insert(0, info.observed_addr.clone());
+                    s.observed.truncate(8);
+                    drop(s);
+                    let _ = events.send(Libp2pEvent::Observed { addr: info.observed_addr });
+                }
+                _ => {}
+            }
+        }
+    }
+}
