@@ -13,8 +13,9 @@ use crate::identity::NodeId;
 
 pub const ACCEPTED_FORMS: &str =
     "accepted forms: HOST:PORT (127.0.0.1:8333, node.example.org:8333), [IPv6]:PORT ([::1]:8333), \
-     HOST (uses the network's default port), a bare IPv6 address (::1), or NODE_ID@COORDINATOR \
-     (a 24-hex-digit node id, then the coordinator in any of the forms before)";
+     HOST (uses the network's default port), a bare IPv6 address (::1), NODE_ID@COORDINATOR \
+     (a 24-hex-digit node id, then the coordinator in any of the forms before), or a circuit \
+     multiaddr /ip4/R/tcp/P/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -37,6 +38,9 @@ impl fmt::Display for Host {
 pub enum PeerAddress {
     /// A reachable host; `port` is `None` when the network's default applies.
     Direct { host: Host, port: Option<u16> },
+    /// A node behind a NAT, reached through a libp2p relay and punched to:
+    /// `<relay>/p2p/<relay id>/p2p-circuit/p2p/<peer id>`.
+    Circuit(::libp2p::Multiaddr),
     /// A node behind a NAT, reached by a punch that `coordinator` arranges.
     Coordinated {
         peer: NodeId,
@@ -53,6 +57,7 @@ impl fmt::Display for PeerAddress {
             } => write!(f, "{host}:{p}"),
             PeerAddress::Direct { host, port: None } => write!(f, "{host}"),
             PeerAddress::Coordinated { peer, coordinator } => write!(f, "{peer}@{coordinator}"),
+            PeerAddress::Circuit(addr) => write!(f, "{addr}"),
         }
     }
 }
@@ -80,6 +85,10 @@ impl PeerAddress {
             PeerAddress::Coordinated { coordinator, .. } => {
                 Box::pin(coordinator.resolve(default_port)).await
             }
+            PeerAddress::Circuit(addr) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{addr} is reached through its relay, not resolved"),
+            )),
         }
     }
 }
@@ -97,9 +106,19 @@ impl FromStr for PeerAddress {
             return Err(fail("the address is empty"));
         }
         if s.starts_with('/') {
-            return Err(fail(
-                "libp2p multiaddrs (/ip4/…/p2p-circuit/p2p/<id>) are not supported by this build yet",
-            ));
+            let addr: ::libp2p::Multiaddr = s
+                .parse()
+                .map_err(|e| fail(&format!("not a valid multiaddr ({e})")))?;
+            if crate::libp2p::circuit_peer(&addr).is_none() {
+                return Err(fail(
+                    "a multiaddr must be a circuit address ending in /p2p-circuit/p2p/<peer id>",
+                ));
+            }
+            let relay_part = addr.iter().take_while(|p| *p != ::libp2p::multiaddr::Protocol::P2pCircuit);
+            if !relay_part.into_iter().any(|p| matches!(p, ::libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(fail("the relay part of a circuit address needs its /p2p/<relay id>"));
+            }
+            return Ok(PeerAddress::Circuit(addr));
         }
         if let Some((peer, coordinator)) = s.split_once('@') {
             let peer: NodeId = peer
@@ -261,6 +280,9 @@ mod tests {
             }
         );
         assert_eq!(ok("localhost:1").to_string(), "localhost:1");
+        let circuit = "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        assert!(matches!(ok(circuit), PeerAddress::Circuit(_)));
+        assert_eq!(ok(circuit).to_string(), circuit);
         let coordinated = ok("00112233445566778899aabb@[::1]:9000");
         assert_eq!(
             coordinated.to_string(),
@@ -292,7 +314,10 @@ mod tests {
             ("host name:8333", "contains ' '"),
             ("bad..name", "empty label"),
             ("-bad.example", "'-'"),
-            ("/ip4/1.2.3.4/tcp/1/p2p-circuit", "multiaddr"),
+            ("/ip4/1.2.3.4/tcp/1/p2p-circuit", "circuit address"),
+            ("/ip4/1.2.3.4/tcp/1", "circuit address"),
+            ("/ip4/1.2.3.4/tcpx/1", "not a valid multiaddr"),
+            ("/ip4/1.2.3.4/tcp/1/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", "relay id"),
             ("alice@127.0.0.1:9000", "NODE_ID@COORDINATOR"),
             ("00112233445566778899aabb@", "the coordinator"),
             ("00112233445566778899aabb@127.0.0.1:0", "port 0"),

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 
 use bitpunch::address::PeerAddress;
 use bitpunch::identity::{NodeId, NodeKey};
+use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
+use libp2p::Multiaddr;
 use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::node::{Node, NodeConfig};
@@ -67,6 +69,14 @@ impl DataArgs {
     }
 }
 
+#[derive(Args, Clone)]
+struct P2pArgs {
+    /// Offer and accept loopback and private addresses in the libp2p
+    /// exchange (for tests on one machine or one LAN).
+    #[arg(long)]
+    allow_private_addrs: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C; with
@@ -87,6 +97,12 @@ enum Command {
         /// NODE_ID@COORDINATOR address others connect to.
         #[arg(long)]
         coordinator: Option<String>,
+        /// A libp2p relay (multiaddr with /p2p/<id>) to hold a reservation
+        /// on (repeatable); prints the circuit address others connect to.
+        #[arg(long)]
+        relay: Vec<Multiaddr>,
+        #[command(flatten)]
+        p2p: P2pArgs,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -108,7 +124,37 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
         #[command(flatten)]
+        p2p: P2pArgs,
+        #[command(flatten)]
         data: DataArgs,
+    },
+    /// Run a libp2p circuit relay v2 server (rust-libp2p's), with identify
+    /// and ping; prints its address with /p2p/<id>.
+    Relay {
+        /// Where to listen.
+        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
+        listen: Multiaddr,
+        /// The address nodes dial (default: the listen address, when it is
+        /// not a wildcard).
+        #[arg(long)]
+        external: Option<Multiaddr>,
+        /// The relay's key file (default: <data-dir>/relay.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 128)]
+        max_reservations: usize,
+        #[arg(long, default_value_t = 16)]
+        max_circuits: usize,
+        /// Seconds a circuit may last.
+        #[arg(long, default_value_t = 120)]
+        max_circuit_duration: u64,
+        #[arg(long, default_value_t = 1 << 17)]
+        max_circuit_bytes: u64,
+        /// Turn off the reservation and circuit rate limits (benchmarks only).
+        #[arg(long)]
+        no_rate_limits: bool,
     },
     /// Offer hole-punch coordination (the native path) on a reachable port.
     Coordinator {
@@ -217,16 +263,42 @@ async fn main() -> ExitCode {
             bind,
             timeout,
             coordinator,
+            relay,
+            p2p,
             data,
-        } => run_node(net, port, bind, timeout, coordinator, data).await,
+        } => run_node(net, port, bind, timeout, coordinator, relay, p2p, data).await,
         Command::Connect {
             address,
             net,
             json,
             timeout,
             port,
+            p2p,
             data,
-        } => run_connect(&address, net, json, timeout, port, data).await,
+        } => run_connect(&address, net, json, timeout, port, p2p, data).await,
+        Command::Relay {
+            listen,
+            external,
+            key,
+            data,
+            max_reservations,
+            max_circuits,
+            max_circuit_duration,
+            max_circuit_bytes,
+            no_rate_limits,
+        } => {
+            let mut limits = relay::RelayLimits {
+                max_reservations,
+                max_circuits,
+                max_circuit_duration: Duration::from_secs(max_circuit_duration),
+                max_circuit_bytes,
+                ..Default::default()
+            };
+            if no_rate_limits {
+                limits.rate_limits = None;
+            }
+            run_relay(listen, external, key.unwrap_or_else(|| data.dir().join("relay.key")), limits).await
+        }
         Command::Coordinator {
             net,
             port,
@@ -245,14 +317,22 @@ async fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_node(
     net: NetArgs,
     port: Option<u16>,
     bind: Option<IpAddr>,
     timeout: f64,
     coordinator: Option<String>,
+    relays: Vec<Multiaddr>,
+    p2p_args: P2pArgs,
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
+    for relay in &relays {
+        if !relay.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+            anyhow::bail!("--relay {relay}: the relay address needs its /p2p/<relay id>");
+        }
+    }
     let session = session_config(&net, timeout)?;
     // Parse everything the user typed before binding anything.
     let coordinator = coordinator
@@ -276,10 +356,45 @@ async fn run_node(
         println!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
+    let relayed = async {
+        if relays.is_empty() {
+            return std::future::pending::<()>().await;
+        }
+        let keypair = match relay::load_or_create_keypair(&data.dir().join("libp2p.key")) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no libp2p key");
+                return std::future::pending::<()>().await;
+            }
+        };
+        let libp2p = match Libp2pNode::start(keypair, node.shared_port().clone(), node.router()) {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start libp2p");
+                return std::future::pending::<()>().await;
+            }
+        };
+        tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
+        let ctx = Libp2pPunchContext {
+            port: node.shared_port().clone(),
+            router: node.router().clone(),
+            libp2p: libp2p.clone(),
+            session: session.clone(),
+            allow_private: p2p_args.allow_private_addrs,
+        };
+        let reservations = relays.iter().map(|r| {
+            p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| println!("reachable as {circuit}"))
+        });
+        tokio::join!(
+            futures::future::join_all(reservations),
+            p2p::serve_relayed(ctx, Duration::from_secs(20 * 60), None)
+        );
+    };
     let Some(coordinator) = coordinator else {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            () = relayed => {}
+        }
         tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
     };
@@ -318,7 +433,23 @@ async fn run_node(
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         () = serve => {}
+        () = relayed => {}
     }
+    tracing::info!("shutting down");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_relay(
+    listen: Multiaddr,
+    external: Option<Multiaddr>,
+    key: PathBuf,
+    limits: relay::RelayLimits,
+) -> anyhow::Result<ExitCode> {
+    let keypair = relay::load_or_create_keypair(&key)?;
+    let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
+    println!("relay listening {}", server.address);
+    tracing::info!(address = %server.address, "relay listening");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)
 }
@@ -378,10 +509,15 @@ async fn run_connect(
     json: bool,
     timeout: f64,
     port: u16,
+    p2p_args: P2pArgs,
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     let target: PeerAddress = address.parse()?;
     let config = session_config(&net, timeout)?;
+    if let PeerAddress::Circuit(circuit) = &target {
+        let record = connect_libp2p(circuit.clone(), config, port, p2p_args, data).await?;
+        return Ok(finish(record, json));
+    }
     if let PeerAddress::Coordinated { peer, coordinator } = &target {
         let coordinator =
             resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
@@ -429,6 +565,29 @@ fn finish(record: Outcome, json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A punch to the peer at `circuit`, coordinated through its relay.
+async fn connect_libp2p(
+    circuit: Multiaddr,
+    session: SessionConfig,
+    port: u16,
+    p2p_args: P2pArgs,
+    data: DataArgs,
+) -> anyhow::Result<Outcome> {
+    let keypair = relay::load_or_create_keypair(&data.dir().join("libp2p.key"))?;
+    let mut config = NodeConfig::new(session.clone());
+    config.port = port;
+    let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
+    let libp2p = Libp2pNode::start(keypair, node.shared_port().clone(), node.router())?;
+    let ctx = Libp2pPunchContext {
+        port: node.shared_port().clone(),
+        router: node.router().clone(),
+        libp2p: Arc::new(libp2p),
+        session,
+        allow_private: p2p_args.allow_private_addrs,
+    };
+    Ok(p2p::connect_circuit(&ctx, circuit).await.record)
 }
 
 /// A punch through `coordinator` to `peer`, from local port `port`.

@@ -30,7 +30,7 @@ fn malformed_addresses_get_one_clear_line_and_a_nonzero_exit() {
         ("300.1.2.3", "not a valid IPv4"),
         ("a b", "contains"),
         ("1:2:3", "several ':'"),
-        ("/ip4/203.0.113.1/tcp/4001/p2p-circuit", "multiaddr"),
+        ("/ip4/203.0.113.1/tcp/4001/p2p-circuit", "circuit address"),
         ("peer@203.0.113.1:8333", "NODE_ID@COORDINATOR"),
     ];
     for (address, needle) in cases {
