@@ -1,0 +1,185 @@
+//! The libp2p path between hosts behind emulated NATs (root only; skips
+//! loudly elsewhere): a relay on a public host, two NATs with 20 ms on each
+//! internet link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitpunch::lab::{self, Lab, LinkShape, NatProfile, NsRuntime};
+use bitpunch::libp2p::punch::Libp2pPunchContext;
+use bitpunch::libp2p::relay::{RelayLimits, RelayServer};
+use bitpunch::libp2p::swarm::Libp2pNode;
+use bitpunch::libp2p::{self as path};
+use bitpunch::node::{Node, NodeConfig};
+use bitpunch::report::Outcome;
+use bitpunch::wire::{Network, SessionConfig, Transport};
+use libp2p::{identity, Multiaddr};
+
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = lab::unavailable_reason() {
+            eprintln!("SKIPPED (NAT lab unavailable): {why}");
+            return;
+        }
+    };
+}
+
+fn session() -> SessionConfig {
+    let mut s = SessionConfig::new(Network::Regtest);
+    s.handshake_timeout = Duration::from_secs(10);
+    s
+}
+
+fn node(port: u16) -> Node {
+    let mut config = NodeConfig::new(session());
+    config.bind_ip = Some(std::net::Ipv4Addr::UNSPECIFIED.into());
+    config.port = port;
+    Node::start(config).unwrap()
+}
+
+fn context(node: &Node) -> Libp2pPunchContext {
+    let libp2p = Libp2pNode::start(identity::Keypair::generate_ed25519(), node.shared_port().clone(), node.router()).unwrap();
+    Libp2pPunchContext {
+        port: node.shared_port().clone(),
+        router: node.router().clone(),
+        libp2p: Arc::new(libp2p),
+        session: session(),
+        allow_private: false,
+    }
+}
+
+struct Scenario {
+    alice_rt: NsRuntime,
+    _bob_rt: NsRuntime,
+    _relay_rt: NsRuntime,
+    relay_ip: std::net::IpAddr,
+    circuit: Multiaddr,
+    _lab: Lab,
+}
+
+async fn scenario(profile: &str) -> Scenario {
+    let profile: NatProfile = profile.parse().unwrap();
+    let mut lab = Lab::new().unwrap();
+    let public = lab.add_public_host("relay").unwrap();
+    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
+    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
+    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
+    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20)).unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20)).unwrap();
+
+    let relay_rt = lab.runtime(&public).unwrap();
+    let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
+    let relay_addr = relay_rt
+        .run(async move {
+            let server = RelayServer::start(
+                identity::Keypair::generate_ed25519(),
+                "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
+                Some(external),
+                RelayLimits::default(),
+            )
+            .await
+            .unwrap();
+            let address = server.address.clone();
+            // The server lives as long as this namespace's runtime.
+            tokio::spawn(async move {
+                let _keep = server;
+                std::future::pending::<()>().await
+            });
+            address
+        })
+        .await;
+
+    let bob_rt = lab.runtime(&bob).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    bob_rt.spawn(async move {
+        let node = node(18444);
+        let ctx = context(&node);
+        let tx = std::sync::Mutex::new(Some(tx));
+        tokio::spawn(path::keep_reservation(ctx.libp2p.clone(), relay_addr, move |circuit| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(circuit.clone());
+            }
+        }));
+        path::serve_relayed(ctx, Duration::from_secs(30), None).await;
+        drop(node);
+    });
+    let circuit = tokio::time::timeout(Duration::from_secs(20), rx).await.expect("reservation in time").unwrap();
+    Scenario {
+        alice_rt: lab.runtime(&alice).unwrap(),
+        _bob_rt: bob_rt,
+        _relay_rt: relay_rt,
+        relay_ip: public.ip.into(),
+        circuit,
+        _lab: lab,
+    }
+}
+
+/// One `connect <circuit>` from Alice, from a fresh port, as the CLI does.
+async fn alice_connects(s: &Scenario) -> Outcome {
+    let circuit = s.circuit.clone();
+    s.alice_rt
+        .run(async move {
+            let node = node(0);
+            let ctx = context(&node);
+            path::connect_circuit(&ctx, circuit).await.record
+        })
+        .await
+}
+
+async fn twenty_tries(profile: &str) {
+    let s = scenario(profile).await;
+    let mut ok = 0;
+    for i in 0..20 {
+        let record = alice_connects(&s).await;
+        if record.ok {
+            ok += 1;
+            assert_eq!(record.transport, Some(Transport::V2));
+            let remote: SocketAddr = record.remote.as_deref().unwrap().parse().unwrap();
+            assert_ne!(remote.ip(), s.relay_ip, "relayed, not direct");
+            assert!(remote.ip().to_string().starts_with("203.0.113."), "{remote}");
+        } else {
+            eprintln!("{profile} try {i} failed: {}", record.to_json());
+        }
+    }
+    eprintln!("{profile}: {ok}/20");
+    assert!(ok >= 19, "{profile}: only {ok} of 20 punches worked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_eim_apdf_nats_that_drop() {
+    require_lab!();
+    twenty_tries("home").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_eim_apdf_nats_that_reset() {
+    require_lab!();
+    twenty_tries("home-rst").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_full_cone_nats_that_drop() {
+    require_lab!();
+    twenty_tries("full-cone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_full_cone_nats_that_reset() {
+    require_lab!();
+    twenty_tries("eim/eif/rst").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_nats_fail_cleanly_after_three_rounds() {
+    require_lab!();
+    let s = scenario("symmetric").await;
+    let record = tokio::time::timeout(Duration::from_secs(60), alice_connects(&s))
+        .await
+        .expect("a failing punch must not hang");
+    assert!(!record.ok);
+    let error = record.error.clone().unwrap();
+    assert!(error.contains("no direct connection after 3 rounds"), "{}", record.to_json());
+    assert_eq!(record.attempts, 3);
+}
