@@ -114,9 +114,16 @@ impl FromStr for PeerAddress {
                     "a multiaddr must be a circuit address ending in /p2p-circuit/p2p/<peer id>",
                 ));
             }
-            let relay_part = addr.iter().take_while(|p| *p != ::libp2p::multiaddr::Protocol::P2pCircuit);
-            if !relay_part.into_iter().any(|p| matches!(p, ::libp2p::multiaddr::Protocol::P2p(_))) {
-                return Err(fail("the relay part of a circuit address needs its /p2p/<relay id>"));
+            let relay_part = addr
+                .iter()
+                .take_while(|p| *p != ::libp2p::multiaddr::Protocol::P2pCircuit);
+            if !relay_part
+                .into_iter()
+                .any(|p| matches!(p, ::libp2p::multiaddr::Protocol::P2p(_)))
+            {
+                return Err(fail(
+                    "the relay part of a circuit address needs its /p2p/<relay id>",
+                ));
             }
             return Ok(PeerAddress::Circuit(addr));
         }

@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 use bitpunch::address::PeerAddress;
 use bitpunch::identity::{NodeId, NodeKey};
-use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
-use libp2p::Multiaddr;
 use bitpunch::lab::{self, LinkShape, NatProfile};
+use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
 use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
 use bitpunch::wire::{self, Network, SessionConfig, SessionRole, TransportPolicy};
+use libp2p::Multiaddr;
 
 #[derive(Parser)]
 #[command(
@@ -297,7 +297,13 @@ async fn main() -> ExitCode {
             if no_rate_limits {
                 limits.rate_limits = None;
             }
-            run_relay(listen, external, key.unwrap_or_else(|| data.dir().join("relay.key")), limits).await
+            run_relay(
+                listen,
+                external,
+                key.unwrap_or_else(|| data.dir().join("relay.key")),
+                limits,
+            )
+            .await
         }
         Command::Coordinator {
             net,
@@ -329,7 +335,10 @@ async fn run_node(
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     for relay in &relays {
-        if !relay.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+        if !relay
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        {
             anyhow::bail!("--relay {relay}: the relay address needs its /p2p/<relay id>");
         }
     }
@@ -381,9 +390,12 @@ async fn run_node(
             libp2p: libp2p.clone(),
             session: session.clone(),
             allow_private: p2p_args.allow_private_addrs,
+            dial_delay: std::time::Duration::ZERO,
         };
         let reservations = relays.iter().map(|r| {
-            p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| println!("reachable as {circuit}"))
+            p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
+                println!("reachable as {circuit}")
+            })
         });
         tokio::join!(
             futures::future::join_all(reservations),
@@ -449,7 +461,9 @@ async fn run_relay(
     let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
     println!("relay listening {}", server.address);
     tracing::info!(address = %server.address, "relay listening");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)
 }
@@ -586,6 +600,7 @@ async fn connect_libp2p(
         libp2p: Arc::new(libp2p),
         session,
         allow_private: p2p_args.allow_private_addrs,
+        dial_delay: std::time::Duration::ZERO,
     };
     Ok(p2p::connect_circuit(&ctx, circuit).await.record)
 }

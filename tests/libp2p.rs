@@ -43,6 +43,7 @@ fn context(node: &Node) -> Libp2pPunchContext {
         libp2p: Arc::new(libp2p),
         session: session(),
         allow_private: true,
+        dial_delay: std::time::Duration::ZERO,
     }
 }
 

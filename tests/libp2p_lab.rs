@@ -39,13 +39,19 @@ fn node(port: u16) -> Node {
 }
 
 fn context(node: &Node) -> Libp2pPunchContext {
-    let libp2p = Libp2pNode::start(identity::Keypair::generate_ed25519(), node.shared_port().clone(), node.router()).unwrap();
+    let libp2p = Libp2pNode::start(
+        identity::Keypair::generate_ed25519(),
+        node.shared_port().clone(),
+        node.router(),
+    )
+    .unwrap();
     Libp2pPunchContext {
         port: node.shared_port().clone(),
         router: node.router().clone(),
         libp2p: Arc::new(libp2p),
         session: session(),
         allow_private: false,
+        dial_delay: std::time::Duration::ZERO,
     }
 }
 
@@ -66,8 +72,10 @@ async fn scenario(profile: &str) -> Scenario {
     let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
     let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
     let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20)).unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20)).unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
+        .unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
+        .unwrap();
 
     let relay_rt = lab.runtime(&public).unwrap();
     let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
@@ -97,15 +105,22 @@ async fn scenario(profile: &str) -> Scenario {
         let node = node(18444);
         let ctx = context(&node);
         let tx = std::sync::Mutex::new(Some(tx));
-        tokio::spawn(path::keep_reservation(ctx.libp2p.clone(), relay_addr, move |circuit| {
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(circuit.clone());
-            }
-        }));
+        tokio::spawn(path::keep_reservation(
+            ctx.libp2p.clone(),
+            relay_addr,
+            move |circuit| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(circuit.clone());
+                }
+            },
+        ));
         path::serve_relayed(ctx, Duration::from_secs(30), None).await;
         drop(node);
     });
-    let circuit = tokio::time::timeout(Duration::from_secs(20), rx).await.expect("reservation in time").unwrap();
+    let circuit = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("reservation in time")
+        .unwrap();
     Scenario {
         alice_rt: lab.runtime(&alice).unwrap(),
         _bob_rt: bob_rt,
@@ -118,11 +133,17 @@ async fn scenario(profile: &str) -> Scenario {
 
 /// One `connect <circuit>` from Alice, from a fresh port, as the CLI does.
 async fn alice_connects(s: &Scenario) -> Outcome {
+    alice_connects_late(s, Duration::ZERO).await
+}
+
+/// The same, with Alice's SYNs leaving `late` after the exchange says.
+async fn alice_connects_late(s: &Scenario, late: Duration) -> Outcome {
     let circuit = s.circuit.clone();
     s.alice_rt
         .run(async move {
             let node = node(0);
-            let ctx = context(&node);
+            let mut ctx = context(&node);
+            ctx.dial_delay = late;
             path::connect_circuit(&ctx, circuit).await.record
         })
         .await
@@ -138,7 +159,10 @@ async fn twenty_tries(profile: &str) {
             assert_eq!(record.transport, Some(Transport::V2));
             let remote: SocketAddr = record.remote.as_deref().unwrap().parse().unwrap();
             assert_ne!(remote.ip(), s.relay_ip, "relayed, not direct");
-            assert!(remote.ip().to_string().starts_with("203.0.113."), "{remote}");
+            assert!(
+                remote.ip().to_string().starts_with("203.0.113."),
+                "{remote}"
+            );
         } else {
             eprintln!("{profile} try {i} failed: {}", record.to_json());
         }
@@ -180,6 +204,31 @@ async fn symmetric_nats_fail_cleanly_after_three_rounds() {
         .expect("a failing punch must not hang");
     assert!(!record.ok);
     let error = record.error.clone().unwrap();
-    assert!(error.contains("no direct connection after 3 rounds"), "{}", record.to_json());
+    assert!(
+        error.contains("no direct connection after 3 rounds"),
+        "{}",
+        record.to_json()
+    );
     assert_eq!(record.attempts, 3);
+}
+
+/// DESIGN.md's race: Bob's SYN arrives before Alice dials (her NAT lets it
+/// in). The accept loop hands it to Alice's punch, and the roles still come
+/// from the exchange: Alice, who asked, is the BIP324 initiator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_syn_first_still_gives_one_session_with_the_right_roles() {
+    require_lab!();
+    let s = scenario("full-cone").await;
+    for _ in 0..3 {
+        let record = alice_connects_late(&s, Duration::from_millis(300)).await;
+        assert!(record.ok, "{}", record.to_json());
+        assert_eq!(
+            record.won_by,
+            Some(bitpunch::report::WonBy::Accept),
+            "{}",
+            record.to_json()
+        );
+        assert_eq!(record.role, bitpunch::wire::SessionRole::Initiator);
+        assert_eq!(record.transport, Some(Transport::V2));
+    }
 }

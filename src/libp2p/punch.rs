@@ -31,6 +31,9 @@ pub struct Libp2pPunchContext {
     pub session: SessionConfig,
     /// Offer and accept loopback and private addresses (tests on loopback).
     pub allow_private: bool,
+    /// Our own dials start this much later than the exchange says. Zero in
+    /// use; experiments set it to make the peer's SYN arrive first.
+    pub dial_delay: Duration,
 }
 
 pub struct Libp2pOutcome {
@@ -165,11 +168,13 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
             );
         }
         let coordinated = Instant::now();
+        let claims = punch::claim(&ctx.router, &candidates);
         match punch_once(
             ctx,
             candidates.clone(),
             Instant::from_std(start),
             rtt.unwrap_or_default(),
+            claims,
         )
         .await
         {
@@ -212,6 +217,7 @@ pub async fn respond(
     let mut stream = stream;
     let ours = ctx.offer().await;
     let mut machine = Responder::new(ours, ctx.allow_private);
+    let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
     let mut bytes = 0;
     let mut rounds = 0;
     let mut first_syn = None;
@@ -223,6 +229,10 @@ pub async fn respond(
                 .await
                 .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
             bytes += n as u64;
+            let connect = match &msg {
+                exchange::ExchangeMessage::Connect(addrs) => Some(addrs.clone()),
+                exchange::ExchangeMessage::Sync => None,
+            };
             for step in machine.on_message(Instant::now().into_std(), msg)? {
                 match step {
                     Step::Send(m) => {
@@ -233,6 +243,15 @@ pub async fn respond(
                     } => return Ok(Some((candidates, start))),
                     Step::Receive => {}
                 }
+            }
+            // B dials RTT/2 after its SYNC, which travels through the relay:
+            // B's SYN can beat the SYNC here. Claim B's connections now.
+            if let Some(addrs) = connect {
+                let candidates: Vec<SocketAddr> = addrs
+                    .iter()
+                    .filter_map(|a| exchange::punchable(a, ctx.allow_private))
+                    .collect();
+                claims = punch::claim(&ctx.router, &candidates);
             }
             Ok(None)
         }
@@ -251,6 +270,7 @@ pub async fn respond(
                     candidates.clone(),
                     Instant::from_std(start),
                     Duration::ZERO,
+                    std::mem::take(&mut claims),
                 )
                 .await
                 {
@@ -307,19 +327,21 @@ async fn punch_once(
     candidates: Vec<SocketAddr>,
     start: Instant,
     rtt: Duration,
+    claims: Vec<crate::net::router::Expectation>,
 ) -> Result<punch::Punched, punch::PunchError> {
     let config = ScheduleConfig {
         attempts: 1,
         ..ScheduleConfig::for_rtt(rtt)
     };
-    punch::punch(
+    let start = start + ctx.dial_delay;
+    punch::punch_claimed(
         &ctx.port,
-        &ctx.router,
         PunchPlan {
             candidates,
             start,
             config,
         },
+        claims,
     )
     .await
 }

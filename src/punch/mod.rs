@@ -68,11 +68,24 @@ pub async fn punch(
     plan: PunchPlan,
 ) -> Result<Punched, PunchError> {
     // Claim the candidates' inbound connections before any SYN leaves.
-    let mut expectations: Vec<Expectation> = plan
-        .candidates
-        .iter()
-        .map(|c| router.expect_from(*c))
-        .collect();
+    let claims = claim(router, &plan.candidates);
+    punch_claimed(port, plan, claims).await
+}
+
+/// Claims inbound connections from `candidates` now, for a punch that
+/// starts later: the peer's SYN may arrive before our own schedule begins
+/// (a slow coordination path, an endpoint-independent NAT).
+pub fn claim(router: &Arc<Router>, candidates: &[SocketAddr]) -> Vec<Expectation> {
+    candidates.iter().map(|c| router.expect_from(*c)).collect()
+}
+
+/// `punch` with claims made earlier by `claim` for the same candidates.
+pub async fn punch_claimed(
+    port: &SharedPort,
+    plan: PunchPlan,
+    claims: Vec<Expectation>,
+) -> Result<Punched, PunchError> {
+    let mut expectations = claims;
     let mut schedule = Schedule::new(plan.config, plan.candidates.clone(), plan.start.into_std());
     let mut dials = FuturesUnordered::new();
     let mut first_syn = None;
