@@ -117,3 +117,133 @@ async fn connect_via_circuit_punches_a_direct_bip324_session() {
     assert!(theirs.ok, "{}", theirs.to_json());
     assert_eq!(theirs.session_id, record.session_id);
 }
+
+use bitpunch::libp2p::exchange::{self, HolePunch};
+use futures::AsyncWriteExt;
+use prost::Message;
+
+#[tokio::test]
+async fn malformed_exchange_messages_close_that_stream_and_the_node_serves_the_next_peer() {
+    let relay = relay().await;
+    let (bob_node, circuit, mut bob_records) = bob(&relay.address).await;
+    let bob_peer = path::circuit_peer(&circuit).unwrap();
+
+    let wrong_type = HolePunch {
+        r#type: Some(200),
+        obs_addrs: vec![],
+    }
+    .encode_to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "oversize",
+            unsigned_varint::encode::usize(
+                exchange::MAX_MESSAGE + 1,
+                &mut unsigned_varint::encode::usize_buffer(),
+            )
+            .to_vec(),
+            "limit",
+        ),
+        (
+            "wrong type",
+            [vec![wrong_type.len() as u8], wrong_type].concat(),
+            "unknown type",
+        ),
+        ("truncated", vec![10, 8], "i/o"),
+    ];
+    for (what, bytes, expected) in cases {
+        let mallory = node();
+        let ctx = context(&mallory);
+        let exchange = ctx.libp2p.await_exchange(bob_peer);
+        ctx.libp2p.dial(circuit.clone(), bob_peer).await.unwrap();
+        let mut stream = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .unwrap()
+            .unwrap();
+        // Bob's CONNECT, then garbage instead of ours.
+        exchange::read_message(&mut stream).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stream.close().await.unwrap();
+        let record = tokio::time::timeout(Duration::from_secs(15), bob_records.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!record.ok, "{what}");
+        let error = record.error.unwrap();
+        assert!(error.contains(expected), "{what}: {error}");
+    }
+
+    // Bob still holds his reservation and punches with the next peer.
+    let alice = node();
+    let out = path::connect_circuit(&context(&alice), circuit).await;
+    assert!(out.record.ok, "{}", out.record.to_json());
+    assert_eq!(
+        out.record.remote.as_deref(),
+        Some(
+            SocketAddr::new(LOOPBACK, bob_node.port())
+                .to_string()
+                .as_str()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_node_re_reserves_when_its_relay_comes_back() {
+    let key = identity::Keypair::generate_ed25519();
+    let port = std::net::TcpListener::bind((LOOPBACK, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let start_relay =
+        || RelayServer::start(key.clone(), listen.clone(), None, RelayLimits::default());
+    let relay = start_relay().await.unwrap();
+
+    let bob = node();
+    let ctx = context(&bob);
+    let mut events = ctx.libp2p.events();
+    let (tx, mut reserved) = mpsc::unbounded_channel();
+    tokio::spawn(path::keep_reservation(
+        ctx.libp2p.clone(),
+        relay.address.clone(),
+        move |c| {
+            let _ = tx.send(c.clone());
+        },
+    ));
+    tokio::spawn(path::serve_relayed(ctx, Duration::from_secs(30), None));
+    let circuit = tokio::time::timeout(Duration::from_secs(10), reserved.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    drop(relay);
+    let lost = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(bitpunch::libp2p::swarm::Libp2pEvent::ReservationLost { reason, .. }) =
+                events.recv().await
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the node notices the relay is gone");
+    eprintln!("reservation lost: {lost}");
+
+    // During the outage, connect fails, and says why.
+    let alice = node();
+    let out = path::connect_circuit(&context(&alice), circuit.clone()).await;
+    assert!(!out.record.ok);
+    let error = out.record.error.unwrap();
+    assert!(error.contains("through the relay"), "{error}");
+
+    let _relay = start_relay().await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(30), reserved.recv())
+        .await
+        .expect("re-reserved")
+        .unwrap();
+    assert_eq!(again, circuit, "same relay, same node: same address");
+    let alice = node();
+    let out = path::connect_circuit(&context(&alice), circuit).await;
+    assert!(out.record.ok, "{}", out.record.to_json());
+}
