@@ -75,6 +75,11 @@ struct P2pArgs {
     /// exchange (for tests on one machine or one LAN).
     #[arg(long)]
     allow_private_addrs: bool,
+    /// Run rust-libp2p's own DCUtR instead of our exchange: the relayed
+    /// connection becomes a direct libp2p connection, not a BIP324 session.
+    /// The yardstick for comparisons; both sides need it.
+    #[arg(long)]
+    stock_dcutr: bool,
 }
 
 #[derive(Subcommand)]
@@ -376,7 +381,12 @@ async fn run_node(
                 return std::future::pending::<()>().await;
             }
         };
-        let libp2p = match Libp2pNode::start(keypair, node.shared_port().clone(), node.router()) {
+        let libp2p = match Libp2pNode::start_with(
+            keypair,
+            node.shared_port().clone(),
+            node.router(),
+            p2p_args.stock_dcutr,
+        ) {
             Ok(n) => Arc::new(n),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot start libp2p");
@@ -392,6 +402,24 @@ async fn run_node(
             allow_private: p2p_args.allow_private_addrs,
             dial_delay: std::time::Duration::ZERO,
         };
+        if p2p_args.stock_dcutr {
+            // rust-libp2p's DCUtR does the work; we only report it.
+            let mut events = libp2p.events();
+            let reservations = relays.iter().map(|r| {
+                p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
+                    println!("reachable as {circuit}")
+                })
+            });
+            let report = async move {
+                while let Ok(event) = events.recv().await {
+                    if let p2p::swarm::Libp2pEvent::Dcutr { peer, result } = event {
+                        tracing::info!(%peer, ?result, "stock DCUtR finished");
+                    }
+                }
+            };
+            tokio::join!(futures::future::join_all(reservations), report);
+            return;
+        }
         let reservations = relays.iter().map(|r| {
             p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
                 println!("reachable as {circuit}")
@@ -593,7 +621,15 @@ async fn connect_libp2p(
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
-    let libp2p = Libp2pNode::start(keypair, node.shared_port().clone(), node.router())?;
+    let libp2p = Libp2pNode::start_with(
+        keypair,
+        node.shared_port().clone(),
+        node.router(),
+        p2p_args.stock_dcutr,
+    )?;
+    if p2p_args.stock_dcutr {
+        return Ok(p2p::stock::connect(&libp2p, circuit, session.handshake_timeout * 3).await);
+    }
     let ctx = Libp2pPunchContext {
         port: node.shared_port().clone(),
         router: node.router().clone(),

@@ -232,3 +232,97 @@ async fn the_peers_syn_first_still_gives_one_session_with_the_right_roles() {
         assert_eq!(record.transport, Some(Transport::V2));
     }
 }
+
+/// rust-libp2p's own DCUtR between the same NATs: the yardstick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
+    require_lab!();
+    let profile: NatProfile = "home".parse().unwrap();
+    let mut lab = Lab::new().unwrap();
+    let public = lab.add_public_host("relay").unwrap();
+    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
+    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
+    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
+    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
+        .unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
+        .unwrap();
+    let relay_rt = lab.runtime(&public).unwrap();
+    let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
+    let relay_addr = relay_rt
+        .run(async move {
+            let server = RelayServer::start(
+                identity::Keypair::generate_ed25519(),
+                "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
+                Some(external),
+                RelayLimits::default(),
+            )
+            .await
+            .unwrap();
+            let address = server.address.clone();
+            tokio::spawn(async move {
+                let _keep = server;
+                std::future::pending::<()>().await
+            });
+            address
+        })
+        .await;
+    let stock = |n: &Node| {
+        Arc::new(
+            Libp2pNode::start_with(
+                identity::Keypair::generate_ed25519(),
+                n.shared_port().clone(),
+                n.router(),
+                true,
+            )
+            .unwrap(),
+        )
+    };
+    let bob_rt = lab.runtime(&bob).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    bob_rt.spawn(async move {
+        let node = node(18444);
+        let libp2p = stock(&node);
+        let tx = std::sync::Mutex::new(Some(tx));
+        path::keep_reservation(libp2p, relay_addr, move |c| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(c.clone());
+            }
+        })
+        .await;
+        drop(node);
+    });
+    let circuit = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let alice_rt = lab.runtime(&alice).unwrap();
+    let mut ok = 0;
+    for i in 0..5 {
+        let circuit = circuit.clone();
+        let record = alice_rt
+            .run(async move {
+                let node = node(0);
+                let libp2p = stock(&node);
+                bitpunch::libp2p::stock::connect(&libp2p, circuit, Duration::from_secs(30)).await
+            })
+            .await;
+        if record.ok {
+            ok += 1;
+            assert_eq!(record.transport, Some(Transport::Libp2p));
+            assert!(
+                record.remote.as_deref().unwrap().starts_with("203.0.113."),
+                "{}",
+                record.to_json()
+            );
+        } else {
+            eprintln!("stock try {i}: {}", record.to_json());
+        }
+    }
+    eprintln!("stock DCUtR: {ok}/5");
+    assert!(ok >= 4, "stock DCUtR: {ok}/5");
+    drop(alice_rt);
+    drop(bob_rt);
+    drop(relay_rt);
+}

@@ -4,6 +4,7 @@
 pub mod exchange;
 pub mod punch;
 pub mod relay;
+pub mod stock;
 pub mod swarm;
 pub mod transport;
 

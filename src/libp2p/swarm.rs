@@ -9,9 +9,10 @@ use std::time::Duration;
 use ::libp2p::core::upgrade::Version;
 use ::libp2p::core::{ConnectedPoint, Transport};
 use ::libp2p::multiaddr::Protocol;
-use ::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use ::libp2p::swarm::behaviour::toggle::Toggle;
+use ::libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use ::libp2p::{
-    identify, identity, noise, ping, relay, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
+    dcutr, identify, identity, noise, ping, relay, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
 };
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -29,6 +30,10 @@ pub struct NodeBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// rust-libp2p's own DCUtR, only in `--stock-dcutr` mode: the yardstick.
+    /// It upgrades relayed connections to direct libp2p ones by itself, so
+    /// it never runs beside our exchange.
+    dcutr: Toggle<dcutr::Behaviour>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +54,25 @@ pub enum Libp2pEvent {
     RelayedInbound { peer: PeerId, via: Multiaddr },
     /// A relay (or anyone) told us where it sees us.
     Observed { addr: Multiaddr },
+    /// Any libp2p connection came up (stock DCUtR mode watches for the
+    /// direct one).
+    Connected {
+        peer: PeerId,
+        connection: ConnectionId,
+        remote: Multiaddr,
+        relayed: bool,
+    },
+    /// Stock DCUtR finished, with the direct connection or an error.
+    Dcutr {
+        peer: PeerId,
+        result: Result<ConnectionId, String>,
+    },
+    /// A ping round trip on one connection.
+    Pinged {
+        peer: PeerId,
+        connection: ConnectionId,
+        rtt: Duration,
+    },
 }
 
 enum Command {
@@ -98,6 +122,17 @@ impl Libp2pNode {
         port: Arc<SharedPort>,
         router: &Arc<Router>,
     ) -> anyhow::Result<Libp2pNode> {
+        Self::start_with(keypair, port, router, false)
+    }
+
+    /// `stock_dcutr`: run rust-libp2p's DCUtR instead of leaving relayed
+    /// connections to our exchange.
+    pub fn start_with(
+        keypair: identity::Keypair,
+        port: Arc<SharedPort>,
+        router: &Arc<Router>,
+        stock_dcutr: bool,
+    ) -> anyhow::Result<Libp2pNode> {
         let counters: Arc<ByteCounters> = Arc::default();
         let inbound = router.subscribe(Route::Libp2p, 64);
         let transport = SharedPortTransport::new(port.clone(), inbound, counters.clone());
@@ -120,6 +155,9 @@ impl Libp2pNode {
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 stream: libp2p_stream::Behaviour::new(),
+                dcutr: Toggle::from(
+                    stock_dcutr.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
+                ),
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
@@ -270,12 +308,18 @@ async fn drive(
                 Some(Command::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
             },
             event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     let relayed = is_relayed(endpoint.get_remote_address()) || match &endpoint {
                         ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
                         ConnectedPoint::Dialer { .. } => false,
                     };
                     tracing::debug!(%peer_id, relayed, remote = %endpoint.get_remote_address(), "libp2p connection established");
+                    let _ = events.send(Libp2pEvent::Connected {
+                        peer: peer_id,
+                        connection: connection_id,
+                        remote: endpoint.get_remote_address().clone(),
+                        relayed,
+                    });
                     // A dial through a circuit waits for the relayed connection.
                     let wanted = match &endpoint {
                         ConnectedPoint::Dialer { address, .. } => !is_relayed(address) || relayed,
@@ -326,6 +370,12 @@ async fn drive(
                     s.observed.truncate(8);
                     drop(s);
                     let _ = events.send(Libp2pEvent::Observed { addr: info.observed_addr });
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
+                    let _ = events.send(Libp2pEvent::Dcutr { peer: remote_peer_id, result: result.map_err(|e| e.to_string()) });
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(rtt) })) => {
+                    let _ = events.send(Libp2pEvent::Pinged { peer, connection, rtt });
                 }
                 _ => {}
             }

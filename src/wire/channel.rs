@@ -29,6 +29,9 @@ const V2_PACKET_OVERHEAD: usize = 1 + 16;
 pub enum Transport {
     V1,
     V2,
+    /// Not a Bitcoin transport: a libp2p connection (Noise + Yamux), which
+    /// only the records of stock DCUtR, the yardstick, carry.
+    Libp2p,
 }
 
 impl std::fmt::Display for Transport {
@@ -36,6 +39,7 @@ impl std::fmt::Display for Transport {
         f.write_str(match self {
             Transport::V1 => "v1",
             Transport::V2 => "v2",
+            Transport::Libp2p => "libp2p",
         })
     }
 }

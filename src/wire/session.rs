@@ -42,11 +42,13 @@ pub enum TransportPolicy {
 
 impl TransportPolicy {
     pub fn allows(self, transport: Transport) -> bool {
-        match self {
-            TransportPolicy::Auto => true,
-            TransportPolicy::V2 => transport == Transport::V2,
-            TransportPolicy::V1 => transport == Transport::V1,
-        }
+        let bitcoin = transport != Transport::Libp2p;
+        bitcoin
+            && match self {
+                TransportPolicy::Auto => true,
+                TransportPolicy::V2 => transport == Transport::V2,
+                TransportPolicy::V1 => transport == Transport::V1,
+            }
     }
 }
 
@@ -184,9 +186,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let why = match transport {
                 Transport::V1 => "v1 is disabled (--transport v2)",
                 Transport::V2 => "BIP324 v2 is disabled (--transport v1)",
+                Transport::Libp2p => "libp2p is not a Bitcoin transport",
             };
             let stage = match transport {
-                Transport::V1 => Stage::Version,
+                Transport::V1 | Transport::Libp2p => Stage::Version,
                 Transport::V2 => Stage::Bip324KeyExchange,
             };
             return Err(SessionError::new(stage, WireError::NotAllowed(why)));
@@ -201,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 c
             }
             Transport::V2 => Channel::v2(stream, magic, role.into(), deadline).await?,
+            Transport::Libp2p => unreachable!("refused by the policy check above"),
         };
         let handshake_at = Instant::now();
         let mut session = Session {

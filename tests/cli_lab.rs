@@ -1,0 +1,168 @@
+//! The "done when" of both punch paths, with the real binary in the NAT lab
+//! (root only; skips loudly elsewhere): a relay and a coordinator on public
+//! hosts, `bitpunch node` behind one home NAT, `bitpunch connect` behind
+//! another, 20 ms on each NAT's link.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bitpunch::lab::{self, Lab, LinkShape};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bitpunch");
+
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = lab::unavailable_reason() {
+            eprintln!("SKIPPED (NAT lab unavailable): {why}");
+            return;
+        }
+    };
+}
+
+/// Lines of a child's stdout, readable with a timeout.
+fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {prefix:?} line"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+    }
+}
+
+#[test]
+fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
+    require_lab!();
+    let mut lab = Lab::new().unwrap();
+    let relay_host = lab.add_public_host("relay").unwrap();
+    let coord_host = lab.add_public_host("coord").unwrap();
+    let home = "home".parse().unwrap();
+    let mut nat_a = lab.add_nat("nat-a", home).unwrap();
+    let mut nat_b = lab.add_nat("nat-b", home).unwrap();
+    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
+    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
+    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
+        .unwrap();
+    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
+        .unwrap();
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-lab-{}", std::process::id()));
+    let dir = |name: &str| data.join(name).to_string_lossy().into_owned();
+
+    let listen = format!("/ip4/{}/tcp/4001", relay_host.ip);
+    let relay_dir = dir("relay");
+    let relay = lines(
+        lab.spawn(
+            &relay_host,
+            BIN,
+            &["relay", "--listen", &listen, "--data-dir", &relay_dir, "-q"],
+        )
+        .unwrap(),
+    );
+    let relay_addr = wait_for(&relay, "relay listening ");
+    let coord_addr = format!("{}:18555", coord_host.ip);
+    let coordinator = lines(
+        lab.spawn(
+            &coord_host,
+            BIN,
+            &[
+                "coordinator",
+                "--port",
+                "18555",
+                "--network",
+                "regtest",
+                "-q",
+            ],
+        )
+        .unwrap(),
+    );
+    wait_for(&coordinator, "coordinator listening ");
+
+    let bob_dir = dir("bob");
+    let bob_out = lines(
+        lab.spawn(
+            &bob,
+            BIN,
+            &[
+                "node",
+                "--port",
+                "18444",
+                "--network",
+                "regtest",
+                "--relay",
+                &relay_addr,
+                "--coordinator",
+                &coord_addr,
+                "--data-dir",
+                &bob_dir,
+                "-q",
+            ],
+        )
+        .unwrap(),
+    );
+    let mut circuit = None;
+    let mut native = None;
+    while circuit.is_none() || native.is_none() {
+        let line = bob_out
+            .recv_timeout(Duration::from_secs(20))
+            .expect("bob's addresses");
+        if let Some(addr) = line.strip_prefix("reachable as ") {
+            if addr.starts_with('/') {
+                circuit = Some(addr.to_string());
+            } else {
+                native = Some(addr.to_string());
+            }
+        }
+    }
+
+    for (address, path) in [(circuit.unwrap(), "libp2p"), (native.unwrap(), "native")] {
+        let alice_dir = dir("alice");
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &alice.ns,
+                BIN,
+                "connect",
+                &address,
+                "--network",
+                "regtest",
+                "--json",
+                "--data-dir",
+                &alice_dir,
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{path}: {stdout}");
+        let record: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(record["path"], path);
+        assert_eq!(record["ok"], true);
+        assert_eq!(record["transport"], "v2");
+        assert_eq!(record["session_id"].as_str().map(str::len), Some(64));
+        assert!(record["t_ms"]["pong"].as_f64().is_some());
+        // Direct: the far end is Bob's NAT, not the relay or the coordinator.
+        assert_eq!(
+            record["remote"],
+            format!("{}:18444", nat_b.public_ip).as_str(),
+            "{path}"
+        );
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&data);
+}
