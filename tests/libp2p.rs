@@ -247,3 +247,165 @@ async fn a_node_re_reserves_when_its_relay_comes_back() {
     let out = path::connect_circuit(&context(&alice), circuit).await;
     assert!(out.record.ok, "{}", out.record.to_json());
 }
+
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::core::Transport as _;
+
+/// A TCP transport that reports every inbound connection as coming from
+/// `lie`: a relay built on it tells everyone, through identify, that they
+/// are at `lie`.
+struct Lying {
+    inner: libp2p::tcp::tokio::Transport,
+    lie: Multiaddr,
+}
+
+impl libp2p::core::Transport for Lying {
+    type Output = <libp2p::tcp::tokio::Transport as libp2p::core::Transport>::Output;
+    type Error = <libp2p::tcp::tokio::Transport as libp2p::core::Transport>::Error;
+    type ListenerUpgrade =
+        <libp2p::tcp::tokio::Transport as libp2p::core::Transport>::ListenerUpgrade;
+    type Dial = <libp2p::tcp::tokio::Transport as libp2p::core::Transport>::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        self.inner.dial(addr, opts)
+    }
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        let lie = self.lie.clone();
+        std::pin::Pin::new(&mut self.inner)
+            .poll(cx)
+            .map(|event| match event {
+                TransportEvent::Incoming {
+                    listener_id,
+                    upgrade,
+                    local_addr,
+                    ..
+                } => TransportEvent::Incoming {
+                    listener_id,
+                    upgrade,
+                    local_addr,
+                    send_back_addr: lie,
+                },
+                other => other,
+            })
+    }
+}
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct LyingRelay {
+    relay: libp2p::relay::Behaviour,
+    identify: libp2p::identify::Behaviour,
+}
+
+#[tokio::test]
+async fn a_relay_that_lies_about_observed_addresses_never_yields_a_session_with_the_wrong_peer() {
+    use futures::StreamExt;
+    // Mallory: an ordinary node where the lie points.
+    let mallory = node();
+    let lie: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", mallory.port())
+        .parse()
+        .unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                Lying {
+                    inner: libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default()),
+                    lie: lie.clone(),
+                }
+                .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                .authenticate(libp2p::noise::Config::new(key)?)
+                .multiplex(libp2p::yamux::Config::default()),
+            )
+        })
+        .unwrap()
+        .with_behaviour(|key| LyingRelay {
+            relay: libp2p::relay::Behaviour::new(key.public().to_peer_id(), Default::default()),
+            identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                "/ipfs/id/1.0.0".into(),
+                key.public(),
+            )),
+        })
+        .unwrap()
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let bound = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            swarm.select_next_some().await
+        {
+            break address;
+        }
+    };
+    swarm.add_external_address(bound.clone());
+    let relay_addr = bound.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+
+    let mut short = session();
+    short.handshake_timeout = Duration::from_secs(3);
+    let bob_node = node();
+    let mut bob_ctx = context(&bob_node);
+    bob_ctx.session = short.clone();
+    let (tx, mut rx) = mpsc::channel(1);
+    let (records_tx, mut bob_records) = mpsc::channel(4);
+    tokio::spawn(path::keep_reservation(
+        bob_ctx.libp2p.clone(),
+        relay_addr,
+        move |c| {
+            let _ = tx.try_send(c.clone());
+        },
+    ));
+    tokio::spawn(path::serve_relayed(
+        bob_ctx,
+        Duration::from_secs(30),
+        Some(records_tx),
+    ));
+    let circuit = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let alice = node();
+    let mut ctx = context(&alice);
+    ctx.session = short;
+    let out = path::connect_circuit(&ctx, circuit).await;
+    assert!(out.session.is_none());
+    let record = out.record;
+    assert!(!record.ok, "{}", record.to_json());
+    // Both were sent to Mallory's port instead of each other.
+    assert_eq!(
+        record.candidates,
+        vec![SocketAddr::new(LOOPBACK, mallory.port()).to_string()]
+    );
+    let bobs = tokio::time::timeout(Duration::from_secs(30), bob_records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!bobs.ok, "{}", bobs.to_json());
+    eprintln!(
+        "alice: {}\nbob: {}",
+        record.error.unwrap_or_default(),
+        bobs.error.unwrap_or_default()
+    );
+}

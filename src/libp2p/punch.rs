@@ -504,10 +504,17 @@ async fn authenticate(
     };
     let deadline = Instant::now() + timeout;
     loop {
-        let msg = session
+        let msg = match session
             .recv_message(deadline.saturating_duration_since(Instant::now()))
             .await
-            .map_err(err)?;
+        {
+            Ok(msg) => msg,
+            Err(WireError::Timeout(_)) => return Err(err(WireError::Protocol(format!(
+                "the punched peer did not prove it is {peer} within {:.1}s: it may be someone else",
+                timeout.as_secs_f64()
+            )))),
+            Err(e) => return Err(err(e)),
+        };
         if let NetworkMessage::Unknown { command, payload } = &msg {
             if command.as_ref() == AUTH_COMMAND {
                 return verify_auth(payload, peer, &session_id, peer_role)

@@ -184,7 +184,17 @@ async fn authenticate(
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let msg = session.recv_message(left).await.map_err(err)?;
+        let msg = match session.recv_message(left).await {
+            Ok(msg) => msg,
+            Err(WireError::Timeout(_)) => {
+                return Err(err(WireError::Protocol(format!(
+                    "the punched peer did not prove it is {} within {:.1}s: it may be someone else",
+                    NodeId::of(&order.peer_key),
+                    timeout.as_secs_f64()
+                ))))
+            }
+            Err(e) => return Err(err(e)),
+        };
         let native = NativeMessage::from_network(&msg)
             .map_err(|e| err(WireError::Malformed(e.to_string())))?;
         match native {

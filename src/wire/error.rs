@@ -49,7 +49,7 @@ pub enum WireError {
     PeerClosed,
     #[error("i/o error: {0}")]
     Io(#[source] io::Error),
-    #[error("no progress for {0:?}")]
+    #[error("no progress for {:.1}s", .0.as_secs_f64())]
     Timeout(Duration),
     #[error("peer sent a v1 (plaintext) message where BIP324 was expected")]
     PeerSpeaksV1,
