@@ -7,6 +7,7 @@
 //! [`node`] ties the inbound side together.
 
 pub mod address;
+pub mod demo;
 pub mod identity;
 pub mod lab;
 pub mod libp2p;
@@ -15,4 +16,5 @@ pub mod net;
 pub mod node;
 pub mod punch;
 pub mod report;
+pub mod scenario;
 pub mod wire;

@@ -178,6 +178,27 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         requests_per_minute: usize,
     },
+    /// Both punch paths and stock DCUtR side by side: a relay, a
+    /// coordinator and two nodes on loopback (or, with --nat, between two
+    /// emulated home NATs), then a table.
+    Demo {
+        /// Between two emulated NATs in the lab (root): `--nat` for two
+        /// home routers, or `--nat PROFILE_A,PROFILE_B`.
+        #[arg(long, num_args = 0..=1, default_missing_value = "home,home")]
+        nat: Option<String>,
+        /// One-way delay on each NAT's internet link (with --nat).
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// Tries per path.
+        #[arg(long, default_value_t = 1)]
+        tries: u32,
+        /// Paths to run (repeatable; default: all three).
+        #[arg(long, value_enum)]
+        path: Vec<bitpunch::scenario::PathKind>,
+        /// One outcome record per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The NAT lab (root): emulated NATs in network namespaces.
     Lab {
         #[command(subcommand)]
@@ -318,6 +339,13 @@ async fn main() -> ExitCode {
             requests_per_minute,
         } => run_coordinator(net, port, bind, timeout, requests_per_minute).await,
         Command::Lab { command } => run_lab(command).await,
+        Command::Demo {
+            nat,
+            delay_ms,
+            tries,
+            path,
+            json,
+        } => run_demo(nat, delay_ms, tries, path, json).await,
     };
     match result {
         Ok(code) => code,
@@ -657,6 +685,7 @@ async fn connect_native(
         session: session.clone(),
         client: machine::ClientConfig::default(),
     };
+    let asked = Instant::now();
     let link = match native::register(&node, coordinator, &key, link_config).await {
         Ok(link) => link,
         Err(e) => {
@@ -671,7 +700,7 @@ async fn connect_native(
         }
     };
     tracing::info!(id = %link.id, observed = %link.observed, "registered; asking for {peer}");
-    let outcome = native::connect_via(&node, &link, key, session, peer).await;
+    let outcome = native::connect_via(&node, &link, key, session, peer, asked).await;
     Ok(outcome.record)
 }
 
@@ -838,4 +867,62 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn run_demo(
+    nat: Option<String>,
+    delay_ms: u64,
+    tries: u32,
+    paths: Vec<bitpunch::scenario::PathKind>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let nat = match nat {
+        None => None,
+        Some(pair) => {
+            let (a, b) = pair
+                .split_once(',')
+                .unwrap_or((pair.as_str(), pair.as_str()));
+            let a: NatProfile = a.parse().map_err(anyhow::Error::msg)?;
+            let b: NatProfile = b.parse().map_err(anyhow::Error::msg)?;
+            Some((a, b))
+        }
+    };
+    let config = bitpunch::demo::DemoConfig {
+        nat,
+        delay_ms,
+        tries: tries.max(1),
+        paths: if paths.is_empty() {
+            bitpunch::scenario::PathKind::ALL.to_vec()
+        } else {
+            paths
+        },
+    };
+    if !json {
+        match config.nat {
+            None => println!("bitpunch demo: relay, coordinator and two nodes on 127.0.0.1"),
+            Some((a, b)) => println!(
+                "bitpunch demo: Alice behind {a}, Bob behind {b}, {delay_ms} ms one-way on each NAT's link; relay and coordinator on public lab hosts"
+            ),
+        }
+    }
+    let records = bitpunch::demo::run(&config, |r| {
+        if json {
+            println!("{}", r.to_json());
+        }
+    })
+    .await?;
+    if !json {
+        println!();
+        print!("{}", bitpunch::report::table::by_path(&records));
+        println!();
+        println!(
+            "times in ms from the connect request (medians over successful tries); stock-dcutr's"
+        );
+        println!("\"verack\" is its first ping on the direct libp2p connection. Records: --json.");
+    }
+    Ok(if records.iter().all(|r| r.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -255,3 +255,25 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
     drop(bob);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn demo_json_shows_both_paths_and_the_yardstick_succeeding() {
+    let out = bitpunch()
+        .args(["demo", "--json", "-q"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one record per line"))
+        .collect();
+    let paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["libp2p", "native", "stock-dcutr"], "{stdout}");
+    for r in &records {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    assert!(out.status.success());
+}

@@ -166,3 +166,27 @@ fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn demo_between_two_home_nats_punches_on_every_path() {
+    require_lab!();
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--nat", "--json", "-q"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{stdout}");
+    for r in &records {
+        assert_eq!(r["ok"], true, "{r}");
+        // Bob is behind the second NAT: 203.0.113.6 (the lab's second router).
+        assert!(
+            r["remote"].as_str().unwrap().starts_with("203.0.113."),
+            "{r}"
+        );
+    }
+    assert!(out.status.success());
+}

@@ -94,7 +94,15 @@ async fn punch_over_loopback_is_direct_between_the_node_ports() {
     let link = native::register(&alice, coord, &alice_key, link_config())
         .await
         .unwrap();
-    let outcome = native::connect_via(&alice, &link, alice_key.clone(), session(), bob_id).await;
+    let outcome = native::connect_via(
+        &alice,
+        &link,
+        alice_key.clone(),
+        session(),
+        bob_id,
+        tokio::time::Instant::now(),
+    )
+    .await;
     let record = outcome.record;
     assert!(record.ok, "{}", record.to_json());
     assert_eq!(record.transport, Some(Transport::V2));
@@ -215,9 +223,16 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
             native::punch::execute(&ctx, order, now, now).await
         })
     };
-    let record = native::connect_via(&alice, &link, alice_key, session(), bob_id)
-        .await
-        .record;
+    let record = native::connect_via(
+        &alice,
+        &link,
+        alice_key,
+        session(),
+        bob_id,
+        tokio::time::Instant::now(),
+    )
+    .await
+    .record;
     if !substitute_key {
         // Mallory did get a BIP324 session with Alice (and, knowing Alice's
         // key from the coordinator, accepts her); only Bob's key, which she

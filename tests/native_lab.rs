@@ -133,10 +133,11 @@ async fn alice_connects(s: &Scenario) -> Outcome {
         .run(async move {
             let node = node(0);
             let key = Arc::new(NodeKey::generate());
+            let asked = tokio::time::Instant::now();
             let link = native::register(&node, coordinator, &key, link_config())
                 .await
                 .unwrap();
-            native::connect_via(&node, &link, key, session(), bob_id)
+            native::connect_via(&node, &link, key, session(), bob_id, asked)
                 .await
                 .record
         })

@@ -509,10 +509,12 @@ async fn authenticate(
             .await
         {
             Ok(msg) => msg,
-            Err(WireError::Timeout(_)) => return Err(err(WireError::Protocol(format!(
+            Err(WireError::Timeout(_)) => {
+                return Err(err(WireError::Protocol(format!(
                 "the punched peer did not prove it is {peer} within {:.1}s: it may be someone else",
                 timeout.as_secs_f64()
-            )))),
+            ))))
+            }
             Err(e) => return Err(err(e)),
         };
         if let NetworkMessage::Unknown { command, payload } = &msg {

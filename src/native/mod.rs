@@ -42,17 +42,18 @@ impl PunchContext {
 }
 
 /// The requester's side: ask the coordinator for `target`, punch, upgrade,
-/// authenticate. `link` must have been opened from `node`'s shared port.
+/// authenticate. `link` must have been opened from `node`'s shared port, for
+/// this connection: `asked` is when the user asked (before the link was
+/// opened), and all of the link's bytes count as coordination.
 pub async fn connect_via(
     node: &Node,
     link: &CoordinatorLink,
     key: Arc<NodeKey>,
     session: SessionConfig,
     target: NodeId,
+    asked: Instant,
 ) -> PunchOutcome {
     let ctx = PunchContext::for_node(node, key, session.clone(), link);
-    let bytes_before = link.bytes();
-    let asked = Instant::now();
     let (order, received) = match link.request(target, session.handshake_timeout).await {
         Ok(o) => o,
         Err(e) => {
@@ -73,7 +74,7 @@ pub async fn connect_via(
     let request = order.request;
     let mut outcome = punch::execute(&ctx, order, asked, received).await;
     link.report(request, outcome.result).await;
-    outcome.record.bytes.coordination = link.bytes().saturating_sub(bytes_before);
+    outcome.record.bytes.coordination = link.bytes();
     outcome
 }
 

@@ -1,6 +1,8 @@
 //! Outcome records (DESIGN.md decision 6): every attempt ends in one JSON
 //! object; tables, plots and benchmarks are built from these only.
 
+pub mod table;
+
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{Phases, SessionError, SessionReport, SessionRole, Stage, Transport};

@@ -1,0 +1,400 @@
+//! One comparison scenario: a relay and a coordinator on public hosts, a
+//! reachable-through-them node (Bob) and a connecting node (Alice), either
+//! all on loopback (the demo) or each in its own namespace of the NAT lab.
+//! It runs the three paths — libp2p, native, stock DCUtR — and returns their
+//! outcome records. `bitpunch demo` and `bitpunch lab run` are built on it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::libp2p::{identity, Multiaddr};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{NodeId, NodeKey};
+use crate::lab::NsRuntime;
+use crate::libp2p::punch::Libp2pPunchContext;
+use crate::libp2p::relay::{RelayLimits, RelayServer};
+use crate::libp2p::swarm::Libp2pNode;
+use crate::native::client::LinkConfig;
+use crate::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
+use crate::native::machine::ClientConfig;
+use crate::node::{Node, NodeConfig};
+use crate::report::Outcome;
+use crate::wire::{Network, SessionConfig};
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    Libp2p,
+    Native,
+    StockDcutr,
+}
+
+impl PathKind {
+    pub const ALL: [PathKind; 3] = [PathKind::Libp2p, PathKind::Native, PathKind::StockDcutr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Libp2p => "libp2p",
+            PathKind::Native => "native",
+            PathKind::StockDcutr => "stock-dcutr",
+        }
+    }
+}
+
+/// Where a role runs: here (loopback), or in a lab namespace.
+#[derive(Clone, Copy)]
+pub enum Place<'a> {
+    Here,
+    In(&'a NsRuntime),
+}
+
+impl Place<'_> {
+    async fn run<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self {
+            Place::Here => tokio::spawn(fut).await.expect("scenario task panicked"),
+            Place::In(rt) => rt.run(fut).await,
+        }
+    }
+
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            Place::Here => tokio::spawn(fut),
+            Place::In(rt) => rt.spawn(fut),
+        }
+    }
+}
+
+pub struct Places<'a> {
+    pub relay: (Place<'a>, IpAddr),
+    pub coordinator: (Place<'a>, IpAddr),
+    pub bob: (Place<'a>, IpAddr),
+    pub alice: Place<'a>,
+    /// Offer loopback and private addresses (the loopback demo).
+    pub allow_private: bool,
+    pub ports: Ports,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub relay: u16,
+    pub coordinator: u16,
+    pub bob: u16,
+    pub bob_stock: u16,
+}
+
+impl Ports {
+    /// The lab: each role has its own address, so fixed ports are fine.
+    pub const FIXED: Ports = Ports {
+        relay: 4001,
+        coordinator: 18555,
+        bob: 18444,
+        bob_stock: 18445,
+    };
+    /// Loopback: whatever is free.
+    pub const ANY: Ports = Ports {
+        relay: 0,
+        coordinator: 0,
+        bob: 0,
+        bob_stock: 0,
+    };
+}
+
+fn session() -> SessionConfig {
+    let mut s = SessionConfig::new(Network::Regtest);
+    s.handshake_timeout = Duration::from_secs(10);
+    s
+}
+
+fn node(ip: IpAddr, port: u16) -> Result<Node> {
+    let mut config = NodeConfig::new(session());
+    config.bind_ip = Some(ip);
+    config.port = port;
+    Node::start(config).with_context(|| format!("binding {ip}:{port}"))
+}
+
+/// The running infrastructure: the addresses Alice uses, and the tasks that
+/// keep everything alive (stopped on drop).
+pub struct Running {
+    pub circuit: Multiaddr,
+    pub stock_circuit: Multiaddr,
+    pub coordinator: SocketAddr,
+    pub bob_id: NodeId,
+    allow_private: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the relay, the coordinator and Bob (one node serving both paths,
+/// and one in stock-DCUtR mode), and waits until Bob is reachable.
+pub async fn start(places: &Places<'_>) -> Result<Running> {
+    let mut tasks = Vec::new();
+    let ports = places.ports;
+    let (relay_place, relay_ip) = places.relay;
+    let (relay_tx, relay_rx) = tokio::sync::oneshot::channel();
+    tasks.push(relay_place.spawn(async move {
+        let listen: Multiaddr = format!("/ip4/{relay_ip}/tcp/{}", ports.relay)
+            .parse()
+            .expect("valid");
+        match RelayServer::start(
+            identity::Keypair::generate_ed25519(),
+            listen,
+            None,
+            RelayLimits::default(),
+        )
+        .await
+        {
+            Ok(server) => {
+                let _ = relay_tx.send(Ok(server.address.clone()));
+                std::future::pending::<()>().await;
+                drop(server);
+            }
+            Err(e) => {
+                let _ = relay_tx.send(Err(e));
+            }
+        }
+    }));
+    let relay = relay_rx.await.context("relay task died")??;
+
+    let (coord_place, coord_ip) = places.coordinator;
+    let (coord_tx, coord_rx) = tokio::sync::oneshot::channel();
+    tasks.push(coord_place.spawn(async move {
+        let mut config = CoordinatorServerConfig::new(session());
+        config.bind_ip = Some(coord_ip);
+        config.port = ports.coordinator;
+        match CoordinatorServer::start(config) {
+            Ok(server) => {
+                let _ = coord_tx.send(Ok(server.local_addrs()[0]));
+                std::future::pending::<()>().await;
+                drop(server);
+            }
+            Err(e) => {
+                let _ = coord_tx.send(Err(anyhow::Error::from(e)));
+            }
+        }
+    }));
+    let coordinator = coord_rx.await.context("coordinator task died")??;
+
+    let (bob_place, bob_ip) = places.bob;
+    let allow_private = places.allow_private;
+    let (bob_tx, bob_rx) = tokio::sync::oneshot::channel::<Result<(Multiaddr, NodeId)>>();
+    let relay_for_bob = relay.clone();
+    tasks.push(bob_place.spawn(async move {
+        let started = async {
+            let bob = node(bob_ip, ports.bob)?;
+            let libp2p = Arc::new(Libp2pNode::start(
+                identity::Keypair::generate_ed25519(),
+                bob.shared_port().clone(),
+                bob.router(),
+            )?);
+            let ctx = Libp2pPunchContext {
+                port: bob.shared_port().clone(),
+                router: bob.router().clone(),
+                libp2p: libp2p.clone(),
+                session: session(),
+                allow_private,
+                dial_delay: Duration::ZERO,
+            };
+            let key = NodeKey::generate();
+            // Many tries come from one address: lift the reflection limit.
+            let link_config = LinkConfig {
+                session: session(),
+                client: ClientConfig {
+                    orders_per_target_per_minute: 10_000,
+                    orders_per_minute: 10_000,
+                    ..Default::default()
+                },
+            };
+            let link = crate::native::register(&bob, coordinator, &key, link_config).await?;
+            anyhow::Ok((bob, libp2p, ctx, key, link))
+        };
+        let (bob, libp2p, ctx, key, mut link) = match started.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = bob_tx.send(Err(e));
+                return;
+            }
+        };
+        let id = link.id;
+        let (circuit_tx, mut circuit_rx) = tokio::sync::mpsc::channel(1);
+        let keep = tokio::spawn(crate::libp2p::keep_reservation(
+            libp2p,
+            relay_for_bob,
+            move |c| {
+                let _ = circuit_tx.try_send(c.clone());
+            },
+        ));
+        match tokio::time::timeout(Duration::from_secs(20), circuit_rx.recv()).await {
+            Ok(Some(circuit)) => {
+                let _ = bob_tx.send(Ok((circuit, id)));
+            }
+            _ => {
+                let _ = bob_tx.send(Err(anyhow::anyhow!("no reservation on the relay")));
+                return;
+            }
+        }
+        let idle = Duration::from_secs(60);
+        tokio::join!(
+            crate::libp2p::serve_relayed(ctx, idle, None),
+            crate::native::serve_orders(&bob, &mut link, Arc::new(key), session(), idle, None),
+        );
+        keep.abort();
+    }));
+    let (circuit, bob_id) = bob_rx.await.context("Bob's task died")??;
+
+    let (stock_tx, stock_rx) = tokio::sync::oneshot::channel::<Result<Multiaddr>>();
+    let relay_for_stock = relay.clone();
+    tasks.push(bob_place.spawn(async move {
+        let started = async {
+            let bob = node(bob_ip, ports.bob_stock)?;
+            let libp2p = Arc::new(Libp2pNode::start_with(
+                identity::Keypair::generate_ed25519(),
+                bob.shared_port().clone(),
+                bob.router(),
+                true,
+            )?);
+            anyhow::Ok((bob, libp2p))
+        };
+        let (_bob, libp2p) = match started.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = stock_tx.send(Err(e));
+                return;
+            }
+        };
+        let stock_tx = std::sync::Mutex::new(Some(stock_tx));
+        crate::libp2p::keep_reservation(libp2p, relay_for_stock, move |c| {
+            if let Some(tx) = stock_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(Ok(c.clone()));
+            }
+        })
+        .await;
+    }));
+    let stock_circuit = tokio::time::timeout(Duration::from_secs(20), stock_rx)
+        .await
+        .context("no stock-DCUtR reservation in time")?
+        .context("stock Bob's task died")??;
+    Ok(Running {
+        circuit,
+        stock_circuit,
+        coordinator,
+        bob_id,
+        allow_private,
+        tasks,
+    })
+}
+
+/// One try of `path` from Alice, from a fresh port, as `bitpunch connect`
+/// does it.
+pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Outcome {
+    let allow_private = running.allow_private;
+    let circuit = running.circuit.clone();
+    let stock_circuit = running.stock_circuit.clone();
+    let (coordinator, bob_id) = (running.coordinator, running.bob_id);
+    alice
+        .run(async move {
+            let alice = match node(Ipv4Addr::UNSPECIFIED.into(), 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Outcome::failed(
+                        crate::report::Path::Direct,
+                        crate::wire::SessionRole::Initiator,
+                        crate::wire::Stage::Connect,
+                        format!("{e:#}"),
+                    )
+                }
+            };
+            match path {
+                PathKind::Libp2p | PathKind::StockDcutr => {
+                    let stock = path == PathKind::StockDcutr;
+                    let libp2p = match Libp2pNode::start_with(
+                        identity::Keypair::generate_ed25519(),
+                        alice.shared_port().clone(),
+                        alice.router(),
+                        stock,
+                    ) {
+                        Ok(n) => Arc::new(n),
+                        Err(e) => {
+                            return Outcome::failed(
+                                crate::report::Path::Libp2p,
+                                crate::wire::SessionRole::Initiator,
+                                crate::wire::Stage::Connect,
+                                format!("{e:#}"),
+                            )
+                        }
+                    };
+                    if stock {
+                        return crate::libp2p::stock::connect(
+                            &libp2p,
+                            stock_circuit,
+                            Duration::from_secs(30),
+                        )
+                        .await;
+                    }
+                    let ctx = Libp2pPunchContext {
+                        port: alice.shared_port().clone(),
+                        router: alice.router().clone(),
+                        libp2p,
+                        session: session(),
+                        allow_private,
+                        dial_delay: Duration::ZERO,
+                    };
+                    crate::libp2p::connect_circuit(&ctx, circuit).await.record
+                }
+                PathKind::Native => {
+                    let asked = tokio::time::Instant::now();
+                    let key = Arc::new(NodeKey::generate());
+                    let link_config = LinkConfig {
+                        session: session(),
+                        client: ClientConfig::default(),
+                    };
+                    match crate::native::register(&alice, coordinator, &key, link_config).await {
+                        Ok(link) => {
+                            crate::native::connect_via(&alice, &link, key, session(), bob_id, asked)
+                                .await
+                                .record
+                        }
+                        Err(e) => {
+                            let mut r = Outcome::failed(
+                                crate::report::Path::Native,
+                                crate::wire::SessionRole::Initiator,
+                                crate::wire::Stage::Coordination,
+                                format!("{e:#}"),
+                            );
+                            r.via = Some(coordinator.to_string());
+                            r
+                        }
+                    }
+                }
+            }
+        })
+        .await
+}
