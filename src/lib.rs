@@ -11,6 +11,7 @@ pub mod demo;
 pub mod identity;
 pub mod lab;
 pub mod libp2p;
+pub mod matrix;
 pub mod native;
 pub mod net;
 pub mod node;

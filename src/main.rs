@@ -240,6 +240,32 @@ enum LabCommand {
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
     },
+    /// The comparison matrix: every path, many tries, for every pair of NAT
+    /// profiles; writes records.jsonl, summary.md, success.svg, latency.svg.
+    Run {
+        /// Profiles for Alice's (the connecting side's) NAT (repeatable;
+        /// default: every preset).
+        #[arg(long)]
+        alice: Vec<NatProfile>,
+        /// Profiles for Bob's NAT (repeatable; default: every preset).
+        #[arg(long)]
+        bob: Vec<NatProfile>,
+        /// Paths (repeatable; default: libp2p, native, stock-dcutr).
+        #[arg(long, value_enum)]
+        path: Vec<bitpunch::scenario::PathKind>,
+        /// One-way delay on each NAT's internet link, ms.
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
+        /// Loss on each NAT's internet link, percent.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Tries per path and NAT pair.
+        #[arg(long, default_value_t = 20)]
+        tries: u32,
+        /// Output folder (default: results/lab-run-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Remove namespaces left by lab runs that are no longer running.
     Cleanup {
         /// Also remove those of runs that are still alive.
@@ -856,6 +882,15 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             drop(lab);
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Run {
+            alice,
+            bob,
+            path,
+            delay_ms,
+            loss,
+            tries,
+            out,
+        } => run_matrix(alice, bob, path, delay_ms, loss, tries, out).await,
         LabCommand::Cleanup { all } => {
             let removed = lab::cleanup(all)?;
             for ns in &removed {
@@ -925,4 +960,104 @@ async fn run_demo(
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn run_matrix(
+    alice: Vec<NatProfile>,
+    bob: Vec<NatProfile>,
+    paths: Vec<bitpunch::scenario::PathKind>,
+    delay_ms: u64,
+    loss: f64,
+    tries: u32,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use bitpunch::matrix;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let presets: Vec<NatProfile> = lab::nat::PRESETS.iter().map(|(_, p)| *p).collect();
+    let alice = if alice.is_empty() {
+        presets.clone()
+    } else {
+        alice
+    };
+    let bob = if bob.is_empty() { presets } else { bob };
+    let pairs = alice
+        .iter()
+        .flat_map(|a| bob.iter().map(move |b| (*a, *b)))
+        .collect();
+    let out = out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        PathBuf::from(format!("results/lab-run-{now}"))
+    });
+    let config = matrix::MatrixConfig {
+        pairs,
+        paths: if paths.is_empty() {
+            bitpunch::scenario::PathKind::ALL.to_vec()
+        } else {
+            paths
+        },
+        delay_ms,
+        loss_percent: loss,
+        tries: tries.max(1),
+        out_dir: out.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after the current try; writing what was measured");
+            on_signal.store(true, Ordering::Relaxed);
+        }
+    });
+    let total = (config.pairs.len() * config.paths.len()) as u64 * u64::from(config.tries);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tries, eta {eta} | {msg}")
+            .expect("valid template"),
+    );
+    let records = matrix::run(&config, stop.clone(), |p| {
+        bar.set_position(p.done);
+        let last = p
+            .last
+            .map(|r| format!(" last: {:?} {}", r.path, if r.ok { "ok" } else { "failed" }))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "cell {}/{}: {} vs {}{last}",
+            p.cell + 1,
+            p.cells,
+            p.pair.0,
+            p.pair.1
+        ));
+    })
+    .await;
+    bar.finish_and_clear();
+    let records = records?;
+    let complete = !stop.load(Ordering::Relaxed);
+    std::fs::write(
+        out.join("summary.md"),
+        matrix::summary_markdown(&config, &records, complete),
+    )?;
+    std::fs::write(
+        out.join("success.svg"),
+        bitpunch::report::svg::success_heatmap(&records),
+    )?;
+    std::fs::write(
+        out.join("latency.svg"),
+        bitpunch::report::svg::latency_cdf(&records),
+    )?;
+    println!(
+        "{} records in {}",
+        records.len(),
+        out.join("records.jsonl").display()
+    );
+    println!("summary: {}", out.join("summary.md").display());
+    println!(
+        "plots:   {}, {}",
+        out.join("success.svg").display(),
+        out.join("latency.svg").display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -355,7 +355,8 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                         return crate::libp2p::stock::connect(
                             &libp2p,
                             stock_circuit,
-                            Duration::from_secs(30),
+                            // DCUtR gives up by itself well within this.
+                            Duration::from_secs(15),
                         )
                         .await;
                     }

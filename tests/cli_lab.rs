@@ -190,3 +190,58 @@ fn demo_between_two_home_nats_punches_on_every_path() {
     }
     assert!(out.status.success());
 }
+
+#[test]
+fn a_small_lab_run_writes_records_a_matching_summary_and_plots() {
+    require_lab!();
+    let out = std::env::temp_dir().join(format!("bitpunch-lab-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = std::process::Command::new(BIN)
+        .args([
+            "lab",
+            "run",
+            "--alice",
+            "home",
+            "--bob",
+            "home",
+            "--bob",
+            "full-cone",
+            "--tries",
+            "2",
+            "-q",
+        ])
+        .args(["--path", "native", "--path", "libp2p"])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let records = bitpunch::matrix::read_jsonl(&out.join("records.jsonl")).expect("records parse");
+    // 2 cells x 2 paths x 2 tries
+    assert_eq!(records.len(), 8);
+    assert!(records.iter().all(|r| r.lab.is_some()));
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    // Each row's count k/n adds up to the records of that cell.
+    let mut counted = 0;
+    let mut ok_counted = 0;
+    for line in summary.lines().filter(|l| l.starts_with("| eim")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (ok, n) = cells[4].split(' ').next().unwrap().split_once('/').unwrap();
+        counted += n.parse::<usize>().unwrap();
+        ok_counted += ok.parse::<usize>().unwrap();
+    }
+    assert_eq!(counted, records.len(), "{summary}");
+    assert_eq!(
+        ok_counted,
+        records.iter().filter(|r| r.ok).count(),
+        "{summary}"
+    );
+    for plot in ["success.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(out.join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{plot}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

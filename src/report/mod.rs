@@ -1,6 +1,8 @@
 //! Outcome records (DESIGN.md decision 6): every attempt ends in one JSON
 //! object; tables, plots and benchmarks are built from these only.
 
+pub mod bound;
+pub mod svg;
 pub mod table;
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,21 @@ pub struct Outcome {
     pub rtt_ms: Option<f64>,
     /// Set when a BIP324 try failed and v1 was used instead.
     pub v2_fallback_reason: Option<String>,
+    /// Where it ran, for records of the NAT lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab: Option<LabContext>,
+}
+
+/// The lab conditions of a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabContext {
+    /// Alice's (the connecting side's) NAT profile, and Bob's.
+    pub nat_alice: String,
+    pub nat_bob: String,
+    /// One-way delay and loss on each NAT's internet link.
+    pub delay_ms: f64,
+    pub loss_percent: f64,
+    pub try_index: u32,
 }
 
 impl Outcome {
@@ -98,6 +115,7 @@ impl Outcome {
             peer_sees_us_at: None,
             rtt_ms: None,
             v2_fallback_reason: None,
+            lab: None,
         }
     }
 
