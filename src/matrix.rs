@@ -5,18 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::lab::{Lab, LinkShape, NatProfile};
+use crate::lab::{LinkShape, NatProfile};
 use crate::report::bound::lower_bound;
 use crate::report::table::{median, quantile};
 use crate::report::{LabContext, Outcome};
-use crate::scenario::{self, PathKind, Place, Places, Ports};
+use crate::scenario::{self, PathKind};
 
 #[derive(Debug, Clone)]
 pub struct MatrixConfig {
@@ -81,45 +80,18 @@ pub async fn run(
             total,
             last: None,
         });
-        let mut lab = Lab::new()?;
-        let relay = lab.add_public_host("relay")?;
-        let coord = lab.add_public_host("coord")?;
-        let mut router_a = lab.add_nat("nat-a", nat_alice)?;
-        let mut router_b = lab.add_nat("nat-b", nat_bob)?;
-        let alice = lab.add_host_behind(&mut router_a, "alice")?;
-        let bob = lab.add_host_behind(&mut router_b, "bob")?;
         let shape = LinkShape {
             delay: std::time::Duration::from_millis(config.delay_ms),
             loss_percent: config.loss_percent,
             ..Default::default()
         };
-        if !shape.is_neutral() {
-            lab.set_link_shape(&router_a.link, shape)?;
-            lab.set_link_shape(&router_b.link, shape)?;
-        }
-        let (relay_rt, coord_rt, bob_rt, alice_rt) = (
-            lab.runtime(&relay)?,
-            lab.runtime(&coord)?,
-            lab.runtime(&bob)?,
-            lab.runtime(&alice)?,
-        );
-        let places = Places {
-            relay: (Place::In(&relay_rt), relay.ip.into()),
-            coordinator: (Place::In(&coord_rt), coord.ip.into()),
-            bob: (Place::In(&bob_rt), Ipv4Addr::UNSPECIFIED.into()),
-            alice: Place::In(&alice_rt),
-            allow_private: false,
-            ports: Ports::FIXED,
-        };
-        let running = scenario::start(&places)
-            .await
-            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))?;
+        let lab = scenario::InLab::start(nat_alice, nat_bob, shape).await?;
         'tries: for try_index in 0..config.tries {
             for &path in &config.paths {
                 if stop.load(Ordering::Relaxed) {
                     break 'tries;
                 }
-                let mut record = scenario::try_path(&running, Place::In(&alice_rt), path).await;
+                let mut record = lab.try_path(path).await;
                 record.lab = Some(LabContext {
                     nat_alice: nat_alice.to_string(),
                     nat_bob: nat_bob.to_string(),
@@ -141,8 +113,6 @@ pub async fn run(
                 records.push(record);
             }
         }
-        drop(running);
-        drop((relay_rt, coord_rt, bob_rt, alice_rt));
         drop(lab);
     }
     Ok(records)

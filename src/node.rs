@@ -9,10 +9,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::net::router::Inbound;
-use crate::net::{Route, Router, SharedPort, StreamKind};
-use crate::wire::{
-    Session, SessionConfig, SessionError, SessionReport, SessionRole, StreamContext, Transport,
-};
+use crate::net::{Route, Router, SharedPort};
+use crate::wire::{SessionConfig, SessionError, SessionReport};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -130,25 +128,7 @@ async fn serve_inbound(
     events: broadcast::Sender<NodeEvent>,
 ) {
     let remote = inbound.remote;
-    let transport = match inbound.kind {
-        Some(StreamKind::Bitcoin(t)) => t,
-        _ => Transport::V2,
-    };
-    let ctx = StreamContext {
-        local: inbound.local,
-        remote,
-        started: inbound.accepted_at,
-        tcp_at: inbound.accepted_at,
-        counters: inbound.counters.clone(),
-    };
-    let established = Session::establish(
-        inbound.stream,
-        ctx,
-        SessionRole::Responder,
-        transport,
-        &config.session,
-    )
-    .await;
+    let established = crate::wire::respond(inbound, &config.session).await;
     let session = match established {
         Ok(s) => s,
         Err(e) => {

@@ -399,3 +399,61 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
         })
         .await
 }
+
+/// The whole scenario in the NAT lab: the `TwoNats` topology, a runtime in
+/// each host, and the running infrastructure. Fields drop in order: the
+/// tasks, then the runtimes (whose threads hold the namespaces), then the
+/// lab.
+pub struct InLab {
+    pub running: Running,
+    alice_rt: NsRuntime,
+    _bob_rt: NsRuntime,
+    _coordinator_rt: NsRuntime,
+    _relay_rt: NsRuntime,
+    pub topology: crate::lab::TwoNats,
+    _lab: crate::lab::Lab,
+}
+
+impl InLab {
+    pub async fn start(
+        nat_alice: crate::lab::NatProfile,
+        nat_bob: crate::lab::NatProfile,
+        shape: crate::lab::LinkShape,
+    ) -> Result<InLab> {
+        let (lab, t) = crate::lab::Lab::two_nats(nat_alice, nat_bob, shape)?;
+        let (relay_rt, coordinator_rt, bob_rt, alice_rt) = (
+            lab.runtime(&t.relay)?,
+            lab.runtime(&t.coordinator)?,
+            lab.runtime(&t.bob)?,
+            lab.runtime(&t.alice)?,
+        );
+        let places = Places {
+            relay: (Place::In(&relay_rt), t.relay.ip.into()),
+            coordinator: (Place::In(&coordinator_rt), t.coordinator.ip.into()),
+            bob: (Place::In(&bob_rt), Ipv4Addr::UNSPECIFIED.into()),
+            alice: Place::In(&alice_rt),
+            allow_private: false,
+            ports: Ports::FIXED,
+        };
+        let running = start(&places)
+            .await
+            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))?;
+        Ok(InLab {
+            running,
+            alice_rt,
+            _bob_rt: bob_rt,
+            _coordinator_rt: coordinator_rt,
+            _relay_rt: relay_rt,
+            topology: t,
+            _lab: lab,
+        })
+    }
+
+    pub fn alice(&self) -> Place<'_> {
+        Place::In(&self.alice_rt)
+    }
+
+    pub async fn try_path(&self, path: PathKind) -> Outcome {
+        try_path(&self.running, self.alice(), path).await
+    }
+}

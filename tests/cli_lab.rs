@@ -3,22 +3,15 @@
 //! hosts, `bitpunch node` behind one home NAT, `bitpunch connect` behind
 //! another, 20 ms on each NAT's link.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bitpunch::lab::{self, Lab, LinkShape};
+use bitpunch::lab::{Lab, LinkShape};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpunch");
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = lab::unavailable_reason() {
-            eprintln!("SKIPPED (NAT lab unavailable): {why}");
-            return;
-        }
-    };
-}
 
 /// Lines of a child's stdout, readable with a timeout.
 fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
@@ -48,18 +41,10 @@ fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
 #[test]
 fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
     require_lab!();
-    let mut lab = Lab::new().unwrap();
-    let relay_host = lab.add_public_host("relay").unwrap();
-    let coord_host = lab.add_public_host("coord").unwrap();
     let home = "home".parse().unwrap();
-    let mut nat_a = lab.add_nat("nat-a", home).unwrap();
-    let mut nat_b = lab.add_nat("nat-b", home).unwrap();
-    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
-    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
-        .unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
-        .unwrap();
+    let (mut lab, t) = Lab::two_nats(home, home, LinkShape::delay_ms(20)).unwrap();
+    let (relay_host, coord_host, alice, bob, nat_b) =
+        (t.relay, t.coordinator, t.alice, t.bob, t.nat_bob);
     let data = std::env::temp_dir().join(format!("bitpunch-cli-lab-{}", std::process::id()));
     let dir = |name: &str| data.join(name).to_string_lossy().into_owned();
 

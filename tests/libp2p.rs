@@ -1,6 +1,9 @@
 //! The libp2p path on loopback: a relay and two nodes on 127.0.0.1. The
 //! punched connection must be direct between the two nodes' shared ports.
 
+mod common;
+use common::*;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +14,11 @@ use bitpunch::libp2p::swarm::Libp2pNode;
 use bitpunch::libp2p::{self as path};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
-use bitpunch::wire::{Network, SessionConfig, Transport};
+use bitpunch::wire::Transport;
 use libp2p::{identity, Multiaddr};
 use tokio::sync::mpsc;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn session() -> SessionConfig {
-    let mut s = SessionConfig::new(Network::Regtest);
-    s.handshake_timeout = Duration::from_secs(10);
-    s
-}
 
 fn node() -> Node {
     let mut config = NodeConfig::new(session());

@@ -2,34 +2,22 @@
 //! loudly elsewhere): a relay on a public host, two NATs with 20 ms on each
 //! internet link.
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitpunch::lab::{self, Lab, LinkShape, NatProfile, NsRuntime};
+use bitpunch::lab::{Lab, LinkShape, NatProfile, NsRuntime};
 use bitpunch::libp2p::punch::Libp2pPunchContext;
 use bitpunch::libp2p::relay::{RelayLimits, RelayServer};
 use bitpunch::libp2p::swarm::Libp2pNode;
 use bitpunch::libp2p::{self as path};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::Outcome;
-use bitpunch::wire::{Network, SessionConfig, Transport};
+use bitpunch::wire::Transport;
 use libp2p::{identity, Multiaddr};
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = lab::unavailable_reason() {
-            eprintln!("SKIPPED (NAT lab unavailable): {why}");
-            return;
-        }
-    };
-}
-
-fn session() -> SessionConfig {
-    let mut s = SessionConfig::new(Network::Regtest);
-    s.handshake_timeout = Duration::from_secs(10);
-    s
-}
 
 fn node(port: u16) -> Node {
     let mut config = NodeConfig::new(session());
@@ -66,17 +54,8 @@ struct Scenario {
 
 async fn scenario(profile: &str) -> Scenario {
     let profile: NatProfile = profile.parse().unwrap();
-    let mut lab = Lab::new().unwrap();
-    let public = lab.add_public_host("relay").unwrap();
-    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
-    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
-    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
-    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
-        .unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
-        .unwrap();
-
+    let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(20)).unwrap();
+    let (public, alice, bob) = (t.relay, t.alice, t.bob);
     let relay_rt = lab.runtime(&public).unwrap();
     let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
     let relay_addr = relay_rt
@@ -237,17 +216,9 @@ async fn the_peers_syn_first_still_gives_one_session_with_the_right_roles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
     require_lab!();
-    let profile: NatProfile = "home".parse().unwrap();
-    let mut lab = Lab::new().unwrap();
-    let public = lab.add_public_host("relay").unwrap();
-    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
-    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
-    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
-    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
-        .unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
-        .unwrap();
+    let home: NatProfile = "home".parse().unwrap();
+    let (lab, t) = Lab::two_nats(home, home, LinkShape::delay_ms(20)).unwrap();
+    let (public, alice, bob) = (t.relay, t.alice, t.bob);
     let relay_rt = lab.runtime(&public).unwrap();
     let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
     let relay_addr = relay_rt

@@ -2,20 +2,13 @@
 //! TCP simultaneous open hold, delay and loss take effect, nothing is left.
 //! These need root (CI runs as root); elsewhere they skip and say why.
 
+mod common;
+
 use std::time::Duration;
 
 use bitpunch::lab::{self, probe, NatProfile};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = lab::unavailable_reason() {
-            eprintln!("SKIPPED (NAT lab unavailable): {why}");
-            return;
-        }
-    };
-}
 
 use std::net::SocketAddr;
 

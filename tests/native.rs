@@ -2,6 +2,9 @@
 //! each node on its own shared port. The punched connection must be direct
 //! between the two node ports, not through the coordinator.
 
+mod common;
+use common::*;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +16,10 @@ use bitpunch::native::machine::ClientConfig;
 use bitpunch::native::{self};
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::Outcome;
-use bitpunch::wire::{Network, SessionConfig, Transport};
+use bitpunch::wire::Transport;
 use tokio::sync::mpsc;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn session() -> SessionConfig {
-    let mut s = SessionConfig::new(Network::Regtest);
-    s.handshake_timeout = Duration::from_secs(10);
-    s
-}
 
 fn coordinator() -> (CoordinatorServer, SocketAddr) {
     let mut config = CoordinatorServerConfig::new(session());

@@ -2,37 +2,25 @@
 //! loudly elsewhere): two home routers with 20 ms on each internet link, a
 //! coordinator on a public host.
 
+mod common;
+use common::*;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bitpunch::identity::{NodeId, NodeKey};
-use bitpunch::lab::{self, Lab, LinkShape, NatProfile, NsRuntime};
+use bitpunch::lab::{Lab, LinkShape, NatProfile, NsRuntime};
 use bitpunch::native;
 use bitpunch::native::client::LinkConfig;
 use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
 use bitpunch::native::machine::ClientConfig;
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::Outcome;
-use bitpunch::wire::{Network, SessionConfig, Transport};
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = lab::unavailable_reason() {
-            eprintln!("SKIPPED (NAT lab unavailable): {why}");
-            return;
-        }
-    };
-}
+use bitpunch::wire::Transport;
 
 const COORDINATOR_PORT: u16 = 18555;
 const BOB_PORT: u16 = 18444;
-
-fn session() -> SessionConfig {
-    let mut s = SessionConfig::new(Network::Regtest);
-    s.handshake_timeout = Duration::from_secs(10);
-    s
-}
 
 fn node(port: u16) -> Node {
     let mut config = NodeConfig::new(session());
@@ -60,17 +48,8 @@ struct Scenario {
 
 async fn scenario(profile: &str) -> Scenario {
     let profile: NatProfile = profile.parse().unwrap();
-    let mut lab = Lab::new().unwrap();
-    let public = lab.add_public_host("coord").unwrap();
-    let mut nat_a = lab.add_nat("nat-a", profile).unwrap();
-    let mut nat_b = lab.add_nat("nat-b", profile).unwrap();
-    let alice = lab.add_host_behind(&mut nat_a, "alice").unwrap();
-    let bob = lab.add_host_behind(&mut nat_b, "bob").unwrap();
-    lab.set_link_shape(&nat_a.link, LinkShape::delay_ms(20))
-        .unwrap();
-    lab.set_link_shape(&nat_b.link, LinkShape::delay_ms(20))
-        .unwrap();
-
+    let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(20)).unwrap();
+    let (public, alice, bob) = (t.coordinator, t.alice, t.bob);
     let coord_rt = lab.runtime(&public).unwrap();
     coord_rt.spawn(async {
         let mut config = CoordinatorServerConfig::new(session());

@@ -376,6 +376,47 @@ impl Lab {
     }
 }
 
+/// The topology every punch comparison uses: a relay and a coordinator on
+/// public hosts, Alice behind one NAT, Bob behind another.
+pub struct TwoNats {
+    pub relay: Host,
+    pub coordinator: Host,
+    pub nat_alice: Router,
+    pub nat_bob: Router,
+    pub alice: Host,
+    pub bob: Host,
+}
+
+impl Lab {
+    /// A lab with the `TwoNats` topology; `shape` on both NATs' links.
+    pub fn two_nats(
+        nat_alice: NatProfile,
+        nat_bob: NatProfile,
+        shape: LinkShape,
+    ) -> Result<(Lab, TwoNats)> {
+        let mut lab = Lab::new()?;
+        let relay = lab.add_public_host("relay")?;
+        let coordinator = lab.add_public_host("coord")?;
+        let mut router_a = lab.add_nat("nat-a", nat_alice)?;
+        let mut router_b = lab.add_nat("nat-b", nat_bob)?;
+        let alice = lab.add_host_behind(&mut router_a, "alice")?;
+        let bob = lab.add_host_behind(&mut router_b, "bob")?;
+        if !shape.is_neutral() {
+            lab.set_link_shape(&router_a.link, shape)?;
+            lab.set_link_shape(&router_b.link, shape)?;
+        }
+        let topology = TwoNats {
+            relay,
+            coordinator,
+            nat_alice: router_a,
+            nat_bob: router_b,
+            alice,
+            bob,
+        };
+        Ok((lab, topology))
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in &mut self.children {

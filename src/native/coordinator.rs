@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
 use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
 use crate::net::router::Inbound;
-use crate::net::{Route, Router, SharedPort, StreamKind};
-use crate::wire::{Session, SessionConfig, SessionRole, StreamContext, Transport};
+use crate::net::{Route, Router, SharedPort};
+use crate::wire::SessionConfig;
 
 /// Rewrites each message before it is sent. For experiments and tests that
 /// play a dishonest coordinator (e.g. one that puts itself in the middle).
@@ -201,26 +201,7 @@ async fn serve_client(
     ping_interval: Duration,
 ) {
     let remote = inbound.remote;
-    let transport = match inbound.kind {
-        Some(StreamKind::Bitcoin(t)) => t,
-        _ => Transport::V2,
-    };
-    let ctx = StreamContext {
-        local: inbound.local,
-        remote,
-        started: inbound.accepted_at,
-        tcp_at: inbound.accepted_at,
-        counters: inbound.counters.clone(),
-    };
-    let session = match Session::establish(
-        inbound.stream,
-        ctx,
-        SessionRole::Responder,
-        transport,
-        &config,
-    )
-    .await
-    {
+    let session = match crate::wire::respond(inbound, &config).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%remote, reason = %e, "closing client connection");

@@ -19,8 +19,9 @@ pub use session::{
     Phases, Session, SessionConfig, SessionReport, SessionRole, StreamContext, TransportPolicy,
 };
 
+use crate::net::router::{Inbound, InboundStream};
 use crate::net::stream::Counted;
-use crate::net::SharedPort;
+use crate::net::{SharedPort, StreamKind};
 
 /// What an outbound `connect` ended with, including the failed tries.
 pub struct ConnectOutcome {
@@ -124,4 +125,31 @@ async fn connect_once(
     let result = Session::establish(counted, ctx, SessionRole::Initiator, transport, config).await;
     *bytes_total += counters.total();
     result
+}
+
+/// Serves an inbound connection from the accept loop as the responder, in
+/// the transport its first bytes announced.
+pub async fn respond(
+    inbound: Inbound,
+    config: &SessionConfig,
+) -> Result<Session<InboundStream>, SessionError> {
+    let transport = match inbound.kind {
+        Some(StreamKind::Bitcoin(t)) => t,
+        _ => Transport::V2,
+    };
+    let ctx = StreamContext {
+        local: inbound.local,
+        remote: inbound.remote,
+        started: inbound.accepted_at,
+        tcp_at: inbound.accepted_at,
+        counters: inbound.counters.clone(),
+    };
+    Session::establish(
+        inbound.stream,
+        ctx,
+        SessionRole::Responder,
+        transport,
+        config,
+    )
+    .await
 }
