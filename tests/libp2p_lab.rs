@@ -52,31 +52,34 @@ struct Scenario {
     _lab: Lab,
 }
 
+/// A relay on port 4001 of a public host; it lives as long as `rt`.
+async fn start_relay(rt: &NsRuntime, ip: std::net::Ipv4Addr) -> Multiaddr {
+    let external: Multiaddr = format!("/ip4/{ip}/tcp/4001").parse().unwrap();
+    rt.run(async move {
+        let server = RelayServer::start(
+            identity::Keypair::generate_ed25519(),
+            "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
+            Some(external),
+            RelayLimits::default(),
+        )
+        .await
+        .unwrap();
+        let address = server.address.clone();
+        tokio::spawn(async move {
+            let _keep = server;
+            std::future::pending::<()>().await
+        });
+        address
+    })
+    .await
+}
+
 async fn scenario(profile: &str) -> Scenario {
     let profile: NatProfile = profile.parse().unwrap();
     let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(20)).unwrap();
     let (public, alice, bob) = (t.relay, t.alice, t.bob);
     let relay_rt = lab.runtime(&public).unwrap();
-    let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
-    let relay_addr = relay_rt
-        .run(async move {
-            let server = RelayServer::start(
-                identity::Keypair::generate_ed25519(),
-                "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
-                Some(external),
-                RelayLimits::default(),
-            )
-            .await
-            .unwrap();
-            let address = server.address.clone();
-            // The server lives as long as this namespace's runtime.
-            tokio::spawn(async move {
-                let _keep = server;
-                std::future::pending::<()>().await
-            });
-            address
-        })
-        .await;
+    let relay_addr = start_relay(&relay_rt, public.ip).await;
 
     let bob_rt = lab.runtime(&bob).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -220,25 +223,7 @@ async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
     let (lab, t) = Lab::two_nats(home, home, LinkShape::delay_ms(20)).unwrap();
     let (public, alice, bob) = (t.relay, t.alice, t.bob);
     let relay_rt = lab.runtime(&public).unwrap();
-    let external: Multiaddr = format!("/ip4/{}/tcp/4001", public.ip).parse().unwrap();
-    let relay_addr = relay_rt
-        .run(async move {
-            let server = RelayServer::start(
-                identity::Keypair::generate_ed25519(),
-                "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
-                Some(external),
-                RelayLimits::default(),
-            )
-            .await
-            .unwrap();
-            let address = server.address.clone();
-            tokio::spawn(async move {
-                let _keep = server;
-                std::future::pending::<()>().await
-            });
-            address
-        })
-        .await;
+    let relay_addr = start_relay(&relay_rt, public.ip).await;
     let stock = |n: &Node| {
         Arc::new(
             Libp2pNode::start_with(
