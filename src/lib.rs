@@ -17,5 +17,6 @@ pub mod net;
 pub mod node;
 pub mod punch;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod wire;

@@ -266,6 +266,20 @@ enum LabCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What a coordinator costs: resident memory per registered client and
+    /// coordinations per second, with the coordinator pinned to one core
+    /// (loopback; needs no root).
+    Scale {
+        /// Registered clients (repeatable: one measurement each).
+        #[arg(long, default_values_t = [1000usize, 10000])]
+        clients: Vec<usize>,
+        /// Seconds of requests for the rate.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// One JSON record per measurement instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove namespaces left by lab runs that are no longer running.
     Cleanup {
         /// Also remove those of runs that are still alive.
@@ -891,6 +905,25 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             tries,
             out,
         } => run_matrix(alice, bob, path, delay_ms, loss, tries, out).await,
+        LabCommand::Scale {
+            clients,
+            seconds,
+            json,
+        } => {
+            let bin = std::env::current_exe().context("finding the bitpunch binary")?;
+            for n in clients {
+                let r = bitpunch::scale::measure(&bin, n, seconds).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:>6} clients: coordinator RSS {} KiB idle, {} KiB loaded ({:.1} KiB per registration); {:.0} coordinations/s on 1 core ({} in {:.1} s)",
+                        r.clients, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_registration, r.coordinations_per_second, r.coordinations, r.seconds
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Cleanup { all } => {
             let removed = lab::cleanup(all)?;
             for ns in &removed {

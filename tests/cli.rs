@@ -277,3 +277,30 @@ fn demo_json_shows_both_paths_and_the_yardstick_succeeding() {
     }
     assert!(out.status.success());
 }
+
+#[test]
+fn lab_scale_measures_a_coordinator_under_registered_clients() {
+    let out = bitpunch()
+        .args([
+            "lab",
+            "scale",
+            "--clients",
+            "40",
+            "--seconds",
+            "1",
+            "--json",
+            "-q",
+        ])
+        .output()
+        .expect("run lab scale");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    assert_eq!(record["clients"], 40);
+    // Every registration held a session, and requests were answered.
+    assert!(record["rss_loaded_kib"].as_u64().unwrap() >= record["rss_idle_kib"].as_u64().unwrap());
+    assert!(record["coordinations"].as_u64().unwrap() > 0, "{record}");
+}

@@ -71,15 +71,16 @@ impl Drop for CoordinatorLink {
 }
 
 impl CoordinatorLink {
-    /// Opens the session from `port`, checks the service bit, registers
+    /// Opens the session from `port` (a node's shared port; `None` for any
+    /// free port, as load generators do), checks the service bit, registers
     /// `key`.
     pub async fn connect(
-        port: &SharedPort,
+        port: Option<&SharedPort>,
         coordinator: SocketAddr,
         key: NodeKey,
         config: LinkConfig,
     ) -> Result<CoordinatorLink> {
-        let outcome = wire::connect(coordinator, &config.session, Some(port), Instant::now()).await;
+        let outcome = wire::connect(coordinator, &config.session, port, Instant::now()).await;
         let session = outcome
             .result
             .with_context(|| format!("connecting to coordinator {coordinator}"))?;

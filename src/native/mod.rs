@@ -131,7 +131,7 @@ pub async fn register(
     key: &NodeKey,
     config: LinkConfig,
 ) -> Result<CoordinatorLink> {
-    CoordinatorLink::connect(node.shared_port(), coordinator, key.clone(), config)
+    CoordinatorLink::connect(Some(node.shared_port()), coordinator, key.clone(), config)
         .await
         .with_context(|| format!("registering with coordinator {coordinator}"))
 }

@@ -1,0 +1,172 @@
+//! `bitpunch lab scale`: what a coordinator costs. A coordinator runs as a
+//! child process pinned to one core; this process opens N registered client
+//! sessions to it (BIP324, from ephemeral ports on loopback), reads the
+//! child's resident memory before and after, and then has half the clients
+//! ask for the other half as fast as the coordinator answers.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::identity::NodeKey;
+use crate::native::client::{CoordinatorLink, LinkConfig};
+use crate::native::machine::ClientConfig;
+use crate::wire::{Network, SessionConfig};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleRecord {
+    pub clients: usize,
+    pub rss_idle_kib: u64,
+    pub rss_loaded_kib: u64,
+    pub kib_per_registration: f64,
+    pub coordinations: u64,
+    pub seconds: f64,
+    pub coordinations_per_second: f64,
+    pub coordinator_cores: usize,
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+struct Coordinator(Child);
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, SocketAddr)> {
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args([
+            "coordinator",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--network",
+            "regtest",
+            "-q",
+        ])
+        .args(["--requests-per-minute", "100000000", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the coordinator (is taskset installed?)")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )?;
+    let addr = line
+        .trim()
+        .strip_prefix("coordinator listening ")
+        .with_context(|| format!("unexpected coordinator output {line:?}"))?
+        .parse()?;
+    Ok((Coordinator(child), addr))
+}
+
+/// Measures with `clients` registered clients and `seconds` of requests.
+pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Result<ScaleRecord> {
+    if clients < 2 {
+        bail!("at least 2 clients");
+    }
+    let (coordinator, addr) = start_coordinator(bin)?;
+    let pid = coordinator.0.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = rss_kib(pid)?;
+    let mut session = SessionConfig::new(Network::Regtest);
+    session.handshake_timeout = Duration::from_secs(60);
+    // Every client is on 127.0.0.1: lift the per-address reflection limit.
+    let config = LinkConfig {
+        session,
+        client: ClientConfig {
+            orders_per_target_per_minute: usize::MAX,
+            orders_per_minute: usize::MAX,
+            ..Default::default()
+        },
+    };
+    // Open the sessions a few hundred at a time.
+    let mut links = Vec::with_capacity(clients);
+    for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
+        let opened =
+            futures::future::join_all(
+                chunk.iter().map(|_| {
+                    let config = config.clone();
+                    async move {
+                        CoordinatorLink::connect(None, addr, NodeKey::generate(), config).await
+                    }
+                }),
+            )
+            .await;
+        for link in opened {
+            links.push(link.context("registering a client")?);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_loaded = rss_kib(pid)?;
+
+    // Half ask for the other half, each waiting for its order before asking
+    // again: one coordination = a request answered with both orders sent.
+    let half = links.len() / 2;
+    let (requesters, targets) = links.split_at_mut(half);
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut drains = Vec::new();
+    for t in targets.iter_mut() {
+        // Targets get responder orders; nobody punches in this measurement.
+        let mut orders = std::mem::replace(&mut t.orders, tokio::sync::mpsc::channel(1).1);
+        drains.push(tokio::spawn(async move {
+            while orders.recv().await.is_some() {}
+        }));
+    }
+    let started = Instant::now();
+    futures::future::join_all(requesters.iter().zip(targets.iter()).map(|(r, t)| {
+        let done = done.clone();
+        let (handle, target) = (r.handle(), t.id);
+        async move {
+            while Instant::now() < deadline {
+                if handle
+                    .request(target, Duration::from_secs(30))
+                    .await
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for d in drains {
+        d.abort();
+    }
+    let coordinations = done.load(Ordering::Relaxed);
+    drop(links);
+    drop(coordinator);
+    Ok(ScaleRecord {
+        clients,
+        rss_idle_kib: rss_idle,
+        rss_loaded_kib: rss_loaded,
+        kib_per_registration: rss_loaded.saturating_sub(rss_idle) as f64 / clients as f64,
+        coordinations,
+        seconds: elapsed,
+        coordinations_per_second: coordinations as f64 / elapsed,
+        coordinator_cores: 1,
+    })
+}
