@@ -279,6 +279,10 @@ enum LabCommand {
         /// One JSON record per measurement instead of a line.
         #[arg(long)]
         json: bool,
+        /// Measure a relay (memory per held reservation) instead of a
+        /// coordinator.
+        #[arg(long)]
+        relay: bool,
     },
     /// Remove namespaces left by lab runs that are no longer running.
     Cleanup {
@@ -909,8 +913,23 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             clients,
             seconds,
             json,
+            relay,
         } => {
             let bin = std::env::current_exe().context("finding the bitpunch binary")?;
+            if relay {
+                for n in clients {
+                    let r = bitpunch::scale::measure_relay(&bin, n).await?;
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "{:>6} reservations: relay RSS {} KiB idle, {} KiB loaded ({:.1} KiB per reservation); all reserved in {:.1} s",
+                            r.reservations, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_reservation, r.seconds_to_reserve_all
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             for n in clients {
                 let r = bitpunch::scale::measure(&bin, n, seconds).await?;
                 if json {

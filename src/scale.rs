@@ -170,3 +170,115 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
         coordinator_cores: 1,
     })
 }
+
+/// What a relay costs per held reservation: a relay child process pinned to
+/// one core, and `clients` minimal libp2p clients in this process, each
+/// holding one reservation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayScaleRecord {
+    pub reservations: usize,
+    pub rss_idle_kib: u64,
+    pub rss_loaded_kib: u64,
+    pub kib_per_reservation: f64,
+    pub seconds_to_reserve_all: f64,
+}
+
+#[derive(::libp2p::swarm::NetworkBehaviour)]
+struct ReservingClient {
+    relay: ::libp2p::relay::client::Behaviour,
+}
+
+pub async fn measure_relay(bin: &std::path::Path, clients: usize) -> Result<RelayScaleRecord> {
+    use ::libp2p::futures::StreamExt;
+    use ::libp2p::multiaddr::Protocol;
+    let key_dir = std::env::temp_dir().join(format!("bitpunch-scale-{}", std::process::id()));
+    let key_path = key_dir.join("relay.key");
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args([
+            "relay",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-rate-limits",
+            "-q",
+        ])
+        .args(["--max-reservations", &(clients * 2).to_string()])
+        .args(["--key", &key_path.to_string_lossy()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the relay (is taskset installed?)")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )?;
+    let relay = Coordinator(child);
+    let address: ::libp2p::Multiaddr = line
+        .trim()
+        .strip_prefix("relay listening ")
+        .with_context(|| format!("unexpected relay output {line:?}"))?
+        .parse()?;
+    let pid = relay.0.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = rss_kib(pid)?;
+    let reserved = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let mut swarm = ::libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                Default::default(),
+                ::libp2p::noise::Config::new,
+                ::libp2p::yamux::Config::default,
+            )?
+            .with_relay_client(
+                ::libp2p::noise::Config::new,
+                ::libp2p::yamux::Config::default,
+            )?
+            .with_behaviour(|_, relay| ReservingClient { relay })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+            .build();
+        swarm.listen_on(address.clone().with(Protocol::P2pCircuit))?;
+        let reserved = reserved.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let ::libp2p::swarm::SwarmEvent::Behaviour(ReservingClientEvent::Relay(
+                    ::libp2p::relay::client::Event::ReservationReqAccepted {
+                        renewal: false, ..
+                    },
+                )) = swarm.select_next_some().await
+                {
+                    reserved.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (reserved.load(Ordering::Relaxed) as usize) < clients {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {clients} reservations after 120 s",
+                reserved.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_loaded = rss_kib(pid)?;
+    for t in tasks {
+        t.abort();
+    }
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&key_dir);
+    Ok(RelayScaleRecord {
+        reservations: clients,
+        rss_idle_kib: rss_idle,
+        rss_loaded_kib: rss_loaded,
+        kib_per_reservation: rss_loaded.saturating_sub(rss_idle) as f64 / clients as f64,
+        seconds_to_reserve_all: seconds,
+    })
+}

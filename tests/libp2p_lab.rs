@@ -282,3 +282,26 @@ async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
     drop(bob_rt);
     drop(relay_rt);
 }
+
+/// Alice behind a symmetric NAT, Bob behind a full cone: Alice's SYN leaves
+/// from a new port, not the one the relay saw, but Bob's NAT lets it in; the
+/// accept loop gives it to Bob's punch by its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_alice_reaches_a_full_cone_bob() {
+    require_lab!();
+    let lab = bitpunch::scenario::InLab::start(
+        "symmetric".parse().unwrap(),
+        "full-cone".parse().unwrap(),
+        LinkShape::delay_ms(20),
+    )
+    .await
+    .unwrap();
+    for path in [
+        bitpunch::scenario::PathKind::Libp2p,
+        bitpunch::scenario::PathKind::Native,
+    ] {
+        let record = lab.try_path(path).await;
+        assert!(record.ok, "{}", record.to_json());
+        assert_eq!(record.transport, Some(Transport::V2));
+    }
+}

@@ -135,6 +135,24 @@ impl Router {
         self.expected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The punch that claims a connection from `remote`: the one expecting
+    /// exactly that endpoint, or else one expecting another port of the same
+    /// address. The second case is a peer behind an address-and-port-
+    /// dependent NAT: its SYN to us leaves from a new external port, not the
+    /// one the relay or coordinator saw, and still reaches us when our NAT
+    /// (or none) lets it in.
+    fn take_claim(&self, remote: SocketAddr) -> Option<oneshot::Sender<Inbound>> {
+        let mut expected = self.lock_expected();
+        if let Some(exact) = expected.remove(&remote) {
+            return Some(exact);
+        }
+        let same_ip = expected
+            .keys()
+            .find(|k| k.ip() == remote.ip() && !expected[k].is_closed())
+            .copied()?;
+        expected.remove(&same_ip)
+    }
+
     /// Subscribes to a route; a later subscription replaces the earlier one.
     pub fn subscribe(&self, route: Route, capacity: usize) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(capacity);
@@ -191,7 +209,7 @@ impl Router {
             accepted_at,
             counters,
         };
-        if let Some(claim) = self.lock_expected().remove(&remote) {
+        if let Some(claim) = self.take_claim(remote) {
             tracing::debug!(%remote, "inbound connection belongs to a punch in progress");
             if let Err(unclaimed) = claim.send(inbound) {
                 tracing::debug!(remote = %unclaimed.remote, "punch gave up before its connection arrived");
