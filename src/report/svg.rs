@@ -40,7 +40,8 @@ pub fn success_heatmap(records: &[Outcome]) -> String {
     let paths: BTreeSet<PathKind> = cells.keys().map(|(_, _, p)| *p).collect();
     let (cw, ch, label_w, label_h, gap) = (78.0, 30.0, 170.0, 130.0, 40.0);
     let grid_w = cw * bobs.len() as f64;
-    let width = label_w + (grid_w + gap) * paths.len() as f64;
+    // Room on the right for the last grid's slanted column labels.
+    let width = label_w + (grid_w + gap) * paths.len() as f64 + 80.0;
     let height = label_h + ch * alices.len() as f64 + 40.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
