@@ -284,6 +284,11 @@ enum LabCommand {
         #[arg(long)]
         relay: bool,
     },
+    /// Redraw success.svg and latency.svg of a run from its records.jsonl.
+    Plot {
+        /// The run's folder.
+        dir: PathBuf,
+    },
     /// Remove namespaces left by lab runs that are no longer running.
     Cleanup {
         /// Also remove those of runs that are still alive.
@@ -941,6 +946,23 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Plot { dir } => {
+            let records = bitpunch::matrix::read_jsonl(&dir.join("records.jsonl"))?;
+            std::fs::write(
+                dir.join("success.svg"),
+                bitpunch::report::svg::success_heatmap(&records),
+            )?;
+            std::fs::write(
+                dir.join("latency.svg"),
+                bitpunch::report::svg::latency_cdf(&records),
+            )?;
+            println!(
+                "{} records; plots written to {}",
+                records.len(),
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Cleanup { all } => {
