@@ -102,7 +102,7 @@ impl NodeKey {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let key = NodeKey::generate();
-        write_private(&path, &hex::encode(key.keypair.secret_bytes()))?;
+        write_private(&path, hex::encode(key.keypair.secret_bytes()).as_bytes())?;
         Ok(key)
     }
 
@@ -140,7 +140,8 @@ pub fn verify(key: &XOnlyPublicKey, tag: &str, data: &[&[u8]], signature: &[u8; 
 }
 
 #[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Creates `path` (it must not exist) readable by its owner only: for keys.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -149,12 +150,12 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
+    file.write_all(contents)?;
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     std::fs::write(path, contents).with_context(|| format!("creating {}", path.display()))
 }
 

@@ -102,27 +102,8 @@ pub fn load_or_create_keypair(path: &Path) -> Result<identity::Keypair> {
     }
     let key = identity::Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().context("encoding the key")?;
-    write_private(path, &bytes)?;
+    crate::identity::write_private(path, &bytes)?;
     Ok(key)
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("creating {}", path.display()))
 }
 
 pub struct RelayServer {
