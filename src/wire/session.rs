@@ -316,20 +316,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn ping(&mut self, ctx: &StreamContext) -> Result<(), SessionError> {
+        let rtt = self.round_trip().await?;
+        self.report.rtt_ms = Some(rtt.as_micros() as f64 / 1000.0);
+        self.report.t_ms.pong = Some(ms_since(ctx.started, Instant::now()));
+        Ok(())
+    }
+
+    /// One ping/pong with a fresh nonce; pings from the peer meanwhile are
+    /// answered. Bounded by whatever deadline the channel has.
+    async fn round_trip(&mut self) -> Result<Duration, SessionError> {
         let nonce: u64 = rand::random();
         let sent = Instant::now();
         self.send(&NetworkMessage::Ping(nonce), Stage::Ping).await?;
         loop {
             match self.recv(Stage::Ping).await? {
-                Some(NetworkMessage::Pong(n)) if n == nonce => break,
+                Some(NetworkMessage::Pong(n)) if n == nonce => return Ok(sent.elapsed()),
                 Some(other) => self.answer(other, Stage::Ping).await?,
                 None => {}
             }
         }
-        let now = Instant::now();
-        self.report.rtt_ms = Some(ms_since(sent, now));
-        self.report.t_ms.pong = Some(ms_since(ctx.started, now));
-        Ok(())
     }
 
     /// The part of a node's message handling that a session without a chain
@@ -386,19 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub async fn measure_rtt(&mut self, timeout: Duration) -> Result<Duration, SessionError> {
         let deadline = Instant::now() + timeout;
         self.channel.set_deadline(Some((deadline, timeout)));
-        let nonce: u64 = rand::random();
-        let sent = Instant::now();
-        let result = async {
-            self.send(&NetworkMessage::Ping(nonce), Stage::Ping).await?;
-            loop {
-                match self.recv(Stage::Ping).await? {
-                    Some(NetworkMessage::Pong(n)) if n == nonce => return Ok(sent.elapsed()),
-                    Some(other) => self.answer(other, Stage::Ping).await?,
-                    None => {}
-                }
-            }
-        }
-        .await;
+        let result = self.round_trip().await;
         self.channel.set_deadline(None);
         result
     }
