@@ -45,14 +45,6 @@ pub fn time_to_first_message(r: &Outcome) -> Option<f64> {
     r.t_ms.verack.or(r.t_ms.pong)
 }
 
-fn path_of(r: &Outcome) -> PathKind {
-    match r.path {
-        crate::report::Path::Native => PathKind::Native,
-        crate::report::Path::StockDcutr => PathKind::StockDcutr,
-        _ => PathKind::Libp2p,
-    }
-}
-
 /// Runs the matrix; stops early (keeping what was measured) when `stop` is
 /// set. Returns every record, also written to `records.jsonl`.
 pub async fn run(
@@ -134,7 +126,7 @@ pub fn summarize(records: &[Outcome]) -> BTreeMap<(String, String, PathKind), Ce
     for r in records {
         let Some(lab) = &r.lab else { continue };
         cells
-            .entry((lab.nat_alice.clone(), lab.nat_bob.clone(), path_of(r)))
+            .entry((lab.nat_alice.clone(), lab.nat_bob.clone(), PathKind::of(r)))
             .or_default()
             .push(r);
     }
@@ -201,7 +193,7 @@ pub fn summary_markdown(config: &MatrixConfig, records: &[Outcome], complete: bo
     for path in PathKind::ALL {
         let rs: Vec<&Outcome> = records
             .iter()
-            .filter(|r| r.lab.is_some() && path_of(r) == path)
+            .filter(|r| r.lab.is_some() && PathKind::of(r) == path)
             .collect();
         if rs.is_empty() {
             continue;

@@ -47,6 +47,25 @@ pub enum PathKind {
 impl PathKind {
     pub const ALL: [PathKind; 3] = [PathKind::Libp2p, PathKind::Native, PathKind::StockDcutr];
 
+    /// The record path of this kind.
+    pub fn record_path(self) -> crate::report::Path {
+        match self {
+            PathKind::Libp2p => crate::report::Path::Libp2p,
+            PathKind::Native => crate::report::Path::Native,
+            PathKind::StockDcutr => crate::report::Path::StockDcutr,
+        }
+    }
+
+    /// The kind of a record's path (`direct` records count as none of them
+    /// and are reported under libp2p; the matrix never makes them).
+    pub fn of(record: &Outcome) -> PathKind {
+        match record.path {
+            crate::report::Path::Native => PathKind::Native,
+            crate::report::Path::StockDcutr => PathKind::StockDcutr,
+            _ => PathKind::Libp2p,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PathKind::Libp2p => "libp2p",
@@ -325,7 +344,7 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                 Ok(n) => n,
                 Err(e) => {
                     return Outcome::failed(
-                        crate::report::Path::Direct,
+                        path.record_path(),
                         crate::wire::SessionRole::Initiator,
                         crate::wire::Stage::Connect,
                         format!("{e:#}"),
@@ -344,7 +363,7 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                         Ok(n) => Arc::new(n),
                         Err(e) => {
                             return Outcome::failed(
-                                crate::report::Path::Libp2p,
+                                path.record_path(),
                                 crate::wire::SessionRole::Initiator,
                                 crate::wire::Stage::Connect,
                                 format!("{e:#}"),
@@ -385,7 +404,7 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                         }
                         Err(e) => {
                             let mut r = Outcome::failed(
-                                crate::report::Path::Native,
+                                path.record_path(),
                                 crate::wire::SessionRole::Initiator,
                                 crate::wire::Stage::Coordination,
                                 format!("{e:#}"),

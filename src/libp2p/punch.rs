@@ -489,10 +489,7 @@ async fn authenticate(
 ) -> Result<(), SessionError> {
     let err = |e: WireError| SessionError::new(Stage::Auth, e);
     let session_id = session
-        .report
-        .session_id
-        .as_deref()
-        .and_then(|h| hex::decode(h).ok())
+        .session_id()
         .ok_or_else(|| err(WireError::Protocol("no BIP324 session id to sign".into())))?;
     session
         .send_message(&encode_auth(key, &session_id, role))

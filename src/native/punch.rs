@@ -159,12 +159,8 @@ async fn authenticate(
     timeout: Duration,
 ) -> Result<(), SessionError> {
     let err = |e: WireError| SessionError::new(Stage::Auth, e);
-    let session_id: [u8; 32] = session
-        .report
-        .session_id
-        .as_deref()
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| b.try_into().ok())
+    let session_id = session
+        .session_id()
         .ok_or_else(|| err(WireError::Protocol("no BIP324 session id to sign".into())))?;
     let ours = NativeMessage::Auth {
         request: order.request,

@@ -108,12 +108,7 @@ pub fn latency_cdf(records: &[Outcome]) -> String {
     let mut by_path: BTreeMap<PathKind, Vec<f64>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.ok) {
         if let Some(t) = time_to_first_message(r) {
-            let path = match r.path {
-                crate::report::Path::Native => PathKind::Native,
-                crate::report::Path::StockDcutr => PathKind::StockDcutr,
-                _ => PathKind::Libp2p,
-            };
-            by_path.entry(path).or_default().push(t);
+            by_path.entry(PathKind::of(r)).or_default().push(t);
         }
     }
     let max = by_path.values().flatten().cloned().fold(1.0, f64::max);

@@ -396,6 +396,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         result
     }
 
+    /// The BIP324 session id, for v2 sessions.
+    pub fn session_id(&self) -> Option<[u8; 32]> {
+        self.channel.session_id()
+    }
+
     pub async fn send_message(&mut self, msg: &NetworkMessage) -> Result<(), WireError> {
         self.channel.send(msg).await
     }
