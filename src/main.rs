@@ -82,35 +82,42 @@ struct P2pArgs {
     stock_dcutr: bool,
 }
 
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// The shared TCP port (default: the network's port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Listen on this address only (default: every IPv4 and IPv6 address).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Seconds a peer has to finish the handshake.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// A coordinator (HOST:PORT) to register with; prints the
+    /// NODE_ID@COORDINATOR address others connect to.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// A libp2p relay (multiaddr with /p2p/<id>) to hold a reservation
+    /// on (repeatable); prints the circuit address others connect to.
+    #[arg(long)]
+    relay: Vec<Multiaddr>,
+    /// Print one outcome record (JSON line) on stdout for every punch this
+    /// node answers, as `connect --json` does for the side that asks.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    p2p: P2pArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C; with
     /// --coordinator, also be reachable through it and accept punches.
-    Node {
-        #[command(flatten)]
-        net: NetArgs,
-        /// The shared TCP port (default: the network's port).
-        #[arg(long)]
-        port: Option<u16>,
-        /// Listen on this address only (default: every IPv4 and IPv6 address).
-        #[arg(long)]
-        bind: Option<IpAddr>,
-        /// Seconds a peer has to finish the handshake.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-        /// A coordinator (HOST:PORT) to register with; prints the
-        /// NODE_ID@COORDINATOR address others connect to.
-        #[arg(long)]
-        coordinator: Option<String>,
-        /// A libp2p relay (multiaddr with /p2p/<id>) to hold a reservation
-        /// on (repeatable); prints the circuit address others connect to.
-        #[arg(long)]
-        relay: Vec<Multiaddr>,
-        #[command(flatten)]
-        p2p: P2pArgs,
-        #[command(flatten)]
-        data: DataArgs,
-    },
+    Node(NodeArgs),
     /// Open one session to ADDRESS, exchange version/verack/ping, report.
     /// NODE_ID@COORDINATOR punches through NATs first.
     Connect {
@@ -332,16 +339,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
-        Command::Node {
-            net,
-            port,
-            bind,
-            timeout,
-            coordinator,
-            relay,
-            p2p,
-            data,
-        } => run_node(net, port, bind, timeout, coordinator, relay, p2p, data).await,
+        Command::Node(args) => run_node(args).await,
         Command::Connect {
             address,
             net,
@@ -405,17 +403,18 @@ async fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_node(
-    net: NetArgs,
-    port: Option<u16>,
-    bind: Option<IpAddr>,
-    timeout: f64,
-    coordinator: Option<String>,
-    relays: Vec<Multiaddr>,
-    p2p_args: P2pArgs,
-    data: DataArgs,
-) -> anyhow::Result<ExitCode> {
+async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let NodeArgs {
+        net,
+        port,
+        bind,
+        timeout,
+        coordinator,
+        relay: relays,
+        json,
+        p2p: p2p_args,
+        data,
+    } = args;
     for relay in &relays {
         if !relay
             .iter()
@@ -447,6 +446,24 @@ async fn run_node(
         println!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
+    // With --json, every punch this node answers is printed as it ends.
+    let (records, mut printed) = if json {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bitpunch::report::Outcome>(16);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let print_records = async {
+        match printed.as_mut() {
+            Some(rx) => {
+                while let Some(record) = rx.recv().await {
+                    println!("{}", record.to_json());
+                }
+                std::future::pending::<()>().await
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     let relayed = async {
         if relays.is_empty() {
             return std::future::pending::<()>().await;
@@ -487,10 +504,32 @@ async fn run_node(
                     println!("reachable as {circuit}")
                 })
             });
+            let relay_peers: Vec<libp2p::PeerId> =
+                relays.iter().filter_map(p2p::relay_peer).collect();
+            // What stock DCUtR did is reported on stdout, for scripts and
+            // the interop tests: every direct connection to a peer that is
+            // not one of our relays, and DCUtR's own verdict.
             let report = async move {
-                while let Ok(event) = events.recv().await {
-                    if let p2p::swarm::Libp2pEvent::Dcutr { peer, result } = event {
-                        tracing::info!(%peer, ?result, "stock DCUtR finished");
+                loop {
+                    match events.recv().await {
+                        Ok(p2p::swarm::Libp2pEvent::Connected {
+                            peer,
+                            remote,
+                            relayed: false,
+                            ..
+                        }) if !relay_peers.contains(&peer) => {
+                            println!("direct connection {peer} {remote}");
+                        }
+                        Ok(p2p::swarm::Libp2pEvent::Dcutr { peer, result }) => {
+                            tracing::info!(%peer, ?result, "stock DCUtR finished");
+                            match result {
+                                Ok(_) => println!("dcutr ok {peer}"),
+                                Err(e) => println!("dcutr failed {peer}: {e}"),
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
                     }
                 }
             };
@@ -504,13 +543,14 @@ async fn run_node(
         });
         tokio::join!(
             futures::future::join_all(reservations),
-            p2p::serve_relayed(ctx, Duration::from_secs(20 * 60), None)
+            p2p::serve_relayed(ctx, Duration::from_secs(20 * 60), records.clone())
         );
     };
     let Some(coordinator) = coordinator else {
         tokio::select! {
             r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
             () = relayed => {}
+            () = print_records => {}
         }
         tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
@@ -534,7 +574,7 @@ async fn run_node(
                         key.clone(),
                         session.clone(),
                         Duration::from_secs(20 * 60),
-                        None,
+                        records.clone(),
                     )
                     .await;
                     tracing::warn!(%why, "lost the coordinator");
@@ -551,6 +591,7 @@ async fn run_node(
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         () = serve => {}
         () = relayed => {}
+        () = print_records => {}
     }
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)

@@ -4,39 +4,13 @@
 //! another, 20 ms on each NAT's link.
 
 mod common;
+use common::{lines, wait_for};
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use bitpunch::lab::{Lab, LinkShape};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpunch");
-
-/// Lines of a child's stdout, readable with a timeout.
-fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no {prefix:?} line"));
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.trim().to_string();
-        }
-    }
-}
 
 #[test]
 fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {

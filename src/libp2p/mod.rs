@@ -20,6 +20,18 @@ use crate::wire::{SessionRole, Stage};
 use punch::{Libp2pOutcome, Libp2pPunchContext};
 use swarm::Libp2pEvent;
 
+/// The relay's own id in a relay address (`…/p2p/<relay id>`, before any
+/// `/p2p-circuit`).
+pub fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter()
+        .take_while(|p| !matches!(p, Protocol::P2pCircuit))
+        .filter_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
+}
+
 /// The peer id at the end of a circuit address
 /// (`<relay>/p2p-circuit/p2p/<peer>`), if it is one.
 pub fn circuit_peer(addr: &Multiaddr) -> Option<PeerId> {
@@ -139,6 +151,7 @@ pub async fn keep_reservation(
         if let Err(e) = node.listen(listen.clone()).await {
             tracing::warn!(%relay, error = %e, retry_in = ?backoff, "cannot ask for a reservation");
         } else {
+            let mut held = false;
             loop {
                 match events.recv().await {
                     Ok(Libp2pEvent::Reserved {
@@ -148,12 +161,17 @@ pub async fn keep_reservation(
                             on_reserved(&circuit);
                         }
                         tracing::info!(%circuit, renewal, "reservation held");
+                        held = true;
                         backoff = Duration::from_secs(1);
                     }
                     Ok(Libp2pEvent::ReservationLost { relay_addr, reason })
                         if relay_addr == listen =>
                     {
-                        tracing::warn!(%relay, %reason, retry_in = ?backoff, "reservation lost");
+                        if held {
+                            tracing::warn!(%relay, %reason, retry_in = ?backoff, "reservation lost");
+                        } else {
+                            tracing::warn!(%relay, %reason, retry_in = ?backoff, "no reservation");
+                        }
                         break;
                     }
                     Ok(_) => {}

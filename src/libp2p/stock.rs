@@ -51,15 +51,12 @@ pub async fn connect(node: &Libp2pNode, circuit: Multiaddr, timeout: Duration) -
             Ok(Ok(e)) => e,
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
             Ok(Err(_)) | Err(_) => {
-                record.error = Some(match chosen {
-                    None => "stock DCUtR gave no direct connection in time".into(),
-                    Some(_) => "no ping on the direct connection in time".into(),
+                let none = chosen.is_none() && direct.is_empty();
+                record.error = Some(match none {
+                    true => "stock DCUtR gave no direct connection in time".into(),
+                    false => "no ping on the direct connection in time".into(),
                 });
-                record.failed_at = Some(if chosen.is_none() {
-                    Stage::Punch
-                } else {
-                    Stage::Ping
-                });
+                record.failed_at = Some(if none { Stage::Punch } else { Stage::Ping });
                 return record;
             }
         };
@@ -74,17 +71,23 @@ pub async fn connect(node: &Libp2pNode, circuit: Multiaddr, timeout: Duration) -
             }
             Libp2pEvent::Dcutr { peer: p, result } if p == peer => match result {
                 Ok(connection) => chosen = Some(connection),
-                Err(e) => {
+                // Our own dials may fail while the peer's reached us (a
+                // js-libp2p peer dials from a fresh port, or upgrades
+                // unilaterally): a direct connection is what counts.
+                Err(e) if direct.is_empty() => {
                     record.error = Some(e);
                     record.failed_at = Some(Stage::Punch);
                     return record;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "DCUtR failed, a direct connection exists")
                 }
             },
             Libp2pEvent::Pinged {
                 peer: p,
                 connection,
                 rtt,
-            } if p == peer && Some(connection) == chosen => {
+            } if p == peer && (Some(connection) == chosen || direct.contains_key(&connection)) => {
                 let now = Instant::now();
                 let (up, remote) = direct
                     .get(&connection)

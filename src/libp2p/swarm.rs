@@ -343,7 +343,7 @@ async fn drive(
                 }
                 SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                     if let Some(addr) = relay_listeners.remove(&listener_id) {
-                        let reason = match reason { Ok(()) => "closed".to_string(), Err(e) => e.to_string() };
+                        let reason = match reason { Ok(()) => "closed".to_string(), Err(e) => error_chain(&e) };
                         let _ = events.send(Libp2pEvent::ReservationLost { relay_addr: addr, reason });
                     }
                 }
@@ -381,4 +381,21 @@ async fn drive(
             }
         }
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`: rust-libp2p's relay
+/// client says only "Failed to get Reservation" at the top, and why (refused,
+/// resource limit exceeded, ...) one or two levels down.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string().trim_end_matches('.').to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string().trim_end_matches('.').to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use bitpunch::node::{Node, NodeConfig};
@@ -31,4 +33,30 @@ pub fn node_on(ip: IpAddr, port: u16) -> Node {
     config.bind_ip = Some(ip);
     config.port = port;
     Node::start(config).expect("bind the node's port")
+}
+
+/// Lines of a child's stdout, readable with a timeout.
+pub fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The rest of the first line starting with `prefix` (20 s at most).
+pub fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {prefix:?} line"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+    }
 }
