@@ -290,6 +290,11 @@ enum LabCommand {
         /// coordinator.
         #[arg(long)]
         relay: bool,
+        /// Measure another relay: "PROGRAM ARGS..." (split at spaces), to
+        /// which the listen address is appended, e.g. "interop/js/node_modules/
+        /// .bin/node interop/js/relay.mjs"; implies --relay.
+        #[arg(long, value_name = "COMMAND")]
+        relay_command: Option<String>,
     },
     /// Redraw success.svg and latency.svg of a run from its records.jsonl.
     Plot {
@@ -960,11 +965,19 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             seconds,
             json,
             relay,
+            relay_command,
         } => {
             let bin = std::env::current_exe().context("finding the bitpunch binary")?;
-            if relay {
+            if relay || relay_command.is_some() {
                 for n in clients {
-                    let r = bitpunch::scale::measure_relay(&bin, n).await?;
+                    let argv: Option<Vec<String>> = relay_command
+                        .as_ref()
+                        .map(|c| c.split_whitespace().map(String::from).collect());
+                    let under_test = match &argv {
+                        Some(argv) => bitpunch::scale::RelayUnderTest::Command(argv),
+                        None => bitpunch::scale::RelayUnderTest::Bitpunch(&bin),
+                    };
+                    let r = bitpunch::scale::measure_relay(under_test, n).await?;
                     if json {
                         println!("{}", serde_json::to_string(&r)?);
                     } else {

@@ -188,23 +188,50 @@ struct ReservingClient {
     relay: ::libp2p::relay::client::Behaviour,
 }
 
-pub async fn measure_relay(bin: &std::path::Path, clients: usize) -> Result<RelayScaleRecord> {
+/// Which relay to measure: ours, or another implementation's server run as
+/// `PROGRAM ARGS... /ip4/127.0.0.1/tcp/0` that prints `relay listening
+/// <addr>/p2p/<id>` and reads its reservation limit from
+/// `RELAY_MAX_RESERVATIONS` (the interop relays in `interop/` do).
+pub enum RelayUnderTest<'a> {
+    Bitpunch(&'a std::path::Path),
+    Command(&'a [String]),
+}
+
+pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<RelayScaleRecord> {
     use ::libp2p::futures::StreamExt;
     use ::libp2p::multiaddr::Protocol;
     let key_dir = std::env::temp_dir().join(format!("bitpunch-scale-{}", std::process::id()));
     let key_path = key_dir.join("relay.key");
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(bin)
-        .args([
-            "relay",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-rate-limits",
-            "-q",
-        ])
-        .args(["--max-reservations", &(clients * 2).to_string()])
-        .args(["--key", &key_path.to_string_lossy()])
+    let mut command = Command::new("taskset");
+    command.args(["-c", "0"]);
+    let limit = (clients * 2).to_string();
+    match relay {
+        RelayUnderTest::Bitpunch(bin) => {
+            command
+                .arg(bin)
+                .args([
+                    "relay",
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--no-rate-limits",
+                    "-q",
+                ])
+                .args(["--max-reservations", &limit])
+                .args(["--key", &key_path.to_string_lossy()]);
+        }
+        RelayUnderTest::Command(argv) => {
+            let (program, args) = argv.split_first().context("an empty relay command")?;
+            command
+                .arg(program)
+                .args(args)
+                .arg("/ip4/127.0.0.1/tcp/0")
+                .env("RELAY_MAX_RESERVATIONS", &limit)
+                // The js relay's connection manager caps connections and
+                // their rate; a load test on one address needs both lifted.
+                .env("RELAY_MAX_CONNECTIONS", &limit);
+        }
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -9,6 +9,10 @@
 //   RELAY_RESERVATION_TTL_MS  how long a reservation lasts (default 2 h)
 //   RELAY_DURATION_LIMIT_MS   per-circuit duration limit (default 2 min)
 //   RELAY_DATA_LIMIT_BYTES    per-circuit data limit (default 128 KiB)
+//   RELAY_MAX_CONNECTIONS     connections at once (default 300); also lifts
+//                             the per-host inbound rate (default 5/s) and
+//                             pending upgrades (default 10) to this number,
+//                             for load tests from one address
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
@@ -30,8 +34,16 @@ function envNumber (name) {
 
 const listen = process.argv[2] ?? '/ip4/0.0.0.0/tcp/4001'
 const dataLimit = envNumber('RELAY_DATA_LIMIT_BYTES')
+const maxConnections = envNumber('RELAY_MAX_CONNECTIONS')
 const node = await createLibp2p({
   addresses: { listen: [listen] },
+  connectionManager: maxConnections == null
+    ? {}
+    : {
+        maxConnections,
+        inboundConnectionThreshold: maxConnections,
+        maxIncomingPendingConnections: maxConnections
+      },
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
