@@ -82,19 +82,28 @@ struct P2pArgs {
     stock_dcutr: bool,
 }
 
-#[derive(Args)]
-struct NodeArgs {
+/// Where a listening role (node, coordinator) listens, and how long a peer
+/// has to finish its handshake.
+#[derive(Args, Clone)]
+struct ListenArgs {
     #[command(flatten)]
     net: NetArgs,
-    /// The shared TCP port (default: the network's port).
+    /// The TCP port, shared by everything the role does (default: the
+    /// network's port).
     #[arg(long)]
     port: Option<u16>,
     /// Listen on this address only (default: every IPv4 and IPv6 address).
     #[arg(long)]
     bind: Option<IpAddr>,
-    /// Seconds a peer has to finish the handshake.
+    /// Seconds an inbound peer has to finish the handshake.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
     /// A coordinator (HOST:PORT) to register with; prints the
     /// NODE_ID@COORDINATOR address others connect to.
     #[arg(long)]
@@ -171,16 +180,7 @@ enum Command {
     /// Offer hole-punch coordination (the native path) on a reachable port.
     Coordinator {
         #[command(flatten)]
-        net: NetArgs,
-        /// The TCP port (default: the network's port).
-        #[arg(long)]
-        port: Option<u16>,
-        /// Listen on this address only (default: every IPv4 and IPv6 address).
-        #[arg(long)]
-        bind: Option<IpAddr>,
-        /// Seconds a client has to finish the handshake.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        listen: ListenArgs,
         /// Connect requests one client may make per minute.
         #[arg(long, default_value_t = 30)]
         requests_per_minute: usize,
@@ -384,12 +384,9 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Coordinator {
-            net,
-            port,
-            bind,
-            timeout,
+            listen,
             requests_per_minute,
-        } => run_coordinator(net, port, bind, timeout, requests_per_minute).await,
+        } => run_coordinator(listen, requests_per_minute).await,
         Command::Lab { command } => run_lab(command).await,
         Command::Demo {
             nat,
@@ -410,10 +407,13 @@ async fn main() -> ExitCode {
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let NodeArgs {
-        net,
-        port,
-        bind,
-        timeout,
+        listen:
+            ListenArgs {
+                net,
+                port,
+                bind,
+                timeout,
+            },
         coordinator,
         relay: relays,
         json,
@@ -641,12 +641,15 @@ fn resolve_one(
 }
 
 async fn run_coordinator(
-    net: NetArgs,
-    port: Option<u16>,
-    bind: Option<IpAddr>,
-    timeout: f64,
+    listen: ListenArgs,
     requests_per_minute: usize,
 ) -> anyhow::Result<ExitCode> {
+    let ListenArgs {
+        net,
+        port,
+        bind,
+        timeout,
+    } = listen;
     let mut config = coordinator::CoordinatorServerConfig::new(session_config(&net, timeout)?);
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;

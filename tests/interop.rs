@@ -150,6 +150,32 @@ fn run_in(host: &Host, program: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), stdout)
 }
 
+/// `bitpunch connect ADDRESS --json` from `host`, to the end: whether it
+/// succeeded, and its outcome record.
+fn connect_from(
+    host: &Host,
+    address: &str,
+    extra: &[&str],
+    dirs: &DataDirs,
+) -> (bool, serde_json::Value) {
+    // Not the host's node directory: a node there may still be running
+    // with that key.
+    let dir = dirs.get(&format!("{}-connect", host.name));
+    let mut args = vec![
+        "connect",
+        address,
+        "--network",
+        "regtest",
+        "--json",
+        "--data-dir",
+        &dir,
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout) = run_in(host, BIN, &args);
+    (ok, json_line(&stdout))
+}
+
 fn json_line(text: &str) -> serde_json::Value {
     let line = text
         .lines()
@@ -176,23 +202,8 @@ fn libp2p_path_through_a_foreign_relay(which: Relay, test: &str) {
     let relay = start_relay(&mut lab, &relay_host, which, &dirs);
     let (bob_out, circuit) = bitpunch_node(&mut lab, &bob, &relay, &[], &dirs);
 
-    let alice_dir = dirs.get("alice");
-    let (ok, stdout) = run_in(
-        &alice,
-        BIN,
-        &[
-            "connect",
-            &circuit,
-            "--network",
-            "regtest",
-            "--json",
-            "--data-dir",
-            &alice_dir,
-            "-q",
-        ],
-    );
-    assert!(ok, "{stdout}");
-    let alice_record = json_line(&stdout);
+    let (ok, alice_record) = connect_from(&alice, &circuit, &[], &dirs);
+    assert!(ok, "{alice_record}");
     assert_eq!(alice_record["path"], "libp2p");
     assert_eq!(alice_record["ok"], true, "{alice_record}");
     assert_eq!(alice_record["transport"], "v2");
@@ -342,23 +353,7 @@ fn js_dcutr_and_our_stock_dcutr_reach_a_direct_connection_both_ways() {
     );
     let js_id = wait_for(&js_out, "peer id ");
     let js_circuit = wait_for(&js_out, "reachable as ");
-    let dir = dirs.get("dialer");
-    let (ok, stdout) = run_in(
-        &our_host,
-        BIN,
-        &[
-            "connect",
-            &js_circuit,
-            "--stock-dcutr",
-            "--network",
-            "regtest",
-            "--json",
-            "--data-dir",
-            &dir,
-            "-q",
-        ],
-    );
-    let record = json_line(&stdout);
+    let (ok, record) = connect_from(&our_host, &js_circuit, &["--stock-dcutr"], &dirs);
     assert!(ok, "{record}");
     assert_eq!(record["path"], "stock-dcutr");
     assert_eq!(record["ok"], true, "{record}");
