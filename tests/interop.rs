@@ -103,17 +103,19 @@ enum Relay {
     Bitpunch,
 }
 
-/// `bitpunch node` behind a NAT holding a reservation on `relay`; returns
-/// its stdout lines and its circuit address.
-fn bitpunch_node(
+/// `bitpunch node --relay RELAY --json` on `host`; its stdout lines, and
+/// with `log` its log (stderr, warnings and up) mixed in.
+fn spawn_node(
     lab: &mut Lab,
     host: &Host,
     relay: &str,
     extra: &[&str],
     dirs: &DataDirs,
-) -> (mpsc::Receiver<String>, String) {
+    log: bool,
+) -> mpsc::Receiver<String> {
     let dir = dirs.get(&host.name);
     let mut args = vec![
+        BIN,
         "node",
         "--port",
         "18444",
@@ -127,7 +129,25 @@ fn bitpunch_node(
         "-q",
     ];
     args.extend_from_slice(extra);
-    let out = lines(lab.spawn(host, BIN, &args).unwrap());
+    if log {
+        args.retain(|a| *a != "-q");
+        let mut wrapped = vec!["-c", "exec \"$@\" 2>&1", "sh"];
+        wrapped.extend_from_slice(&args);
+        return lines(lab.spawn(host, "sh", &wrapped).unwrap());
+    }
+    lines(lab.spawn(host, BIN, &args[1..]).unwrap())
+}
+
+/// `bitpunch node` behind a NAT holding a reservation on `relay`; returns
+/// its stdout lines and its circuit address.
+fn bitpunch_node(
+    lab: &mut Lab,
+    host: &Host,
+    relay: &str,
+    extra: &[&str],
+    dirs: &DataDirs,
+) -> (mpsc::Receiver<String>, String) {
+    let out = spawn_node(lab, host, relay, extra, dirs, false);
     let circuit = wait_for(&out, "reachable as ");
     assert!(circuit.starts_with(relay), "{circuit} is not on {relay}");
     (out, circuit)
@@ -415,23 +435,8 @@ fn a_full_relay_refuses_and_we_back_off() {
     // Alice takes the one slot.
     let _alice = bitpunch_node(&mut lab, &t.alice, &relay, &[], &dirs);
 
-    let dir = dirs.get("bob");
-    let node = [
-        BIN,
-        "node",
-        "--port",
-        "18444",
-        "--network",
-        "regtest",
-        "--relay",
-        &relay,
-        "--data-dir",
-        &dir,
-    ];
-    // Both streams into one pipe: the refusal is a log line (stderr).
-    let mut args = vec!["-c", "exec \"$@\" 2>&1", "sh"];
-    args.extend_from_slice(&node);
-    let out = lines(lab.spawn(&t.bob, "sh", &args).unwrap());
+    // The refusal is a log line: Bob's log is mixed into what we read.
+    let out = spawn_node(&mut lab, &t.bob, &relay, &[], &dirs, true);
     let watch = Duration::from_secs(9);
     let started = Instant::now();
     let mut refusals = Vec::new();
