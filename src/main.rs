@@ -280,7 +280,8 @@ enum LabCommand {
         /// Registered clients (repeatable: one measurement each).
         #[arg(long, default_values_t = [1000usize, 10000])]
         clients: Vec<usize>,
-        /// Seconds of requests for the rate.
+        /// Seconds of requests for the rate (coordinations, or circuits
+        /// through the relay).
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
         /// One JSON record per measurement instead of a line.
@@ -980,13 +981,14 @@ async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
                         Some(argv) => bitpunch::scale::RelayUnderTest::Command(argv),
                         None => bitpunch::scale::RelayUnderTest::Bitpunch(&bin),
                     };
-                    let r = bitpunch::scale::measure_relay(under_test, n).await?;
+                    let r = bitpunch::scale::measure_relay(under_test, n, seconds).await?;
                     if json {
                         println!("{}", serde_json::to_string(&r)?);
                     } else {
                         println!(
-                            "{:>6} reservations: relay RSS {} KiB idle, {} KiB loaded ({:.1} KiB per reservation); all reserved in {:.1} s",
-                            r.reservations, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_reservation, r.seconds_to_reserve_all
+                            "{:>6} reservations: relay RSS {} KiB idle, {} KiB loaded ({:.1} KiB per reservation); all reserved in {:.1} s; {} circuits in {:.1} s ({:.0}/s, {:.0} per relay CPU second; {} failed)",
+                            r.reservations, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_reservation, r.seconds_to_reserve_all,
+                            r.circuits, r.circuit_seconds, r.circuits_per_second, r.circuits_per_relay_cpu_second, r.circuit_failures
                         );
                     }
                 }

@@ -181,6 +181,39 @@ pub struct RelayScaleRecord {
     pub rss_loaded_kib: u64,
     pub kib_per_reservation: f64,
     pub seconds_to_reserve_all: f64,
+    /// Circuits opened (dialer and listener connected through the relay,
+    /// Noise and Yamux done) while half the clients dialed the other half,
+    /// one circuit at a time each, for `circuit_seconds`.
+    pub circuits: u64,
+    pub circuit_failures: u64,
+    pub circuit_seconds: f64,
+    pub circuits_per_second: f64,
+    /// The relay's CPU time (user + system) in that window, and circuits per
+    /// second of it: the relay's capacity on one core, whatever the clients'
+    /// own share of the machine was.
+    pub relay_cpu_seconds: f64,
+    pub circuits_per_relay_cpu_second: f64,
+}
+
+/// User + system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .context("no CPU times in /proc stat")
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 #[derive(::libp2p::swarm::NetworkBehaviour)]
@@ -197,7 +230,11 @@ pub enum RelayUnderTest<'a> {
     Command(&'a [String]),
 }
 
-pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<RelayScaleRecord> {
+pub async fn measure_relay(
+    relay: RelayUnderTest<'_>,
+    clients: usize,
+    seconds: f64,
+) -> Result<RelayScaleRecord> {
     use ::libp2p::futures::StreamExt;
     use ::libp2p::multiaddr::Protocol;
     let key_dir = std::env::temp_dir().join(format!("bitpunch-scale-{}", std::process::id()));
@@ -217,6 +254,7 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
                     "-q",
                 ])
                 .args(["--max-reservations", &limit])
+                .args(["--max-circuits", &limit])
                 .args(["--key", &key_path.to_string_lossy()]);
         }
         RelayUnderTest::Command(argv) => {
@@ -226,6 +264,7 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
                 .args(args)
                 .arg("/ip4/127.0.0.1/tcp/0")
                 .env("RELAY_MAX_RESERVATIONS", &limit)
+                .env("RELAY_MAX_CIRCUITS", &limit)
                 // The js relay's connection manager caps connections and
                 // their rate; a load test on one address needs both lifted.
                 .env("RELAY_MAX_CONNECTIONS", &limit);
@@ -251,8 +290,11 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_kib(pid)?;
     let reserved = Arc::new(AtomicU64::new(0));
+    let circuits = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let (dial_tx, dial_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
+    let mut swarms = Vec::with_capacity(clients);
     for _ in 0..clients {
         let mut swarm = ::libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
@@ -269,16 +311,53 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
             .build();
         swarm.listen_on(address.clone().with(Protocol::P2pCircuit))?;
-        let reserved = reserved.clone();
+        swarms.push(swarm);
+    }
+    // The first half dials the second half, client i to client half + i.
+    let ids: Vec<::libp2p::PeerId> = swarms.iter().map(|s| *s.local_peer_id()).collect();
+    let half = clients / 2;
+    let mut tasks = Vec::with_capacity(clients);
+    for (i, mut swarm) in swarms.into_iter().enumerate() {
+        let target = (i < half).then(|| ids[half + i]);
+        let circuit = target.map(|t| {
+            address
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(t))
+        });
+        let (reserved, circuits, failures) = (reserved.clone(), circuits.clone(), failures.clone());
+        let mut dial = dial_rx.clone();
         tasks.push(tokio::spawn(async move {
+            use ::libp2p::swarm::SwarmEvent;
+            let mut in_flight = false;
             loop {
-                if let ::libp2p::swarm::SwarmEvent::Behaviour(ReservingClientEvent::Relay(
-                    ::libp2p::relay::client::Event::ReservationReqAccepted {
-                        renewal: false, ..
+                tokio::select! {
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::Behaviour(ReservingClientEvent::Relay(
+                            ::libp2p::relay::client::Event::ReservationReqAccepted {
+                                renewal: false, ..
+                            },
+                        )) => {
+                            reserved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } if Some(peer_id) == target => {
+                            circuits.fetch_add(1, Ordering::Relaxed);
+                            let _ = swarm.disconnect_peer_id(peer_id);
+                        }
+                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
+                            if Some(peer_id) == target => in_flight = false,
+                        SwarmEvent::OutgoingConnectionError { peer_id, .. } if peer_id == target => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            in_flight = false;
+                        }
+                        _ => {}
                     },
-                )) = swarm.select_next_some().await
-                {
-                    reserved.fetch_add(1, Ordering::Relaxed);
+                    Ok(()) = dial.changed(), if target.is_some() => {}
+                }
+                if let Some(circuit) = &circuit {
+                    if *dial.borrow() && !in_flight && swarm.dial(circuit.clone()).is_ok() {
+                        in_flight = true;
+                    }
                 }
             }
         }));
@@ -293,9 +372,18 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds_to_reserve_all = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_loaded = rss_kib(pid)?;
+
+    let cpu_before = cpu_seconds(pid)?;
+    let window = Instant::now();
+    let _ = dial_tx.send(true);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let circuit_count = circuits.load(Ordering::Relaxed);
+    let circuit_seconds = window.elapsed().as_secs_f64();
+    let relay_cpu_seconds = cpu_seconds(pid)? - cpu_before;
+    let _ = dial_tx.send(false);
     for t in tasks {
         t.abort();
     }
@@ -306,6 +394,12 @@ pub async fn measure_relay(relay: RelayUnderTest<'_>, clients: usize) -> Result<
         rss_idle_kib: rss_idle,
         rss_loaded_kib: rss_loaded,
         kib_per_reservation: rss_loaded.saturating_sub(rss_idle) as f64 / clients as f64,
-        seconds_to_reserve_all: seconds,
+        seconds_to_reserve_all,
+        circuits: circuit_count,
+        circuit_failures: failures.load(Ordering::Relaxed),
+        circuit_seconds,
+        circuits_per_second: circuit_count as f64 / circuit_seconds,
+        relay_cpu_seconds,
+        circuits_per_relay_cpu_second: circuit_count as f64 / relay_cpu_seconds.max(0.01),
     })
 }
