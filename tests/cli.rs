@@ -304,3 +304,31 @@ fn lab_scale_measures_a_coordinator_under_registered_clients() {
     assert!(record["rss_loaded_kib"].as_u64().unwrap() >= record["rss_idle_kib"].as_u64().unwrap());
     assert!(record["coordinations"].as_u64().unwrap() > 0, "{record}");
 }
+
+#[test]
+fn lab_scale_relay_holds_every_reservation_and_relays_circuits() {
+    let out = bitpunch()
+        .args([
+            "lab",
+            "scale",
+            "--relay",
+            "--clients",
+            "20",
+            "--seconds",
+            "1",
+            "--json",
+            "-q",
+        ])
+        .output()
+        .expect("run lab scale --relay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    assert_eq!(record["reservations"], 20);
+    // Ten dialers, one circuit at a time each, through our relay.
+    assert!(record["circuits"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!(record["circuit_failures"], 0, "{record}");
+}

@@ -1,9 +1,10 @@
-//! Interop with libp2p implementations we did not write, in the NAT lab
-//! (root only; skips loudly elsewhere): js-libp2p's and py-libp2p's circuit
-//! relay v2 servers, js-libp2p peers on our relay, and js-libp2p's DCUtR
-//! against rust-libp2p's in our `--stock-dcutr` mode. The js and py
-//! packages are installed by `bash interop/run install` (scripts/setup runs
-//! it); without them these tests fail and say how to install them.
+//! Interop with libp2p implementations we did not write: js-libp2p's and
+//! py-libp2p's circuit relay v2 servers, js-libp2p peers on our relay, and
+//! js-libp2p's DCUtR against rust-libp2p's in our `--stock-dcutr` mode — in
+//! the NAT lab (root only; skips loudly elsewhere) — and the js and py relays
+//! under `lab scale`'s load on loopback. The js and py packages are installed
+//! by `bash interop/run install` (scripts/setup runs it); without them these
+//! tests fail and say how to install them.
 
 mod common;
 use common::{lines, wait_for};
@@ -474,4 +475,32 @@ fn a_full_relay_refuses_and_we_back_off() {
         "{refusals:#?}"
     );
     drop(lab);
+}
+
+/// The js and py relays under `bitpunch lab scale`'s load (loopback, no lab
+/// needed): every reservation is held and circuits go through. The figures
+/// themselves are in docs/interop.md, not asserted.
+#[test]
+fn js_and_py_relays_hold_reservations_and_relay_circuits_under_load() {
+    for command in [
+        format!("{} {}", node_bin(), script("js/relay.mjs")),
+        format!("{} {}", python_bin(), script("py/relay.py")),
+    ] {
+        let out = Command::new(BIN)
+            .args(["lab", "scale", "--relay-command", &command])
+            .args(["--clients", "20", "--seconds", "1", "--json", "-q"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(record["reservations"], 20, "{command}");
+        assert!(
+            record["circuits"].as_u64().unwrap() > 0,
+            "{command}: {record}"
+        );
+    }
 }
