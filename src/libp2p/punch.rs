@@ -187,7 +187,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
     };
     let (punched, candidates, coordinated) = punched;
     let attempts = machine.round();
-    let out = upgrade(
+    upgrade(
         ctx,
         punched,
         role,
@@ -199,9 +199,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
         attempts,
         bytes,
     )
-    .await;
-    ctx.libp2p.disconnect(peer).await;
-    out
+    .await
 }
 
 /// A's side: we dialed `peer` through `via`; wait for its exchange, punch,
@@ -303,7 +301,7 @@ pub async fn respond(
         }
     };
     let (punched, candidates, coordinated) = punched;
-    let out = upgrade(
+    upgrade(
         ctx,
         punched,
         role,
@@ -315,9 +313,7 @@ pub async fn respond(
         rounds,
         bytes,
     )
-    .await;
-    ctx.libp2p.disconnect(peer).await;
-    out
+    .await
 }
 
 /// One attempt of the punch engine: each exchange round is one attempt,
@@ -346,6 +342,8 @@ async fn punch_once(
     .await
 }
 
+/// BIP324, version/verack/ping and the identity proof on the punched
+/// connection; then the relayed connection is closed.
 #[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &Libp2pPunchContext,
@@ -409,6 +407,9 @@ async fn upgrade(
     record.t_ms.first_syn = punched.first_syn.and_then(|t| ms(asked, t));
     record.bytes.coordination = coordination_bytes;
     record.bytes.direct = counters.total();
+    // The relayed connection has done its job, whatever became of the
+    // session: nothing else runs over it.
+    ctx.libp2p.disconnect(peer).await;
     Libp2pOutcome { record, session }
 }
 
