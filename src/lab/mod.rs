@@ -131,10 +131,6 @@ impl Lab {
         &self.inet
     }
 
-    pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
-    }
-
     fn add_namespace(&mut self, ns: &str) -> Result<()> {
         netns::run("ip", &["netns", "add", ns])?;
         self.namespaces.push(ns.to_string());

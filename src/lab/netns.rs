@@ -117,10 +117,6 @@ impl NsRuntime {
         })
     }
 
-    pub fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
-    }
-
     /// Runs `fut` in the namespace and waits for its result.
     pub async fn run<F>(&self, fut: F) -> F::Output
     where
