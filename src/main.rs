@@ -116,6 +116,13 @@ struct NodeArgs {
     /// node answers, as `connect --json` does for the side that asks.
     #[arg(long)]
     json: bool,
+    /// Reflection limit: punch orders from the coordinator this node follows
+    /// per peer IP address per minute (each fires up to 3 SYNs there).
+    #[arg(long, default_value_t = 6)]
+    orders_per_peer_per_minute: usize,
+    /// Punch orders this node follows per minute in all.
+    #[arg(long, default_value_t = 30)]
+    orders_per_minute: usize,
     #[command(flatten)]
     p2p: P2pArgs,
     #[command(flatten)]
@@ -418,9 +425,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         coordinator,
         relay: relays,
         json,
+        orders_per_peer_per_minute,
+        orders_per_minute,
         p2p: p2p_args,
         data,
     } = args;
+    let order_limits = machine::ClientConfig {
+        orders_per_target_per_minute: orders_per_peer_per_minute,
+        orders_per_minute,
+        ..Default::default()
+    };
     for relay in &relays {
         if !relay
             .iter()
@@ -567,7 +581,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         loop {
             let link_config = LinkConfig {
                 session: session.clone(),
-                client: machine::ClientConfig::default(),
+                client: order_limits.clone(),
             };
             match native::register(&node, coordinator, &key, link_config).await {
                 Ok(mut link) => {

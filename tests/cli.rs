@@ -219,6 +219,7 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
                 &coord,
                 "--data-dir",
                 bob_dir.to_str().unwrap(),
+                "--json",
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -252,7 +253,61 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
         "direct to Bob's port"
     );
     assert!(record["bytes"]["coordination"].as_u64().unwrap() > 0);
+    // Bob's record of the same punch (--json): the same BIP324 session.
+    let bob_line = format!("{{{}", line_starting(&mut bob_out, "{"));
+    let bob_record: serde_json::Value = serde_json::from_str(&bob_line).unwrap();
+    assert_eq!(bob_record["path"], "native");
+    assert_eq!(bob_record["role"], "responder");
+    assert_eq!(bob_record["session_id"], record["session_id"]);
     drop(bob);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-refuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord = line_starting(&mut out, "coordinator listening ");
+    // Bob follows no orders at all; his log (stderr) says why.
+    let log = data.join("bob.log");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut bob = Running(
+        bitpunch()
+            .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "--orders-per-minute", "0"])
+            .args(["--coordinator", &coord, "--data-dir"])
+            .arg(data.join("bob"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut bob_out = BufReader::new(bob.0.stdout.take().unwrap());
+    let address = line_starting(&mut bob_out, "reachable as ");
+    let out = bitpunch()
+        .args(["connect", &address, "--network", "regtest", "--json", "-q"])
+        .arg("--data-dir")
+        .arg(data.join("alice"))
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{record}");
+    assert_eq!(record["ok"], false, "{record}");
+    drop(bob);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("refused a punch order") && log.contains("rate limit: 0 punches"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
 
