@@ -47,6 +47,13 @@ struct Scenario {
 }
 
 async fn scenario(profile: &str) -> Scenario {
+    // Alice's tries all come from one public address; the default
+    // reflection limit (6 per address per minute) would refuse most.
+    scenario_with(profile, 100).await
+}
+
+/// Bob follows at most `orders` punch orders per minute (per address too).
+async fn scenario_with(profile: &str, orders: usize) -> Scenario {
     let profile: NatProfile = profile.parse().unwrap();
     let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(20)).unwrap();
     let (public, alice, bob) = (t.coordinator, t.alice, t.bob);
@@ -67,11 +74,9 @@ async fn scenario(profile: &str) -> Scenario {
         let node = node(BOB_PORT);
         let key = NodeKey::generate();
         let mut link = loop {
-            // Alice's tries all come from one public address; the default
-            // reflection limit (6 per address per minute) would refuse most.
             let mut config = link_config();
-            config.client.orders_per_target_per_minute = 100;
-            config.client.orders_per_minute = 100;
+            config.client.orders_per_target_per_minute = orders;
+            config.client.orders_per_minute = orders;
             match native::register(&node, coordinator, &key, config).await {
                 Ok(link) => break link,
                 // The coordinator may still be starting.
@@ -172,4 +177,23 @@ async fn symmetric_nats_fail_cleanly_after_the_attempts() {
         "{error}"
     );
     assert_eq!(record.attempts, 3);
+}
+
+/// Bob refuses his order (no orders left): the coordinator tells Alice, who
+/// stops punching into a NAT that will not open instead of using up her
+/// three attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_order_ends_the_requesters_punch() {
+    require_lab!();
+    let s = scenario_with("home", 0).await;
+    let record = tokio::time::timeout(Duration::from_secs(30), alice_connects(&s))
+        .await
+        .expect("a refused punch must not hang");
+    assert!(!record.ok);
+    let error = record.error.clone().unwrap();
+    assert!(
+        error.contains("the peer refused its order (PeerRefused)"),
+        "{}",
+        record.to_json()
+    );
 }

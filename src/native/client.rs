@@ -30,6 +30,16 @@ pub struct LinkConfig {
 /// A punch order and when it arrived (its delay counts from then).
 pub type ReceivedOrder = (PunchOrder, Instant);
 
+/// The answer to our own request: our order, when it arrived, and a
+/// message the coordinator may still send while we punch — the target
+/// refused its order (`hpfail` with reason 6), so there is no one to meet.
+#[derive(Debug)]
+pub struct RequestedOrder {
+    pub order: PunchOrder,
+    pub received: Instant,
+    pub withdrawn: oneshot::Receiver<FailReason>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error("the coordinator refused: {0:?}")]
@@ -43,7 +53,7 @@ pub enum RequestError {
 enum Command {
     Request {
         target: NodeId,
-        reply: oneshot::Sender<Result<ReceivedOrder, RequestError>>,
+        reply: oneshot::Sender<Result<RequestedOrder, RequestError>>,
     },
     Report {
         request: u64,
@@ -113,8 +123,10 @@ impl CoordinatorLink {
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task);
             let mut registered_tx = Some(registered_tx);
-            let mut pending: HashMap<u64, oneshot::Sender<Result<ReceivedOrder, RequestError>>> =
+            let mut pending: HashMap<u64, oneshot::Sender<Result<RequestedOrder, RequestError>>> =
                 HashMap::new();
+            // Our requests that got their order, until the punch is reported.
+            let mut punching: HashMap<u64, oneshot::Sender<FailReason>> = HashMap::new();
             writer.send(&first.to_network()).await?;
             loop {
                 tokio::select! {
@@ -146,7 +158,9 @@ impl CoordinatorLink {
                                 }
                                 ClientEvent::Punch(order) => {
                                     if let Some(reply) = pending.remove(&order.request) {
-                                        let _ = reply.send(Ok((order, now)));
+                                        let (withdraw, withdrawn) = oneshot::channel();
+                                        punching.insert(order.request, withdraw);
+                                        let _ = reply.send(Ok(RequestedOrder { order, received: now, withdrawn }));
                                     } else if orders_tx.try_send((order, now)).is_err() {
                                         tracing::warn!("dropping a punch order: too many waiting");
                                     }
@@ -154,6 +168,8 @@ impl CoordinatorLink {
                                 ClientEvent::RequestFailed { request, reason } => {
                                     if let Some(reply) = pending.remove(&request) {
                                         let _ = reply.send(Err(RequestError::Refused(reason)));
+                                    } else if let Some(withdraw) = punching.remove(&request) {
+                                        let _ = withdraw.send(reason);
                                     }
                                 }
                                 ClientEvent::Refused { request, why } => {
@@ -173,6 +189,7 @@ impl CoordinatorLink {
                             writer.send(&client.request(request, target).to_network()).await?;
                         }
                         Some(Command::Report { request, result }) => {
+                            punching.remove(&request);
                             writer.send(&NativeMessage::Result { request, result }.to_network()).await?;
                         }
                         None => return Ok(()),
@@ -218,7 +235,7 @@ impl CoordinatorLink {
         &self,
         target: NodeId,
         timeout: Duration,
-    ) -> Result<ReceivedOrder, RequestError> {
+    ) -> Result<RequestedOrder, RequestError> {
         self.handle().request(target, timeout).await
     }
 
@@ -256,7 +273,7 @@ impl LinkHandle {
         &self,
         target: NodeId,
         timeout: Duration,
-    ) -> Result<ReceivedOrder, RequestError> {
+    ) -> Result<RequestedOrder, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Request { target, reply })

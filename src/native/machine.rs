@@ -70,6 +70,10 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     peers: HashMap<ConnId, Peer>,
     by_id: HashMap<NodeId, ConnId>,
+    /// Orders sent to targets and not yet reported on, by (target's
+    /// connection, request): who asked, and when. A target that refuses
+    /// its order is reported to the requester, so that it stops punching.
+    open_orders: HashMap<(ConnId, u64), (ConnId, Instant)>,
 }
 
 impl Coordinator {
@@ -156,11 +160,26 @@ impl Coordinator {
                 vec![Send(conn, NativeMessage::Registered { id, observed })]
             }
             NativeMessage::Connect { request, target } => self.connect(now, conn, request, target),
-            NativeMessage::Result { request, result } => vec![Reported {
-                conn,
-                request,
-                result,
-            }],
+            NativeMessage::Result { request, result } => {
+                let mut actions = vec![Reported {
+                    conn,
+                    request,
+                    result,
+                }];
+                let requester = self.open_orders.remove(&(conn, request));
+                if let (Some((requester, _)), PunchResult::Refused) = (requester, result) {
+                    if self.peers.contains_key(&requester) {
+                        actions.push(Send(
+                            requester,
+                            NativeMessage::Fail {
+                                request,
+                                reason: FailReason::PeerRefused,
+                            },
+                        ));
+                    }
+                }
+                actions
+            }
             other @ (NativeMessage::Challenge { .. }
             | NativeMessage::Registered { .. }
             | NativeMessage::Punch { .. }
@@ -225,6 +244,11 @@ impl Coordinator {
         let rtt_t = target_peer.rtt.unwrap_or_default();
         let farthest = rtt_r.max(rtt_t);
         let delay = |own: Duration| ((farthest - own) / 2 + self.config.margin).as_millis() as u32;
+        // Bounded by the request rate: entries older than a minute are
+        // reports that never came.
+        self.open_orders
+            .retain(|_, (_, at)| now.duration_since(*at) < window);
+        self.open_orders.insert((target_conn, request), (conn, now));
         vec![
             Send(
                 conn,
@@ -691,5 +715,55 @@ mod tests {
             )[..],
             [ClientEvent::Punch(_)]
         ));
+    }
+
+    #[test]
+    fn a_targets_refusal_reaches_the_requester_once() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default());
+        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(1, addr("203.0.113.2:1"), None);
+        coord.connected(2, addr("203.0.113.6:2"), None);
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        coord.handle(t0, 1, alice.request(9, bob_id), [0; 32]);
+        let refused = NativeMessage::Result {
+            request: 9,
+            result: PunchResult::Refused,
+        };
+        let actions = coord.handle(t0, 2, refused.clone(), [0; 32]);
+        assert_eq!(
+            actions[1..],
+            [CoordinatorAction::Send(
+                1,
+                NativeMessage::Fail {
+                    request: 9,
+                    reason: FailReason::PeerRefused
+                }
+            )]
+        );
+        // Alice hears it as a failure of her request.
+        let [CoordinatorAction::Send(_, fail)] = &actions[1..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            alice.handle(t0, fail.clone()),
+            vec![ClientEvent::RequestFailed {
+                request: 9,
+                reason: FailReason::PeerRefused
+            }]
+        );
+        // A second report of the same request, or one from the requester,
+        // forwards nothing.
+        assert_eq!(coord.handle(t0, 2, refused.clone(), [0; 32]).len(), 1);
+        assert_eq!(coord.handle(t0, 1, refused, [0; 32]).len(), 1);
+        // A punch that worked is not forwarded either.
+        coord.handle(t0, 1, alice.request(10, bob_id), [0; 32]);
+        let connected = NativeMessage::Result {
+            request: 10,
+            result: PunchResult::Connected,
+        };
+        assert_eq!(coord.handle(t0, 2, connected, [0; 32]).len(), 1);
     }
 }

@@ -46,6 +46,9 @@ pub enum FailReason {
     PeerBusy = 3,
     RateLimited = 4,
     SelfConnect = 5,
+    /// The target refused the order it was sent (its reflection limit, or
+    /// an order it judged invalid): sent after the requester's own order.
+    PeerRefused = 6,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +225,7 @@ impl NativeMessage {
                     3 => FailReason::PeerBusy,
                     4 => FailReason::RateLimited,
                     5 => FailReason::SelfConnect,
+                    6 => FailReason::PeerRefused,
                     other => return Err(r.bad(format!("reason {other}"))),
                 },
             },

@@ -54,7 +54,7 @@ pub async fn connect_via(
     asked: Instant,
 ) -> PunchOutcome {
     let ctx = PunchContext::for_node(node, key, session.clone(), link);
-    let (order, received) = match link.request(target, session.handshake_timeout).await {
+    let requested = match link.request(target, session.handshake_timeout).await {
         Ok(o) => o,
         Err(e) => {
             let mut record = Outcome::failed(
@@ -71,8 +71,35 @@ pub async fn connect_via(
             };
         }
     };
-    let request = order.request;
-    let mut outcome = punch::execute(&ctx, order, asked, received).await;
+    let request = requested.order.request;
+    let peer = requested.order.peer;
+    let withdrawn = async {
+        match requested.withdrawn.await {
+            Ok(reason) => reason,
+            // No word from the coordinator: the punch decides.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let mut outcome = tokio::select! {
+        outcome = punch::execute(&ctx, requested.order, asked, requested.received) => outcome,
+        reason = withdrawn => {
+            // Nobody is dialing back: stop now rather than after three
+            // attempts into a NAT that will not open.
+            let mut record = Outcome::failed(
+                Path::Native,
+                SessionRole::Initiator,
+                Stage::Punch,
+                format!("the coordinator says the peer refused its order ({reason:?}): nobody dials back"),
+            );
+            record.via = Some(link.coordinator.to_string());
+            record.candidates = vec![peer.to_string()];
+            PunchOutcome {
+                record,
+                session: None,
+                result: messages::PunchResult::NoConnection,
+            }
+        }
+    };
     link.report(request, outcome.result).await;
     outcome.record.bytes.coordination = link.bytes();
     outcome
