@@ -299,8 +299,8 @@ enum LabCommand {
         #[arg(long)]
         relay: bool,
         /// Measure another relay: "PROGRAM ARGS..." (split at spaces), to
-        /// which the listen address is appended, e.g. "interop/js/node_modules/
-        /// .bin/node interop/js/relay.mjs"; implies --relay.
+        /// which the listen address is appended; implies --relay. E.g.
+        /// "interop/py/.venv/bin/python interop/py/relay.py".
         #[arg(long, value_name = "COMMAND")]
         relay_command: Option<String>,
     },
