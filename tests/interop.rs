@@ -341,6 +341,16 @@ fn js_dcutr_and_our_stock_dcutr_reach_a_direct_connection_both_ways() {
 
     // js dials us through the relay: our node is the relayed listener.
     let (our_out, circuit) = bitpunch_node(&mut lab, &our_host, &relay, &["--stock-dcutr"], &dirs);
+    // Without the lab switch js-libp2p drops every lab address as private:
+    // the relayed connection works, DCUtR gives nothing.
+    let (_, stdout) = run_in(
+        &js_host,
+        &node,
+        &[&peer, "--dial", &circuit, "--wait-ms", "6000"],
+    );
+    let result = json_line(&stdout);
+    assert_eq!(result["direct"], false, "the switch is needed: {result}");
+    assert!(result["relayed_rtt_ms"].as_f64().is_some(), "{result}");
     let (_, stdout) = run_in(
         &js_host,
         &node,
