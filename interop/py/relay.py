@@ -9,9 +9,10 @@ Limits from the environment (unset: py-libp2p's defaults):
     RELAY_MAX_CIRCUITS        relayed connections at once (default 8)
     RELAY_DURATION_LIMIT_S    per-circuit duration limit (default 3600 s)
     RELAY_DATA_LIMIT_BYTES    per-circuit data limit (default 1 GiB)
-    RELAY_MAX_CONNECTIONS     established inbound connections (default 256,
-                              py-libp2p's resource manager) and pending ones
-                              (default 64), for load tests
+    RELAY_MAX_CONNECTIONS     connections at once (py-libp2p's defaults: the
+                              swarm takes 300 less 50 kept for outbound dials,
+                              the resource manager 256 established inbound and
+                              64 pending), for load tests
 """
 
 import os
@@ -24,6 +25,7 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
 from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
 from libp2p.rcmgr.manager import new_resource_manager
 from libp2p.relay.circuit_v2.config import (
@@ -57,13 +59,16 @@ def env_int(name: str, default: int) -> int:
 async def main(listen: str) -> None:
     key_pair = create_new_key_pair()
     connection_limits = new_connection_limits_with_defaults()
+    connection_config = ConnectionConfig()
     max_connections = env_int("RELAY_MAX_CONNECTIONS", 0)
     if max_connections > 0:
         connection_limits.max_pending_inbound = max_connections
         connection_limits.max_established_inbound = max_connections
         connection_limits.max_established_total = max_connections + 256
+        connection_config.max_connections = max_connections + connection_config.min_connections
     host = new_host(
         resource_manager=new_resource_manager(connection_limits=connection_limits),
+        connection_config=connection_config,
         key_pair=key_pair,
         # Noise and Yamux only: no TLS, secio, plaintext or mplex offered.
         sec_opt={
