@@ -1,5 +1,5 @@
-//! BIP324's official test vectors (../shared/vectors, from the BIP's folder in
-//! the bips repository) against the key derivation and decoding our sessions
+//! BIP324's official test vectors (tests/vectors, copied from the BIP's folder
+//! in the bips repository) against the key derivation and decoding our sessions
 //! use. Packet ciphertexts are covered by the bip324 crate's own tests of the
 //! same vectors (its `test_vector_1..7`); here we check that the public API our
 //! handshake goes through derives the session ids the BIP lists.
@@ -13,7 +13,7 @@ use bitcoin::secp256k1::{PublicKey, SecretKey};
 
 fn vectors(name: &str) -> Vec<HashMap<String, String>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors")
+        .join("tests/vectors")
         .join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("test vectors missing at {}: {e}", path.display()));
