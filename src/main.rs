@@ -467,22 +467,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
     // With --json, every punch this node answers is printed as it ends.
-    let (records, mut printed) = if json {
+    let (records, printed) = if json {
         let (tx, rx) = tokio::sync::mpsc::channel::<bitpunch::report::Outcome>(16);
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
-    let print_records = async {
-        match printed.as_mut() {
-            Some(rx) => {
-                while let Some(record) = rx.recv().await {
-                    println!("{}", record.to_json());
-                }
-                std::future::pending::<()>().await
+    let print_records = async move {
+        if let Some(mut rx) = printed {
+            while let Some(record) = rx.recv().await {
+                println!("{}", record.to_json());
             }
-            None => std::future::pending::<()>().await,
         }
+        std::future::pending::<()>().await
     };
     let relayed = async {
         if relays.is_empty() {
@@ -508,63 +505,29 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
-        let ctx = Libp2pPunchContext {
-            port: node.shared_port().clone(),
-            router: node.router().clone(),
-            libp2p: libp2p.clone(),
-            session: session.clone(),
-            allow_private: p2p_args.allow_private_addrs,
-            dial_delay: std::time::Duration::ZERO,
-        };
-        if p2p_args.stock_dcutr {
-            // rust-libp2p's DCUtR does the work; we only report it.
-            let mut events = libp2p.events();
-            let reservations = relays.iter().map(|r| {
-                p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
-                    println!("reachable as {circuit}")
-                })
-            });
-            let relay_peers: Vec<libp2p::PeerId> =
-                relays.iter().filter_map(p2p::relay_peer).collect();
-            // What stock DCUtR did is reported on stdout, for scripts and
-            // the interop tests: every direct connection to a peer that is
-            // not one of our relays, and DCUtR's own verdict.
-            let report = async move {
-                loop {
-                    match events.recv().await {
-                        Ok(p2p::swarm::Libp2pEvent::Connected {
-                            peer,
-                            remote,
-                            relayed: false,
-                            ..
-                        }) if !relay_peers.contains(&peer) => {
-                            println!("direct connection {peer} {remote}");
-                        }
-                        Ok(p2p::swarm::Libp2pEvent::Dcutr { peer, result }) => {
-                            tracing::info!(%peer, ?result, "stock DCUtR finished");
-                            match result {
-                                Ok(_) => println!("dcutr ok {peer}"),
-                                Err(e) => println!("dcutr failed {peer}: {e}"),
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => return,
-                    }
-                }
-            };
-            tokio::join!(futures::future::join_all(reservations), report);
-            return;
-        }
-        let reservations = relays.iter().map(|r| {
+        let reservations = futures::future::join_all(relays.iter().map(|r| {
             p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
                 println!("reachable as {circuit}")
             })
-        });
-        tokio::join!(
-            futures::future::join_all(reservations),
-            p2p::serve_relayed(ctx, Duration::from_secs(20 * 60), records.clone())
-        );
+        }));
+        let answer = if p2p_args.stock_dcutr {
+            // rust-libp2p's DCUtR does the work; we only report it.
+            let relay_peers = relays.iter().filter_map(p2p::relay_peer).collect();
+            futures::future::Either::Left(report_stock_dcutr(libp2p.events(), relay_peers))
+        } else {
+            let ctx = Libp2pPunchContext::for_node(
+                &node,
+                libp2p.clone(),
+                session.clone(),
+                p2p_args.allow_private_addrs,
+            );
+            futures::future::Either::Right(p2p::serve_relayed(
+                ctx,
+                Duration::from_secs(20 * 60),
+                records.clone(),
+            ))
+        };
+        tokio::join!(reservations, answer);
     };
     let Some(coordinator) = coordinator else {
         tokio::select! {
@@ -615,6 +578,37 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("shutting down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What stock DCUtR did, on stdout for scripts and the interop tests: every
+/// direct connection to a peer that is not one of our relays, and DCUtR's
+/// own verdict.
+async fn report_stock_dcutr(
+    mut events: tokio::sync::broadcast::Receiver<p2p::swarm::Libp2pEvent>,
+    relay_peers: Vec<libp2p::PeerId>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(p2p::swarm::Libp2pEvent::Connected {
+                peer,
+                remote,
+                relayed: false,
+                ..
+            }) if !relay_peers.contains(&peer) => {
+                println!("direct connection {peer} {remote}");
+            }
+            Ok(p2p::swarm::Libp2pEvent::Dcutr { peer, result }) => {
+                tracing::info!(%peer, ?result, "stock DCUtR finished");
+                match result {
+                    Ok(_) => println!("dcutr ok {peer}"),
+                    Err(e) => println!("dcutr failed {peer}: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 async fn run_relay(
@@ -771,14 +765,12 @@ async fn connect_libp2p(
     if p2p_args.stock_dcutr {
         return Ok(p2p::stock::connect(&libp2p, circuit, session.handshake_timeout * 3).await);
     }
-    let ctx = Libp2pPunchContext {
-        port: node.shared_port().clone(),
-        router: node.router().clone(),
-        libp2p: Arc::new(libp2p),
+    let ctx = Libp2pPunchContext::for_node(
+        &node,
+        Arc::new(libp2p),
         session,
-        allow_private: p2p_args.allow_private_addrs,
-        dial_delay: std::time::Duration::ZERO,
-    };
+        p2p_args.allow_private_addrs,
+    );
     Ok(p2p::connect_circuit(&ctx, circuit).await.record)
 }
 

@@ -234,14 +234,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                 bob.shared_port().clone(),
                 bob.router(),
             )?);
-            let ctx = Libp2pPunchContext {
-                port: bob.shared_port().clone(),
-                router: bob.router().clone(),
-                libp2p: libp2p.clone(),
-                session: session(),
-                allow_private,
-                dial_delay: Duration::ZERO,
-            };
+            let ctx = Libp2pPunchContext::for_node(&bob, libp2p.clone(), session(), allow_private);
             let key = NodeKey::generate();
             // Many tries come from one address: lift the reflection limit.
             let link_config = LinkConfig {
@@ -379,14 +372,8 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                         )
                         .await;
                     }
-                    let ctx = Libp2pPunchContext {
-                        port: alice.shared_port().clone(),
-                        router: alice.router().clone(),
-                        libp2p,
-                        session: session(),
-                        allow_private,
-                        dial_delay: Duration::ZERO,
-                    };
+                    let ctx =
+                        Libp2pPunchContext::for_node(&alice, libp2p, session(), allow_private);
                     crate::libp2p::connect_circuit(&ctx, circuit).await.record
                 }
                 PathKind::Native => {

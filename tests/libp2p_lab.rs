@@ -33,14 +33,7 @@ fn context(node: &Node) -> Libp2pPunchContext {
         node.router(),
     )
     .unwrap();
-    Libp2pPunchContext {
-        port: node.shared_port().clone(),
-        router: node.router().clone(),
-        libp2p: Arc::new(libp2p),
-        session: session(),
-        allow_private: false,
-        dial_delay: std::time::Duration::ZERO,
-    }
+    Libp2pPunchContext::for_node(node, Arc::new(libp2p), session(), false)
 }
 
 struct Scenario {

@@ -46,6 +46,24 @@ fn ms(asked: Instant, t: Instant) -> Option<f64> {
 }
 
 impl Libp2pPunchContext {
+    /// Punches from `node`'s shared port, through `libp2p` (which must run
+    /// on that port), dialing as soon as the exchange says.
+    pub fn for_node(
+        node: &crate::node::Node,
+        libp2p: Arc<Libp2pNode>,
+        session: SessionConfig,
+        allow_private: bool,
+    ) -> Self {
+        Libp2pPunchContext {
+            port: node.shared_port().clone(),
+            router: node.router().clone(),
+            libp2p,
+            session,
+            allow_private,
+            dial_delay: Duration::ZERO,
+        }
+    }
+
     /// Our observed addresses worth offering, waiting a little for identify
     /// if none is known yet.
     async fn offer(&self) -> Vec<Multiaddr> {
