@@ -786,27 +786,7 @@ async fn connect_native(
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
-    let link_config = LinkConfig {
-        session: session.clone(),
-        client: machine::ClientConfig::default(),
-    };
-    let asked = Instant::now();
-    let link = match native::register(&node, coordinator, &key, link_config).await {
-        Ok(link) => link,
-        Err(e) => {
-            let mut record = Outcome::failed(
-                Path::Native,
-                SessionRole::Initiator,
-                wire::Stage::Coordination,
-                format!("{e:#}"),
-            );
-            record.via = Some(coordinator.to_string());
-            return Ok(record);
-        }
-    };
-    tracing::info!(id = %link.id, observed = %link.observed, "registered; asking for {peer}");
-    let outcome = native::connect_via(&node, &link, key, session, peer, asked).await;
-    Ok(outcome.record)
+    Ok(native::connect(&node, coordinator, key, session, peer).await)
 }
 
 fn print_summary(r: &Outcome) {

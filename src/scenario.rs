@@ -377,29 +377,8 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                     crate::libp2p::connect_circuit(&ctx, circuit).await.record
                 }
                 PathKind::Native => {
-                    let asked = tokio::time::Instant::now();
                     let key = Arc::new(NodeKey::generate());
-                    let link_config = LinkConfig {
-                        session: session(),
-                        client: ClientConfig::default(),
-                    };
-                    match crate::native::register(&alice, coordinator, &key, link_config).await {
-                        Ok(link) => {
-                            crate::native::connect_via(&alice, &link, key, session(), bob_id, asked)
-                                .await
-                                .record
-                        }
-                        Err(e) => {
-                            let mut r = Outcome::failed(
-                                path.record_path(),
-                                crate::wire::SessionRole::Initiator,
-                                crate::wire::Stage::Coordination,
-                                format!("{e:#}"),
-                            );
-                            r.via = Some(coordinator.to_string());
-                            r
-                        }
-                    }
+                    crate::native::connect(&alice, coordinator, key, session(), bob_id).await
                 }
             }
         })

@@ -41,6 +41,41 @@ impl PunchContext {
     }
 }
 
+/// `bitpunch connect NODE_ID@COORDINATOR`: register with `coordinator` from
+/// `node`'s shared port, then `connect_via`. Times count from before the
+/// registration, so the path pays for reaching its third party.
+pub async fn connect(
+    node: &Node,
+    coordinator: SocketAddr,
+    key: Arc<NodeKey>,
+    session: SessionConfig,
+    target: NodeId,
+) -> Outcome {
+    let asked = Instant::now();
+    let link_config = LinkConfig {
+        session: session.clone(),
+        client: machine::ClientConfig::default(),
+    };
+    match register(node, coordinator, &key, link_config).await {
+        Ok(link) => {
+            tracing::info!(id = %link.id, observed = %link.observed, "registered; asking for {target}");
+            connect_via(node, &link, key, session, target, asked)
+                .await
+                .record
+        }
+        Err(e) => {
+            let mut record = Outcome::failed(
+                Path::Native,
+                SessionRole::Initiator,
+                Stage::Coordination,
+                format!("{e:#}"),
+            );
+            record.via = Some(coordinator.to_string());
+            record
+        }
+    }
+}
+
 /// The requester's side: ask the coordinator for `target`, punch, upgrade,
 /// authenticate. `link` must have been opened from `node`'s shared port, for
 /// this connection: `asked` is when the user asked (before the link was
