@@ -159,6 +159,11 @@ impl CoordinatorLink {
                                 ClientEvent::Punch(order) => {
                                     if let Some(reply) = pending.remove(&order.request) {
                                         let (withdraw, withdrawn) = oneshot::channel();
+                                        // Askers that never report (they dropped the
+                                        // order) must not pile up here.
+                                        if punching.len() >= 64 {
+                                            punching.retain(|_, tx| !tx.is_closed());
+                                        }
                                         punching.insert(order.request, withdraw);
                                         let _ = reply.send(Ok(RequestedOrder { order, received: now, withdrawn }));
                                     } else if orders_tx.try_send((order, now)).is_err() {

@@ -74,6 +74,9 @@ pub struct Coordinator {
     /// connection, request): who asked, and when. A target that refuses
     /// its order is reported to the requester, so that it stops punching.
     open_orders: HashMap<(ConnId, u64), (ConnId, Instant)>,
+    /// The same orders oldest first, so that expiring them costs nothing
+    /// per request however many clients never report.
+    open_order_queue: VecDeque<(Instant, (ConnId, u64))>,
 }
 
 impl Coordinator {
@@ -246,9 +249,18 @@ impl Coordinator {
         let delay = |own: Duration| ((farthest - own) / 2 + self.config.margin).as_millis() as u32;
         // Bounded by the request rate: entries older than a minute are
         // reports that never came.
-        self.open_orders
-            .retain(|_, (_, at)| now.duration_since(*at) < window);
-        self.open_orders.insert((target_conn, request), (conn, now));
+        while let Some(&(at, key)) = self.open_order_queue.front() {
+            if now.duration_since(at) < window {
+                break;
+            }
+            self.open_order_queue.pop_front();
+            if self.open_orders.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.open_orders.remove(&key);
+            }
+        }
+        let key = (target_conn, request);
+        self.open_orders.insert(key, (conn, now));
+        self.open_order_queue.push_back((now, key));
         vec![
             Send(
                 conn,
