@@ -133,22 +133,27 @@ pub fn summarize(records: &[Outcome]) -> BTreeMap<(String, String, PathKind), Ce
     cells
         .into_iter()
         .map(|(key, rs)| {
-            let times: Vec<f64> = rs
-                .iter()
-                .filter(|r| r.ok)
-                .filter_map(|r| time_to_first_message(r))
-                .collect();
             let delay = rs[0].lab.as_ref().map(|l| l.delay_ms).unwrap_or_default();
-            let summary = CellSummary {
-                ok: rs.iter().filter(|r| r.ok).count(),
-                tries: rs.len(),
-                median_ms: median(times.clone()),
-                p95_ms: quantile(times, 0.95),
-                bound_ms: lower_bound(key.2, delay, delay),
-            };
+            let summary = summarize_group(&rs, lower_bound(key.2, delay, delay));
             (key, summary)
         })
         .collect()
+}
+
+/// Successes, tries and times of a group of records.
+fn summarize_group(rs: &[&Outcome], bound_ms: f64) -> CellSummary {
+    let times: Vec<f64> = rs
+        .iter()
+        .filter(|r| r.ok)
+        .filter_map(|r| time_to_first_message(r))
+        .collect();
+    CellSummary {
+        ok: rs.iter().filter(|r| r.ok).count(),
+        tries: rs.len(),
+        median_ms: median(times.clone()),
+        p95_ms: quantile(times, 0.95),
+        bound_ms,
+    }
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
@@ -198,18 +203,14 @@ pub fn summary_markdown(config: &MatrixConfig, records: &[Outcome], complete: bo
         if rs.is_empty() {
             continue;
         }
-        let ok = rs.iter().filter(|r| r.ok).count();
-        let times = rs
-            .iter()
-            .filter(|r| r.ok)
-            .filter_map(|r| time_to_first_message(r))
-            .collect();
+        let c = summarize_group(&rs, 0.0);
         md.push_str(&format!(
-            "| {} | {ok}/{} ({:.0}%) | {} |\n",
+            "| {} | {}/{} ({:.0}%) | {} |\n",
             path.name(),
-            rs.len(),
-            100.0 * ok as f64 / rs.len() as f64,
-            fmt_ms(median(times))
+            c.ok,
+            c.tries,
+            100.0 * c.ok as f64 / c.tries as f64,
+            fmt_ms(c.median_ms)
         ));
     }
     md
