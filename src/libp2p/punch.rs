@@ -14,7 +14,7 @@ use super::exchange::{self, ExchangeError, Initiator, Responder, Step};
 use super::swarm::Libp2pNode;
 use crate::net::{Router, SharedPort};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
-use crate::report::{Outcome, Path};
+use crate::report::{ms_since, Outcome, Path};
 use crate::wire::{
     Session, SessionConfig, SessionError, SessionRole, Stage, StreamContext, Transport, WireError,
 };
@@ -39,10 +39,6 @@ pub struct Libp2pPunchContext {
 pub struct Libp2pOutcome {
     pub record: Outcome,
     pub session: Option<Session<PunchedStream>>,
-}
-
-fn ms(asked: Instant, t: Instant) -> Option<f64> {
-    Some(t.saturating_duration_since(asked).as_micros() as f64 / 1000.0)
 }
 
 impl Libp2pPunchContext {
@@ -136,7 +132,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
                 let mut out = failed(role, &via, Stage::Punch, format!("{e} ({last_error})"));
                 out.record.attempts = machine.round();
                 out.record.bytes.coordination = bytes;
-                out.record.t_ms.first_syn = first_syn.and_then(|t| ms(asked, t));
+                out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 ctx.libp2p.disconnect(peer).await;
                 return out;
             }
@@ -313,7 +309,7 @@ pub async fn respond(
                 let mut out = failed(role, &via, stage, reason);
                 out.record.attempts = rounds;
                 out.record.bytes.coordination = bytes;
-                out.record.t_ms.first_syn = first_syn.and_then(|t| ms(asked, t));
+                out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 return out;
             }
         }
@@ -421,8 +417,8 @@ async fn upgrade(
     record.candidates = candidates.iter().map(|c| c.to_string()).collect();
     record.attempts = rounds;
     record.won_by = Some(punched.won_by);
-    record.t_ms.coordination = ms(asked, coordinated);
-    record.t_ms.first_syn = punched.first_syn.and_then(|t| ms(asked, t));
+    record.t_ms.coordination = Some(ms_since(asked, coordinated));
+    record.t_ms.first_syn = punched.first_syn.map(|t| ms_since(asked, t));
     record.bytes.coordination = coordination_bytes;
     record.bytes.direct = counters.total();
     // The relayed connection has done its job, whatever became of the

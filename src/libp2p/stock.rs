@@ -12,12 +12,8 @@ use tokio::time::Instant;
 
 use super::swarm::{Libp2pEvent, Libp2pNode};
 use super::transport::socket_addr;
-use crate::report::{Outcome, Path};
+use crate::report::{ms_since, Outcome, Path};
 use crate::wire::{SessionRole, Stage, Transport};
-
-fn ms(asked: Instant, t: Instant) -> Option<f64> {
-    Some(t.saturating_duration_since(asked).as_micros() as f64 / 1000.0)
-}
 
 /// Dials `circuit` and waits for DCUtR's direct connection and the first
 /// ping on it (the first application bytes). `t_ms.tcp` and `handshake` are
@@ -100,9 +96,9 @@ pub async fn connect(node: &Libp2pNode, circuit: Multiaddr, timeout: Duration) -
                 record.remote = socket_addr(&remote)
                     .map(|a| a.to_string())
                     .or(Some(remote.to_string()));
-                record.t_ms.tcp = ms(asked, up);
-                record.t_ms.handshake = ms(asked, up);
-                record.t_ms.pong = ms(asked, now);
+                record.t_ms.tcp = Some(ms_since(asked, up));
+                record.t_ms.handshake = Some(ms_since(asked, up));
+                record.t_ms.pong = Some(ms_since(asked, now));
                 record.rtt_ms = Some(rtt.as_micros() as f64 / 1000.0);
                 record.bytes.coordination = node.counters.total().saturating_sub(bytes_before);
                 return record;

@@ -54,7 +54,7 @@ pub async fn execute(
     received_at: Instant,
 ) -> PunchOutcome {
     let role = role_of(order.role);
-    let ms = |t: Instant| Some(t.saturating_duration_since(asked_at).as_micros() as f64 / 1000.0);
+    let ms = |t: Instant| Some(crate::report::ms_since(asked_at, t));
     let mut record = Outcome::failed(Path::Native, role, Stage::Punch, String::new());
     record.via = Some(ctx.coordinator.to_string());
     record.candidates = vec![order.peer.to_string()];

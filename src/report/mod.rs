@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{Phases, SessionError, SessionReport, SessionRole, Stage, Transport};
 
+/// Milliseconds from `start` to `t`, as the records' `t_ms` hold them:
+/// rounded to the microsecond the clock can honestly resolve.
+pub fn ms_since(start: tokio::time::Instant, t: tokio::time::Instant) -> f64 {
+    let micros = t.saturating_duration_since(start).as_micros() as f64;
+    micros / 1000.0
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Path {
     #[serde(rename = "libp2p")]

@@ -13,6 +13,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::report::ms_since;
+
 use super::channel::{Channel, ChannelReader, ChannelWriter, Transport};
 use super::error::{SessionError, Stage, WireError};
 use super::network::Network;
@@ -151,12 +153,6 @@ pub struct StreamContext {
 pub struct Session<S> {
     channel: Channel<S>,
     pub report: SessionReport,
-}
-
-/// Milliseconds, rounded to the microsecond the clock can honestly resolve.
-fn ms_since(start: Instant, t: Instant) -> f64 {
-    let micros = t.saturating_duration_since(start).as_micros() as f64;
-    micros / 1000.0
 }
 
 fn unix_now() -> i64 {
