@@ -80,6 +80,14 @@ impl NodeKey {
         }
     }
 
+    /// A key from its 32 secret bytes (tests and fuzzers want fixed keys).
+    pub fn from_secret(bytes: &[u8; 32]) -> Result<NodeKey> {
+        let secret = SecretKey::from_slice(bytes).context("not a valid secp256k1 secret key")?;
+        Ok(NodeKey {
+            keypair: Keypair::from_secret_key(&Secp256k1::new(), &secret),
+        })
+    }
+
     pub fn key_path(data_dir: &Path) -> PathBuf {
         data_dir.join("node.key")
     }

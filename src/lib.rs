@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod demo;
+pub mod fuzzing;
 pub mod identity;
 pub mod lab;
 pub mod libp2p;

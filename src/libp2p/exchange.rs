@@ -20,6 +20,12 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/bitpunch/dcutr-bip324
 /// DCUtR's own limit on a message.
 pub const MAX_MESSAGE: usize = 4096;
 pub const MAX_ROUNDS: u32 = 3;
+/// Candidates taken from one CONNECT; the rest are ignored. A home node has
+/// one or two public mappings per address family (the relay's view, its
+/// listen address) and perhaps a LAN address: 8 leaves room for a dual-stack
+/// node with several interfaces, while a hostile peer's 400 addresses become
+/// 8 SYNs per attempt, not 400.
+pub const MAX_CANDIDATES: usize = 8;
 
 /// DCUtR's `HolePunch` (proto2): `required Type type = 1; repeated bytes
 /// ObsAddrs = 2;`, with CONNECT = 100 and SYNC = 300. `type` is declared
@@ -214,7 +220,7 @@ impl Initiator {
         if self.round >= MAX_ROUNDS {
             return Err(ExchangeError::Exhausted(self.round));
         }
-        self.round += 1;
+        self.round = self.round.saturating_add(1);
         self.sent_connect = Some(now);
         Ok(Step::Send(ExchangeMessage::Connect(self.ours.clone())))
     }
@@ -233,10 +239,7 @@ impl Initiator {
             });
         };
         let rtt = now.saturating_duration_since(sent);
-        let candidates: Vec<SocketAddr> = theirs
-            .iter()
-            .filter_map(|a| punchable(a, self.allow_private))
-            .collect();
+        let candidates = candidates(theirs, self.allow_private);
         Ok(vec![
             Step::Send(ExchangeMessage::Sync),
             Step::Punch {
@@ -248,12 +251,29 @@ impl Initiator {
     }
 }
 
+/// The peer's punchable addresses, without duplicates, at most
+/// [`MAX_CANDIDATES`] of them in the order the peer gave.
+fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for addr in theirs.iter().filter_map(|a| punchable(a, allow_private)) {
+        if out.len() >= MAX_CANDIDATES {
+            break;
+        }
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out
+}
+
 /// A's side (answers CONNECT, dials on SYNC), without I/O.
 #[derive(Debug)]
 pub struct Responder {
     ours: Vec<Multiaddr>,
     allow_private: bool,
     theirs: Option<Vec<SocketAddr>>,
+    /// CONNECTs answered: each is a round, and a peer gets [`MAX_ROUNDS`].
+    rounds: u32,
 }
 
 impl Responder {
@@ -262,7 +282,12 @@ impl Responder {
             ours,
             allow_private,
             theirs: None,
+            rounds: 0,
         }
+    }
+
+    pub fn round(&self) -> u32 {
+        self.rounds
     }
 
     pub fn on_message(
@@ -271,13 +296,12 @@ impl Responder {
         msg: ExchangeMessage,
     ) -> Result<Vec<Step>, ExchangeError> {
         match (msg, self.theirs.take()) {
+            (ExchangeMessage::Connect(_), None) if self.rounds >= MAX_ROUNDS => {
+                Err(ExchangeError::Exhausted(self.rounds))
+            }
             (ExchangeMessage::Connect(theirs), None) => {
-                self.theirs = Some(
-                    theirs
-                        .iter()
-                        .filter_map(|a| punchable(a, self.allow_private))
-                        .collect(),
-                );
+                self.rounds = self.rounds.saturating_add(1);
+                self.theirs = Some(candidates(&theirs, self.allow_private));
                 Ok(vec![
                     Step::Send(ExchangeMessage::Connect(self.ours.clone())),
                     Step::Receive,

@@ -443,7 +443,11 @@ fn signed(session_id: &[u8], role: SessionRole) -> Vec<u8> {
 
 /// `bpauth`: key length (u8) ‖ protobuf public key ‖ signature length (u8)
 /// ‖ signature over (domain ‖ session id ‖ signer's role).
-fn encode_auth(key: &identity::Keypair, session_id: &[u8], role: SessionRole) -> NetworkMessage {
+pub fn encode_auth(
+    key: &identity::Keypair,
+    session_id: &[u8],
+    role: SessionRole,
+) -> NetworkMessage {
     let public = key.public().encode_protobuf();
     let signature = key
         .sign(&signed(session_id, role))
@@ -458,7 +462,7 @@ fn encode_auth(key: &identity::Keypair, session_id: &[u8], role: SessionRole) ->
     }
 }
 
-fn verify_auth(
+pub fn verify_auth(
     payload: &[u8],
     expected: PeerId,
     session_id: &[u8],

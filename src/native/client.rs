@@ -190,8 +190,14 @@ impl CoordinatorLink {
                     command = command_rx.recv() => match command {
                         Some(Command::Request { target, reply }) => {
                             let request = rand::random();
+                            // Askers that gave up (timed out) leave closed
+                            // senders; the machine forgets their requests too.
+                            if pending.len() >= 64 {
+                                pending.retain(|_, tx| !tx.is_closed());
+                            }
                             pending.insert(request, reply);
-                            writer.send(&client.request(request, target).to_network()).await?;
+                            let ask = client.request(Instant::now().into_std(), request, target);
+                            writer.send(&ask.to_network()).await?;
                         }
                         Some(Command::Report { request, result }) => {
                             punching.remove(&request);

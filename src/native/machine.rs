@@ -13,6 +13,9 @@ use crate::identity::{self, NodeId, NodeKey};
 
 pub type ConnId = u64;
 
+/// How long the coordinator waits for a target's report on an order.
+pub const ORDER_LIFETIME: Duration = Duration::from_secs(60);
+
 // ---------------------------------------------------------------- coordinator
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,61 @@ impl Coordinator {
         self.by_id.len()
     }
 
+    /// Connections the machine knows, registered or not.
+    pub fn connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The machine's bookkeeping agrees with itself: the id index names
+    /// exactly the registered connections, and nothing grows past what the
+    /// request limits allow. The fuzzers call this after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (id, conn) in &self.by_id {
+            match self.peers.get(conn).map(|p| &p.state) {
+                Some(PeerState::Registered { id: got, .. }) if got == id => {}
+                other => return Err(format!("by_id {id} -> {conn} points at {other:?}")),
+            }
+        }
+        for (conn, peer) in &self.peers {
+            if let PeerState::Registered { id, .. } = peer.state {
+                if self.by_id.get(&id) != Some(conn) {
+                    return Err(format!("registered {conn} ({id}) missing from by_id"));
+                }
+            }
+            if peer.requests.len() > self.config.requests_per_minute {
+                return Err(format!(
+                    "{conn} holds {} request times",
+                    peer.requests.len()
+                ));
+            }
+        }
+        if self.open_orders.len() > self.open_order_queue.len() {
+            return Err("an open order is not in the expiry queue".into());
+        }
+        Ok(())
+    }
+
+    /// Time passes: orders older than a minute are reports that never came
+    /// and are forgotten. Called on every request and by the driver's timer,
+    /// so that the open orders are only the last minute's.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.open_order_queue.front() {
+            if now.saturating_duration_since(at) < ORDER_LIFETIME {
+                break;
+            }
+            self.open_order_queue.pop_front();
+            if self.open_orders.get(&key).is_some_and(|(_, t)| *t == at) {
+                self.open_orders.remove(&key);
+            }
+        }
+    }
+
+    /// Orders waiting for their target's report (bounded by the request
+    /// rate: each expires after a minute).
+    pub fn open_orders(&self) -> usize {
+        self.open_order_queue.len()
+    }
+
     /// `challenge` is fresh randomness from the driver, used if `msg` starts
     /// a registration.
     pub fn handle(
@@ -139,6 +197,14 @@ impl Coordinator {
         match msg {
             NativeMessage::Register { key } => match identity::parse_public(&key) {
                 Ok(key) => {
+                    // A registered connection that starts over gives up its
+                    // registration now, so that the index never names a
+                    // connection that is not registered under that id.
+                    if let PeerState::Registered { id, .. } = peer.state {
+                        if self.by_id.get(&id) == Some(&conn) {
+                            self.by_id.remove(&id);
+                        }
+                    }
                     peer.state = PeerState::Challenged {
                         key,
                         nonce: challenge,
@@ -158,8 +224,15 @@ impl Coordinator {
                 peer.state = PeerState::Registered { key, id };
                 let observed = peer.observed;
                 // The newest proof of a key wins: an older connection with
-                // the same id is a stale one of the same node.
-                self.by_id.insert(id, conn);
+                // the same id is a stale one of the same node. It stays
+                // connected but is no longer registered.
+                if let Some(older) = self.by_id.insert(id, conn) {
+                    if older != conn {
+                        if let Some(p) = self.peers.get_mut(&older) {
+                            p.state = PeerState::Connected;
+                        }
+                    }
+                }
                 vec![Send(conn, NativeMessage::Registered { id, observed })]
             }
             NativeMessage::Connect { request, target } => self.connect(now, conn, request, target),
@@ -207,11 +280,13 @@ impl Coordinator {
         let fail = |reason| vec![Send(conn, NativeMessage::Fail { request, reason })];
         let window = Duration::from_secs(60);
         let limit = self.config.requests_per_minute;
-        let requester = self.peers.get_mut(&conn).expect("checked by handle");
+        let Some(requester) = self.peers.get_mut(&conn) else {
+            return vec![];
+        };
         while requester
             .requests
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
         {
             requester.requests.pop_front();
         }
@@ -233,31 +308,31 @@ impl Coordinator {
         let Some(&target_conn) = self.by_id.get(&target) else {
             return fail(FailReason::UnknownPeer);
         };
-        let target_peer = &self.peers[&target_conn];
+        let Some(target_peer) = self.peers.get(&target_conn) else {
+            return fail(FailReason::UnknownPeer);
+        };
         let PeerState::Registered {
-            key: target_key, ..
+            key: target_key,
+            id: target_id,
         } = target_peer.state
         else {
             return fail(FailReason::UnknownPeer);
         };
+        if target_id != target {
+            return fail(FailReason::UnknownPeer);
+        }
         // Both orders leave now; each reaches its node half an RTT later.
         // Each node waits so that both dial at the same moment: when the
         // farther one receives its order, plus a margin.
         let rtt_r = requester_rtt.unwrap_or_default();
-        let rtt_t = target_peer.rtt.unwrap_or_default();
+        let (rtt_t, target_addr) = (target_peer.rtt.unwrap_or_default(), target_peer.observed);
         let farthest = rtt_r.max(rtt_t);
-        let delay = |own: Duration| ((farthest - own) / 2 + self.config.margin).as_millis() as u32;
-        // Bounded by the request rate: entries older than a minute are
-        // reports that never came.
-        while let Some(&(at, key)) = self.open_order_queue.front() {
-            if now.duration_since(at) < window {
-                break;
-            }
-            self.open_order_queue.pop_front();
-            if self.open_orders.get(&key).is_some_and(|(_, t)| *t == at) {
-                self.open_orders.remove(&key);
-            }
-        }
+        let margin = self.config.margin;
+        let delay = |own: Duration| {
+            let wait = farthest.saturating_sub(own) / 2;
+            u32::try_from(wait.saturating_add(margin).as_millis()).unwrap_or(u32::MAX)
+        };
+        self.tick(now);
         let key = (target_conn, request);
         self.open_orders.insert(key, (conn, now));
         self.open_order_queue.push_back((now, key));
@@ -268,7 +343,7 @@ impl Coordinator {
                     request,
                     role: PunchRole::Initiator,
                     peer_key: target_key.serialize(),
-                    peer: target_peer.observed,
+                    peer: target_addr,
                     delay_ms: delay(rtt_r),
                 },
             ),
@@ -287,6 +362,12 @@ impl Coordinator {
 }
 
 // --------------------------------------------------------------------- client
+
+/// How long a request waits for the coordinator's answer before the client
+/// forgets it (an order that comes later is refused as one never made).
+pub const REQUEST_LIFETIME: Duration = Duration::from_secs(60);
+/// Requests remembered at once; the oldest is forgotten first.
+pub const MAX_OUTSTANDING_REQUESTS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -344,9 +425,9 @@ pub struct Client {
     config: ClientConfig,
     key: NodeKey,
     registered: Option<NodeId>,
-    /// Requests we made, and the id we asked for (checked against the key in
-    /// the order: a coordinator cannot substitute another key).
-    requests: HashMap<u64, NodeId>,
+    /// Requests we made, the id we asked for (checked against the key in
+    /// the order: a coordinator cannot substitute another key) and when.
+    requests: HashMap<u64, (NodeId, Instant)>,
     orders: VecDeque<(Instant, IpAddr)>,
 }
 
@@ -371,9 +452,35 @@ impl Client {
         }
     }
 
-    pub fn request(&mut self, request: u64, target: NodeId) -> NativeMessage {
-        self.requests.insert(request, target);
+    /// A request to the coordinator. Requests the coordinator never
+    /// answers are forgotten after [`REQUEST_LIFETIME`], and at most
+    /// [`MAX_OUTSTANDING_REQUESTS`] are remembered, so that a silent
+    /// coordinator cannot make this grow.
+    pub fn request(&mut self, now: Instant, request: u64, target: NodeId) -> NativeMessage {
+        self.requests
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REQUEST_LIFETIME);
+        if self.requests.len() >= MAX_OUTSTANDING_REQUESTS {
+            let oldest = self
+                .requests
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(r, _)| *r);
+            if let Some(oldest) = oldest {
+                self.requests.remove(&oldest);
+            }
+        }
+        self.requests.insert(request, (target, now));
         NativeMessage::Connect { request, target }
+    }
+
+    /// Requests still waiting for an answer.
+    pub fn outstanding_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Orders remembered for the reflection limit (at most a minute's).
+    pub fn remembered_orders(&self) -> usize {
+        self.orders.len()
     }
 
     pub fn handle(&mut self, now: Instant, msg: NativeMessage) -> Vec<ClientEvent> {
@@ -441,7 +548,7 @@ impl Client {
         if role == PunchRole::Initiator {
             // Only for our own requests, and only with the key whose id we
             // asked for.
-            let Some(asked) = self.requests.remove(&request) else {
+            let Some((asked, _)) = self.requests.remove(&request) else {
                 return refuse(format!(
                     "an initiator order for request {request} we never made"
                 ));
@@ -465,7 +572,7 @@ impl Client {
         while self
             .orders
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
         {
             self.orders.pop_front();
         }
@@ -548,7 +655,7 @@ mod tests {
         assert_eq!(alice_id, alice.key().id());
         assert_eq!(coord.registered(), 2);
 
-        let ask = alice.request(7, bob_id);
+        let ask = alice.request(t0, 7, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let [CoordinatorAction::Send(1, to_alice), CoordinatorAction::Send(2, to_bob)] =
             &actions[..]
@@ -639,21 +746,21 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(1, stranger), [0; 32])),
+            fail(coord.handle(t0, 1, alice.request(t0, 1, stranger), [0; 32])),
             FailReason::UnknownPeer
         );
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(2, alice_id), [0; 32])),
+            fail(coord.handle(t0, 1, alice.request(t0, 2, alice_id), [0; 32])),
             FailReason::SelfConnect
         );
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(3, stranger), [0; 32])),
+            fail(coord.handle(t0, 1, alice.request(t0, 3, stranger), [0; 32])),
             FailReason::RateLimited
         );
         // A minute later the window has moved on.
         let later = t0 + Duration::from_secs(61);
         assert_eq!(
-            fail(coord.handle(later, 1, alice.request(4, stranger), [0; 32])),
+            fail(coord.handle(later, 1, alice.request(later, 4, stranger), [0; 32])),
             FailReason::UnknownPeer
         );
     }
@@ -690,7 +797,7 @@ mod tests {
             )
         };
         // A key that does not hash to the id we asked for.
-        alice.request(1, bob.id());
+        alice.request(t0, 1, bob.id());
         assert!(refused(alice.handle(
             t0,
             order(1, PunchRole::Initiator, &mallory, "198.51.100.1:1")
@@ -729,6 +836,58 @@ mod tests {
         ));
     }
 
+    /// Found by hand against the spec, then by the coordinator fuzzer: a
+    /// registered client that registers again and leaves must not leave its
+    /// id pointing at a dead connection (the next request for it panicked).
+    #[test]
+    fn a_re_registration_then_disconnect_leaves_no_stale_index() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default());
+        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(1, addr("203.0.113.2:1"), None);
+        coord.connected(2, addr("203.0.113.6:2"), None);
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        coord.handle(t0, 2, bob.start(), [5; 32]);
+        coord.check_invariants().unwrap();
+        coord.disconnected(2);
+        coord.check_invariants().unwrap();
+        let actions = coord.handle(t0, 1, alice.request(t0, 1, bob_id), [0; 32]);
+        assert_eq!(
+            actions,
+            vec![CoordinatorAction::Send(
+                1,
+                NativeMessage::Fail {
+                    request: 1,
+                    reason: FailReason::UnknownPeer
+                }
+            )]
+        );
+        // The same key proven on a second connection displaces the first,
+        // which stays connected but unregistered.
+        let mut bob_again = Client::new(ClientConfig::default(), bob.key().clone());
+        coord.connected(3, addr("203.0.113.6:3"), None);
+        coord.connected(4, addr("203.0.113.6:4"), None);
+        register(&mut coord, 3, &mut bob_again, t0);
+        register(&mut coord, 4, &mut bob_again, t0);
+        coord.check_invariants().unwrap();
+        assert_eq!(coord.registered(), 2);
+        coord.disconnected(3);
+        coord.check_invariants().unwrap();
+        let actions = coord.handle(t0, 1, alice.request(t0, 2, bob_id), [0; 32]);
+        assert!(
+            matches!(
+                &actions[..],
+                [
+                    CoordinatorAction::Send(1, NativeMessage::Punch { .. }),
+                    CoordinatorAction::Send(4, _)
+                ]
+            ),
+            "{actions:?}"
+        );
+    }
+
     #[test]
     fn a_targets_refusal_reaches_the_requester_once() {
         let t0 = Instant::now();
@@ -739,7 +898,7 @@ mod tests {
         coord.connected(2, addr("203.0.113.6:2"), None);
         register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
-        coord.handle(t0, 1, alice.request(9, bob_id), [0; 32]);
+        coord.handle(t0, 1, alice.request(t0, 9, bob_id), [0; 32]);
         let refused = NativeMessage::Result {
             request: 9,
             result: PunchResult::Refused,
@@ -771,7 +930,7 @@ mod tests {
         assert_eq!(coord.handle(t0, 2, refused.clone(), [0; 32]).len(), 1);
         assert_eq!(coord.handle(t0, 1, refused, [0; 32]).len(), 1);
         // A punch that worked is not forwarded either.
-        coord.handle(t0, 1, alice.request(10, bob_id), [0; 32]);
+        coord.handle(t0, 1, alice.request(t0, 10, bob_id), [0; 32]);
         let connected = NativeMessage::Result {
             request: 10,
             result: PunchResult::Connected,

@@ -251,7 +251,7 @@ impl NativeMessage {
     }
 }
 
-const COMMANDS: [&str; 9] = [
+pub const COMMANDS: [&str; 9] = [
     "hpregister",
     "hpchallenge",
     "hpprove",

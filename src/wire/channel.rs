@@ -2,6 +2,7 @@
 //! a handshake driven here on top of the bip324 crate's sans-IO `Handshake`
 //! (its async wrapper hides the session id, which decision 5 needs).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bip324::{
@@ -44,12 +45,26 @@ impl std::fmt::Display for Transport {
     }
 }
 
+/// Messages a channel keeps for its owner while the session set-up waits for
+/// something else (its pong): Bitcoin Core sends `sendcmpct`, `ping`,
+/// `getheaders` and `feefilter` right after verack, and a coordinator client
+/// its first request. More than this before the set-up ends is an abuse.
+pub const MAX_HELD_MESSAGES: usize = 64;
+
+/// How long one write may take once the session is set up, unless the owner
+/// says otherwise: a peer that stops reading is closed after this, and its
+/// task and socket are freed.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The receiving half of a channel.
 pub struct ChannelReader<S> {
     io: ReadHalf<BufReader<S>>,
     magic: Magic,
     inbound: Option<InboundCipher>,
     deadline: Deadline,
+    /// Messages received while the set-up waited for another one; handed
+    /// out before anything read later.
+    held: VecDeque<NetworkMessage>,
 }
 
 /// The sending half of a channel.
@@ -58,6 +73,8 @@ pub struct ChannelWriter<S> {
     magic: Magic,
     outbound: Option<OutboundCipher>,
     deadline: Deadline,
+    /// Bounds each write when no deadline is set.
+    write_timeout: Duration,
 }
 
 /// Every read and write must finish before this instant; it bounds the whole
@@ -94,12 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 magic,
                 inbound: None,
                 deadline: Deadline::default(),
+                held: VecDeque::new(),
             },
             writer: ChannelWriter {
                 io: write,
                 magic,
                 outbound: None,
                 deadline: Deadline::default(),
+                write_timeout: DEFAULT_WRITE_TIMEOUT,
             },
             session_id: None,
         }
@@ -116,6 +135,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         channel.set_deadline(deadline);
         channel.bip324_handshake(role).await?;
         Ok(channel)
+    }
+
+    /// A v2 channel whose BIP324 handshake happened elsewhere: for the
+    /// fuzzers, which feed one session's ciphers many inputs.
+    #[doc(hidden)]
+    pub fn v2_from_cipher(stream: S, magic: Magic, cipher: bip324::CipherSession) -> Self {
+        let mut channel = Self::v1(stream, magic);
+        channel.session_id = Some(*cipher.id());
+        let (inbound, outbound) = cipher.into_split();
+        channel.reader.inbound = Some(inbound);
+        channel.writer.outbound = Some(outbound);
+        channel
     }
 
     pub fn set_deadline(&mut self, deadline: Option<(Instant, Duration)>) {
@@ -225,9 +256,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 .decrypt_packet_len(len_bytes)
                 .map_err(|e| SessionError::new(Stage::Bip324Version, e.into()))?;
             check_packet_len(len).map_err(at(Stage::Bip324Version))?;
-            let mut packet = vec![0u8; len];
-            self.reader
-                .read_exact(&mut packet)
+            let mut packet = self
+                .reader
+                .read_announced(len)
                 .await
                 .map_err(at(Stage::Bip324Version))?;
             match handshake.receive_version(&mut packet) {
@@ -250,6 +281,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
         self.reader.recv().await
     }
+
+    /// Keeps `msg` for the owner: [`recv`](Self::recv) returns it first.
+    pub fn hold(&mut self, msg: NetworkMessage) -> Result<(), WireError> {
+        self.reader.hold(msg)
+    }
+
+    /// Bounds each write once no deadline is set.
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.writer.write_timeout = timeout;
+    }
+}
+
+/// Both ends of one BIP324 session, made in memory by the real handshake
+/// (no garbage, no decoys): for the fuzzers and tests that need a peer's
+/// cipher to encrypt what a channel is fed.
+#[doc(hidden)]
+pub fn cipher_pair(
+    magic: Magic,
+) -> Result<(bip324::CipherSession, bip324::CipherSession), bip324::Error> {
+    let magic = magic.to_bytes();
+    let start = |role| -> Result<_, bip324::Error> {
+        let mut key = vec![0u8; Handshake::<Initialized>::send_key_len(None)];
+        let handshake = Handshake::<Initialized>::new(magic, role)?.send_key(None, &mut key)?;
+        let ellswift: [u8; ELLSWIFT_LEN] = key
+            .get(..ELLSWIFT_LEN)
+            .and_then(|k| k.try_into().ok())
+            .ok_or(bip324::Error::CiphertextTooSmall)?;
+        Ok((handshake, ellswift))
+    };
+    let (initiator, initiator_key) = start(Role::Initiator)?;
+    let (responder, responder_key) = start(Role::Responder)?;
+    let finish = |handshake: Handshake<bip324::SentKey<'_>>,
+                  their_key: [u8; ELLSWIFT_LEN],
+                  version_out: &mut Vec<u8>|
+     -> Result<_, bip324::Error> {
+        let handshake = handshake.receive_key(their_key)?;
+        version_out.resize(Handshake::<bip324::ReceivedKey>::send_version_len(None), 0);
+        handshake.send_version(version_out, None)
+    };
+    let (mut to_responder, mut to_initiator) = (Vec::new(), Vec::new());
+    let initiator = finish(initiator, responder_key, &mut to_responder)?;
+    let responder = finish(responder, initiator_key, &mut to_initiator)?;
+    let complete = |handshake: Handshake<bip324::SentVersion>,
+                    bytes: &[u8]|
+     -> Result<bip324::CipherSession, bip324::Error> {
+        let GarbageResult::FoundGarbage {
+            mut handshake,
+            consumed_bytes,
+        } = handshake.receive_garbage(bytes)?
+        else {
+            return Err(bip324::Error::NoGarbageTerminator);
+        };
+        let rest = bytes.get(consumed_bytes..).unwrap_or_default();
+        let (len_bytes, packet) = rest.split_at(NUM_LENGTH_BYTES.min(rest.len()));
+        let len_bytes: [u8; NUM_LENGTH_BYTES] = len_bytes
+            .try_into()
+            .map_err(|_| bip324::Error::CiphertextTooSmall)?;
+        let len = handshake.decrypt_packet_len(len_bytes)?;
+        let mut packet = packet.get(..len).unwrap_or_default().to_vec();
+        match handshake.receive_version(&mut packet)? {
+            VersionResult::Complete { cipher } => Ok(cipher),
+            VersionResult::Decoy(_) => Err(bip324::Error::NoGarbageTerminator),
+        }
+    };
+    Ok((
+        complete(initiator, &to_initiator)?,
+        complete(responder, &to_responder)?,
+    ))
 }
 
 fn check_packet_len(len: usize) -> Result<(), WireError> {
@@ -265,7 +364,14 @@ fn check_packet_len(len: usize) -> Result<(), WireError> {
 impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         let io = &mut self.io;
-        within(self.deadline, async {
+        let deadline = match self.deadline.at {
+            Some(_) => self.deadline,
+            None => Deadline {
+                at: Some(Instant::now() + self.write_timeout),
+                budget: self.write_timeout,
+            },
+        };
+        within(deadline, async {
             io.write_all(bytes).await?;
             io.flush().await?;
             Ok(())
@@ -293,33 +399,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
         .await
     }
 
-    /// The next message from the peer. v2 decoy packets are skipped; a v2
-    /// packet with an unassigned short id is returned as `None`.
+    /// Reads `len` bytes that the peer announced, growing the buffer only as
+    /// they arrive (as Bitcoin Core does): an announcement alone costs
+    /// nothing, whatever length it names.
+    async fn read_announced(&mut self, len: usize) -> Result<Vec<u8>, WireError> {
+        let mut buf = Vec::new();
+        let limited = (&mut self.io).take(u64::try_from(len).unwrap_or(u64::MAX));
+        within(self.deadline, async move {
+            let mut limited = limited;
+            limited.read_to_end(&mut buf).await?;
+            Ok(buf)
+        })
+        .await
+        .and_then(|buf| {
+            if buf.len() == len {
+                Ok(buf)
+            } else {
+                Err(WireError::PeerClosed)
+            }
+        })
+    }
+
+    pub(crate) fn hold(&mut self, msg: NetworkMessage) -> Result<(), WireError> {
+        if self.held.len() >= MAX_HELD_MESSAGES {
+            return Err(WireError::Protocol(format!(
+                "more than {MAX_HELD_MESSAGES} messages before the session was set up"
+            )));
+        }
+        self.held.push_back(msg);
+        Ok(())
+    }
+
+    /// The next message from the peer (or one held for the owner). v2 decoy
+    /// packets are skipped; a v2 packet with an unassigned short id is
+    /// returned as `None`.
     /// Not cancellation-safe: a half-read message is lost with the future.
     pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
+        if let Some(msg) = self.held.pop_front() {
+            return Ok(Some(msg));
+        }
         if self.inbound.is_none() {
             let mut header = [0u8; V1_HEADER_LEN];
             self.read_exact(&mut header).await?;
             let parsed = codec::parse_v1_header(self.magic, &header)?;
-            let mut message = header.to_vec();
-            message.resize(V1_HEADER_LEN + parsed.len, 0);
-            self.read_exact(&mut message[V1_HEADER_LEN..]).await?;
-            return codec::decode_v1(&message).map(Some);
+            let payload = self.read_announced(parsed.len).await?;
+            return codec::decode_v1_parts(self.magic, &header, &payload).map(Some);
         }
         loop {
             let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
             self.read_exact(&mut len_bytes).await?;
-            let inbound = self.inbound.as_mut().expect("v2 checked above");
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Err(WireError::Protocol("v2 cipher missing".into()));
+            };
             let len = inbound.decrypt_packet_len(len_bytes);
             check_packet_len(len)?;
-            let mut packet = vec![0u8; len];
-            self.read_exact(&mut packet).await?;
-            let inbound = self.inbound.as_mut().expect("v2 checked above");
+            let packet = self.read_announced(len).await?;
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Err(WireError::Protocol("v2 cipher missing".into()));
+            };
             let (kind, plaintext) = inbound.decrypt_to_vec(&packet, None)?;
             if kind == PacketType::Decoy {
                 continue;
             }
-            return match codec::decode_v2_contents(self.magic, &plaintext[1..])? {
+            let contents = plaintext.get(1..).unwrap_or_default();
+            return match codec::decode_v2_contents(self.magic, contents)? {
                 V2Decoded::Message(m) => Ok(Some(m)),
                 V2Decoded::UnknownShortId(id) => {
                     tracing::debug!(id, "ignoring v2 message with unassigned short id");

@@ -63,6 +63,9 @@ pub struct SessionConfig {
     pub start_height: i32,
     /// Bound on everything from TCP established to pong received.
     pub handshake_timeout: Duration,
+    /// Bound on each write after the set-up: a peer that stops reading is
+    /// closed after this.
+    pub write_timeout: Duration,
 }
 
 impl SessionConfig {
@@ -74,6 +77,7 @@ impl SessionConfig {
             services: ServiceFlags::NONE,
             start_height: 0,
             handshake_timeout: Duration::from_secs(10),
+            write_timeout: super::channel::DEFAULT_WRITE_TIMEOUT,
         }
     }
 
@@ -200,7 +204,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 c
             }
             Transport::V2 => Channel::v2(stream, magic, role.into(), deadline).await?,
-            Transport::Libp2p => unreachable!("refused by the policy check above"),
+            Transport::Libp2p => {
+                return Err(SessionError::new(
+                    Stage::Version,
+                    WireError::NotAllowed("libp2p is not a Bitcoin transport"),
+                ))
+            }
         };
         let handshake_at = Instant::now();
         let mut session = Session {
@@ -232,6 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         session.version_handshake(&ctx, config).await?;
         session.ping(&ctx).await?;
         session.channel.set_deadline(None);
+        session.channel.set_write_timeout(config.write_timeout);
         session.report.bytes_sent = ctx.counters.sent();
         session.report.bytes_received = ctx.counters.received();
         Ok(session)
@@ -327,7 +337,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             match self.recv(Stage::Ping).await? {
                 Some(NetworkMessage::Pong(n)) if n == nonce => return Ok(sent.elapsed()),
-                Some(other) => self.answer(other, Stage::Ping).await?,
+                Some(ping @ NetworkMessage::Ping(_)) => self.answer(ping, Stage::Ping).await?,
+                Some(NetworkMessage::Verack | NetworkMessage::Version(_)) => {
+                    return Err(protocol(Stage::Ping, "a second version or verack"))
+                }
+                // Whatever the peer says after verack is for the session's
+                // owner (a coordinator request, Core's sendcmpct): keep it.
+                Some(other) => self
+                    .channel
+                    .hold(other)
+                    .map_err(|e| SessionError::new(Stage::Ping, e))?,
                 None => {}
             }
         }
