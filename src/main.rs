@@ -15,6 +15,7 @@ use bitpunch::identity::{NodeId, NodeKey};
 use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
 use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
+use bitpunch::net::AdmissionConfig;
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::report::{Outcome, Path};
 use bitpunch::wire::{self, Network, SessionConfig, SessionRole, TransportPolicy};
@@ -98,6 +99,40 @@ struct ListenArgs {
     /// Seconds an inbound peer has to finish the handshake.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Admission control and per-connection deadlines (docs/security.md).
+#[derive(Args, Clone)]
+struct LimitArgs {
+    /// Inbound connections in all; when full, the youngest connection of the
+    /// most crowded netgroup is evicted [default: node 512, coordinator 100000]
+    #[arg(long, value_name = "N")]
+    max_inbound: Option<usize>,
+    /// Inbound connections from one IP address [default: node 8, coordinator 16]
+    #[arg(long, value_name = "N")]
+    max_inbound_per_ip: Option<usize>,
+    /// Inbound connections from one netgroup (IPv4 /16, IPv6 /32) [default:
+    /// node 32, coordinator 256]
+    #[arg(long, value_name = "N")]
+    max_inbound_per_netgroup: Option<usize>,
+    /// Seconds one write to a peer may take once its session is set up; a
+    /// peer that stops reading is closed after this.
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    write_timeout: f64,
+}
+
+impl LimitArgs {
+    fn admission(&self, defaults: AdmissionConfig) -> AdmissionConfig {
+        AdmissionConfig {
+            max_inbound: self.max_inbound.unwrap_or(defaults.max_inbound),
+            max_per_ip: self.max_inbound_per_ip.unwrap_or(defaults.max_per_ip),
+            max_per_netgroup: self
+                .max_inbound_per_netgroup
+                .unwrap_or(defaults.max_per_netgroup),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -351,6 +386,10 @@ fn session_config(net: &NetArgs, timeout: f64) -> anyhow::Result<SessionConfig> 
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    match bitpunch::net::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let result = match cli.command {
         Command::Node(args) => run_node(args).await,
         Command::Connect {
@@ -421,6 +460,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 port,
                 bind,
                 timeout,
+                limits,
             },
         coordinator,
         relay: relays,
@@ -455,6 +495,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
+    config.admission = limits.admission(AdmissionConfig::NODE);
+    config.session.write_timeout = seconds(limits.write_timeout)?;
     let node = Node::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",
@@ -658,10 +700,13 @@ async fn run_coordinator(
         port,
         bind,
         timeout,
+        limits,
     } = listen;
     let mut config = coordinator::CoordinatorServerConfig::new(session_config(&net, timeout)?);
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
+    config.admission = limits.admission(AdmissionConfig::COORDINATOR);
+    config.session.write_timeout = seconds(limits.write_timeout)?;
     config.machine.requests_per_minute = requests_per_minute;
     let server = coordinator::CoordinatorServer::start(config).with_context(|| {
         format!(

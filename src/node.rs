@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::net::router::Inbound;
-use crate::net::{Route, Router, SharedPort};
+use crate::net::{AdmissionConfig, Route, Router, SharedPort};
 use crate::wire::{SessionConfig, SessionError, SessionReport};
 
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// A new connection must send its first bytes within this.
     pub sniff_timeout: Duration,
+    /// Caps on inbound connections (docs/security.md).
+    pub admission: AdmissionConfig,
 }
 
 impl NodeConfig {
@@ -32,6 +34,7 @@ impl NodeConfig {
             session,
             idle_timeout: Duration::from_secs(20 * 60),
             sniff_timeout: Duration::from_secs(10),
+            admission: AdmissionConfig::NODE,
         }
     }
 }
@@ -66,9 +69,10 @@ impl Node {
         let mut shared = SharedPort::bind(config.bind_ip, config.port)?;
         let port = shared.port();
         let local_addrs = shared.local_addrs().to_vec();
-        let router = Router::new(
+        let router = Router::with_admission(
             config.session.network.magic().to_bytes(),
             config.sniff_timeout,
+            config.admission,
         );
         let (events, _) = broadcast::channel(1024);
         let mut bitcoin = router.subscribe(Route::Bitcoin, 64);

@@ -64,6 +64,11 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, SocketAddr)>
             "-q",
         ])
         .args(["--requests-per-minute", "100000000", "--timeout", "60"])
+        // Every client is on 127.0.0.1, which admission control would
+        // otherwise hold to a handful of connections.
+        .args(["--max-inbound-per-ip", "1000000"])
+        .args(["--max-inbound-per-netgroup", "1000000"])
+        .args(["--max-inbound", "1000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

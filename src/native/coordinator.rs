@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
 use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
 use crate::net::router::Inbound;
-use crate::net::{Route, Router, SharedPort};
+use crate::net::{AdmissionConfig, Route, Router, SharedPort};
 use crate::wire::SessionConfig;
 
 /// Rewrites each message before it is sent. For experiments and tests that
@@ -33,6 +33,8 @@ pub struct CoordinatorServerConfig {
     /// How often each client's RTT is measured again.
     pub ping_interval: Duration,
     pub filter: Option<MessageFilter>,
+    /// Caps on inbound connections (docs/security.md).
+    pub admission: AdmissionConfig,
 }
 
 impl CoordinatorServerConfig {
@@ -44,6 +46,7 @@ impl CoordinatorServerConfig {
             machine: CoordinatorConfig::default(),
             ping_interval: Duration::from_secs(30),
             filter: None,
+            admission: AdmissionConfig::COORDINATOR,
         }
     }
 }
@@ -135,9 +138,10 @@ impl Drop for CoordinatorServer {
 impl CoordinatorServer {
     pub fn start(config: CoordinatorServerConfig) -> std::io::Result<CoordinatorServer> {
         let mut port = SharedPort::bind(config.bind_ip, config.port)?;
-        let router = Router::new(
+        let router = Router::with_admission(
             config.session.network.magic().to_bytes(),
             config.session.handshake_timeout,
+            config.admission,
         );
         let mut inbound = router.subscribe(Route::Bitcoin, 256);
         let accept = port.spawn_accept_loop(router);
@@ -230,12 +234,13 @@ async fn serve_client(
         .connected(conn, remote, rtt);
     tracing::debug!(conn, %remote, transport = %report.transport, "client connected");
 
-    let writer_task = tokio::spawn(async move {
+    let mut writer_task = tokio::spawn(async move {
         while let Some(msg) = outgoing.recv().await {
-            if writer.send(&msg).await.is_err() {
-                return;
+            if let Err(e) = writer.send(&msg).await {
+                return format!("writing: {e}");
             }
         }
+        "outbox closed".to_string()
     });
     let (incoming_tx, mut incoming) = mpsc::channel(16);
     let reader_task = tokio::spawn(async move {
@@ -254,7 +259,17 @@ async fn serve_client(
     let reason = loop {
         tokio::select! {
             reason = &mut close => break reason.unwrap_or_else(|_| "closed".into()),
+            // A client that stops reading is closed when a write to it
+            // times out (the session's write timeout).
+            written = &mut writer_task => break written.unwrap_or_else(|e| e.to_string()),
             _ = ping_timer.tick() => {
+                // A client that has not answered the last ping within a
+                // whole interval is gone (or hostile): its slot and its
+                // registration are freed.
+                if ping_out.is_some() {
+                    break format!("no pong within {ping_interval:?}");
+                }
+                shared.machine.lock().unwrap_or_else(|p| p.into_inner()).tick(Instant::now().into_std());
                 let nonce = rand::random();
                 ping_out = Some((nonce, Instant::now()));
                 let _ = outbox.try_send(NetworkMessage::Ping(nonce));

@@ -93,6 +93,9 @@ impl Coordinator {
     /// A client finished the Bitcoin handshake; `observed` is its source
     /// endpoint as this side sees it: its NAT mapping.
     pub fn connected(&mut self, conn: ConnId, observed: SocketAddr, rtt: Option<Duration>) {
+        // A reused id is a new connection: the old one's registration goes
+        // (found by the coordinator fuzzer; drivers never reuse ids).
+        self.disconnected(conn);
         self.peers.insert(
             conn,
             Peer {

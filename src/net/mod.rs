@@ -2,6 +2,7 @@
 //! connection of the node leaves from, and one accept loop on it that routes
 //! each inbound connection to whoever owns it.
 
+pub mod admission;
 pub mod router;
 pub mod stream;
 
@@ -11,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+pub use admission::{Admission, AdmissionConfig, NetGroup};
 pub use router::{Inbound, Route, Router, StreamKind};
 
 /// One TCP port, bound with `SO_REUSEADDR` + `SO_REUSEPORT` so that outbound
@@ -122,13 +124,28 @@ impl SharedPort {
             let accepts = listeners.into_iter().map(|listener| {
                 let router = router.clone();
                 async move {
+                    // Out of file descriptors (EMFILE, ENFILE) or buffers:
+                    // back off, doubling up to a second, and say so once per
+                    // episode instead of once per failed accept.
+                    let mut backoff = ACCEPT_BACKOFF_MIN;
+                    let mut failures = 0u64;
                     loop {
                         match listener.accept().await {
-                            Ok((stream, remote)) => router.clone().dispatch(stream, remote),
+                            Ok((stream, remote)) => {
+                                if failures > 0 {
+                                    tracing::info!(failures, "accepting again");
+                                    failures = 0;
+                                    backoff = ACCEPT_BACKOFF_MIN;
+                                }
+                                router.clone().dispatch(stream, remote)
+                            }
                             Err(e) => {
-                                // EMFILE and friends: back off instead of spinning.
-                                tracing::warn!(error = %e, "accept failed");
-                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                if failures == 0 {
+                                    tracing::warn!(error = %e, "accept failed (out of file descriptors?); backing off");
+                                }
+                                failures = failures.saturating_add(1);
+                                tokio::time::sleep(backoff).await;
+                                backoff = backoff.saturating_mul(2).min(ACCEPT_BACKOFF_MAX);
                             }
                         }
                     }
@@ -137,6 +154,35 @@ impl SharedPort {
             futures::future::join_all(accepts).await;
         })
     }
+}
+
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// Bitcoin Core does at start: every connection is a descriptor, and the
+/// usual soft limit of 1024 is less than the caps allow. Returns the limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// `connect()` from `local` with the reuse options set, so that it can share

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::admission::{Admission, AdmissionConfig};
 use super::stream::{ByteCounters, Counted, Rewound};
 use crate::wire::Transport;
 
@@ -91,6 +92,7 @@ pub struct Inbound {
 
 pub struct Router {
     magic: [u8; 4],
+    admission: Admission,
     sniff_timeout: Duration,
     expected: Mutex<HashMap<SocketAddr, oneshot::Sender<Inbound>>>,
     /// Connections still being classified, by remote endpoint: a punch that
@@ -119,14 +121,29 @@ impl Drop for Expectation {
 }
 
 impl Router {
+    /// A router with a node's admission caps ([`AdmissionConfig::NODE`]).
     pub fn new(magic: [u8; 4], sniff_timeout: Duration) -> Arc<Router> {
+        Self::with_admission(magic, sniff_timeout, AdmissionConfig::NODE)
+    }
+
+    pub fn with_admission(
+        magic: [u8; 4],
+        sniff_timeout: Duration,
+        admission: AdmissionConfig,
+    ) -> Arc<Router> {
         Arc::new(Router {
             magic,
+            admission: Admission::new(admission),
             sniff_timeout,
             expected: Mutex::default(),
             sniffing: Mutex::default(),
             routes: Mutex::default(),
         })
+    }
+
+    /// Admission control's caps and counts.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     fn lock_expected(
@@ -147,9 +164,9 @@ impl Router {
             return Some(exact);
         }
         let same_ip = expected
-            .keys()
-            .find(|k| k.ip() == remote.ip() && !expected[k].is_closed())
-            .copied()?;
+            .iter()
+            .find(|(k, tx)| k.ip() == remote.ip() && !tx.is_closed())
+            .map(|(k, _)| *k)?;
         expected.remove(&same_ip)
     }
 
@@ -199,7 +216,14 @@ impl Router {
             }
         };
         let _ = stream.set_nodelay(true);
-        let counted = Counted::new(stream);
+        // A connection a punch is waiting for was asked for by this node:
+        // admitted whatever the caps say. Everyone else waits their turn.
+        let claim = self.take_claim(remote);
+        let ticket = match self.admission.admit(remote.ip(), claim.is_some()) {
+            Ok(ticket) => ticket,
+            Err(_) => return, // logged by admission, once per interval
+        };
+        let counted = Counted::admitted(stream, ticket);
         let counters = counted.counters();
         let mut inbound = Inbound {
             stream: Rewound::new(Vec::new(), counted),
@@ -209,7 +233,7 @@ impl Router {
             accepted_at,
             counters,
         };
-        if let Some(claim) = self.take_claim(remote) {
+        if let Some(claim) = claim {
             tracing::debug!(%remote, "inbound connection belongs to a punch in progress");
             if let Err(unclaimed) = claim.send(inbound) {
                 tracing::debug!(remote = %unclaimed.remote, "punch gave up before its connection arrived");

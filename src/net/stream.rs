@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::admission::Ticket;
+
 /// A stream whose first bytes were already read (to decide where it goes) and
 /// are handed out again before the rest, so the next owner sees the whole stream.
 #[derive(Debug)]
@@ -98,7 +100,7 @@ impl ByteCounters {
     }
 
     pub fn total(&self) -> u64 {
-        self.received() + self.sent()
+        self.received().saturating_add(self.sent())
     }
 }
 
@@ -106,6 +108,9 @@ impl ByteCounters {
 pub struct Counted<S> {
     inner: S,
     counters: Arc<ByteCounters>,
+    /// An inbound connection's place under admission control: released with
+    /// the stream, and the stream fails once it is evicted.
+    ticket: Option<Ticket>,
 }
 
 impl<S> Counted<S> {
@@ -114,7 +119,27 @@ impl<S> Counted<S> {
     }
 
     pub fn with_counters(inner: S, counters: Arc<ByteCounters>) -> Self {
-        Self { inner, counters }
+        Self {
+            inner,
+            counters,
+            ticket: None,
+        }
+    }
+
+    /// An inbound stream holding its admission place.
+    pub fn admitted(inner: S, ticket: Ticket) -> Self {
+        Self {
+            inner,
+            counters: Arc::default(),
+            ticket: Some(ticket),
+        }
+    }
+
+    fn check_eviction(&self, cx: &mut Context<'_>) -> io::Result<()> {
+        match &self.ticket {
+            Some(ticket) => ticket.eviction.check(cx),
+            None => Ok(()),
+        }
     }
 
     pub fn counters(&self) -> Arc<ByteCounters> {
@@ -133,12 +158,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Err(e) = this.check_eviction(cx) {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
+        let read = buf.filled().len().saturating_sub(before);
         this.counters
             .received
-            .fetch_add(read as u64, Ordering::Relaxed);
+            .fetch_add(u64::try_from(read).unwrap_or(u64::MAX), Ordering::Relaxed);
         poll
     }
 }
@@ -150,9 +178,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Err(e) = this.check_eviction(cx) {
+            return Poll::Ready(Err(e));
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
-            this.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+            this.counters
+                .sent
+                .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         poll
     }

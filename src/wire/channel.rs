@@ -282,6 +282,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         self.reader.recv().await
     }
 
+    /// The next message off the wire, past any held ones.
+    pub(crate) async fn recv_from_peer(&mut self) -> Result<Option<NetworkMessage>, WireError> {
+        self.reader.recv_from_peer().await
+    }
+
     /// Keeps `msg` for the owner: [`recv`](Self::recv) returns it first.
     pub fn hold(&mut self, msg: NetworkMessage) -> Result<(), WireError> {
         self.reader.hold(msg)
@@ -438,6 +443,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
         if let Some(msg) = self.held.pop_front() {
             return Ok(Some(msg));
         }
+        self.recv_from_peer().await
+    }
+
+    /// The next message off the wire, past any held ones: for the set-up,
+    /// which holds what it is not waiting for.
+    pub(crate) async fn recv_from_peer(&mut self) -> Result<Option<NetworkMessage>, WireError> {
         if self.inbound.is_none() {
             let mut header = [0u8; V1_HEADER_LEN];
             self.read_exact(&mut header).await?;

@@ -374,9 +374,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .map_err(|e| SessionError::new(stage, e))
     }
 
+    /// The set-up's next message: off the wire, since the set-up holds
+    /// what it is not waiting for.
     async fn recv(&mut self, stage: Stage) -> Result<Option<NetworkMessage>, SessionError> {
         self.channel
-            .recv()
+            .recv_from_peer()
             .await
             .map_err(|e| SessionError::new(stage, e))
     }

@@ -1,0 +1,222 @@
+//! Hostile clients written against the spec, on loopback: the sequences
+//! that once crashed or bloated a coordinator or node, and the deadlines
+//! that free what a stalled peer holds.
+
+mod common;
+use common::*;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bip324::Role;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::{Address, ServiceFlags};
+use bitpunch::identity::NodeKey;
+use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
+use bitpunch::native::machine::{Client, ClientConfig, ClientEvent};
+use bitpunch::native::messages::{FailReason, NativeMessage};
+use bitpunch::node::{Node, NodeConfig, NodeEvent};
+use bitpunch::wire::{self, Channel, Network, Session, WireError};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn coordinator() -> (CoordinatorServer, SocketAddr) {
+    let mut config = CoordinatorServerConfig::new(session());
+    config.bind_ip = Some(LOOPBACK);
+    config.port = 0;
+    let server = CoordinatorServer::start(config).unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr)
+}
+
+type ClientSession = Session<bitpunch::net::stream::Counted<TcpStream>>;
+
+async fn open(addr: SocketAddr) -> ClientSession {
+    wire::connect(addr, &session(), None, Instant::now())
+        .await
+        .result
+        .expect("a session with the coordinator")
+}
+
+async fn send(s: &mut ClientSession, msg: NativeMessage) {
+    s.send_message(&msg.to_network()).await.unwrap();
+}
+
+async fn recv(s: &mut ClientSession) -> NativeMessage {
+    loop {
+        let msg = s.recv_message(Duration::from_secs(10)).await.unwrap();
+        if let Ok(Some(native)) = NativeMessage::from_network(&msg) {
+            return native;
+        }
+    }
+}
+
+/// Registers `key` on `s` through the real client machine.
+async fn register(s: &mut ClientSession, key: &NodeKey) {
+    let mut client = Client::new(ClientConfig::default(), key.clone());
+    send(s, client.start()).await;
+    loop {
+        let msg = recv(s).await;
+        for event in client.handle(std::time::Instant::now(), msg) {
+            match event {
+                ClientEvent::Send(m) => send(s, m).await,
+                ClientEvent::Registered { .. } => return,
+                other => panic!("registration: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coordinator_keeps_serving(
+) {
+    let (server, addr) = coordinator();
+    let victim_key = NodeKey::generate();
+    let mut victim = open(addr).await;
+    register(&mut victim, &victim_key).await;
+    // Registers again (the state leaves Registered), then vanishes.
+    send(
+        &mut victim,
+        NativeMessage::Register {
+            key: victim_key.public().serialize(),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut victim).await,
+        NativeMessage::Challenge { .. }
+    ));
+    drop(victim);
+
+    let mut asker = open(addr).await;
+    register(&mut asker, &NodeKey::generate()).await;
+    // Give the coordinator a moment to see the victim's connection close;
+    // the answer must be the same whichever it sees first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(
+        &mut asker,
+        NativeMessage::Connect {
+            request: 1,
+            target: victim_key.id(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut asker).await,
+        NativeMessage::Fail {
+            request: 1,
+            reason: FailReason::UnknownPeer
+        }
+    );
+    // Still serving: a newcomer registers, and the asker's link is alive.
+    let mut newcomer = open(addr).await;
+    register(&mut newcomer, &NodeKey::generate()).await;
+    assert_eq!(server.registered(), 2);
+    assert!(asker.measure_rtt(Duration::from_secs(5)).await.is_ok());
+}
+
+/// What Bitcoin Core does: its first message follows verack at once, before
+/// our side's set-up ping has been answered.
+#[tokio::test]
+async fn a_client_that_speaks_right_after_verack_is_answered() {
+    let (_server, addr) = coordinator();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let magic = Network::Regtest.magic();
+    let mut channel = Channel::v2(stream, magic, Role::Initiator, None)
+        .await
+        .unwrap();
+    let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut version = VersionMessage::new(
+        ServiceFlags::NONE,
+        0,
+        Address::new(&addr, ServiceFlags::NONE),
+        Address::new(&me, ServiceFlags::NONE),
+        7,
+        "/hostile:0/".into(),
+        0,
+    );
+    version.version = 70016;
+    channel
+        .send(&NetworkMessage::Version(version))
+        .await
+        .unwrap();
+    let key = NodeKey::generate();
+    let mut client = Client::new(ClientConfig::default(), key);
+    let mut sent_register = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, channel.recv())
+            .await
+            .expect("the coordinator answers hpregister")
+            .unwrap();
+        match msg {
+            Some(NetworkMessage::Version(_)) => {}
+            Some(NetworkMessage::Verack) if !sent_register => {
+                // verack and hpregister in one go.
+                channel.send(&NetworkMessage::Verack).await.unwrap();
+                channel.send(&client.start().to_network()).await.unwrap();
+                sent_register = true;
+            }
+            Some(NetworkMessage::Ping(n)) => {
+                channel.send(&NetworkMessage::Pong(n)).await.unwrap();
+            }
+            Some(other) => {
+                if let Ok(Some(native)) = NativeMessage::from_network(&other) {
+                    assert!(
+                        matches!(native, NativeMessage::Challenge { .. }),
+                        "{native:?}"
+                    );
+                    let events = client.handle(std::time::Instant::now(), native);
+                    assert!(matches!(
+                        &events[..],
+                        [ClientEvent::Send(NativeMessage::Prove { .. })]
+                    ));
+                    return;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_pings_and_never_reads_is_closed_within_the_write_deadline() {
+    let mut config = NodeConfig::new(session());
+    config.bind_ip = Some(LOOPBACK);
+    config.port = 0;
+    config.session.write_timeout = Duration::from_secs(1);
+    let node = Node::start(config).unwrap();
+    let mut events = node.events();
+    let target = SocketAddr::new(LOOPBACK, node.port());
+    let peer = open(target).await;
+    let (_reader, mut writer, _) = peer.into_parts();
+    // Pings until the node's pongs fill both socket buffers and its write
+    // stalls; the reader half is never polled.
+    let pinger = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while writer.send(&NetworkMessage::Ping(sent)).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    let started = Instant::now();
+    let reason = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("the node closes the peer")
+            .unwrap();
+        if let NodeEvent::Closed { reason, .. } = event {
+            break reason;
+        }
+    };
+    pinger.abort();
+    assert!(
+        reason.contains(&WireError::Timeout(Duration::from_secs(1)).to_string()),
+        "closed for another reason: {reason}"
+    );
+    // Generous: filling loopback buffers takes a moment on a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(45));
+}
