@@ -218,6 +218,24 @@ enum Command {
         /// Turn off the reservation and circuit rate limits (benchmarks only).
         #[arg(long)]
         no_rate_limits: bool,
+        /// Inbound connections still negotiating Noise/Yamux.
+        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_pending_incoming)]
+        max_pending_incoming: u32,
+        /// Established inbound connections.
+        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_incoming)]
+        max_connections: u32,
+        /// Established connections to one peer.
+        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_per_peer)]
+        max_connections_per_peer: u32,
+        /// No new connections while the relay's resident memory is above this.
+        #[arg(long, value_name = "MIB", default_value_t = relay::ConnectionCaps::RELAY.max_memory_mib)]
+        max_memory_mib: usize,
+        /// Connections from one IP address.
+        #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_ip)]
+        max_inbound_per_ip: usize,
+        /// Connections from one netgroup (IPv4 /16, IPv6 /32).
+        #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_netgroup)]
+        max_inbound_per_netgroup: usize,
     },
     /// Offer hole-punch coordination (the native path) on a reachable port.
     Coordinator {
@@ -411,12 +429,29 @@ async fn main() -> ExitCode {
             max_circuit_duration,
             max_circuit_bytes,
             no_rate_limits,
+            max_pending_incoming,
+            max_connections,
+            max_connections_per_peer,
+            max_memory_mib,
+            max_inbound_per_ip,
+            max_inbound_per_netgroup,
         } => {
             let mut limits = relay::RelayLimits {
                 max_reservations,
                 max_circuits,
                 max_circuit_duration: Duration::from_secs(max_circuit_duration),
                 max_circuit_bytes,
+                caps: relay::ConnectionCaps {
+                    max_pending_incoming,
+                    max_established_incoming: max_connections,
+                    max_established_per_peer: max_connections_per_peer,
+                    max_memory_mib,
+                },
+                admission: AdmissionConfig {
+                    max_per_ip: max_inbound_per_ip,
+                    max_per_netgroup: max_inbound_per_netgroup,
+                    ..AdmissionConfig::RELAY
+                },
                 ..Default::default()
             };
             if no_rate_limits {

@@ -260,6 +260,20 @@ pub async fn measure_relay(
                 ])
                 .args(["--max-reservations", &limit])
                 .args(["--max-circuits", &limit])
+                // Every client is on 127.0.0.1: lift the per-address and
+                // connection caps that protect a relay in production.
+                .args([
+                    "--max-inbound-per-ip",
+                    &limit,
+                    "--max-inbound-per-netgroup",
+                    &limit,
+                ])
+                .args([
+                    "--max-connections",
+                    &limit,
+                    "--max-pending-incoming",
+                    &limit,
+                ])
                 .args(["--key", &key_path.to_string_lossy()]);
         }
         RelayUnderTest::Command(argv) => {

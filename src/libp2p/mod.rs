@@ -1,7 +1,9 @@
 //! The libp2p path: circuit relay v2 and a DCUtR-style exchange coordinate
 //! the punch; the punched TCP connection becomes a BIP324 Bitcoin session.
 
+pub mod caps;
 pub mod exchange;
+pub mod ip_admission;
 pub mod punch;
 pub mod relay;
 pub mod stock;

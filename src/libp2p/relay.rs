@@ -14,8 +14,13 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+pub use super::caps::ConnectionCaps;
+
 #[derive(NetworkBehaviour)]
 struct RelayBehaviour {
+    per_ip: super::ip_admission::IpAdmission,
+    limits: ::libp2p::connection_limits::Behaviour,
+    memory: ::libp2p::memory_connection_limits::Behaviour,
     relay: relay::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -34,6 +39,10 @@ pub struct RelayLimits {
     /// (count, per interval) per peer and per IP for reservations and for
     /// circuits; `None` turns rate limiting off (benchmarks only).
     pub rate_limits: Option<RateLimits>,
+    /// Caps on connections (docs/security.md).
+    pub caps: super::caps::ConnectionCaps,
+    /// Caps per IP and per netgroup (the total is `caps`').
+    pub admission: crate::net::AdmissionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +70,8 @@ impl Default for RelayLimits {
                 circuits_per_peer: (30, Duration::from_secs(120)),
                 circuits_per_ip: (60, Duration::from_secs(60)),
             }),
+            caps: super::caps::ConnectionCaps::RELAY,
+            admission: crate::net::AdmissionConfig::RELAY,
         }
     }
 }
@@ -145,6 +156,9 @@ impl RelayServer {
                 yamux::Config::default,
             )?
             .with_behaviour(|key| RelayBehaviour {
+                per_ip: super::ip_admission::IpAdmission::new(limits.admission),
+                limits: limits.caps.connection_limits(),
+                memory: limits.caps.memory_limits(),
                 relay: relay::Behaviour::new(key.public().to_peer_id(), limits.config()),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/ipfs/id/1.0.0".into(), key.public())

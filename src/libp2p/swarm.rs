@@ -26,6 +26,8 @@ pub const AGENT: &str = concat!("bitpunch/", env!("CARGO_PKG_VERSION"));
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    limits: ::libp2p::connection_limits::Behaviour,
+    memory: ::libp2p::memory_connection_limits::Behaviour,
     relay_client: relay::client::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -148,6 +150,8 @@ impl Libp2pNode {
             })?
             .with_relay_client(noise::Config::new, yamux::Config::default)?
             .with_behaviour(|key, relay_client| NodeBehaviour {
+                limits: super::caps::ConnectionCaps::NODE.connection_limits(),
+                memory: super::caps::ConnectionCaps::NODE.memory_limits(),
                 relay_client,
                 identify: identify::Behaviour::new(
                     identify::Config::new("/ipfs/id/1.0.0".into(), key.public())

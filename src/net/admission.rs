@@ -87,6 +87,14 @@ impl AdmissionConfig {
         max_per_ip: 8,
         max_per_netgroup: 32,
     };
+    /// A relay: per address and netgroup only (libp2p's connection limits
+    /// count the total); a relay's reservations are per peer id, and
+    /// several peers may share a NAT.
+    pub const RELAY: AdmissionConfig = AdmissionConfig {
+        max_inbound: usize::MAX,
+        max_per_ip: 16,
+        max_per_netgroup: 128,
+    };
     /// A coordinator holds one idle session per registered node.
     pub const COORDINATOR: AdmissionConfig = AdmissionConfig {
         max_inbound: 100_000,
