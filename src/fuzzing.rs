@@ -30,8 +30,11 @@ use crate::wire::codec;
 
 const MAGIC: Magic = Magic::REGTEST;
 
+/// A target's body: takes the fuzzer's bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name `cargo fuzz` knows it by.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sniff", sniff),
     ("v1_message", v1_message),
     ("v2_contents", v2_contents),

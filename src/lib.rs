@@ -7,6 +7,7 @@
 //! [`node`] ties the inbound side together.
 
 pub mod address;
+pub mod clock;
 pub mod demo;
 pub mod fuzzing;
 pub mod identity;

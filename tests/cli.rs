@@ -302,6 +302,15 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{record}");
     assert_eq!(record["ok"], false, "{record}");
+    // Bob tells the coordinator before he logs: Alice may be done first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("refused a punch order")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     drop(bob);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -386,4 +395,52 @@ fn lab_scale_relay_holds_every_reservation_and_relays_circuits() {
     // Ten dialers, one circuit at a time each, through our relay.
     assert!(record["circuits"].as_u64().unwrap() > 0, "{record}");
     assert_eq!(record["circuit_failures"], 0, "{record}");
+}
+
+#[test]
+fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
+    let mut first = Running(
+        bitpunch()
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--network",
+                "regtest",
+                "-q",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start node"),
+    );
+    let mut line = String::new();
+    BufReader::new(first.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    for role in ["node", "coordinator"] {
+        let out = bitpunch()
+            .args([
+                role,
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--network",
+                "regtest",
+            ])
+            .output()
+            .expect("run the second process");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{role} bound a port another bitpunch listens on"
+        );
+        assert!(
+            stderr.contains("already in use by another listener") && stderr.contains(&port),
+            "{role}: {stderr}"
+        );
+    }
 }

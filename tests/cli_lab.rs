@@ -12,6 +12,10 @@ use bitpunch::lab::{Lab, LinkShape};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bitpunch");
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
     require_lab!();
@@ -126,6 +130,10 @@ fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn demo_between_two_home_nats_punches_on_every_path() {
     require_lab!();
@@ -150,6 +158,10 @@ fn demo_between_two_home_nats_punches_on_every_path() {
     assert!(out.status.success());
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn a_small_lab_run_writes_records_a_matching_summary_and_plots() {
     require_lab!();

@@ -69,6 +69,9 @@ async fn connect_from(ip: IpAddr, target: SocketAddr) -> std::io::Result<TcpStre
     socket.connect(target).await
 }
 
+/// One flood at a time: each holds 5,500 descriptors in this process.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Opens the flood and returns its connections (kept open by the caller).
 async fn flood(target: SocketAddr) -> (Vec<TcpStream>, usize) {
     bitpunch::net::raise_fd_limit().expect("raise the open-file limit");
@@ -124,6 +127,7 @@ async fn good_session(target: SocketAddr) -> wire::SessionReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (child, rx) = spawn(&[
         "node",
         "--port",
@@ -156,6 +160,7 @@ async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bounded_memory() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (child, rx) = spawn(&[
         "coordinator",
         "--port",
@@ -203,6 +208,7 @@ async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bound
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_under_a_connection_flood_gives_a_good_node_its_reservation_in_bounded_memory() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = std::env::temp_dir().join(format!("bitpunch-flood-relay-{}", std::process::id()));
     let key = dir.join("relay.key");
     let (child, rx) = spawn(&[

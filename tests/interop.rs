@@ -253,6 +253,10 @@ fn libp2p_path_through_a_foreign_relay(which: Relay, test: &str) {
     drop(lab);
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn bitpunch_nodes_punch_through_a_js_libp2p_relay() {
     require_lab!();
@@ -264,6 +268,10 @@ fn bitpunch_nodes_punch_through_a_js_libp2p_relay() {
     );
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn bitpunch_nodes_punch_through_a_py_libp2p_relay() {
     require_lab!();
@@ -272,6 +280,10 @@ fn bitpunch_nodes_punch_through_a_py_libp2p_relay() {
 
 /// Test 3: js-libp2p peers use our relay: one reserves, the other reaches it
 /// through the circuit and pings it.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn js_libp2p_peers_reach_each_other_through_our_relay() {
     require_lab!();
@@ -320,6 +332,10 @@ fn js_libp2p_peers_reach_each_other_through_our_relay() {
 /// TCP dials from fresh ports and never learns its own TCP mapping, so the
 /// direct connection is the js peer's SYN reaching our shared port, which
 /// only an endpoint-independent filter admits (docs/interop.md).
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn js_dcutr_and_our_stock_dcutr_reach_a_direct_connection_both_ways() {
     require_lab!();
@@ -429,6 +445,10 @@ fn js_dcutr_and_our_stock_dcutr_reach_a_direct_connection_both_ways() {
 
 /// Test 5: a relay that is full refuses our reservation; our node says so
 /// clearly and retries with growing back-off instead of spinning.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn a_full_relay_refuses_and_we_back_off() {
     require_lab!();

@@ -146,30 +146,50 @@ async fn twenty_tries(profile: &str) {
     assert!(ok >= 19, "{profile}: only {ok} of 20 punches worked");
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_eim_apdf_nats_that_drop() {
     require_lab!();
     twenty_tries("home").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_eim_apdf_nats_that_reset() {
     require_lab!();
     twenty_tries("home-rst").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_full_cone_nats_that_drop() {
     require_lab!();
     twenty_tries("full-cone").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_full_cone_nats_that_reset() {
     require_lab!();
     twenty_tries("eim/eif/rst").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symmetric_nats_fail_cleanly_after_three_rounds() {
     require_lab!();
@@ -190,6 +210,10 @@ async fn symmetric_nats_fail_cleanly_after_three_rounds() {
 /// DESIGN.md's race: Bob's SYN arrives before Alice dials (her NAT lets it
 /// in). The accept loop hands it to Alice's punch, and the roles still come
 /// from the exchange: Alice, who asked, is the BIP324 initiator.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peers_syn_first_still_gives_one_session_with_the_right_roles() {
     require_lab!();
@@ -209,6 +233,10 @@ async fn the_peers_syn_first_still_gives_one_session_with_the_right_roles() {
 }
 
 /// rust-libp2p's own DCUtR between the same NATs: the yardstick.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
     require_lab!();
@@ -279,6 +307,10 @@ async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
 /// Alice behind a symmetric NAT, Bob behind a full cone: Alice's SYN leaves
 /// from a new port, not the one the relay saw, but Bob's NAT lets it in; the
 /// accept loop gives it to Bob's punch by its address.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symmetric_alice_reaches_a_full_cone_bob() {
     require_lab!();

@@ -73,18 +73,30 @@ async fn raw_simultaneous_open(profile: &str) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_open_works_through_endpoint_independent_nats_that_drop() {
     require_lab!();
     raw_simultaneous_open("home").await.unwrap();
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_open_works_through_endpoint_independent_nats_that_reset() {
     require_lab!();
     raw_simultaneous_open("home-rst").await.unwrap();
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_open_fails_between_random_symmetric_nats() {
     require_lab!();
@@ -92,6 +104,10 @@ async fn simultaneous_open_fails_between_random_symmetric_nats() {
     assert!(err.contains("after 3 attempts"), "{err}");
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_and_loss_take_effect() {
     require_lab!();
@@ -172,6 +188,10 @@ async fn delay_and_loss_take_effect() {
     assert!((16.0..24.0).contains(&loss), "measured loss {loss}%");
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn a_lab_is_removed_even_when_its_test_panics() {
     require_lab!();
@@ -201,6 +221,10 @@ fn bitpunch() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bitpunch"))
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn nat_check_all_finds_every_profile_as_configured() {
     require_lab!();
@@ -222,6 +246,10 @@ fn nat_check_all_finds_every_profile_as_configured() {
     assert!(out.status.success());
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[test]
 fn cleanup_removes_what_a_killed_run_left() {
     require_lab!();

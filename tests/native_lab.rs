@@ -151,18 +151,30 @@ async fn twenty_tries(profile: &str) {
     assert!(ok >= 19, "{profile}: only {ok} of 20 punches worked");
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_home_nats_that_drop() {
     require_lab!();
     twenty_tries("home").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punches_through_home_nats_that_reset() {
     require_lab!();
     twenty_tries("home-rst").await;
 }
 
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symmetric_nats_fail_cleanly_after_the_attempts() {
     require_lab!();
@@ -182,6 +194,10 @@ async fn symmetric_nats_fail_cleanly_after_the_attempts() {
 /// Bob refuses his order (no orders left): the coordinator tells Alice, who
 /// stops punching into a NAT that will not open instead of using up her
 /// three attempts.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_order_ends_the_requesters_punch() {
     require_lab!();

@@ -16,6 +16,8 @@ use ::libp2p::{Multiaddr, StreamProtocol};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message;
 
+use crate::clock::Later;
+
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/bitpunch/dcutr-bip324/1.0.0");
 /// DCUtR's own limit on a message.
 pub const MAX_MESSAGE: usize = 4096;
@@ -123,7 +125,7 @@ pub async fn write_message<S: AsyncWrite + Unpin>(
     stream.write_all(prefix).await?;
     stream.write_all(&body).await?;
     stream.flush().await?;
-    Ok(prefix.len() + body.len())
+    Ok(prefix.len().saturating_add(body.len()))
 }
 
 pub async fn read_message<S: AsyncRead + Unpin>(
@@ -142,7 +144,7 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     stream.read_exact(&mut body).await?;
     let prefix =
         unsigned_varint::encode::usize(len, &mut unsigned_varint::encode::usize_buffer()).len();
-    Ok((ExchangeMessage::decode(&body)?, prefix + len))
+    Ok((ExchangeMessage::decode(&body)?, prefix.saturating_add(len)))
 }
 
 /// The addresses worth offering a peer: TCP ones on public addresses (the
@@ -244,7 +246,7 @@ impl Initiator {
             Step::Send(ExchangeMessage::Sync),
             Step::Punch {
                 candidates,
-                start: now + rtt / 2,
+                start: now.later(rtt.checked_div(2).unwrap_or_default()),
                 rtt: Some(rtt),
             },
         ])
@@ -253,7 +255,7 @@ impl Initiator {
 
 /// The peer's punchable addresses, without duplicates, at most
 /// [`MAX_CANDIDATES`] of them in the order the peer gave.
-fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> {
+pub fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for addr in theirs.iter().filter_map(|a| punchable(a, allow_private)) {
         if out.len() >= MAX_CANDIDATES {

@@ -1,6 +1,20 @@
 //! The libp2p path: circuit relay v2 and a DCUtR-style exchange coordinate
 //! the punch; the punched TCP connection becomes a BIP324 Bitcoin session.
 
+// Code here reads what strangers send: nothing reachable from the network
+// may panic (docs/security.md). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 pub mod caps;
 pub mod exchange;
 pub mod ip_admission;
@@ -183,6 +197,6 @@ pub async fn keep_reservation(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
     }
 }

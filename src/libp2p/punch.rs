@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::exchange::{self, ExchangeError, Initiator, Responder, Step};
 use super::swarm::Libp2pNode;
+use crate::clock::Later;
 use crate::net::{Router, SharedPort};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{ms_since, Outcome, Path};
@@ -64,7 +65,7 @@ impl Libp2pPunchContext {
     /// if none is known yet.
     async fn offer(&self) -> Vec<Multiaddr> {
         let mut events = self.libp2p.events();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now().later(Duration::from_secs(5));
         loop {
             let ours: Vec<Multiaddr> = self
                 .libp2p
@@ -121,7 +122,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
     };
     let ours = ctx.offer().await;
     let mut machine = Initiator::new(ours, ctx.allow_private);
-    let mut bytes = 0;
+    let mut bytes: u64 = 0;
     let mut last_error = String::new();
     let mut first_syn = None;
     let timeout = ctx.session.handshake_timeout;
@@ -139,17 +140,19 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
         };
         let result: Result<_, ExchangeError> = async {
             if let Step::Send(msg) = step {
-                bytes += exchange::write_message(&mut stream, &msg).await? as u64;
+                let n = exchange::write_message(&mut stream, &msg).await?;
+                bytes = bytes.saturating_add(n as u64);
             }
             let (reply, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
                 .await
                 .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
-            bytes += n as u64;
+            bytes = bytes.saturating_add(n as u64);
             let mut plan = None;
             for step in machine.on_message(Instant::now().into_std(), reply)? {
                 match step {
                     Step::Send(msg) => {
-                        bytes += exchange::write_message(&mut stream, &msg).await? as u64
+                        let n = exchange::write_message(&mut stream, &msg).await?;
+                        bytes = bytes.saturating_add(n as u64);
                     }
                     Step::Punch {
                         candidates,
@@ -159,7 +162,10 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
                     Step::Receive => {}
                 }
             }
-            Ok(plan.expect("the initiator always punches after CONNECT"))
+            plan.ok_or(ExchangeError::Unexpected {
+                got: "CONNECT without a punch",
+                expected: "a punch plan",
+            })
         }
         .await;
         let (candidates, start, rtt) = match result {
@@ -230,8 +236,8 @@ pub async fn respond(
     let ours = ctx.offer().await;
     let mut machine = Responder::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
-    let mut bytes = 0;
-    let mut rounds = 0;
+    let mut bytes: u64 = 0;
+    let mut rounds: u32 = 0;
     let mut first_syn = None;
     let mut last_error = String::from("the peer gave up");
     let timeout = ctx.session.handshake_timeout;
@@ -240,7 +246,7 @@ pub async fn respond(
             let (msg, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
                 .await
                 .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
-            bytes += n as u64;
+            bytes = bytes.saturating_add(n as u64);
             let connect = match &msg {
                 exchange::ExchangeMessage::Connect(addrs) => Some(addrs.clone()),
                 exchange::ExchangeMessage::Sync => None,
@@ -248,7 +254,8 @@ pub async fn respond(
             for step in machine.on_message(Instant::now().into_std(), msg)? {
                 match step {
                     Step::Send(m) => {
-                        bytes += exchange::write_message(&mut stream, &m).await? as u64
+                        let n = exchange::write_message(&mut stream, &m).await?;
+                        bytes = bytes.saturating_add(n as u64);
                     }
                     Step::Punch {
                         candidates, start, ..
@@ -259,10 +266,7 @@ pub async fn respond(
             // B dials RTT/2 after its SYNC, which travels through the relay:
             // B's SYN can beat the SYNC here. Claim B's connections now.
             if let Some(addrs) = connect {
-                let candidates: Vec<SocketAddr> = addrs
-                    .iter()
-                    .filter_map(|a| exchange::punchable(a, ctx.allow_private))
-                    .collect();
+                let candidates = exchange::candidates(&addrs, ctx.allow_private);
                 claims = punch::claim(&ctx.router, &candidates);
             }
             Ok(None)
@@ -271,7 +275,7 @@ pub async fn respond(
         match plan {
             Ok(None) => continue,
             Ok(Some((candidates, start))) => {
-                rounds += 1;
+                rounds = rounds.saturating_add(1);
                 let coordinated = Instant::now();
                 if candidates.is_empty() {
                     last_error = format!("{peer} offered no address to punch to");
@@ -343,7 +347,7 @@ async fn punch_once(
         attempts: 1,
         ..ScheduleConfig::for_rtt(rtt)
     };
-    let start = start + ctx.dial_delay;
+    let start = start.later(ctx.dial_delay);
     punch::punch_claimed(
         &ctx.port,
         PunchPlan {
@@ -443,21 +447,24 @@ fn signed(session_id: &[u8], role: SessionRole) -> Vec<u8> {
 
 /// `bpauth`: key length (u8) ‖ protobuf public key ‖ signature length (u8)
 /// ‖ signature over (domain ‖ session id ‖ signer's role).
+#[allow(
+    clippy::expect_used,
+    reason = "AUTH_COMMAND is a constant 6-byte ASCII command"
+)]
 pub fn encode_auth(
     key: &identity::Keypair,
     session_id: &[u8],
     role: SessionRole,
 ) -> NetworkMessage {
     let public = key.public().encode_protobuf();
-    let signature = key
-        .sign(&signed(session_id, role))
-        .expect("ed25519 signing does not fail");
+    // Signing fails only for key types we never create (RSA in a browser).
+    let signature = key.sign(&signed(session_id, role)).unwrap_or_default();
     let mut payload = vec![public.len() as u8];
     payload.extend_from_slice(&public);
     payload.push(signature.len() as u8);
     payload.extend_from_slice(&signature);
     NetworkMessage::Unknown {
-        command: CommandString::try_from_static(AUTH_COMMAND).expect("valid command"),
+        command: CommandString::try_from_static(AUTH_COMMAND).expect("a valid command"),
         payload,
     }
 }
@@ -473,10 +480,10 @@ pub fn verify_auth(
         if len > MAX_AUTH_FIELD {
             return Err("bpauth field too long".into());
         }
-        let bytes = payload
-            .get(at + 1..at + 1 + len)
-            .ok_or("bpauth ends early")?;
-        Ok((bytes, at + 1 + len))
+        let from = at.saturating_add(1);
+        let to = from.saturating_add(len);
+        let bytes = payload.get(from..to).ok_or("bpauth ends early")?;
+        Ok((bytes, to))
     };
     let (public, next) = field(0)?;
     let (signature, end) = field(next)?;
@@ -518,7 +525,7 @@ async fn authenticate(
         SessionRole::Initiator => SessionRole::Responder,
         SessionRole::Responder => SessionRole::Initiator,
     };
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().later(timeout);
     loop {
         let msg = match session
             .recv_message(deadline.saturating_duration_since(Instant::now()))

@@ -90,7 +90,7 @@ impl RelayLimits {
             circuit_src_rate_limiters: Vec::new(),
         };
         if let Some(r) = &self.rate_limits {
-            let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
+            let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             config = config
                 .reservation_rate_per_peer(nz(r.reservations_per_peer.0), r.reservations_per_peer.1)
                 .reservation_rate_per_ip(nz(r.reservations_per_ip.0), r.reservations_per_ip.1)

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::swarm::{Libp2pEvent, Libp2pNode};
 use super::transport::socket_addr;
+use crate::clock::Later;
 use crate::report::{ms_since, Outcome, Path};
 use crate::wire::{SessionRole, Stage, Transport};
 
@@ -38,7 +39,7 @@ pub async fn connect(node: &Libp2pNode, circuit: Multiaddr, timeout: Duration) -
         record.error = Some(format!("reaching {peer} through the relay: {e}"));
         return record;
     }
-    let deadline = asked + timeout;
+    let deadline = asked.later(timeout);
     // Direct connections to the peer, by id: when they came up and where to.
     let mut direct: HashMap<::libp2p::swarm::ConnectionId, (Instant, Multiaddr)> = HashMap::new();
     let mut chosen = None;

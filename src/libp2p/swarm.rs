@@ -179,7 +179,7 @@ impl Libp2pNode {
         let mut incoming = control
             .clone()
             .accept(super::exchange::PROTOCOL)
-            .expect("the exchange protocol is registered once, here");
+            .map_err(|e| anyhow::anyhow!("registering the exchange protocol: {e}"))?;
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
             let accept = async move {

@@ -332,7 +332,10 @@ impl Coordinator {
         let farthest = rtt_r.max(rtt_t);
         let margin = self.config.margin;
         let delay = |own: Duration| {
-            let wait = farthest.saturating_sub(own) / 2;
+            let wait = farthest
+                .saturating_sub(own)
+                .checked_div(2)
+                .unwrap_or_default();
             u32::try_from(wait.saturating_add(margin).as_millis()).unwrap_or(u32::MAX)
         };
         self.tick(now);

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::machine::PunchOrder;
 use super::messages::{NativeMessage, PunchResult, PunchRole, SESSION_TAG};
+use crate::clock::Later;
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::{Router, SharedPort};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
@@ -62,8 +63,8 @@ pub async fn execute(
 
     let plan = PunchPlan {
         candidates: vec![order.peer],
-        start: received_at + order.delay,
-        config: ScheduleConfig::for_rtt(ctx.coordinator_rtt * 2),
+        start: received_at.later(order.delay),
+        config: ScheduleConfig::for_rtt(ctx.coordinator_rtt.saturating_mul(2)),
     };
     let punched = match punch::punch(&ctx.port, &ctx.router, plan).await {
         Ok(p) => p,
@@ -177,7 +178,7 @@ async fn authenticate(
         PunchRole::Initiator => PunchRole::Responder,
         PunchRole::Responder => PunchRole::Initiator,
     };
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().later(timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = match session.recv_message(left).await {

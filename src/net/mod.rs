@@ -2,6 +2,20 @@
 //! connection of the node leaves from, and one accept loop on it that routes
 //! each inbound connection to whoever owns it.
 
+// Code here reads what strangers send: nothing reachable from the network
+// may panic (docs/security.md). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 pub mod admission;
 pub mod router;
 pub mod stream;
@@ -40,9 +54,38 @@ fn reusable_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Fails when something already listens on `addr`'s port. `SO_REUSEPORT`
+/// would otherwise let a second bitpunch bind the same port beside the
+/// first and silently take half of its inbound connections. The probe sets
+/// `SO_REUSEADDR` only: it binds past TIME_WAIT and past our own outbound
+/// connections, but not past a listener.
+fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "port {} is already in use by another listener (another bitpunch on this port? \
+                 one process per shared port: stop it, or pick another --port)",
+                addr.port()
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A listener on `addr` with the reuse options, so that outbound connections
 /// can share its port. Must be called inside a tokio runtime.
 pub fn listen_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
+    ensure_port_free(addr)?;
     let socket = reusable_socket(addr)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

@@ -62,7 +62,7 @@ pub fn sniff(prefix: &[u8], magic: [u8; 4]) -> Sniff {
         (MULTISTREAM_HEADER, StreamKind::Libp2p),
     ] {
         let n = prefix.len().min(pattern.len());
-        if prefix[..n] == pattern[..n] {
+        if prefix.get(..n) == pattern.get(..n) {
             if n == pattern.len() {
                 return Sniff::Is(kind);
             }
@@ -308,14 +308,17 @@ async fn read_prefix(
         }
         let mut chunk = [0u8; 32];
         let want = MULTISTREAM_HEADER.len().saturating_sub(prefix.len()).max(1);
-        let n = stream.read(&mut chunk[..want]).await?;
+        let want = want.min(chunk.len());
+        let n = stream
+            .read(chunk.get_mut(..want).unwrap_or_default())
+            .await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "peer closed before its first bytes could be classified",
             ));
         }
-        prefix.extend_from_slice(&chunk[..n]);
+        prefix.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
 }
 

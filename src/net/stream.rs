@@ -31,7 +31,7 @@ impl<S> Rewound<S> {
 
     /// The bytes that will be replayed and have not been read yet.
     pub fn pending_prefix(&self) -> &[u8] {
-        &self.prefix[self.consumed..]
+        self.prefix.get(self.consumed..).unwrap_or_default()
     }
 
     pub fn get_ref(&self) -> &S {
@@ -41,7 +41,7 @@ impl<S> Rewound<S> {
     /// The underlying stream; only sound once the prefix was read, otherwise
     /// those bytes are lost.
     pub fn into_inner(self) -> (Vec<u8>, S) {
-        let rest = self.prefix[self.consumed..].to_vec();
+        let rest = self.pending_prefix().to_vec();
         (rest, self.inner)
     }
 }
@@ -54,10 +54,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.consumed < this.prefix.len() {
-            let rest = &this.prefix[this.consumed..];
+            let rest = this.prefix.get(this.consumed..).unwrap_or_default();
             let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.consumed += n;
+            buf.put_slice(rest.get(..n).unwrap_or_default());
+            this.consumed = this.consumed.saturating_add(n);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

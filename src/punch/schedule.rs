@@ -11,6 +11,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::clock::Later;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScheduleConfig {
     /// Attempts in all (DCUtR makes three).
@@ -24,7 +26,9 @@ impl ScheduleConfig {
     /// to cross and its answer to come back a few times, and never less than
     /// half a second, so that scheduling noise does not eat it.
     pub fn for_rtt(rtt: Duration) -> Self {
-        let interval = (rtt * 4 + Duration::from_millis(200))
+        let interval = rtt
+            .saturating_mul(4)
+            .saturating_add(Duration::from_millis(200))
             .clamp(Duration::from_millis(500), Duration::from_secs(3));
         ScheduleConfig {
             attempts: 3,
@@ -34,7 +38,7 @@ impl ScheduleConfig {
 
     /// When the last attempt ends: the longest a punch can take.
     pub fn total(&self) -> Duration {
-        self.interval * self.attempts
+        self.interval.saturating_mul(self.attempts)
     }
 }
 
@@ -77,18 +81,20 @@ impl Schedule {
             return Step::GiveUp;
         }
         if self.next_attempt < self.config.attempts {
-            let slot = self.start + self.config.interval * self.next_attempt;
+            let slot = self
+                .start
+                .later(self.config.interval.saturating_mul(self.next_attempt));
             if now < slot {
                 return Step::WaitUntil(slot);
             }
             let attempt = self.next_attempt;
-            self.next_attempt += 1;
+            self.next_attempt = self.next_attempt.saturating_add(1);
             return Step::Dial {
                 attempt,
                 candidates: self.candidates.clone(),
             };
         }
-        let end = self.start + self.config.total();
+        let end = self.start.later(self.config.total());
         if now < end {
             Step::WaitUntil(end)
         } else {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::codec::{self, V2Decoded, MAX_V2_CONTENTS, V1_HEADER_LEN};
 use super::error::{SessionError, Stage, WireError};
+use crate::clock::Later;
 
 const ELLSWIFT_LEN: usize = 64;
 const GARBAGE_TERMINATOR_LEN: usize = 16;
@@ -372,7 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
         let deadline = match self.deadline.at {
             Some(_) => self.deadline,
             None => Deadline {
-                at: Some(Instant::now() + self.write_timeout),
+                at: Some(Instant::now().later(self.write_timeout)),
                 budget: self.write_timeout,
             },
         };

@@ -57,7 +57,7 @@ fn short_id(command: &str) -> Option<u8> {
     SHORT_IDS
         .iter()
         .position(|c| *c == command)
-        .map(|i| (i + 1) as u8)
+        .and_then(|i| u8::try_from(i.saturating_add(1)).ok())
 }
 
 /// A 12-byte command field: printable ASCII, then NUL padding only.
@@ -78,9 +78,17 @@ fn check_command(command: &[u8; COMMAND_LEN]) -> Result<(), WireError> {
 
 fn payload_bytes(msg: &NetworkMessage) -> Vec<u8> {
     let mut payload = Vec::new();
-    msg.consensus_encode(&mut payload)
-        .expect("writing to a Vec cannot fail");
+    // Writing to a Vec cannot fail.
+    let _ = msg.consensus_encode(&mut payload);
     payload
+}
+
+/// `N` bytes of `bytes` from `at`: header fields, whose offsets are fixed.
+fn field<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], WireError> {
+    at.checked_add(N)
+        .and_then(|end| bytes.get(at..end))
+        .and_then(|slice| slice.try_into().ok())
+        .ok_or_else(|| WireError::Malformed(format!("no {N}-byte field at offset {at}")))
 }
 
 pub fn encode_v1(magic: Magic, msg: &NetworkMessage) -> Vec<u8> {
@@ -95,20 +103,21 @@ pub struct V1Header {
 }
 
 pub fn parse_v1_header(magic: Magic, header: &[u8; V1_HEADER_LEN]) -> Result<V1Header, WireError> {
-    if header[..4] != magic.to_bytes() {
+    let got: [u8; 4] = field(header, 0)?;
+    if got != magic.to_bytes() {
         return Err(WireError::WrongMagic {
-            got: hex::encode(&header[..4]),
+            got: hex::encode(got),
             expected: hex::encode(magic.to_bytes()),
         });
     }
-    let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(field(header, 16)?) as usize;
     if len > MAX_PAYLOAD {
         return Err(WireError::Oversized {
             len,
             max: MAX_PAYLOAD,
         });
     }
-    let command = header[4..16].try_into().expect("12 bytes");
+    let command = field(header, 4)?;
     check_command(&command)?;
     Ok(V1Header { command, len })
 }
@@ -143,14 +152,19 @@ pub fn decode_v1(bytes: &[u8]) -> Result<NetworkMessage, WireError> {
 pub fn encode_v2_contents(msg: &NetworkMessage) -> Vec<u8> {
     let command = msg.command();
     let payload = payload_bytes(msg);
-    let mut out = Vec::with_capacity(1 + COMMAND_LEN + payload.len());
+    let mut out = Vec::with_capacity(payload.len().saturating_add(1 + COMMAND_LEN));
     match short_id(command.as_ref()) {
         Some(id) => out.push(id),
         None => {
             out.push(0);
-            let mut padded = [0u8; COMMAND_LEN];
-            padded[..command.as_ref().len()].copy_from_slice(command.as_ref().as_bytes());
-            out.extend_from_slice(&padded);
+            // A CommandString holds at most 12 ASCII bytes.
+            let name = command.as_ref().as_bytes();
+            out.extend(name.iter().copied().take(COMMAND_LEN));
+            out.resize(
+                out.len()
+                    .saturating_add(COMMAND_LEN.saturating_sub(name.len())),
+                0,
+            );
         }
     }
     out.extend_from_slice(&payload);
@@ -176,16 +190,17 @@ pub fn decode_v2_contents(magic: Magic, contents: &[u8]) -> Result<V2Decoded, Wi
                 "v2 packet too short for a long-form command".into(),
             ));
         }
-        let (cmd, payload) = rest.split_at(COMMAND_LEN);
-        let cmd = cmd.try_into().expect("12 bytes");
+        let cmd: [u8; COMMAND_LEN] = field(rest, 0)?;
         check_command(&cmd)?;
-        (cmd, payload)
+        (cmd, rest.get(COMMAND_LEN..).unwrap_or_default())
     } else {
-        let Some(name) = SHORT_IDS.get(first as usize - 1) else {
+        let Some(name) = SHORT_IDS.get(usize::from(first.saturating_sub(1))) else {
             return Ok(V2Decoded::UnknownShortId(first));
         };
         let mut cmd = [0u8; COMMAND_LEN];
-        cmd[..name.len()].copy_from_slice(name.as_bytes());
+        for (slot, byte) in cmd.iter_mut().zip(name.bytes()) {
+            *slot = byte;
+        }
         (cmd, rest)
     };
     if payload.len() > MAX_PAYLOAD {
@@ -196,11 +211,16 @@ pub fn decode_v2_contents(magic: Magic, contents: &[u8]) -> Result<V2Decoded, Wi
     }
     // The bitcoin crate decodes payloads only as part of a v1 message, so frame
     // the payload as one; its decoder then also validates the command string.
-    let mut framed = Vec::with_capacity(V1_HEADER_LEN + payload.len());
+    let mut framed = Vec::with_capacity(payload.len().saturating_add(V1_HEADER_LEN));
     framed.extend_from_slice(&magic.to_bytes());
     framed.extend_from_slice(&command);
     framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&sha256d::Hash::hash(payload)[..4]);
+    framed.extend(
+        sha256d::Hash::hash(payload)
+            .to_byte_array()
+            .into_iter()
+            .take(4),
+    );
     framed.extend_from_slice(payload);
     decode_v1(&framed).map(V2Decoded::Message)
 }

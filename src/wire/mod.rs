@@ -1,6 +1,20 @@
 //! Bitcoin P2P on a stream: BIP324 v2 (with the bip324 crate) or v1, and the
 //! version/verack/ping exchange that every session starts with.
 
+// Code here reads what strangers send: nothing reachable from the network
+// may panic (docs/security.md). Tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+
 pub mod channel;
 pub mod codec;
 pub mod error;
@@ -123,7 +137,7 @@ async fn connect_once(
     let counted = Counted::with_counters(stream, ctx.counters.clone());
     let counters = ctx.counters.clone();
     let result = Session::establish(counted, ctx, SessionRole::Initiator, transport, config).await;
-    *bytes_total += counters.total();
+    *bytes_total = bytes_total.saturating_add(counters.total());
     result
 }
 

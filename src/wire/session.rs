@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::clock::Later;
 use crate::report::ms_since;
 
 use super::channel::{Channel, ChannelReader, ChannelWriter, Transport};
@@ -195,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(SessionError::new(stage, WireError::NotAllowed(why)));
         }
         let budget = config.handshake_timeout;
-        let deadline = Some((ctx.tcp_at + budget, budget));
+        let deadline = Some((ctx.tcp_at.later(budget), budget));
         let magic = config.network.magic();
         let channel = match transport {
             Transport::V1 => {
@@ -406,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A fresh ping/pong round trip on an established session; pings the
     /// peer sends meanwhile are answered.
     pub async fn measure_rtt(&mut self, timeout: Duration) -> Result<Duration, SessionError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().later(timeout);
         self.channel.set_deadline(Some((deadline, timeout)));
         let result = self.round_trip().await;
         self.channel.set_deadline(None);
@@ -425,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The next message that is not a ping (pings are answered) within
     /// `timeout`.
     pub async fn recv_message(&mut self, timeout: Duration) -> Result<NetworkMessage, WireError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().later(timeout);
         self.channel.set_deadline(Some((deadline, timeout)));
         let result = async {
             loop {

@@ -1,0 +1,45 @@
+//! Time arithmetic that cannot panic, for code that handles network input
+//! (its durations may come from a peer: an RTT, a delay in an order).
+//! A deadline that would overflow the clock is "now": it fails closed.
+
+use std::time::Duration;
+
+pub trait Later: Sized + Copy {
+    /// `self + d`, or `self` if that is past the clock's end.
+    fn later(self, d: Duration) -> Self;
+}
+
+impl Later for std::time::Instant {
+    fn later(self, d: Duration) -> Self {
+        self.checked_add(d).unwrap_or(self)
+    }
+}
+
+impl Later for tokio::time::Instant {
+    fn later(self, d: Duration) -> Self {
+        self.checked_add(d).unwrap_or(self)
+    }
+}
+
+/// Milliseconds as a `u32` for the wire, saturating.
+pub fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = std::time::Instant::now();
+        assert_eq!(
+            now.later(Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        assert_eq!(now.later(Duration::MAX), now);
+        let t = tokio::time::Instant::now();
+        assert_eq!(t.later(Duration::MAX), t);
+        assert_eq!(millis_u32(Duration::MAX), u32::MAX);
+    }
+}
