@@ -147,35 +147,20 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     Ok((ExchangeMessage::decode(&body)?, prefix.saturating_add(len)))
 }
 
-/// The addresses worth offering a peer: TCP ones on public addresses (the
-/// lab's documentation ranges count as public), or any with `allow_private`.
+/// The addresses worth offering a peer, and the only ones we dial: TCP on
+/// a globally routable address (`net::routable`: the IANA special-purpose
+/// registries, IPv4-mapped addresses judged and dialed as IPv4; the lab's
+/// documentation ranges pass), or any with `allow_private` (one machine).
 pub fn punchable(addr: &Multiaddr, allow_private: bool) -> Option<SocketAddr> {
     let socket = super::transport::socket_addr(addr)?;
-    if allow_private || is_public(socket.ip()) {
-        Some(socket)
-    } else {
-        None
+    if allow_private {
+        return Some(socket);
     }
-}
-
-fn is_public(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                // 100.64.0.0/10: carrier-grade NAT, not reachable from outside
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
-        }
-        std::net::IpAddr::V6(v6) => {
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80) // link local
+    match crate::net::routable::routable_target(socket) {
+        Ok(target) => Some(target),
+        Err(why) => {
+            tracing::debug!(%addr, why, "not a punch candidate");
+            None
         }
     }
 }
@@ -332,6 +317,50 @@ mod tests {
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_connect_with_400_addresses_yields_8_routable_candidates_at_most() {
+        let mut theirs = vec![
+            addr("/ip6/::ffff:10.0.0.1/tcp/1"),
+            addr("/ip6/::ffff:127.0.0.1/tcp/1"),
+            addr("/ip4/127.0.0.1/tcp/1"),
+            addr("/ip6/64:ff9b::a00:1/tcp/1"),
+            addr("/ip6/2002:a00:1::1/tcp/1"),
+            addr("/ip4/240.0.0.1/tcp/1"),
+        ];
+        theirs.extend(
+            (0..400).map(|i| addr(&format!("/ip4/198.51.100.{}/tcp/{}", i % 250, 1000 + i))),
+        );
+        let mut responder = Responder::new(vec![addr("/ip4/203.0.113.1/tcp/1")], false);
+        let now = Instant::now();
+        responder
+            .on_message(now, ExchangeMessage::Connect(theirs.clone()))
+            .unwrap();
+        let steps = responder.on_message(now, ExchangeMessage::Sync).unwrap();
+        let [Step::Punch { candidates, .. }] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(candidates.len(), MAX_CANDIDATES);
+        assert!(candidates
+            .iter()
+            .all(|c| c.ip().to_string().starts_with("198.51.100.")));
+        // IPv4-mapped public addresses are dialed as IPv4.
+        assert_eq!(
+            punchable(&addr("/ip6/::ffff:203.0.113.9/tcp/7"), false),
+            Some("203.0.113.9:7".parse().unwrap())
+        );
+        // A fourth round is refused.
+        for _ in 0..2 {
+            responder
+                .on_message(now, ExchangeMessage::Connect(theirs.clone()))
+                .unwrap();
+            responder.on_message(now, ExchangeMessage::Sync).unwrap();
+        }
+        assert!(matches!(
+            responder.on_message(now, ExchangeMessage::Connect(theirs)),
+            Err(ExchangeError::Exhausted(3))
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 )]
 
 pub mod admission;
+pub mod routable;
 pub mod router;
 pub mod stream;
 
@@ -230,11 +231,21 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 
 /// `connect()` from `local` with the reuse options set, so that it can share
 /// `local`'s port with the listener and with other outbound connections.
+///
+/// IPv6 sockets are `IPV6_V6ONLY`: an IPv4-mapped destination
+/// (`::ffff:10.0.0.1`) is refused by the kernel instead of silently
+/// becoming an IPv4 connection to an address nobody checked as such.
 pub async fn dial_from(local: SocketAddr, remote: SocketAddr) -> io::Result<TcpStream> {
-    let socket = match local {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
+    let socket = Socket::new(
+        Domain::for_address(local),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(local)?;
