@@ -622,6 +622,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             let link_config = LinkConfig {
                 session: session.clone(),
                 client: order_limits.clone(),
+                ping_interval: native::client::LINK_PING_INTERVAL,
             };
             match native::register(&node, coordinator, &key, link_config).await {
                 Ok(mut link) => {

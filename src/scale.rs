@@ -105,6 +105,7 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
             orders_per_minute: usize::MAX,
             ..Default::default()
         },
+        ping_interval: crate::native::client::LINK_PING_INTERVAL,
     };
     // Open the sessions a few hundred at a time.
     let mut links = Vec::with_capacity(clients);

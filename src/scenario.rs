@@ -244,6 +244,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                     orders_per_minute: 10_000,
                     ..Default::default()
                 },
+                ping_interval: crate::native::client::LINK_PING_INTERVAL,
             };
             let link = crate::native::register(&bob, coordinator, &key, link_config).await?;
             anyhow::Ok((bob, libp2p, ctx, key, link))

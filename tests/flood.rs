@@ -189,6 +189,7 @@ async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bound
         bitpunch::native::client::LinkConfig {
             session: session(),
             client: Default::default(),
+            ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
         },
     )
     .await

@@ -41,6 +41,7 @@ fn link_config() -> LinkConfig {
     LinkConfig {
         session: session(),
         client: ClientConfig::default(),
+        ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
     }
 }
 
@@ -528,4 +529,35 @@ async fn a_malformed_coordinator_ends_the_link_not_the_node() {
         .await
         .result
         .expect("node still serves after its coordinator misbehaved");
+}
+
+/// A coordinator that vanishes without FIN or RST (here: it keeps the
+/// socket but never reads or answers again) is noticed by the link's ping
+/// timeout, two ping intervals at most.
+#[tokio::test]
+async fn a_silent_coordinator_is_noticed_by_the_ping_timeout() {
+    let (hold, mut release) = tokio::sync::oneshot::channel::<()>();
+    let coord = scripted_coordinator(|s| async move {
+        // Holds the session open and says nothing until the test ends.
+        let _session = s;
+        let _ = (&mut release).await;
+    })
+    .await;
+    let bob = node();
+    let key = NodeKey::generate();
+    let mut config = link_config();
+    config.ping_interval = Duration::from_millis(500);
+    let mut link = native::register(&bob, coord, &key, config).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(10), link.closed())
+        .await
+        .expect("the link notices the silent coordinator");
+    assert!(why.contains("did not answer a ping"), "{why}");
+    // One interval to send the ping, one to find it unanswered.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(hold);
 }

@@ -33,6 +33,7 @@ fn link_config() -> LinkConfig {
     LinkConfig {
         session: session(),
         client: ClientConfig::default(),
+        ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::machine::{Client, ClientConfig, ClientEvent, PunchOrder};
 use super::messages::{node_punch_coordinator, FailReason, NativeMessage, PunchResult};
+use crate::clock::Later;
 use crate::identity::{NodeId, NodeKey};
 use crate::net::stream::ByteCounters;
 use crate::net::SharedPort;
@@ -25,7 +26,15 @@ use crate::wire::{self, SessionConfig};
 pub struct LinkConfig {
     pub session: SessionConfig,
     pub client: ClientConfig,
+    /// [`LINK_PING_INTERVAL`], shorter in tests.
+    pub ping_interval: Duration,
 }
+
+/// How often the link pings its coordinator. A ping still unanswered at the
+/// next one ends the link (and the node registers again), so a coordinator
+/// that vanished without FIN or RST is noticed within two intervals: 60 s,
+/// inside the 90 s the node promises (docs/security.md).
+pub const LINK_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A punch order and when it arrived (its delay counts from then).
 pub type ReceivedOrder = (PunchOrder, Instant);
@@ -128,8 +137,20 @@ impl CoordinatorLink {
             // Our requests that got their order, until the punch is reported.
             let mut punching: HashMap<u64, oneshot::Sender<FailReason>> = HashMap::new();
             writer.send(&first.to_network()).await?;
+            let ping_interval = config.ping_interval;
+            let mut ping_timer =
+                tokio::time::interval_at(Instant::now().later(ping_interval), ping_interval);
+            let mut ping_out: Option<u64> = None;
             loop {
                 tokio::select! {
+                    _ = ping_timer.tick() => {
+                        if ping_out.is_some() {
+                            bail!("the coordinator did not answer a ping within {ping_interval:?}");
+                        }
+                        let nonce = rand::random();
+                        ping_out = Some(nonce);
+                        writer.send(&NetworkMessage::Ping(nonce)).await?;
+                    }
                     next = inbound.recv() => {
                         let msg = match next {
                             Some(Ok(Some(msg))) => msg,
@@ -140,8 +161,10 @@ impl CoordinatorLink {
                         let native = match NativeMessage::from_network(&msg) {
                             Ok(Some(native)) => native,
                             Ok(None) => {
-                                if let NetworkMessage::Ping(n) = msg {
-                                    writer.send(&NetworkMessage::Pong(n)).await?;
+                                match msg {
+                                    NetworkMessage::Ping(n) => writer.send(&NetworkMessage::Pong(n)).await?,
+                                    NetworkMessage::Pong(n) if ping_out == Some(n) => ping_out = None,
+                                    _ => {}
                                 }
                                 continue;
                             }

@@ -69,6 +69,7 @@ pub async fn connect(
     let link_config = LinkConfig {
         session: session.clone(),
         client: machine::ClientConfig::default(),
+        ping_interval: crate::native::client::LINK_PING_INTERVAL,
     };
     match register(node, coordinator, &key, link_config).await {
         Ok(link) => {

@@ -200,6 +200,15 @@ impl SharedPort {
     }
 }
 
+/// TCP keepalive for connections from the shared port: first probe after
+/// 30 s idle, then every 10 s, given up after 3 (≈ 60 s in all).
+pub fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3)
+}
+
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -245,6 +254,10 @@ pub async fn dial_from(local: SocketAddr, remote: SocketAddr) -> io::Result<TcpS
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Links to relays and coordinators sit idle for long stretches: the
+    // kernel probes them, so a peer that vanished (no FIN, no RST) is
+    // noticed within about a minute even where no ping is due.
+    let _ = socket.set_tcp_keepalive(&keepalive());
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
