@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::net::router::Inbound;
@@ -47,8 +47,24 @@ pub enum NodeEvent {
     Closed { remote: SocketAddr, reason: String },
 }
 
+/// A session's serving loop, handed to the node to own.
+pub type SessionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Hands sessions to the node: they then live as long as the node, not as
+/// long as the coordinator link or relay reservation that set them up.
+#[derive(Clone)]
+pub struct SessionOwner(mpsc::Sender<SessionTask>);
+
+impl SessionOwner {
+    /// `false` when the node has stopped (the session is dropped).
+    pub async fn adopt(&self, task: SessionTask) -> bool {
+        self.0.send(task).await.is_ok()
+    }
+}
+
 pub struct Node {
     shared: Arc<SharedPort>,
+    owner: SessionOwner,
     router: Arc<Router>,
     local_addrs: Vec<SocketAddr>,
     port: u16,
@@ -76,6 +92,7 @@ impl Node {
         );
         let (events, _) = broadcast::channel(1024);
         let mut bitcoin = router.subscribe(Route::Bitcoin, 64);
+        let (adopt_tx, mut adopted) = mpsc::channel::<SessionTask>(64);
         let accept = shared.spawn_accept_loop(router.clone());
         let serve_events = events.clone();
         let config = Arc::new(config);
@@ -90,11 +107,15 @@ impl Node {
                         }
                         None => break,
                     },
+                    Some(task) = adopted.recv() => {
+                        sessions.spawn(task);
+                    }
                     Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 }
             }
         });
         Ok(Node {
+            owner: SessionOwner(adopt_tx),
             shared: Arc::new(shared),
             router,
             local_addrs,
@@ -115,6 +136,11 @@ impl Node {
     /// The port everything leaves from, for outbound connections and punches.
     pub fn shared_port(&self) -> &Arc<SharedPort> {
         &self.shared
+    }
+
+    /// Where punched sessions go to outlive whatever coordinated them.
+    pub fn session_owner(&self) -> SessionOwner {
+        self.owner.clone()
     }
 
     pub fn router(&self) -> &Arc<Router> {

@@ -561,3 +561,43 @@ async fn a_silent_coordinator_is_noticed_by_the_ping_timeout() {
     );
     drop(hold);
 }
+
+/// Punched sessions belong to the node, not to the coordinator link that
+/// set them up: they keep answering pings after the coordinator is gone.
+#[tokio::test]
+async fn punched_sessions_outlive_their_coordinator() {
+    let (server, coord) = coordinator();
+    let (bob_id, _bob, mut bob_records) = responder(coord).await;
+    let alice = node();
+    let alice_key = Arc::new(NodeKey::generate());
+    let link = native::register(&alice, coord, &alice_key, link_config())
+        .await
+        .unwrap();
+    let outcome = native::connect_via(
+        &alice,
+        &link,
+        alice_key.clone(),
+        session(),
+        bob_id,
+        tokio::time::Instant::now(),
+    )
+    .await;
+    assert!(outcome.record.ok, "{}", outcome.record.to_json());
+    let mut alices_session = outcome.session.expect("a punched session");
+    // Bob's side of the session is up (his record arrived) before the
+    // coordinator goes.
+    tokio::time::timeout(Duration::from_secs(10), bob_records.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(server);
+    drop(link);
+    // Bob's link notices and his order loop ends; his session must not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        alices_session
+            .measure_rtt(Duration::from_secs(5))
+            .await
+            .expect("Bob's session still answers pings without the coordinator");
+    }
+}

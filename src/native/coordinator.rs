@@ -252,6 +252,10 @@ async fn serve_client(
             }
         }
     });
+    // Whoever ends this task (the loop below, or a stopping server that
+    // aborts it) ends the connection's halves with it.
+    let _reader_guard = AbortOnDrop(reader_task.abort_handle());
+    let _writer_guard = AbortOnDrop(writer_task.abort_handle());
 
     let mut ping_timer = tokio::time::interval(ping_interval);
     ping_timer.tick().await;
@@ -324,11 +328,17 @@ async fn serve_client(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .disconnected(conn);
-    reader_task.abort();
-    writer_task.abort();
     let _ = shared.events.send(CoordinatorEvent::Closed {
         conn,
         remote,
         reason,
     });
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -168,6 +168,7 @@ pub async fn serve_orders(
 ) -> String {
     let ctx = PunchContext::for_node(node, key, session, link);
     let handle = link.handle();
+    let owner = node.session_owner();
     let mut punches = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -176,6 +177,7 @@ pub async fn serve_orders(
                 let ctx = ctx.clone();
                 let handle = handle.clone();
                 let records = records.clone();
+                let owner = owner.clone();
                 punches.spawn(async move {
                     let request = order.request;
                     let peer = order.peer;
@@ -189,9 +191,13 @@ pub async fn serve_orders(
                     if let Some(tx) = records {
                         let _ = tx.send(record).await;
                     }
+                    // The session belongs to the node from here: it survives
+                    // this link, whose punches are aborted when it ends.
                     if let Some(session) = outcome.session {
-                        let ended = session.serve(idle).await;
-                        tracing::info!(%peer, reason = %ended, "punched session closed");
+                        owner.adopt(Box::pin(async move {
+                            let ended = session.serve(idle).await;
+                            tracing::info!(%peer, reason = %ended, "punched session closed");
+                        })).await;
                     }
                 });
             }
