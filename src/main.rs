@@ -17,6 +17,7 @@ use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Lib
 use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
 use bitpunch::net::AdmissionConfig;
 use bitpunch::node::{Node, NodeConfig};
+use bitpunch::punch::budget::BudgetConfig;
 use bitpunch::report::{Outcome, Path};
 use bitpunch::wire::{self, Network, SessionConfig, SessionRole, TransportPolicy};
 use libp2p::Multiaddr;
@@ -158,6 +159,19 @@ struct NodeArgs {
     /// Punch orders this node follows per minute in all.
     #[arg(long, default_value_t = 30)]
     orders_per_minute: usize,
+    /// Punch budget, both paths: SYNs per minute to one address (IPv4 /32,
+    /// IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().per_address)]
+    punch_syns_per_address: usize,
+    /// SYNs per minute to one netgroup (IPv4 /24, IPv6 /48).
+    #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().per_netgroup)]
+    punch_syns_per_netgroup: usize,
+    /// SYNs per minute on behalf of one requesting peer.
+    #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().per_requester)]
+    punch_syns_per_requester: usize,
+    /// SYNs per minute in all.
+    #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().global)]
+    punch_syns_per_minute: usize,
     #[command(flatten)]
     p2p: P2pArgs,
     #[command(flatten)]
@@ -502,6 +516,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         json,
         orders_per_peer_per_minute,
         orders_per_minute,
+        punch_syns_per_address,
+        punch_syns_per_netgroup,
+        punch_syns_per_requester,
+        punch_syns_per_minute,
         p2p: p2p_args,
         data,
     } = args;
@@ -532,6 +550,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     config.bind_ip = bind;
     config.admission = limits.admission(AdmissionConfig::NODE);
     config.session.write_timeout = seconds(limits.write_timeout)?;
+    config.punch_budget = BudgetConfig {
+        per_address: punch_syns_per_address,
+        per_netgroup: punch_syns_per_netgroup,
+        per_requester: punch_syns_per_requester,
+        global: punch_syns_per_minute,
+    };
     let node = Node::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",

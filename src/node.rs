@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::net::router::Inbound;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
+use crate::punch::budget::BudgetConfig;
 use crate::wire::{SessionConfig, SessionError, SessionReport};
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct NodeConfig {
     pub sniff_timeout: Duration,
     /// Caps on inbound connections (docs/security.md).
     pub admission: AdmissionConfig,
+    /// Limits on punch SYNs from the shared port (docs/security.md).
+    pub punch_budget: BudgetConfig,
 }
 
 impl NodeConfig {
@@ -35,6 +38,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(20 * 60),
             sniff_timeout: Duration::from_secs(10),
             admission: AdmissionConfig::NODE,
+            punch_budget: BudgetConfig::default(),
         }
     }
 }
@@ -83,6 +87,7 @@ impl Drop for Node {
 impl Node {
     pub fn start(config: NodeConfig) -> std::io::Result<Node> {
         let mut shared = SharedPort::bind(config.bind_ip, config.port)?;
+        shared.set_punch_budget(config.punch_budget);
         let port = shared.port();
         let local_addrs = shared.local_addrs().to_vec();
         let router = Router::with_admission(

@@ -220,3 +220,43 @@ async fn a_peer_that_pings_and_never_reads_is_closed_within_the_write_deadline()
     // Generous: filling loopback buffers takes a moment on a busy machine.
     assert!(started.elapsed() < Duration::from_secs(45));
 }
+
+/// A hostile peer's 8 candidates × 3 attempts at one address: the driver
+/// pays for each SYN before it dials, and fires no more than the budget.
+#[tokio::test]
+async fn the_punch_driver_fires_no_syn_past_the_budget() {
+    use bitpunch::punch::budget::BudgetConfig;
+    use bitpunch::punch::{self, PunchPlan, ScheduleConfig};
+    let port = bitpunch::net::SharedPort::bind(Some(LOOPBACK), 0).unwrap();
+    port.set_punch_budget(BudgetConfig {
+        per_address: 4,
+        ..BudgetConfig::default()
+    });
+    // Closed ports on loopback: every SYN is answered with an RST at once,
+    // so every attempt dials every candidate it is allowed to.
+    let mut candidates = Vec::new();
+    for _ in 0..8 {
+        let l = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+        candidates.push(l.local_addr().unwrap());
+    }
+    let router =
+        bitpunch::net::Router::new(Network::Regtest.magic().to_bytes(), Duration::from_secs(5));
+    let plan = PunchPlan {
+        candidates,
+        start: Instant::now(),
+        config: ScheduleConfig {
+            attempts: 3,
+            interval: Duration::from_millis(100),
+        },
+        requester: "libp2p:mallory".into(),
+    };
+    let err = punch::punch(&port, &router, plan).await.unwrap_err();
+    assert_eq!(port.punch_syns(), (4, 20), "SYNs paid and refused");
+    assert!(
+        err.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("punch budget"),
+        "{err}"
+    );
+}

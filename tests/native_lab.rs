@@ -26,6 +26,8 @@ fn node(port: u16) -> Node {
     let mut config = NodeConfig::new(session());
     config.bind_ip = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     config.port = port;
+    // Twenty tries at one peer in a minute: past the punch budget.
+    config.punch_budget = bitpunch::punch::budget::BudgetConfig::UNLIMITED;
     Node::start(config).unwrap()
 }
 

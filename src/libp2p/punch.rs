@@ -191,6 +191,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
         let claims = punch::claim(&ctx.router, &candidates);
         match punch_once(
             ctx,
+            peer,
             candidates.clone(),
             Instant::from_std(start),
             rtt.unwrap_or_default(),
@@ -283,6 +284,7 @@ pub async fn respond(
                 }
                 match punch_once(
                     ctx,
+                    peer,
                     candidates.clone(),
                     Instant::from_std(start),
                     Duration::ZERO,
@@ -338,6 +340,7 @@ pub async fn respond(
 /// as in DCUtR; the rounds themselves re-synchronise the two sides.
 async fn punch_once(
     ctx: &Libp2pPunchContext,
+    peer: PeerId,
     candidates: Vec<SocketAddr>,
     start: Instant,
     rtt: Duration,
@@ -354,6 +357,7 @@ async fn punch_once(
             candidates,
             start,
             config,
+            requester: format!("libp2p:{peer}"),
         },
         claims,
     )

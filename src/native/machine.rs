@@ -582,15 +582,13 @@ impl Client {
         {
             self.orders.pop_front();
         }
-        let to_target = self
-            .orders
-            .iter()
-            .filter(|(_, ip)| *ip == peer.ip())
-            .count();
+        // One target is an IPv4 address or an IPv6 /64: a subscriber's
+        // whole prefix, not each of its 2^64 addresses.
+        let target = crate::punch::budget::address_key(peer.ip());
+        let to_target = self.orders.iter().filter(|(_, ip)| *ip == target).count();
         if to_target >= self.config.orders_per_target_per_minute {
             return refuse(format!(
-                "rate limit: {to_target} punches to {} in the last minute",
-                peer.ip()
+                "rate limit: {to_target} punches to {target} (its /32 or /64) in the last minute"
             ));
         }
         if self.orders.len() >= self.config.orders_per_minute {
@@ -599,7 +597,7 @@ impl Client {
                 self.orders.len()
             ));
         }
-        self.orders.push_back((now, peer.ip()));
+        self.orders.push_back((now, target));
         vec![Punch(PunchOrder {
             request,
             role,
@@ -838,6 +836,50 @@ mod tests {
                 later,
                 order(15, PunchRole::Responder, &bob, "198.51.100.1:1")
             )[..],
+            [ClientEvent::Punch(_)]
+        ));
+    }
+
+    #[test]
+    fn the_per_target_limit_counts_an_ipv6_64_as_one_target() {
+        let t0 = Instant::now();
+        let mut alice = Client::new(
+            ClientConfig {
+                orders_per_target_per_minute: 2,
+                ..Default::default()
+            },
+            NodeKey::generate(),
+        );
+        alice.registered = Some(alice.key().id());
+        let bob = NodeKey::generate();
+        let order = |request, peer: &str| NativeMessage::Punch {
+            request,
+            role: PunchRole::Responder,
+            peer_key: bob.public().serialize(),
+            peer: addr(peer),
+            delay_ms: 0,
+        };
+        for (i, peer) in ["[2001:db8:7:7::1]:1", "[2001:db8:7:7::2]:1"]
+            .iter()
+            .enumerate()
+        {
+            assert!(matches!(
+                &alice.handle(t0, order(i as u64, peer))[..],
+                [ClientEvent::Punch(_)]
+            ));
+        }
+        // Another address of the same /64 is the same target.
+        let events = alice.handle(t0, order(9, "[2001:db8:7:7:ffff::3]:1"));
+        assert!(
+            matches!(
+                &events[..],
+                [ClientEvent::Send(_), ClientEvent::Refused { .. }]
+            ),
+            "{events:?}"
+        );
+        // The next /64 is not.
+        assert!(matches!(
+            &alice.handle(t0, order(10, "[2001:db8:7:8::1]:1"))[..],
             [ClientEvent::Punch(_)]
         ));
     }

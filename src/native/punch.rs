@@ -65,6 +65,7 @@ pub async fn execute(
         candidates: vec![order.peer],
         start: received_at.later(order.delay),
         config: ScheduleConfig::for_rtt(ctx.coordinator_rtt.saturating_mul(2)),
+        requester: format!("native:{}", NodeId::of(&order.peer_key)),
     };
     let punched = match punch::punch(&ctx.port, &ctx.router, plan).await {
         Ok(p) => p,

@@ -40,6 +40,9 @@ pub struct SharedPort {
     /// The address outbound connections bind to: the listen IP when it is a
     /// specific one, so that the source address matches what peers expect.
     bind_ip: Option<IpAddr>,
+    /// Every punch SYN from this port is paid from here, whichever path
+    /// asked (docs/security.md).
+    budget: std::sync::Mutex<crate::punch::budget::PunchBudget>,
 }
 
 fn reusable_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -107,6 +110,7 @@ impl SharedPort {
                     listeners: vec![listener],
                     port,
                     bind_ip: Some(ip),
+                    budget: Default::default(),
                 })
             }
             None => {
@@ -127,6 +131,7 @@ impl SharedPort {
                     listeners,
                     port,
                     bind_ip: None,
+                    budget: Default::default(),
                 })
             }
         }
@@ -134,6 +139,31 @@ impl SharedPort {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Replaces the punch budget's limits (and its counts).
+    pub fn set_punch_budget(&self, config: crate::punch::budget::BudgetConfig) {
+        *self.lock_budget() = crate::punch::budget::PunchBudget::new(config);
+    }
+
+    fn lock_budget(&self) -> std::sync::MutexGuard<'_, crate::punch::budget::PunchBudget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pays for one punch SYN to `target` on behalf of `requester`.
+    pub fn charge_syn(
+        &self,
+        requester: &str,
+        target: IpAddr,
+    ) -> Result<(), crate::punch::budget::BudgetRefusal> {
+        self.lock_budget()
+            .charge(std::time::Instant::now(), requester, target)
+    }
+
+    /// SYNs paid and refused so far.
+    pub fn punch_syns(&self) -> (u64, u64) {
+        let budget = self.lock_budget();
+        (budget.spent, budget.refused)
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {

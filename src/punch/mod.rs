@@ -22,6 +22,7 @@
     )
 )]
 
+pub mod budget;
 pub mod schedule;
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ pub struct PunchPlan {
     /// When the first attempt starts; the peer starts at the same moment.
     pub start: Instant,
     pub config: ScheduleConfig,
+    /// Who made us punch (the peer's key, by path): the budget counts SYNs
+    /// per requester.
+    pub requester: String,
 }
 
 pub type PunchedStream = Rewound<Counted<TcpStream>>;
@@ -122,6 +126,11 @@ pub async fn punch_claimed(
                 dials = FuturesUnordered::new();
                 first_syn.get_or_insert_with(Instant::now);
                 for candidate in candidates {
+                    if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
+                        tracing::info!(%candidate, attempt, requester = %plan.requester, reason = %why, "punch: SYN refused by the punch budget");
+                        last_error = Some(format!("punch budget: {why}"));
+                        continue;
+                    }
                     tracing::debug!(%candidate, attempt, "punch: dialing");
                     let dial = port.dial(candidate);
                     dials.push(async move { (candidate, dial.await) });
