@@ -255,9 +255,17 @@ enum Command {
     Coordinator {
         #[command(flatten)]
         listen: ListenArgs,
-        /// Connect requests one client may make per minute.
+        /// Connect requests one client connection may make per minute.
         #[arg(long, default_value_t = 30)]
         requests_per_minute: usize,
+        /// Connect requests from one netgroup (IPv4 /16, IPv6 /32) per
+        /// minute, across all its connections.
+        #[arg(long, default_value_t = 60)]
+        requests_per_netgroup_per_minute: usize,
+        /// Orders one netgroup may cause to one registered node per minute
+        /// (protects the node's own order budget from a few requesters).
+        #[arg(long, default_value_t = 3)]
+        orders_per_netgroup_per_target: usize,
     },
     /// Both punch paths and stock DCUtR side by side: a relay, a
     /// coordinator and two nodes on loopback (or, with --nat, between two
@@ -482,7 +490,17 @@ async fn main() -> ExitCode {
         Command::Coordinator {
             listen,
             requests_per_minute,
-        } => run_coordinator(listen, requests_per_minute).await,
+            requests_per_netgroup_per_minute,
+            orders_per_netgroup_per_target,
+        } => {
+            let machine = machine::CoordinatorConfig {
+                requests_per_minute,
+                requests_per_netgroup_per_minute,
+                orders_per_netgroup_per_target,
+                ..Default::default()
+            };
+            run_coordinator(listen, machine).await
+        }
         Command::Lab { command } => run_lab(command).await,
         Command::Demo {
             nat,
@@ -753,7 +771,7 @@ fn resolve_one(
 
 async fn run_coordinator(
     listen: ListenArgs,
-    requests_per_minute: usize,
+    machine: machine::CoordinatorConfig,
 ) -> anyhow::Result<ExitCode> {
     let ListenArgs {
         net,
@@ -767,7 +785,7 @@ async fn run_coordinator(
     config.bind_ip = bind;
     config.admission = limits.admission(AdmissionConfig::COORDINATOR);
     config.session.write_timeout = seconds(limits.write_timeout)?;
-    config.machine.requests_per_minute = requests_per_minute;
+    config.machine = machine;
     let server = coordinator::CoordinatorServer::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",

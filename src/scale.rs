@@ -64,6 +64,8 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, SocketAddr)>
             "-q",
         ])
         .args(["--requests-per-minute", "100000000", "--timeout", "60"])
+        .args(["--requests-per-netgroup-per-minute", "100000000"])
+        .args(["--orders-per-netgroup-per-target", "100000000"])
         // Every client is on 127.0.0.1, which admission control would
         // otherwise hold to a handful of connections.
         .args(["--max-inbound-per-ip", "1000000"])

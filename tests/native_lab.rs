@@ -64,6 +64,9 @@ async fn scenario_with(profile: &str, orders: usize) -> Scenario {
     coord_rt.spawn(async {
         let mut config = CoordinatorServerConfig::new(session());
         config.port = COORDINATOR_PORT;
+        // Twenty tries from one Alice at one Bob in a minute.
+        config.machine.requests_per_netgroup_per_minute = usize::MAX;
+        config.machine.orders_per_netgroup_per_target = usize::MAX;
         let server = CoordinatorServer::start(config).unwrap();
         // Lives as long as the namespace's runtime.
         std::future::pending::<()>().await;

@@ -10,6 +10,7 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 
 use super::messages::{FailReason, NativeMessage, PunchResult, PunchRole, REGISTER_TAG};
 use crate::identity::{self, NodeId, NodeKey};
+use crate::net::NetGroup;
 
 pub type ConnId = u64;
 
@@ -22,8 +23,15 @@ pub const ORDER_LIFETIME: Duration = Duration::from_secs(60);
 pub struct CoordinatorConfig {
     /// Added to the computed dial time, for processing on both sides.
     pub margin: Duration,
-    /// Connect requests one client may make per minute.
+    /// Connect requests one client connection may make per minute.
     pub requests_per_minute: usize,
+    /// Connect requests from one netgroup (IPv4 /16, IPv6 /32) per minute,
+    /// however many connections it opens: reconnecting does not reset it.
+    pub requests_per_netgroup_per_minute: usize,
+    /// Orders one netgroup may cause to one registered node per minute:
+    /// a few requesters cannot spend a node's own order budget (30 a
+    /// minute by default) and lock everyone else out of it.
+    pub orders_per_netgroup_per_target: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -31,6 +39,8 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             margin: Duration::from_millis(20),
             requests_per_minute: 30,
+            requests_per_netgroup_per_minute: 60,
+            orders_per_netgroup_per_target: 3,
         }
     }
 }
@@ -80,12 +90,32 @@ pub struct Coordinator {
     /// The same orders oldest first, so that expiring them costs nothing
     /// per request however many clients never report.
     open_order_queue: VecDeque<(Instant, (ConnId, u64))>,
+    /// Request times per requester netgroup, and order times per
+    /// (requester netgroup, target): the last minute's only.
+    by_netgroup: HashMap<NetGroup, VecDeque<Instant>>,
+    by_netgroup_target: HashMap<(NetGroup, NodeId), VecDeque<Instant>>,
+    /// Map size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 1024;
+
+/// Drops times a minute old or older; true when none are left.
+fn expire(times: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= ORDER_LIFETIME)
+    {
+        times.pop_front();
+    }
+    times.is_empty()
 }
 
 impl Coordinator {
     pub fn new(config: CoordinatorConfig) -> Self {
         Coordinator {
             config,
+            sweep_at: MIN_SWEEP,
             ..Default::default()
         }
     }
@@ -157,6 +187,19 @@ impl Coordinator {
                 ));
             }
         }
+        for (group, times) in &self.by_netgroup {
+            if times.len() > self.config.requests_per_netgroup_per_minute {
+                return Err(format!("{group} holds {} request times", times.len()));
+            }
+        }
+        for ((group, target), times) in &self.by_netgroup_target {
+            if times.len() > self.config.orders_per_netgroup_per_target {
+                return Err(format!(
+                    "{group} -> {target} holds {} order times",
+                    times.len()
+                ));
+            }
+        }
         if self.open_orders.len() > self.open_order_queue.len() {
             return Err("an open order is not in the expiry queue".into());
         }
@@ -176,6 +219,27 @@ impl Coordinator {
                 self.open_orders.remove(&key);
             }
         }
+    }
+
+    /// Forgets netgroups with no request in the last minute, once the maps
+    /// have doubled since the last sweep: amortised constant time per
+    /// request, and the maps stay within twice a minute's requests.
+    fn sweep_netgroups(&mut self, now: Instant) {
+        let size = self
+            .by_netgroup
+            .len()
+            .saturating_add(self.by_netgroup_target.len());
+        if size < self.sweep_at {
+            return;
+        }
+        self.by_netgroup.retain(|_, times| !expire(times, now));
+        self.by_netgroup_target
+            .retain(|_, times| !expire(times, now));
+        let left = self
+            .by_netgroup
+            .len()
+            .saturating_add(self.by_netgroup_target.len());
+        self.sweep_at = left.saturating_mul(2).max(MIN_SWEEP);
     }
 
     /// Orders waiting for their target's report (bounded by the request
@@ -296,6 +360,13 @@ impl Coordinator {
         if requester.requests.len() >= limit {
             return fail(FailReason::RateLimited);
         }
+        let group = NetGroup::of(requester.observed.ip());
+        let from_group = self.by_netgroup.entry(group).or_default();
+        expire(from_group, now);
+        if from_group.len() >= self.config.requests_per_netgroup_per_minute {
+            return fail(FailReason::RateLimited);
+        }
+        from_group.push_back(now);
         requester.requests.push_back(now);
         let PeerState::Registered {
             key: requester_key,
@@ -324,11 +395,18 @@ impl Coordinator {
         if target_id != target {
             return fail(FailReason::UnknownPeer);
         }
+        let to_target = self.by_netgroup_target.entry((group, target)).or_default();
+        expire(to_target, now);
+        if to_target.len() >= self.config.orders_per_netgroup_per_target {
+            return fail(FailReason::RateLimited);
+        }
+        to_target.push_back(now);
         // Both orders leave now; each reaches its node half an RTT later.
         // Each node waits so that both dial at the same moment: when the
         // farther one receives its order, plus a margin.
         let rtt_r = requester_rtt.unwrap_or_default();
         let (rtt_t, target_addr) = (target_peer.rtt.unwrap_or_default(), target_peer.observed);
+        self.sweep_netgroups(now);
         let farthest = rtt_r.max(rtt_t);
         let margin = self.config.margin;
         let delay = |own: Duration| {
@@ -882,6 +960,43 @@ mod tests {
             &alice.handle(t0, order(10, "[2001:db8:7:8::1]:1"))[..],
             [ClientEvent::Punch(_)]
         ));
+    }
+
+    /// Many connections from one netgroup (reconnecting resets nothing)
+    /// cannot spend a registered node's order budget: after three orders
+    /// to Bob they are refused, and Carol from another netgroup still gets
+    /// through.
+    #[test]
+    fn a_budget_burn_from_one_netgroup_leaves_others_their_orders() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default());
+        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(1, addr("203.0.113.6:1"), None);
+        let bob_id = register(&mut coord, 1, &mut bob, t0);
+        let mut orders = 0;
+        for conn in 10..30 {
+            let mut mallory = Client::new(ClientConfig::default(), NodeKey::generate());
+            coord.connected(conn, addr(&format!("198.51.{}.7:1", conn)), None);
+            register(&mut coord, conn, &mut mallory, t0);
+            let actions = coord.handle(t0, conn, mallory.request(t0, 1, bob_id), [0; 32]);
+            if actions.len() == 2 {
+                orders += 1;
+            }
+            coord.disconnected(conn);
+            coord.check_invariants().unwrap();
+        }
+        assert_eq!(orders, 3, "one netgroup got {orders} orders to Bob");
+        let mut carol = Client::new(ClientConfig::default(), NodeKey::generate());
+        coord.connected(99, addr("192.0.2.44:1"), None);
+        register(&mut coord, 99, &mut carol, t0);
+        let actions = coord.handle(t0, 99, carol.request(t0, 1, bob_id), [0; 32]);
+        assert!(
+            matches!(
+                &actions[..],
+                [CoordinatorAction::Send(99, NativeMessage::Punch { .. }), _]
+            ),
+            "{actions:?}"
+        );
     }
 
     /// Found by hand against the spec, then by the coordinator fuzzer: a
