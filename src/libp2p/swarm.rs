@@ -24,6 +24,13 @@ use crate::net::{Route, Router, SharedPort};
 
 pub const AGENT: &str = concat!("bitpunch/", env!("CARGO_PKG_VERSION"));
 
+/// libp2p pings on every connection (rust-libp2p's defaults, stated): two
+/// failures in a row close the connection, so a dead relay is noticed
+/// within 2 × (15 + 20) = 70 s and the reservation is taken again.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+const PING_FAILURES_TO_CLOSE: u32 = 2;
+
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
     limits: ::libp2p::connection_limits::Behaviour,
@@ -157,7 +164,11 @@ impl Libp2pNode {
                     identify::Config::new("/ipfs/id/1.0.0".into(), key.public())
                         .with_agent_version(AGENT.into()),
                 ),
-                ping: ping::Behaviour::new(ping::Config::new()),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(PING_TIMEOUT),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
                 dcutr: Toggle::from(
                     stock_dcutr.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
@@ -283,6 +294,11 @@ async fn drive(
     shared: Arc<Mutex<Shared>>,
 ) {
     let mut dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
+    // Consecutive ping failures per connection: libp2p's ping reports them
+    // but closes nothing, so a relay that vanished without FIN or RST would
+    // hold our reservation's connection (and our belief that we are
+    // reachable) forever.
+    let mut ping_failures: HashMap<ConnectionId, u32> = HashMap::new();
     // Relay listeners: listener id -> the address we listened on.
     let mut relay_listeners: HashMap<::libp2p::core::transport::ListenerId, Multiaddr> =
         HashMap::new();
@@ -379,7 +395,20 @@ async fn drive(
                     let _ = events.send(Libp2pEvent::Dcutr { peer: remote_peer_id, result: result.map_err(|e| e.to_string()) });
                 }
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(rtt) })) => {
+                    ping_failures.remove(&connection);
                     let _ = events.send(Libp2pEvent::Pinged { peer, connection, rtt });
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })) => {
+                    let failures = ping_failures.entry(connection).or_insert(0);
+                    *failures = failures.saturating_add(1);
+                    if *failures >= PING_FAILURES_TO_CLOSE {
+                        tracing::warn!(%peer, error = %e, failures = *failures, "closing a connection that stopped answering pings");
+                        swarm.close_connection(connection);
+                        ping_failures.remove(&connection);
+                    }
+                }
+                SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                    ping_failures.remove(&connection_id);
                 }
                 _ => {}
             }
