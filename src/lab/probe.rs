@@ -334,7 +334,7 @@ pub async fn check_profile(profile: NatProfile, probe_timeout: Duration) -> Resu
 
 /// Waits until the echo server at `addr` accepts, from a namespace that can
 /// reach it without creating NAT state that matters (a fresh local port).
-async fn wait_for_echo(rt: &NsRuntime, addr: SocketAddr) -> Result<()> {
+pub async fn wait_for_echo(rt: &NsRuntime, addr: SocketAddr) -> Result<()> {
     for _ in 0..100 {
         let ok = rt
             .run(async move { TcpStream::connect(addr).await.is_ok() })
