@@ -73,8 +73,9 @@ impl DataArgs {
 
 #[derive(Args, Clone)]
 struct P2pArgs {
-    /// Offer and accept loopback and private addresses in the libp2p
-    /// exchange (for tests on one machine or one LAN).
+    /// Offer, accept and punch loopback and private addresses, on both
+    /// paths (for tests on one machine or one LAN). Off, only globally
+    /// routable addresses are punched, whoever names them.
     #[arg(long)]
     allow_private_addrs: bool,
     /// Run rust-libp2p's own DCUtR instead of our exchange: the relayed
@@ -544,6 +545,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let order_limits = machine::ClientConfig {
         orders_per_target_per_minute: orders_per_peer_per_minute,
         orders_per_minute,
+        allow_private: p2p_args.allow_private_addrs,
         ..Default::default()
     };
     for relay in &relays {
@@ -821,7 +823,15 @@ async fn run_connect(
     if let PeerAddress::Coordinated { peer, coordinator } = &target {
         let coordinator =
             resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
-        let record = connect_native(*peer, coordinator, config, port, data).await?;
+        let record = connect_native(
+            *peer,
+            coordinator,
+            config,
+            port,
+            data,
+            p2p_args.allow_private_addrs,
+        )
+        .await?;
         return Ok(finish(record, json));
     }
     let started = Instant::now();
@@ -904,12 +914,13 @@ async fn connect_native(
     session: SessionConfig,
     port: u16,
     data: DataArgs,
+    allow_private: bool,
 ) -> anyhow::Result<Outcome> {
     let key = Arc::new(data.key()?);
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
-    Ok(native::connect(&node, coordinator, key, session, peer).await)
+    Ok(native::connect(&node, coordinator, key, session, peer, allow_private).await)
 }
 
 fn print_summary(r: &Outcome) {

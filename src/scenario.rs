@@ -247,6 +247,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                 client: ClientConfig {
                     orders_per_target_per_minute: 10_000,
                     orders_per_minute: 10_000,
+                    allow_private,
                     ..Default::default()
                 },
                 ping_interval: crate::native::client::LINK_PING_INTERVAL,
@@ -384,7 +385,15 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                 }
                 PathKind::Native => {
                     let key = Arc::new(NodeKey::generate());
-                    crate::native::connect(&alice, coordinator, key, session(), bob_id).await
+                    crate::native::connect(
+                        &alice,
+                        coordinator,
+                        key,
+                        session(),
+                        bob_id,
+                        allow_private,
+                    )
+                    .await
                 }
             }
         })

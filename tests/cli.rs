@@ -220,6 +220,8 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
                 "--data-dir",
                 bob_dir.to_str().unwrap(),
                 "--json",
+                // All on 127.0.0.1, which is not punched otherwise.
+                "--allow-private-addrs",
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -234,7 +236,11 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
 
     let out = bitpunch()
         .args(["connect", &address, "--network", "regtest", "--json", "-q"])
-        .args(["--data-dir", data.join("alice").to_str().unwrap()])
+        .args([
+            "--allow-private-addrs",
+            "--data-dir",
+            data.join("alice").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(
@@ -284,7 +290,12 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
         bitpunch()
             .args(["node", "--port", "0", "--bind", "127.0.0.1"])
             .args(["--network", "regtest", "--orders-per-minute", "0"])
-            .args(["--coordinator", &coord, "--data-dir"])
+            .args([
+                "--allow-private-addrs",
+                "--coordinator",
+                &coord,
+                "--data-dir",
+            ])
             .arg(data.join("bob"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -295,7 +306,7 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
     let address = line_starting(&mut bob_out, "reachable as ");
     let out = bitpunch()
         .args(["connect", &address, "--network", "regtest", "--json", "-q"])
-        .arg("--data-dir")
+        .args(["--allow-private-addrs", "--data-dir"])
         .arg(data.join("alice"))
         .output()
         .unwrap();

@@ -461,6 +461,10 @@ pub struct ClientConfig {
     pub orders_per_minute: usize,
     /// Longest dial delay an order may ask for.
     pub max_delay: Duration,
+    /// Follow orders to loopback and private addresses (tests on one
+    /// machine). Off, only globally routable peers are punched
+    /// (`net::routable`), whatever the coordinator says.
+    pub allow_private: bool,
 }
 
 impl Default for ClientConfig {
@@ -469,6 +473,7 @@ impl Default for ClientConfig {
             orders_per_target_per_minute: 6,
             orders_per_minute: 30,
             max_delay: Duration::from_secs(5),
+            allow_private: false,
         }
     }
 }
@@ -646,6 +651,16 @@ impl Client {
         } else if self.registered.is_none() {
             return refuse("a responder order before registration".into());
         }
+        // The coordinator names the address: never a SYN into loopback, a
+        // LAN, or an IPv4 address hidden in an IPv6 one.
+        let peer = if self.config.allow_private {
+            peer
+        } else {
+            match crate::net::routable::routable_target(peer) {
+                Ok(target) => target,
+                Err(why) => return refuse(format!("{peer} is not a punchable address: {why}")),
+            }
+        };
         let delay = Duration::from_millis(delay_ms.into());
         if delay > self.config.max_delay {
             return refuse(format!("dial delay {delay:?} is too long"));
@@ -916,6 +931,50 @@ mod tests {
             )[..],
             [ClientEvent::Punch(_)]
         ));
+    }
+
+    #[test]
+    fn orders_to_unroutable_addresses_are_refused() {
+        let t0 = Instant::now();
+        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        alice.registered = Some(alice.key().id());
+        let bob = NodeKey::generate();
+        for peer in [
+            "127.0.0.1:8333",
+            "192.168.1.1:80",
+            "[::ffff:10.0.0.1]:22",
+            "[64:ff9b::a00:1]:1",
+        ] {
+            let events = alice.handle(
+                t0,
+                NativeMessage::Punch {
+                    request: 1,
+                    role: PunchRole::Responder,
+                    peer_key: bob.public().serialize(),
+                    peer: addr(peer),
+                    delay_ms: 0,
+                },
+            );
+            assert!(
+                matches!(&events[..], [ClientEvent::Send(_), ClientEvent::Refused { why, .. }] if why.contains("not a punchable address")),
+                "{peer}: {events:?}"
+            );
+        }
+        // A mapped public address is followed, as IPv4.
+        let events = alice.handle(
+            t0,
+            NativeMessage::Punch {
+                request: 2,
+                role: PunchRole::Responder,
+                peer_key: bob.public().serialize(),
+                peer: addr("[::ffff:203.0.113.8]:8333"),
+                delay_ms: 0,
+            },
+        );
+        let [ClientEvent::Punch(order)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(order.peer, addr("203.0.113.8:8333"));
     }
 
     #[test]

@@ -64,11 +64,15 @@ pub async fn connect(
     key: Arc<NodeKey>,
     session: SessionConfig,
     target: NodeId,
+    allow_private: bool,
 ) -> Outcome {
     let asked = Instant::now();
     let link_config = LinkConfig {
         session: session.clone(),
-        client: machine::ClientConfig::default(),
+        client: machine::ClientConfig {
+            allow_private,
+            ..Default::default()
+        },
         ping_interval: crate::native::client::LINK_PING_INTERVAL,
     };
     match register(node, coordinator, &key, link_config).await {
