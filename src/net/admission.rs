@@ -132,6 +132,19 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// The error an evicted connection's stream fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("evicted to make room for a connection from a less crowded netgroup")]
+pub struct Evicted;
+
+impl Evicted {
+    /// Whether `e` is an eviction (logged quietly: admission already
+    /// counted it, and a flood would otherwise write a line per connection).
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Evicted>())
+    }
+}
+
 /// Set when a connection is evicted; its stream fails at the next poll.
 #[derive(Debug, Default)]
 pub struct Eviction {
@@ -145,9 +158,7 @@ impl Eviction {
     pub fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {
         self.waker.register(cx.waker());
         if self.evicted.load(Ordering::Acquire) {
-            return Err(io::Error::other(
-                "evicted to make room for a connection from a less crowded netgroup",
-            ));
+            return Err(io::Error::other(Evicted));
         }
         Ok(())
     }

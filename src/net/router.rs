@@ -264,6 +264,10 @@ impl Router {
             }
             let kind = match read {
                 Some(Ok(Ok(kind))) => kind,
+                Some(Ok(Err(e))) if super::admission::Evicted::is(&e) => {
+                    tracing::debug!(%remote, reason = %e, "closing inbound connection before routing");
+                    return;
+                }
                 Some(Ok(Err(e))) => {
                     tracing::info!(%remote, reason = %e, "closing inbound connection before routing");
                     return;
