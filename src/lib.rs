@@ -12,13 +12,73 @@ pub mod demo;
 pub mod fuzzing;
 pub mod identity;
 pub mod lab;
-pub mod libp2p;
 pub mod matrix;
-pub mod native;
-pub mod net;
 pub mod node;
-pub mod punch;
 pub mod report;
 pub mod scale;
 pub mod scenario;
+
+// The modules that read what strangers send (peers, relays, coordinators)
+// and act on it: nothing reachable from the network may panic or overflow
+// (docs/security.md). The same lints on each; CI's clippy run enforces
+// them; tests may.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod libp2p;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod native;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod net;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod punch;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
 pub mod wire;
