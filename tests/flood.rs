@@ -115,159 +115,151 @@ async fn flood(target: SocketAddr) -> (Vec<TcpStream>, usize) {
     (held, failed)
 }
 
-/// A good peer from a netgroup the flood does not use.
-async fn good_session(target: SocketAddr) -> wire::SessionReport {
-    let port = SharedPort::bind(Some("127.250.0.9".parse().unwrap()), 0).unwrap();
-    let outcome = wire::connect(target, &session(), Some(&port), Instant::now()).await;
-    let session = outcome
-        .result
-        .expect("the good peer's session during the flood");
-    session.report
+/// Starts `bitpunch ARGS`, reads where it listens from the line after
+/// `prefix` (`to_target` turns it into an address), floods it, runs `good`
+/// (the well-behaved peer, given that line) while the flood is held open,
+/// and checks the target's resident memory. Returns what `good` returned.
+async fn under_flood<T, Fut>(
+    label: &str,
+    args: &[&str],
+    prefix: &str,
+    to_target: impl Fn(&str) -> SocketAddr,
+    good: impl FnOnce(String) -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (child, rx) = spawn(args);
+    let listening = wait_for(&rx, prefix);
+    let target = to_target(&listening);
+    let pid = child.0.id();
+    let before = rss_kib(pid);
+    let (held, failed) = flood(target).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(pid);
+    let result = good(listening).await;
+    let peak = rss_kib(pid).max(during);
+    eprintln!(
+        "{label} flood: {} connections held by the flooder ({failed} refused at connect), RSS {before} KiB before, {peak} KiB during",
+        held.len()
+    );
+    assert!(
+        peak < RSS_CEILING_KIB,
+        "{label} RSS {peak} KiB under the flood"
+    );
+    drop(held);
+    result
+}
+
+const LOOPBACK_REGTEST: [&str; 6] = ["--port", "0", "--bind", "127.0.0.1", "--network", "regtest"];
+
+fn socket(line: &str) -> SocketAddr {
+    line.parse().expect("ip:port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let (child, rx) = spawn(&[
-        "node",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--network",
-        "regtest",
-        "-q",
-    ]);
-    let target: SocketAddr = wait_for(&rx, "listening").parse().unwrap();
-    let pid = child.0.id();
-    let before = rss_kib(pid);
-    let (held, failed) = flood(target).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = good_session(target).await;
-    let peak = rss_kib(pid);
-    eprintln!(
-        "node flood: {} connections held by the flooder ({failed} refused at connect), RSS {before} KiB before, {peak} KiB during",
-        held.len()
-    );
+    let args = [&["node", "-q"][..], &LOOPBACK_REGTEST].concat();
+    let report = under_flood("node", &args, "listening", socket, |line| async move {
+        // A good peer from a netgroup the flood does not use.
+        let port = SharedPort::bind(Some("127.250.0.9".parse().unwrap()), 0).unwrap();
+        let outcome = wire::connect(socket(&line), &session(), Some(&port), Instant::now()).await;
+        outcome
+            .result
+            .expect("the good peer's session during the flood")
+            .report
+    })
+    .await;
     assert_eq!(report.transport, Transport::V2);
     assert!(report.rtt_ms.is_some());
-    assert!(
-        peak < RSS_CEILING_KIB,
-        "node RSS {peak} KiB under the flood"
-    );
-    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bounded_memory() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let (child, rx) = spawn(&[
-        "coordinator",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--network",
-        "regtest",
-        "-q",
-    ]);
-    let target: SocketAddr = wait_for(&rx, "coordinator listening").parse().unwrap();
-    let pid = child.0.id();
-    let before = rss_kib(pid);
-    let (held, failed) = flood(target).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // A node registers through its own shared port during the flood.
-    let mut config = bitpunch::node::NodeConfig::new(session());
-    config.bind_ip = Some("127.251.0.9".parse().unwrap());
-    config.port = 0;
-    let node = bitpunch::node::Node::start(config).unwrap();
+    let args = [&["coordinator", "-q"][..], &LOOPBACK_REGTEST].concat();
     let key = bitpunch::identity::NodeKey::generate();
-    let link = bitpunch::native::register(
-        &node,
-        target,
-        &key,
-        bitpunch::native::client::LinkConfig {
-            session: session(),
-            client: Default::default(),
-            ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+    let id = under_flood(
+        "coordinator",
+        &args,
+        "coordinator listening",
+        socket,
+        |line| {
+            let key = key.clone();
+            async move {
+                // A node registers through its own shared port during the flood.
+                let mut config = bitpunch::node::NodeConfig::new(session());
+                config.bind_ip = Some("127.251.0.9".parse().unwrap());
+                config.port = 0;
+                let node = bitpunch::node::Node::start(config).unwrap();
+                let link_config = bitpunch::native::client::LinkConfig {
+                    session: session(),
+                    client: Default::default(),
+                    ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+                };
+                let link = bitpunch::native::register(&node, socket(&line), &key, link_config)
+                    .await
+                    .expect("registration during the flood");
+                link.id
+            }
         },
     )
-    .await
-    .expect("registration during the flood");
-    let peak = rss_kib(pid);
-    eprintln!(
-        "coordinator flood: {} connections held by the flooder ({failed} refused at connect), RSS {before} KiB before, {peak} KiB during",
-        held.len()
-    );
-    assert_eq!(link.id, key.id());
-    assert!(
-        peak < RSS_CEILING_KIB,
-        "coordinator RSS {peak} KiB under the flood"
-    );
-    drop(held);
+    .await;
+    assert_eq!(id, key.id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_under_a_connection_flood_gives_a_good_node_its_reservation_in_bounded_memory() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = std::env::temp_dir().join(format!("bitpunch-flood-relay-{}", std::process::id()));
     let key = dir.join("relay.key");
-    let (child, rx) = spawn(&[
+    let args = [
         "relay",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
         "--key",
         key.to_str().unwrap(),
         "-q",
-    ]);
-    let relay = wait_for(&rx, "relay listening");
-    let pid = child.0.id();
-    let addr: libp2p::Multiaddr = relay.parse().unwrap();
-    let target = bitpunch::libp2p::transport::socket_addr(&addr).expect("a TCP relay address");
-    let before = rss_kib(pid);
-    let (held, failed) = flood(target).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let during = rss_kib(pid);
-    // A node from an uncrowded netgroup reserves a slot while the flood is
-    // held open; its back-off retries if the first attempt finds the
-    // pending slots full.
-    let data = dir.join("node");
-    let (node, node_rx) = spawn(&[
-        "node",
-        "--relay",
-        &relay,
-        "--port",
-        "0",
-        "--bind",
-        "127.252.0.9",
-        "--network",
-        "regtest",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "-q",
-    ]);
-    let reachable = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match node_rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("reachable as ") => break line,
-                Ok(_) => continue,
-                Err(_) => panic!("no reservation within 60 s of the flood"),
-            }
-        }
+    ];
+    let relay_target = |line: &str| {
+        let addr: libp2p::Multiaddr = line.parse().expect("a multiaddr");
+        bitpunch::libp2p::transport::socket_addr(&addr).expect("a TCP relay address")
     };
-    let peak = rss_kib(pid).max(during);
-    eprintln!(
-        "relay flood: {} connections held by the flooder ({failed} refused at connect), RSS {before} KiB before, {peak} KiB during",
-        held.len()
-    );
+    let data = dir.join("node");
+    let reachable = under_flood(
+        "relay",
+        &args,
+        "relay listening",
+        relay_target,
+        |relay| async move {
+            // A node from an uncrowded netgroup reserves a slot while the flood
+            // is held open; its back-off retries if the first attempt finds the
+            // pending slots full.
+            let (_node, node_rx) = spawn(&[
+                "node",
+                "--relay",
+                &relay,
+                "--port",
+                "0",
+                "--bind",
+                "127.252.0.9",
+                "--network",
+                "regtest",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "-q",
+            ]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match node_rx.recv_timeout(left) {
+                    Ok(line) if line.starts_with("reachable as ") => break line,
+                    Ok(_) => continue,
+                    Err(_) => panic!("no reservation within 60 s of the flood"),
+                }
+            }
+        },
+    )
+    .await;
     assert!(reachable.contains("/p2p-circuit"), "{reachable}");
-    assert!(
-        peak < RSS_CEILING_KIB,
-        "relay RSS {peak} KiB under the flood"
-    );
-    drop(node);
-    drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }

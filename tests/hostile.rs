@@ -13,7 +13,6 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 use bitpunch::identity::NodeKey;
-use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
 use bitpunch::native::machine::{Client, ClientConfig, ClientEvent};
 use bitpunch::native::messages::{FailReason, NativeMessage};
 use bitpunch::node::{Node, NodeConfig, NodeEvent};
@@ -22,15 +21,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn coordinator() -> (CoordinatorServer, SocketAddr) {
-    let mut config = CoordinatorServerConfig::new(session());
-    config.bind_ip = Some(LOOPBACK);
-    config.port = 0;
-    let server = CoordinatorServer::start(config).unwrap();
-    let addr = server.local_addrs()[0];
-    (server, addr)
-}
 
 type ClientSession = Session<bitpunch::net::stream::Counted<TcpStream>>;
 
@@ -73,7 +63,7 @@ async fn register(s: &mut ClientSession, key: &NodeKey) {
 #[tokio::test]
 async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coordinator_keeps_serving(
 ) {
-    let (server, addr) = coordinator();
+    let (server, addr) = coordinator_on_loopback();
     let victim_key = NodeKey::generate();
     let mut victim = open(addr).await;
     register(&mut victim, &victim_key).await;
@@ -122,7 +112,7 @@ async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coor
 /// our side's set-up ping has been answered.
 #[tokio::test]
 async fn a_client_that_speaks_right_after_verack_is_answered() {
-    let (_server, addr) = coordinator();
+    let (_server, addr) = coordinator_on_loopback();
     let stream = TcpStream::connect(addr).await.unwrap();
     let magic = Network::Regtest.magic();
     let mut channel = Channel::v2(stream, magic, Role::Initiator, None)

@@ -21,15 +21,6 @@ use tokio::sync::mpsc;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn coordinator() -> (CoordinatorServer, SocketAddr) {
-    let mut config = CoordinatorServerConfig::new(session());
-    config.bind_ip = Some(LOOPBACK);
-    config.port = 0;
-    let server = CoordinatorServer::start(config).unwrap();
-    let addr = server.local_addrs()[0];
-    (server, addr)
-}
-
 fn node() -> Node {
     let mut config = NodeConfig::new(session());
     config.bind_ip = Some(LOOPBACK);
@@ -87,7 +78,7 @@ async fn responder(
 
 #[tokio::test]
 async fn punch_over_loopback_is_direct_between_the_node_ports() {
-    let (server, coord) = coordinator();
+    let (server, coord) = coordinator_on_loopback();
     let mut events = server.events();
     let (bob_id, bob, mut bob_records) = responder(coord).await;
 
@@ -122,9 +113,23 @@ async fn punch_over_loopback_is_direct_between_the_node_ports() {
     assert!(record.bytes.coordination > 0 && record.bytes.direct > 0);
     let t = &record.t_ms;
     assert!(
-        t.coordination <= t.first_syn && t.first_syn <= t.tcp && t.tcp <= t.verack,
+        t.coordination.is_some() && t.coordination <= t.tcp && t.tcp <= t.verack,
         "{t:?}"
     );
+    // Bob's SYN may be accepted before Alice's own first dial is due (a
+    // loaded machine delays her schedule): then she never sent one.
+    match t.first_syn {
+        Some(_) => assert!(
+            t.coordination <= t.first_syn && t.first_syn <= t.tcp,
+            "{t:?}"
+        ),
+        None => assert_eq!(
+            record.won_by.map(|w| format!("{w:?}")),
+            Some("Accept".to_string()),
+            "no SYN of ours, yet not won by accepting: {}",
+            record.to_json()
+        ),
+    }
 
     let theirs = tokio::time::timeout(Duration::from_secs(10), bob_records.recv())
         .await
@@ -414,8 +419,8 @@ async fn a_flood_of_punch_orders_is_limited_per_target_address() {
 }
 
 #[tokio::test]
-async fn malformed_messages_close_only_that_connection_at_the_coordinator() {
-    let (server, coord) = coordinator();
+async fn malformed_messages_close_only_that_connection_at_the_coordinator_on_loopback() {
+    let (server, coord) = coordinator_on_loopback();
     let mut events = server.events();
     // A well-behaved client, registered before and alive after.
     let good = node();
@@ -569,8 +574,8 @@ async fn a_silent_coordinator_is_noticed_by_the_ping_timeout() {
 /// Punched sessions belong to the node, not to the coordinator link that
 /// set them up: they keep answering pings after the coordinator is gone.
 #[tokio::test]
-async fn punched_sessions_outlive_their_coordinator() {
-    let (server, coord) = coordinator();
+async fn punched_sessions_outlive_their_coordinator_on_loopback() {
+    let (server, coord) = coordinator_on_loopback();
     let (bob_id, _bob, mut bob_records) = responder(coord).await;
     let alice = node();
     let alice_key = Arc::new(NodeKey::generate());

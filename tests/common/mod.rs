@@ -42,6 +42,19 @@ pub fn node_on(ip: IpAddr, port: u16) -> Node {
     Node::start(config).expect("bind the node's port")
 }
 
+/// A coordinator on 127.0.0.1 (any free port) with default limits.
+pub fn coordinator_on_loopback() -> (
+    bitpunch::native::coordinator::CoordinatorServer,
+    std::net::SocketAddr,
+) {
+    let mut config = bitpunch::native::coordinator::CoordinatorServerConfig::new(session());
+    config.bind_ip = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    config.port = 0;
+    let server = bitpunch::native::coordinator::CoordinatorServer::start(config).unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr)
+}
+
 /// Lines of a child's stdout, readable with a timeout.
 pub fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
