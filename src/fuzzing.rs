@@ -56,13 +56,11 @@ pub fn sniff(data: &[u8]) {
 }
 
 pub fn v1_message(data: &[u8]) {
-    let Some((header, payload)) = data.split_first_chunk::<{ codec::V1_HEADER_LEN }>() else {
-        return;
-    };
-    if let Ok(parsed) = codec::parse_v1_header(MAGIC, header) {
-        assert!(parsed.len <= codec::MAX_PAYLOAD);
+    if let Some(header) = data.first_chunk::<{ codec::V1_HEADER_LEN }>() {
+        if let Ok(parsed) = codec::parse_v1_header(MAGIC, header) {
+            assert!(parsed.len <= codec::MAX_PAYLOAD);
+        }
     }
-    let _ = codec::decode_v1_parts(MAGIC, header, payload);
     let _ = codec::decode_v1(data);
 }
 

@@ -410,20 +410,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     /// nothing, whatever length it names.
     async fn read_announced(&mut self, len: usize) -> Result<Vec<u8>, WireError> {
         let mut buf = Vec::new();
-        let limited = (&mut self.io).take(u64::try_from(len).unwrap_or(u64::MAX));
-        within(self.deadline, async move {
-            let mut limited = limited;
-            limited.read_to_end(&mut buf).await?;
-            Ok(buf)
+        self.read_announced_onto(&mut buf, len).await?;
+        Ok(buf)
+    }
+
+    /// [`read_announced`](Self::read_announced), appending to `buf`.
+    async fn read_announced_onto(
+        &mut self,
+        buf: &mut Vec<u8>,
+        len: usize,
+    ) -> Result<(), WireError> {
+        let start = buf.len();
+        let mut limited = (&mut self.io).take(u64::try_from(len).unwrap_or(u64::MAX));
+        within(self.deadline, async {
+            limited.read_to_end(buf).await?;
+            Ok(())
         })
-        .await
-        .and_then(|buf| {
-            if buf.len() == len {
-                Ok(buf)
-            } else {
-                Err(WireError::PeerClosed)
-            }
-        })
+        .await?;
+        if buf.len().saturating_sub(start) == len {
+            Ok(())
+        } else {
+            Err(WireError::PeerClosed)
+        }
     }
 
     pub(crate) fn hold(&mut self, msg: NetworkMessage) -> Result<(), WireError> {
@@ -454,8 +462,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
             let mut header = [0u8; V1_HEADER_LEN];
             self.read_exact(&mut header).await?;
             let parsed = codec::parse_v1_header(self.magic, &header)?;
-            let payload = self.read_announced(parsed.len).await?;
-            return codec::decode_v1_parts(self.magic, &header, &payload).map(Some);
+            // The payload lands behind its header: one buffer, decoded once.
+            let mut message = header.to_vec();
+            self.read_announced_onto(&mut message, parsed.len).await?;
+            return codec::decode_v1(&message).map(Some);
         }
         loop {
             let mut len_bytes = [0u8; NUM_LENGTH_BYTES];

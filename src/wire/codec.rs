@@ -122,26 +122,6 @@ pub fn parse_v1_header(magic: Magic, header: &[u8; V1_HEADER_LEN]) -> Result<V1H
     Ok(V1Header { command, len })
 }
 
-/// Decodes a v1 message read as header and payload, checking the checksum.
-pub fn decode_v1_parts(
-    magic: Magic,
-    header: &[u8; V1_HEADER_LEN],
-    payload: &[u8],
-) -> Result<NetworkMessage, WireError> {
-    let parsed = parse_v1_header(magic, header)?;
-    if parsed.len != payload.len() {
-        return Err(WireError::Malformed(format!(
-            "header announces {} payload bytes, {} given",
-            parsed.len,
-            payload.len()
-        )));
-    }
-    let mut whole = Vec::with_capacity(V1_HEADER_LEN.saturating_add(payload.len()));
-    whole.extend_from_slice(header);
-    whole.extend_from_slice(payload);
-    decode_v1(&whole)
-}
-
 /// Decodes a whole v1 message (header + payload), checking the checksum.
 pub fn decode_v1(bytes: &[u8]) -> Result<NetworkMessage, WireError> {
     let raw: RawNetworkMessage =
