@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::machine::{Client, ClientConfig, ClientEvent, PunchOrder};
 use super::messages::{node_punch_coordinator, FailReason, NativeMessage, PunchResult};
+use super::AbortOnDrop;
 use crate::clock::Later;
 use crate::identity::{NodeId, NodeKey};
 use crate::net::stream::ByteCounters;
@@ -130,7 +131,7 @@ impl CoordinatorLink {
         let mut client = Client::new(config.client, key);
         let first = client.start();
         let task = tokio::spawn(async move {
-            let _reader = AbortOnDrop(reader_task);
+            let _reader = AbortOnDrop(reader_task.abort_handle());
             let mut registered_tx = Some(registered_tx);
             let mut pending: HashMap<u64, oneshot::Sender<Result<RequestedOrder, RequestError>>> =
                 HashMap::new();
@@ -326,13 +327,5 @@ impl LinkHandle {
             .commands
             .send(Command::Report { request, result })
             .await;
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
 use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
+use super::AbortOnDrop;
 use crate::net::router::Inbound;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
 use crate::wire::SessionConfig;
@@ -333,12 +334,4 @@ async fn serve_client(
         remote,
         reason,
     });
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -208,3 +208,13 @@ pub async fn register(
         .await
         .with_context(|| format!("registering with coordinator {coordinator}"))
 }
+
+/// Aborts a task when dropped: a connection's reader and writer tasks end
+/// with whoever owns the connection, also when that owner is aborted.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
