@@ -21,6 +21,22 @@ impl Later for tokio::time::Instant {
     }
 }
 
+/// Drops the times (oldest first) that are `window` or more before `now`:
+/// the sliding windows that rate limits count in. True when none are left.
+pub fn expire_window(
+    times: &mut std::collections::VecDeque<std::time::Instant>,
+    now: std::time::Instant,
+    window: Duration,
+) -> bool {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+    times.is_empty()
+}
+
 /// Milliseconds as a `u32` for the wire, saturating.
 pub fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)

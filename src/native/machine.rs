@@ -102,13 +102,7 @@ const MIN_SWEEP: usize = 1024;
 
 /// Drops times a minute old or older; true when none are left.
 fn expire(times: &mut VecDeque<Instant>, now: Instant) -> bool {
-    while times
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= ORDER_LIFETIME)
-    {
-        times.pop_front();
-    }
-    times.is_empty()
+    crate::clock::expire_window(times, now, ORDER_LIFETIME)
 }
 
 impl Coordinator {
@@ -350,13 +344,7 @@ impl Coordinator {
         let Some(requester) = self.peers.get_mut(&conn) else {
             return vec![];
         };
-        while requester
-            .requests
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-        {
-            requester.requests.pop_front();
-        }
+        crate::clock::expire_window(&mut requester.requests, now, window);
         if requester.requests.len() >= limit {
             return fail(FailReason::RateLimited);
         }

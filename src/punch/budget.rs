@@ -107,12 +107,7 @@ fn netgroup_key(ip: IpAddr) -> IpAddr {
 }
 
 fn prune(times: &mut VecDeque<Instant>, now: Instant) {
-    while times
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
-    {
-        times.pop_front();
-    }
+    crate::clock::expire_window(times, now, WINDOW);
 }
 
 impl PunchBudget {
