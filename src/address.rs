@@ -2,8 +2,9 @@
 //!
 //! Today: `HOST:PORT`, `[IPv6]:PORT`, `HOST` (the network's default port), and a
 //! bare IPv6 literal. The libp2p path adds `/…/p2p-circuit/p2p/<id>`
-//! multiaddrs and the native path `PEER@COORDINATOR`; both are recognised here
-//! already so that they get a precise message instead of a parse error.
+//! multiaddrs and the native path `NODE_ID@COORDINATOR_ID@HOST:PORT`, which
+//! names the coordinator by the id of its key so that nobody else can play
+//! it (docs/native-protocol.md).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -13,9 +14,14 @@ use crate::identity::NodeId;
 
 pub const ACCEPTED_FORMS: &str =
     "accepted forms: HOST:PORT (127.0.0.1:8333, node.example.org:8333), [IPv6]:PORT ([::1]:8333), \
-     HOST (uses the network's default port), a bare IPv6 address (::1), NODE_ID@COORDINATOR \
-     (a 24-hex-digit node id, then the coordinator in any of the forms before), or a circuit \
-     multiaddr /ip4/R/tcp/P/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID";
+     HOST (uses the network's default port), a bare IPv6 address (::1), \
+     NODE_ID@COORDINATOR_ID@HOST:PORT (a node behind a NAT: its 24-hex-digit id, then its \
+     coordinator's id and address in any of the forms before), or a circuit multiaddr \
+     /ip4/R/tcp/P/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID";
+
+/// The forms `--coordinator` accepts.
+pub const COORDINATOR_FORMS: &str = "a coordinator is COORDINATOR_ID@HOST:PORT (the 24-hex-digit \
+     id it prints at start, `coordinator id ...`, then HOST:PORT, [IPv6]:PORT or HOST)";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -44,8 +50,73 @@ pub enum PeerAddress {
     /// A node behind a NAT, reached by a punch that `coordinator` arranges.
     Coordinated {
         peer: NodeId,
-        coordinator: Box<PeerAddress>,
+        coordinator: CoordinatorAddress,
     },
+}
+
+/// A coordinator as nodes name it: the id of its key, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorAddress {
+    pub id: NodeId,
+    pub host: Host,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for CoordinatorAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid coordinator {input:?}: {problem}; {COORDINATOR_FORMS}")]
+pub struct CoordinatorAddressError {
+    pub input: String,
+    pub problem: String,
+}
+
+impl CoordinatorAddress {
+    /// Resolves to socket addresses, with `default_port` where none was given.
+    pub async fn resolve(&self, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        PeerAddress::Direct {
+            host: self.host.clone(),
+            port: self.port,
+        }
+        .resolve(default_port)
+        .await
+    }
+
+    fn parse_parts(s: &str) -> Result<CoordinatorAddress, String> {
+        let Some((id, place)) = s.split_once('@') else {
+            return Err("the coordinator's id is missing (ID@HOST:PORT)".into());
+        };
+        let id: NodeId = id
+            .parse()
+            .map_err(|e: String| format!("coordinator id: {e}"))?;
+        if place.contains('@') || place.starts_with('/') {
+            return Err("after the coordinator's id comes HOST:PORT, once".into());
+        }
+        match place.parse::<PeerAddress>() {
+            Ok(PeerAddress::Direct { host, port }) => Ok(CoordinatorAddress { id, host, port }),
+            Ok(_) => Err("after the coordinator's id comes HOST:PORT, once".into()),
+            Err(e) => Err(format!("the coordinator's address: {}", e.problem)),
+        }
+    }
+}
+
+impl FromStr for CoordinatorAddress {
+    type Err = CoordinatorAddressError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        CoordinatorAddress::parse_parts(input.trim()).map_err(|problem| CoordinatorAddressError {
+            input: input.to_string(),
+            problem,
+        })
+    }
 }
 
 impl fmt::Display for PeerAddress {
@@ -130,20 +201,16 @@ impl FromStr for PeerAddress {
         if let Some((peer, coordinator)) = s.split_once('@') {
             let peer: NodeId = peer
                 .parse()
-                .map_err(|e: String| fail(&format!("in NODE_ID@COORDINATOR, {e}")))?;
-            let coordinator: PeerAddress = coordinator.parse().map_err(|e: AddressError| {
-                fail(&format!(
-                    "in NODE_ID@COORDINATOR, the coordinator: {}",
-                    e.problem
-                ))
-            })?;
-            if matches!(coordinator, PeerAddress::Coordinated { .. }) {
-                return Err(fail("only one '@' (NODE_ID@COORDINATOR)"));
+                .map_err(|e: String| fail(&format!("in NODE_ID@COORDINATOR_ID@HOST:PORT, {e}")))?;
+            if !coordinator.contains('@') {
+                return Err(fail(
+                    "NODE_ID@HOST:PORT names no coordinator id: write NODE_ID@COORDINATOR_ID@HOST:PORT \
+                     (the coordinator prints its id at start), so that nobody else can play the coordinator",
+                ));
             }
-            return Ok(PeerAddress::Coordinated {
-                peer,
-                coordinator: Box::new(coordinator),
-            });
+            let coordinator = CoordinatorAddress::parse_parts(coordinator)
+                .map_err(|e| fail(&format!("in NODE_ID@COORDINATOR_ID@HOST:PORT, {e}")))?;
+            return Ok(PeerAddress::Coordinated { peer, coordinator });
         }
         if s.contains("://") {
             return Err(fail("a URL scheme is not part of an address"));
@@ -290,12 +357,22 @@ mod tests {
         let circuit = "/ip4/203.0.113.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
         assert!(matches!(ok(circuit), PeerAddress::Circuit(_)));
         assert_eq!(ok(circuit).to_string(), circuit);
-        let coordinated = ok("00112233445566778899aabb@[::1]:9000");
+        let coordinated = ok("00112233445566778899aabb@ffeeddccbbaa998877665544@[::1]:9000");
         assert_eq!(
             coordinated.to_string(),
-            "00112233445566778899aabb@[::1]:9000"
+            "00112233445566778899aabb@ffeeddccbbaa998877665544@[::1]:9000"
         );
-        assert!(matches!(coordinated, PeerAddress::Coordinated { .. }));
+        let PeerAddress::Coordinated { peer, coordinator } = coordinated else {
+            panic!("not coordinated")
+        };
+        assert_eq!(peer.to_string(), "00112233445566778899aabb");
+        assert_eq!(coordinator.id.to_string(), "ffeeddccbbaa998877665544");
+        assert_eq!(coordinator.port, Some(9000));
+        let c: CoordinatorAddress = "ffeeddccbbaa998877665544@coord.example.org"
+            .parse()
+            .unwrap();
+        assert_eq!(c.to_string(), "ffeeddccbbaa998877665544@coord.example.org");
+        assert_eq!(c.port, None);
         assert_eq!(ok("[::1]:2").to_string(), "[::1]:2");
     }
 
@@ -325,11 +402,14 @@ mod tests {
             ("/ip4/1.2.3.4/tcp/1", "circuit address"),
             ("/ip4/1.2.3.4/tcpx/1", "not a valid multiaddr"),
             ("/ip4/1.2.3.4/tcp/1/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", "relay id"),
-            ("alice@127.0.0.1:9000", "NODE_ID@COORDINATOR"),
-            ("00112233445566778899aabb@", "the coordinator"),
-            ("00112233445566778899aabb@127.0.0.1:0", "port 0"),
-            ("0011@127.0.0.1:9000", "wrong length"),
-            ("00112233445566778899aabb@a@b", "NODE_ID@COORDINATOR"),
+            ("alice@ffeeddccbbaa998877665544@127.0.0.1:9000", "not hex"),
+            ("00112233445566778899aabb@", "names no coordinator id"),
+            ("00112233445566778899aabb@127.0.0.1:9000", "names no coordinator id"),
+            ("00112233445566778899aabb@ffeeddccbbaa998877665544@127.0.0.1:0", "port 0"),
+            ("00112233445566778899aabb@ffeeddccbbaa998877665544@", "empty"),
+            ("0011@ffeeddccbbaa998877665544@127.0.0.1:9000", "wrong length"),
+            ("00112233445566778899aabb@ffee@127.0.0.1:9000", "coordinator id"),
+            ("00112233445566778899aabb@ffeeddccbbaa998877665544@a@b", "HOST:PORT, once"),
             ("tcp://127.0.0.1:1", "URL scheme"),
         ];
         for (input, needle) in cases {
@@ -337,6 +417,24 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(needle), "{input:?}: {msg}");
             assert!(msg.contains("accepted forms"), "{input:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_coordinator_needs_its_id() {
+        let cases = [
+            ("127.0.0.1:9000", "id is missing"),
+            ("xyz@127.0.0.1:9000", "not hex"),
+            ("ffeeddccbbaa998877665544@127.0.0.1:0", "port 0"),
+            ("ffeeddccbbaa998877665544@a@b:1", "once"),
+        ];
+        for (input, needle) in cases {
+            let msg = input
+                .parse::<CoordinatorAddress>()
+                .expect_err(input)
+                .to_string();
+            assert!(msg.contains(needle), "{input:?}: {msg}");
+            assert!(msg.contains("COORDINATOR_ID@HOST:PORT"), "{input:?}: {msg}");
         }
     }
 }

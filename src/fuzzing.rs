@@ -233,6 +233,12 @@ fn keys() -> &'static [NodeKey; 4] {
     })
 }
 
+/// The coordinator's key in the machine harnesses.
+fn coordinator_key() -> &'static NodeKey {
+    static KEY: OnceLock<NodeKey> = OnceLock::new();
+    KEY.get_or_init(|| NodeKey::from_secret(&[9; 32]).expect("a valid secret"))
+}
+
 fn endpoint(ip: u8, port: u16, v6: bool) -> SocketAddr {
     let ip = if v6 {
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(ip), 0, 0, 0, 1))
@@ -304,7 +310,7 @@ pub fn coordinator_machine(data: &[u8]) {
         requests_per_minute: 5,
         ..Default::default()
     };
-    let mut machine = Coordinator::new(config.clone());
+    let mut machine = Coordinator::new(config.clone(), coordinator_key().clone());
     let keys = keys();
     let mut now = Instant::now();
     // What the harness knows about each connection: the key it registered
@@ -328,6 +334,24 @@ pub fn coordinator_machine(data: &[u8]) {
                     conn_of(conn),
                     endpoint(ip, port, ip % 2 == 0),
                     rtt_ms.map(|ms| Duration::from_millis(ms.into())),
+                    Some([conn; 32]),
+                );
+                // Every client that follows the spec says hello first; the
+                // coordinator must answer with its proof.
+                let hello = NativeMessage::Hello {
+                    version: 1,
+                    features: 0,
+                };
+                let actions = machine.handle(now, conn_of(conn), hello, challenge);
+                assert!(
+                    matches!(
+                        &actions[..],
+                        [CoordinatorAction::Send(
+                            _,
+                            NativeMessage::Coordinator { .. }
+                        )]
+                    ),
+                    "hello not answered: {actions:?}"
                 );
                 connected.insert(conn % 16, (None, [0; 32]));
             }
@@ -564,7 +588,38 @@ pub fn client_machine(data: &[u8]) {
     };
     let keys = keys();
     let Some(own) = keys.first() else { return };
-    let mut client = Client::new(config.clone(), own.clone());
+    let session_id = [7; 32];
+    let coordinator = coordinator_key();
+    let mut client = Client::new(
+        config.clone(),
+        own.clone(),
+        crate::native::machine::ExpectedCoordinator {
+            id: coordinator.id(),
+            session_id,
+        },
+    );
+    // The coordinator proves its key first; everything below is what a
+    // coordinator that did so may send.
+    let proof = crate::native::messages::coordinator_proof_data(&session_id, 1, 0);
+    let verified = client.handle(
+        Instant::now(),
+        NativeMessage::Coordinator {
+            version: 1,
+            features: 0,
+            key: coordinator.public().serialize(),
+            signature: coordinator.sign(crate::native::messages::COORDINATOR_TAG, &[&proof]),
+        },
+    );
+    assert!(
+        matches!(
+            &verified[..],
+            [
+                ClientEvent::CoordinatorVerified { .. },
+                ClientEvent::Send(NativeMessage::Register { .. })
+            ]
+        ),
+        "{verified:?}"
+    );
     let mut now = Instant::now();
     let mut punches: Vec<(Instant, IpAddr)> = Vec::new();
     for step in steps {

@@ -96,22 +96,27 @@ impl NodeKey {
     /// permissions 0600.
     pub fn load_or_create(data_dir: &Path) -> Result<NodeKey> {
         let path = Self::key_path(data_dir);
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let bytes = hex::decode(text.trim())
-                .with_context(|| format!("{} is not a hex key", path.display()))?;
-            let secret = SecretKey::from_slice(&bytes)
-                .with_context(|| format!("{} is not a valid secp256k1 key", path.display()))?;
-            return Ok(NodeKey {
-                keypair: Keypair::from_secret_key(&Secp256k1::new(), &secret),
-            });
+        if !path.exists() {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let key = NodeKey::generate();
+            match write_private(&path, hex::encode(key.keypair.secret_bytes()).as_bytes()) {
+                Ok(()) => return Ok(key),
+                // Another process (a node and a coordinator started
+                // together) made it first: theirs is the identity.
+                Err(e) if path.exists() => tracing::debug!(error = %e, "key created concurrently"),
+                Err(e) => return Err(e),
+            }
         }
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        let key = NodeKey::generate();
-        write_private(&path, hex::encode(key.keypair.secret_bytes()).as_bytes())?;
-        Ok(key)
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let bytes = hex::decode(text.trim())
+            .with_context(|| format!("{} is not a hex key", path.display()))?;
+        let secret = SecretKey::from_slice(&bytes)
+            .with_context(|| format!("{} is not a valid secp256k1 key", path.display()))?;
+        Ok(NodeKey {
+            keypair: Keypair::from_secret_key(&Secp256k1::new(), &secret),
+        })
     }
 
     pub fn public(&self) -> XOnlyPublicKey {
@@ -149,17 +154,29 @@ pub fn verify(key: &XOnlyPublicKey, tag: &str, data: &[&[u8]], signature: &[u8; 
 
 #[cfg(unix)]
 /// Creates `path` (it must not exist) readable by its owner only: for keys.
+///
+/// Written to a private temporary file and linked into place, so that a
+/// process that races us reads either no file or the whole key, never a
+/// half-written one.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)?;
-    Ok(())
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let written = (|| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .with_context(|| format!("creating {}", temporary.display()))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::hard_link(&temporary, path).with_context(|| format!("creating {}", path.display()))
+    })();
+    let _ = std::fs::remove_file(&temporary);
+    written
 }
 
 #[cfg(not(unix))]

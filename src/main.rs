@@ -1,6 +1,6 @@
 //! The `bitpunch` command line: parses, builds a config, calls the library.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,11 +10,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
-use bitpunch::address::PeerAddress;
+use bitpunch::address::{CoordinatorAddress, PeerAddress};
 use bitpunch::identity::{NodeId, NodeKey};
 use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
-use bitpunch::native::{self, client::LinkConfig, coordinator, machine};
+use bitpunch::native::client::{CoordinatorEndpoint, LinkConfig};
+use bitpunch::native::{self, coordinator, machine};
 use bitpunch::net::AdmissionConfig;
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::punch::budget::BudgetConfig;
@@ -141,8 +142,8 @@ impl LimitArgs {
 struct NodeArgs {
     #[command(flatten)]
     listen: ListenArgs,
-    /// A coordinator (HOST:PORT) to register with; prints the
-    /// NODE_ID@COORDINATOR address others connect to.
+    /// A coordinator (COORDINATOR_ID@HOST:PORT) to register with; prints
+    /// the NODE_ID@COORDINATOR_ID@HOST:PORT address others connect to.
     #[arg(long)]
     coordinator: Option<String>,
     /// A libp2p relay (multiaddr with /p2p/<id>) to hold a reservation
@@ -267,6 +268,10 @@ enum Command {
         /// (protects the node's own order budget from a few requesters).
         #[arg(long, default_value_t = 3)]
         orders_per_netgroup_per_target: usize,
+        /// The coordinator's identity is <data-dir>/node.key: nodes name its
+        /// id in the address they give out (ID@HOST:PORT).
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Both punch paths and stock DCUtR side by side: a relay, a
     /// coordinator and two nodes on loopback (or, with --nat, between two
@@ -495,6 +500,7 @@ async fn main() -> ExitCode {
             requests_per_minute,
             requests_per_netgroup_per_minute,
             orders_per_netgroup_per_target,
+            data,
         } => {
             let machine = machine::CoordinatorConfig {
                 requests_per_minute,
@@ -502,7 +508,7 @@ async fn main() -> ExitCode {
                 orders_per_netgroup_per_target,
                 ..Default::default()
             };
-            run_coordinator(listen, machine).await
+            run_coordinator(listen, machine, data).await
         }
         Command::Lab { command } => run_lab(command).await,
         Command::Demo {
@@ -561,10 +567,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let session = session_config(&net, timeout)?;
     // Parse everything the user typed before binding anything.
     let coordinator = coordinator
-        .map(|c| resolve_one(&c, net.network.default_port()))
+        .map(|c| c.parse::<CoordinatorAddress>())
         .transpose()?;
     let coordinator = match coordinator {
-        Some(c) => Some(c.await?),
+        Some(c) => Some((
+            resolve_coordinator(&c, net.network.default_port()).await?,
+            c,
+        )),
         None => None,
     };
     let mut config = NodeConfig::new(session.clone());
@@ -652,7 +661,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         };
         tokio::join!(reservations, answer);
     };
-    let Some(coordinator) = coordinator else {
+    let Some((coordinator, coordinator_typed)) = coordinator else {
         tokio::select! {
             r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
             () = relayed => {}
@@ -673,8 +682,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             match native::register(&node, coordinator, &key, link_config).await {
                 Ok(mut link) => {
                     backoff = Duration::from_secs(1);
-                    println!("reachable as {}@{}", link.id, coordinator);
-                    tracing::info!(id = %link.id, observed = %link.observed, "registered with the coordinator");
+                    println!("reachable as {}@{}", link.id, coordinator_typed);
+                    tracing::info!(id = %link.id, observed = %link.observed, version = link.version, "registered with the coordinator");
                     let why = native::serve_orders(
                         &node,
                         &mut link,
@@ -690,7 +699,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot register")
                 }
             }
-            tokio::time::sleep(backoff).await;
+            // Jittered, so that the nodes of a coordinator that restarts
+            // do not all come back in the same second.
+            tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     };
@@ -752,31 +763,31 @@ async fn run_relay(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses and resolves an address that must be a plain HOST[:PORT].
-fn resolve_one(
-    text: &str,
+/// The first address `coordinator` resolves to, with the id it must prove.
+async fn resolve_coordinator(
+    coordinator: &CoordinatorAddress,
     default_port: u16,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<SocketAddr>>> {
-    let address: PeerAddress = text.parse()?;
-    if matches!(address, PeerAddress::Coordinated { .. }) {
-        anyhow::bail!("{text}: a coordinator is HOST:PORT, not NODE_ID@COORDINATOR");
-    }
-    Ok(async move {
-        let resolved = address
-            .resolve(default_port)
-            .await
-            .with_context(|| format!("cannot resolve {address}"))?;
-        resolved
-            .first()
-            .copied()
-            .with_context(|| format!("{address} resolved to no address"))
+) -> anyhow::Result<CoordinatorEndpoint> {
+    let resolved = coordinator
+        .resolve(default_port)
+        .await
+        .with_context(|| format!("cannot resolve {coordinator}"))?;
+    let addr = resolved
+        .first()
+        .copied()
+        .with_context(|| format!("{coordinator} resolved to no address"))?;
+    Ok(CoordinatorEndpoint {
+        id: coordinator.id,
+        addr,
     })
 }
 
 async fn run_coordinator(
     listen: ListenArgs,
     machine: machine::CoordinatorConfig,
+    data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
+    let key = data.key()?;
     let ListenArgs {
         net,
         port,
@@ -784,7 +795,7 @@ async fn run_coordinator(
         timeout,
         limits,
     } = listen;
-    let mut config = coordinator::CoordinatorServerConfig::new(session_config(&net, timeout)?);
+    let mut config = coordinator::CoordinatorServerConfig::new(session_config(&net, timeout)?, key);
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
     config.admission = limits.admission(AdmissionConfig::COORDINATOR);
@@ -796,9 +807,11 @@ async fn run_coordinator(
             port.unwrap_or(net.network.default_port())
         )
     })?;
+    // The id first: whoever reads the addresses needs it to use them.
+    println!("coordinator id {}", server.id());
     for addr in server.local_addrs() {
         println!("coordinator listening {addr}");
-        tracing::info!(%addr, network = %net.network, "coordinator listening");
+        tracing::info!(%addr, id = %server.id(), network = %net.network, "coordinator listening; nodes name it {}@HOST:PORT", server.id());
     }
     tokio::signal::ctrl_c()
         .await
@@ -823,8 +836,7 @@ async fn run_connect(
         return Ok(finish(record, json));
     }
     if let PeerAddress::Coordinated { peer, coordinator } = &target {
-        let coordinator =
-            resolve_one(&coordinator.to_string(), net.network.default_port())?.await?;
+        let coordinator = resolve_coordinator(coordinator, net.network.default_port()).await?;
         let record = connect_native(
             *peer,
             coordinator,
@@ -912,7 +924,7 @@ async fn connect_libp2p(
 /// A punch through `coordinator` to `peer`, from local port `port`.
 async fn connect_native(
     peer: NodeId,
-    coordinator: SocketAddr,
+    coordinator: CoordinatorEndpoint,
     session: SessionConfig,
     port: u16,
     data: DataArgs,

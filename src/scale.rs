@@ -4,7 +4,6 @@
 //! child's resident memory before and after, and then has half the clients
 //! ask for the other half as fast as the coordinator answers.
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::identity::NodeKey;
-use crate::native::client::{CoordinatorLink, LinkConfig};
+use crate::native::client::{CoordinatorEndpoint, CoordinatorLink, LinkConfig};
 use crate::native::machine::ClientConfig;
 use crate::wire::{Network, SessionConfig};
 
@@ -49,7 +48,7 @@ impl Drop for Coordinator {
     }
 }
 
-fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, SocketAddr)> {
+fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, CoordinatorEndpoint)> {
     let mut child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(bin)
@@ -75,17 +74,20 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, SocketAddr)>
         .stderr(Stdio::null())
         .spawn()
         .context("starting the coordinator (is taskset installed?)")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut line,
-    )?;
-    let addr = line
-        .trim()
-        .strip_prefix("coordinator listening ")
-        .with_context(|| format!("unexpected coordinator output {line:?}"))?
-        .parse()?;
-    Ok((Coordinator(child), addr))
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut next_line = |what: &str| -> Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line)?;
+        line.trim()
+            .strip_prefix(what)
+            .map(str::to_string)
+            .with_context(|| format!("unexpected coordinator output {line:?}"))
+    };
+    let id = next_line("coordinator id ")?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let addr = next_line("coordinator listening ")?.parse()?;
+    Ok((Coordinator(child), CoordinatorEndpoint { id, addr }))
 }
 
 /// Measures with `clients` registered clients and `seconds` of requests.
@@ -93,7 +95,7 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
     if clients < 2 {
         bail!("at least 2 clients");
     }
-    let (coordinator, addr) = start_coordinator(bin)?;
+    let (coordinator, endpoint) = start_coordinator(bin)?;
     let pid = coordinator.0.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_kib(pid)?;
@@ -115,14 +117,12 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
     let mut links = Vec::with_capacity(clients);
     for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
         let opened =
-            futures::future::join_all(
-                chunk.iter().map(|_| {
-                    let config = config.clone();
-                    async move {
-                        CoordinatorLink::connect(None, addr, NodeKey::generate(), config).await
-                    }
-                }),
-            )
+            futures::future::join_all(chunk.iter().map(|_| {
+                let config = config.clone();
+                async move {
+                    CoordinatorLink::connect(None, endpoint, NodeKey::generate(), config).await
+                }
+            }))
             .await;
         for link in opened {
             links.push(link.context("registering a client")?);

@@ -4,7 +4,7 @@
 //! It runs the three paths — libp2p, native, stock DCUtR — and returns their
 //! outcome records. `bitpunch demo` and `bitpunch lab run` are built on it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,7 +160,7 @@ fn node(ip: IpAddr, port: u16) -> Result<Node> {
 pub struct Running {
     pub circuit: Multiaddr,
     pub stock_circuit: Multiaddr,
-    pub coordinator: SocketAddr,
+    pub coordinator: crate::native::client::CoordinatorEndpoint,
     pub bob_id: NodeId,
     allow_private: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -208,7 +208,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
     let (coord_place, coord_ip) = places.coordinator;
     let (coord_tx, coord_rx) = tokio::sync::oneshot::channel();
     tasks.push(coord_place.spawn(async move {
-        let mut config = CoordinatorServerConfig::new(session());
+        let mut config = CoordinatorServerConfig::new(session(), NodeKey::generate());
         // Alice asks for Bob many times a minute from one address.
         config.machine.requests_per_netgroup_per_minute = usize::MAX;
         config.machine.orders_per_netgroup_per_target = usize::MAX;
@@ -216,7 +216,10 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         config.port = ports.coordinator;
         match CoordinatorServer::start(config) {
             Ok(server) => {
-                let _ = coord_tx.send(Ok(server.local_addrs()[0]));
+                let _ = coord_tx.send(Ok(crate::native::client::CoordinatorEndpoint {
+                    id: server.id(),
+                    addr: server.local_addrs()[0],
+                }));
                 std::future::pending::<()>().await;
                 drop(server);
             }

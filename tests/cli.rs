@@ -4,7 +4,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 fn bitpunch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitpunch"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bitpunch"));
+    // Keys a test does not place itself go under target/, never into ~.
+    command.env(
+        "BITPUNCH_DATA_DIR",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-default-data"),
+    );
+    command
 }
 
 /// Kills the child when the test ends, also when it fails.
@@ -194,12 +200,16 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
                 "regtest",
                 "-q",
             ])
+            .arg("--data-dir")
+            .arg(data.join("coordinator"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
     let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord_id = line_starting(&mut out, "coordinator id ");
     let coord = line_starting(&mut out, "coordinator listening ");
+    let coord_address = format!("{coord_id}@{coord}");
 
     let bob_dir = data.join("bob");
     let mut bob = Running(
@@ -216,7 +226,7 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
             ])
             .args([
                 "--coordinator",
-                &coord,
+                &coord_address,
                 "--data-dir",
                 bob_dir.to_str().unwrap(),
                 "--json",
@@ -230,7 +240,7 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
     let mut bob_out = BufReader::new(bob.0.stdout.take().unwrap());
     let bob_listens = line_starting(&mut bob_out, "listening ");
     let address = line_starting(&mut bob_out, "reachable as ");
-    assert!(address.ends_with(&format!("@{coord}")), "{address}");
+    assert!(address.ends_with(&format!("@{coord_address}")), "{address}");
     // The key stays: a second start would have the same id.
     assert!(bob_dir.join("node.key").exists());
 
@@ -252,7 +262,7 @@ fn connect_node_id_at_coordinator_punches_and_prints_a_native_record() {
     assert_eq!(record["path"], "native");
     assert_eq!(record["ok"], true);
     assert_eq!(record["transport"], "v2");
-    assert_eq!(record["via"], coord.as_str());
+    assert_eq!(record["via"], coord_address.as_str());
     assert_eq!(
         record["remote"],
         bob_listens.as_str(),
@@ -276,13 +286,16 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
     let mut coordinator = Running(
         bitpunch()
             .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
-            .args(["--network", "regtest", "-q"])
+            .args(["--network", "regtest", "-q", "--data-dir"])
+            .arg(data.join("coordinator"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
     let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord_id = line_starting(&mut out, "coordinator id ");
     let coord = line_starting(&mut out, "coordinator listening ");
+    let coord_address = format!("{coord_id}@{coord}");
     // Bob follows no orders at all; his log (stderr) says why.
     let log = data.join("bob.log");
     std::fs::create_dir_all(&data).unwrap();
@@ -293,7 +306,7 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
             .args([
                 "--allow-private-addrs",
                 "--coordinator",
-                &coord,
+                &coord_address,
                 "--data-dir",
             ])
             .arg(data.join("bob"))

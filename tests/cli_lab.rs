@@ -37,7 +37,7 @@ fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
         .unwrap(),
     );
     let relay_addr = wait_for(&relay, "relay listening ");
-    let coord_addr = format!("{}:18555", coord_host.ip);
+    let coord_dir = dir("coordinator");
     let coordinator = lines(
         lab.spawn(
             &coord_host,
@@ -48,12 +48,16 @@ fn both_paths_end_in_direct_bip324_sessions_between_two_home_nats() {
                 "18555",
                 "--network",
                 "regtest",
+                "--data-dir",
+                &coord_dir,
                 "-q",
             ],
         )
         .unwrap(),
     );
+    let coord_id = wait_for(&coordinator, "coordinator id ");
     wait_for(&coordinator, "coordinator listening ");
+    let coord_addr = format!("{coord_id}@{}:18555", coord_host.ip);
 
     let bob_dir = dir("bob");
     let bob_out = lines(

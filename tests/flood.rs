@@ -177,8 +177,16 @@ async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bounded_memory() {
-    let args = [&["coordinator", "-q"][..], &LOOPBACK_REGTEST].concat();
+    let dir = std::env::temp_dir().join(format!("bitpunch-flood-coord-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = [
+        &["coordinator", "-q", "--data-dir", &dir_arg][..],
+        &LOOPBACK_REGTEST,
+    ]
+    .concat();
     let key = bitpunch::identity::NodeKey::generate();
+    let coordinator_dir = dir.clone();
     let id = under_flood(
         "coordinator",
         &args,
@@ -197,7 +205,14 @@ async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bound
                     client: Default::default(),
                     ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
                 };
-                let link = bitpunch::native::register(&node, socket(&line), &key, link_config)
+                // The coordinator made its key on start; the address names it.
+                let coordinator = bitpunch::native::client::CoordinatorEndpoint {
+                    id: bitpunch::identity::NodeKey::load_or_create(&coordinator_dir)
+                        .unwrap()
+                        .id(),
+                    addr: socket(&line),
+                };
+                let link = bitpunch::native::register(&node, coordinator, &key, link_config)
                     .await
                     .expect("registration during the flood");
                 link.id
@@ -205,6 +220,7 @@ async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bound
         },
     )
     .await;
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(id, key.id());
 }
 

@@ -13,7 +13,8 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Address, ServiceFlags};
 use bitpunch::identity::NodeKey;
-use bitpunch::native::machine::{Client, ClientConfig, ClientEvent};
+use bitpunch::native::client::CoordinatorEndpoint;
+use bitpunch::native::machine::{Client, ClientConfig, ClientEvent, ExpectedCoordinator};
 use bitpunch::native::messages::{FailReason, NativeMessage};
 use bitpunch::node::{Node, NodeConfig, NodeEvent};
 use bitpunch::wire::{self, Channel, Network, Session, WireError};
@@ -44,15 +45,20 @@ async fn recv(s: &mut ClientSession) -> NativeMessage {
     }
 }
 
-/// Registers `key` on `s` through the real client machine.
-async fn register(s: &mut ClientSession, key: &NodeKey) {
-    let mut client = Client::new(ClientConfig::default(), key.clone());
+/// Registers `key` on `s` with `coordinator` through the real client machine.
+async fn register(s: &mut ClientSession, coordinator: CoordinatorEndpoint, key: &NodeKey) {
+    let expected = ExpectedCoordinator {
+        id: coordinator.id,
+        session_id: s.session_id().expect("a BIP324 session"),
+    };
+    let mut client = Client::new(ClientConfig::default(), key.clone(), expected);
     send(s, client.start()).await;
     loop {
         let msg = recv(s).await;
         for event in client.handle(std::time::Instant::now(), msg) {
             match event {
                 ClientEvent::Send(m) => send(s, m).await,
+                ClientEvent::CoordinatorVerified { .. } => {}
                 ClientEvent::Registered { .. } => return,
                 other => panic!("registration: {other:?}"),
             }
@@ -63,10 +69,11 @@ async fn register(s: &mut ClientSession, key: &NodeKey) {
 #[tokio::test]
 async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coordinator_keeps_serving(
 ) {
-    let (server, addr) = coordinator_on_loopback();
+    let (server, coordinator) = coordinator_on_loopback();
+    let addr = coordinator.addr;
     let victim_key = NodeKey::generate();
     let mut victim = open(addr).await;
-    register(&mut victim, &victim_key).await;
+    register(&mut victim, coordinator, &victim_key).await;
     // Registers again (the state leaves Registered), then vanishes.
     send(
         &mut victim,
@@ -82,7 +89,7 @@ async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coor
     drop(victim);
 
     let mut asker = open(addr).await;
-    register(&mut asker, &NodeKey::generate()).await;
+    register(&mut asker, coordinator, &NodeKey::generate()).await;
     // Give the coordinator a moment to see the victim's connection close;
     // the answer must be the same whichever it sees first.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -103,7 +110,7 @@ async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coor
     );
     // Still serving: a newcomer registers, and the asker's link is alive.
     let mut newcomer = open(addr).await;
-    register(&mut newcomer, &NodeKey::generate()).await;
+    register(&mut newcomer, coordinator, &NodeKey::generate()).await;
     assert_eq!(server.registered(), 2);
     assert!(asker.measure_rtt(Duration::from_secs(5)).await.is_ok());
 }
@@ -112,7 +119,8 @@ async fn a_re_registration_then_disconnect_is_answered_unknown_peer_and_the_coor
 /// our side's set-up ping has been answered.
 #[tokio::test]
 async fn a_client_that_speaks_right_after_verack_is_answered() {
-    let (_server, addr) = coordinator_on_loopback();
+    let (_server, coordinator) = coordinator_on_loopback();
+    let addr = coordinator.addr;
     let stream = TcpStream::connect(addr).await.unwrap();
     let magic = Network::Regtest.magic();
     let mut channel = Channel::v2(stream, magic, Role::Initiator, None)
@@ -134,21 +142,25 @@ async fn a_client_that_speaks_right_after_verack_is_answered() {
         .await
         .unwrap();
     let key = NodeKey::generate();
-    let mut client = Client::new(ClientConfig::default(), key);
-    let mut sent_register = false;
+    let expected = ExpectedCoordinator {
+        id: coordinator.id,
+        session_id: channel.session_id().expect("a BIP324 session"),
+    };
+    let mut client = Client::new(ClientConfig::default(), key, expected);
+    let mut sent_hello = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let msg = tokio::time::timeout_at(deadline, channel.recv())
             .await
-            .expect("the coordinator answers hpregister")
+            .expect("the coordinator answers hphello")
             .unwrap();
         match msg {
             Some(NetworkMessage::Version(_)) => {}
-            Some(NetworkMessage::Verack) if !sent_register => {
-                // verack and hpregister in one go.
+            Some(NetworkMessage::Verack) if !sent_hello => {
+                // verack and hphello in one go.
                 channel.send(&NetworkMessage::Verack).await.unwrap();
                 channel.send(&client.start().to_network()).await.unwrap();
-                sent_register = true;
+                sent_hello = true;
             }
             Some(NetworkMessage::Ping(n)) => {
                 channel.send(&NetworkMessage::Pong(n)).await.unwrap();
@@ -156,14 +168,21 @@ async fn a_client_that_speaks_right_after_verack_is_answered() {
             Some(other) => {
                 if let Ok(Some(native)) = NativeMessage::from_network(&other) {
                     assert!(
-                        matches!(native, NativeMessage::Challenge { .. }),
+                        matches!(native, NativeMessage::Coordinator { .. }),
                         "{native:?}"
                     );
+                    // The coordinator's proof verifies over this session.
                     let events = client.handle(std::time::Instant::now(), native);
-                    assert!(matches!(
-                        &events[..],
-                        [ClientEvent::Send(NativeMessage::Prove { .. })]
-                    ));
+                    assert!(
+                        matches!(
+                            &events[..],
+                            [
+                                ClientEvent::CoordinatorVerified { .. },
+                                ClientEvent::Send(NativeMessage::Register { .. })
+                            ]
+                        ),
+                        "{events:?}"
+                    );
                     return;
                 }
             }

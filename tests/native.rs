@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitpunch::identity::NodeKey;
-use bitpunch::native::client::LinkConfig;
+use bitpunch::native::client::{CoordinatorEndpoint, LinkConfig};
 use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
 use bitpunch::native::machine::ClientConfig;
 use bitpunch::native::{self};
@@ -43,7 +43,7 @@ fn link_config() -> LinkConfig {
 /// Bob registers and serves orders; returns his id, his node, and where his
 /// punch records arrive.
 async fn responder(
-    coordinator: SocketAddr,
+    coordinator: CoordinatorEndpoint,
 ) -> (
     bitpunch::identity::NodeId,
     Arc<Node>,
@@ -170,7 +170,7 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let seen_tx = Mutex::new(seen_tx);
     let mallory_public = mallory_key.public().serialize();
-    let mut config = CoordinatorServerConfig::new(session());
+    let mut config = CoordinatorServerConfig::new(session(), NodeKey::generate());
     config.bind_ip = Some(LOOPBACK);
     config.port = 0;
     config.filter = Some(Arc::new(move |_conn, msg: &mut NativeMessage| {
@@ -197,7 +197,10 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
         }
     }));
     let server = CoordinatorServer::start(config).unwrap();
-    let coord = server.local_addrs()[0];
+    let coord = CoordinatorEndpoint {
+        id: server.id(),
+        addr: server.local_addrs()[0],
+    };
     let (bob_id, _bob, _records) = responder(coord).await;
 
     let alice = node();
@@ -290,15 +293,40 @@ use bitpunch::wire::{Session, SessionRole, StreamContext};
 
 type CoordinatorSession = Session<Counted<tokio::net::TcpStream>>;
 
+/// How a scripted coordinator answers `hphello`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// With the key its address names, over this session.
+    Honest,
+    /// With another key: an impostor that does not hold the named key.
+    WrongKey,
+    /// With the named key but over another session id: an on-path relay
+    /// of the real coordinator's proof.
+    OtherSession,
+}
+
 /// A coordinator written by hand from the wire pieces: it registers the one
 /// client that connects, then hands the session to `script`.
-async fn scripted_coordinator<F, Fut>(script: F) -> SocketAddr
+async fn scripted_coordinator<F, Fut>(script: F) -> CoordinatorEndpoint
+where
+    F: FnOnce(CoordinatorSession) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    scripted_coordinator_proving(Proof::Honest, script).await
+}
+
+async fn scripted_coordinator_proving<F, Fut>(proof: Proof, script: F) -> CoordinatorEndpoint
 where
     F: FnOnce(CoordinatorSession) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let named = NodeKey::generate();
+    let endpoint = CoordinatorEndpoint {
+        id: named.id(),
+        addr,
+    };
     tokio::spawn(async move {
         let (stream, remote) = listener.accept().await.unwrap();
         let now = tokio::time::Instant::now();
@@ -318,8 +346,25 @@ where
                 .unwrap();
         let mut key = None;
         loop {
-            let msg = s.recv_message(Duration::from_secs(10)).await.unwrap();
+            let Ok(msg) = s.recv_message(Duration::from_secs(10)).await else {
+                return;
+            };
             match NativeMessage::from_network(&msg).unwrap() {
+                Some(NativeMessage::Hello { .. }) => {
+                    let (signer, session_id) = match proof {
+                        Proof::Honest => (named.clone(), s.session_id().unwrap()),
+                        Proof::WrongKey => (NodeKey::generate(), s.session_id().unwrap()),
+                        Proof::OtherSession => (named.clone(), [0xee; 32]),
+                    };
+                    let data = native::messages::coordinator_proof_data(&session_id, 1, 0);
+                    let answer = NativeMessage::Coordinator {
+                        version: 1,
+                        features: 0,
+                        key: signer.public().serialize(),
+                        signature: signer.sign(native::messages::COORDINATOR_TAG, &[&data]),
+                    };
+                    s.send_message(&answer.to_network()).await.unwrap();
+                }
                 Some(NativeMessage::Register { key: k }) => {
                     key = Some(k);
                     s.send_message(&NativeMessage::Challenge { nonce: [7; 32] }.to_network())
@@ -340,7 +385,103 @@ where
         }
         script(s).await;
     });
-    addr
+    endpoint
+}
+
+/// The coordinator's id in the address is what the node checks before it
+/// registers: an impostor with another key, or someone who relays the
+/// real coordinator's proof from another session, is refused with the
+/// reason, and nothing of ours reaches them after the hello.
+#[tokio::test]
+async fn a_coordinator_that_cannot_prove_the_named_key_is_refused() {
+    for (proof, expected) in [
+        (Proof::WrongKey, "but its address names"),
+        (
+            Proof::OtherSession,
+            "does not verify over this BIP324 session",
+        ),
+    ] {
+        let coord = scripted_coordinator_proving(proof, |_s| async {}).await;
+        let bob = node();
+        let err = native::register(&bob, coord, &NodeKey::generate(), link_config())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+/// A coordinator that speaks only plaintext v1 (every node before BIP324)
+/// is refused: the link is BIP324 only.
+#[tokio::test]
+async fn a_v1_only_coordinator_is_refused() {
+    let mut config = CoordinatorServerConfig::new(session(), NodeKey::generate());
+    config.session.transport = bitpunch::wire::TransportPolicy::V1;
+    config.bind_ip = Some(LOOPBACK);
+    config.port = 0;
+    let server = CoordinatorServer::start(config).unwrap();
+    let coord = CoordinatorEndpoint {
+        id: server.id(),
+        addr: server.local_addrs()[0],
+    };
+    let bob = node();
+    let err = native::register(&bob, coord, &NodeKey::generate(), link_config())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("BIP324 only"), "{err}");
+    assert_eq!(server.registered(), 0);
+}
+
+/// A client that skips the hello, or says it on a v1 session, is closed
+/// by the coordinator with the reason.
+#[tokio::test]
+async fn the_coordinator_requires_hello_on_a_bip324_session() {
+    let (server, coord) = coordinator_on_loopback();
+    let mut events = server.events();
+    let mut v1 = session();
+    v1.transport = bitpunch::wire::TransportPolicy::V1;
+    let cases = [
+        (
+            session(),
+            NativeMessage::Register {
+                key: NodeKey::generate().public().serialize(),
+            },
+            "hpregister before hphello",
+        ),
+        (
+            v1,
+            NativeMessage::Hello {
+                version: 1,
+                features: 0,
+            },
+            "hphello on a v1 session",
+        ),
+    ];
+    for (config, msg, expected) in cases {
+        let mut s = bitpunch::wire::connect(coord.addr, &config, None, tokio::time::Instant::now())
+            .await
+            .result
+            .unwrap();
+        s.send_message(&msg.to_network()).await.unwrap();
+        let reason = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                native::coordinator::CoordinatorEvent::Closed { remote, reason, .. }
+                    if remote == s.report.local =>
+                {
+                    break reason
+                }
+                _ => {}
+            }
+        };
+        assert!(reason.contains(expected), "{reason}");
+    }
 }
 
 #[tokio::test]
@@ -476,10 +617,11 @@ async fn malformed_messages_close_only_that_connection_at_the_coordinator_on_loo
         ),
     ];
     for (what, msg) in cases {
-        let mut s = bitpunch::wire::connect(coord, &session(), None, tokio::time::Instant::now())
-            .await
-            .result
-            .unwrap();
+        let mut s =
+            bitpunch::wire::connect(coord.addr, &session(), None, tokio::time::Instant::now())
+                .await
+                .result
+                .unwrap();
         s.send_message(&msg).await.unwrap();
         let closed = s.recv_message(Duration::from_secs(5)).await;
         assert!(closed.is_err(), "{what}: still open");

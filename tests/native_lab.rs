@@ -12,7 +12,7 @@ use std::time::Duration;
 use bitpunch::identity::{NodeId, NodeKey};
 use bitpunch::lab::{Lab, LinkShape, NatProfile, NsRuntime};
 use bitpunch::native;
-use bitpunch::native::client::LinkConfig;
+use bitpunch::native::client::{CoordinatorEndpoint, LinkConfig};
 use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
 use bitpunch::native::machine::ClientConfig;
 use bitpunch::node::{Node, NodeConfig};
@@ -44,7 +44,7 @@ struct Scenario {
     alice_rt: NsRuntime,
     _bob_rt: NsRuntime,
     _coord_rt: NsRuntime,
-    coordinator: SocketAddr,
+    coordinator: CoordinatorEndpoint,
     bob_id: NodeId,
     _lab: Lab,
 }
@@ -61,8 +61,10 @@ async fn scenario_with(profile: &str, orders: usize) -> Scenario {
     let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(20)).unwrap();
     let (public, alice, bob) = (t.coordinator, t.alice, t.bob);
     let coord_rt = lab.runtime(&public).unwrap();
-    coord_rt.spawn(async {
-        let mut config = CoordinatorServerConfig::new(session());
+    let coordinator_key = NodeKey::generate();
+    let coordinator_id = coordinator_key.id();
+    coord_rt.spawn(async move {
+        let mut config = CoordinatorServerConfig::new(session(), coordinator_key);
         config.port = COORDINATOR_PORT;
         // Twenty tries from one Alice at one Bob in a minute.
         config.machine.requests_per_netgroup_per_minute = usize::MAX;
@@ -72,7 +74,10 @@ async fn scenario_with(profile: &str, orders: usize) -> Scenario {
         std::future::pending::<()>().await;
         drop(server);
     });
-    let coordinator = SocketAddr::new(public.ip.into(), COORDINATOR_PORT);
+    let coordinator = CoordinatorEndpoint {
+        id: coordinator_id,
+        addr: SocketAddr::new(public.ip.into(), COORDINATOR_PORT),
+    };
 
     let bob_rt = lab.runtime(&bob).unwrap();
     let (id_tx, id_rx) = tokio::sync::oneshot::channel();
@@ -144,7 +149,7 @@ async fn twenty_tries(profile: &str) {
             assert_eq!(record.transport, Some(Transport::V2));
             // Direct: the far end is Bob's NAT mapping, not the coordinator.
             let remote: SocketAddr = record.remote.as_deref().unwrap().parse().unwrap();
-            assert_ne!(remote.ip(), s.coordinator.ip());
+            assert_ne!(remote.ip(), s.coordinator.addr.ip());
             assert!(
                 remote.ip().to_string().starts_with("203.0.113."),
                 "{remote}"

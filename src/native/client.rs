@@ -14,14 +14,29 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::machine::{Client, ClientConfig, ClientEvent, PunchOrder};
+use super::machine::{Client, ClientConfig, ClientEvent, ExpectedCoordinator, PunchOrder};
 use super::messages::{node_punch_coordinator, FailReason, NativeMessage, PunchResult};
 use super::AbortOnDrop;
 use crate::clock::Later;
 use crate::identity::{NodeId, NodeKey};
 use crate::net::stream::ByteCounters;
 use crate::net::SharedPort;
-use crate::wire::{self, SessionConfig};
+use crate::wire::{self, SessionConfig, TransportPolicy};
+
+/// A coordinator as a node names it: the id of its key and where it
+/// listens (`ID@HOST:PORT`). The link is refused unless the other end
+/// proves that key on the link's own BIP324 session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordinatorEndpoint {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for CoordinatorEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.id, self.addr)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -75,7 +90,10 @@ pub struct CoordinatorLink {
     pub id: NodeId,
     /// Where the coordinator sees us: our NAT mapping of the shared port.
     pub observed: SocketAddr,
-    pub coordinator: SocketAddr,
+    /// The coordinator, whose key was proven on this link.
+    pub coordinator: CoordinatorEndpoint,
+    /// The `hp` protocol version both sides speak.
+    pub version: u32,
     pub rtt: Duration,
     counters: Arc<ByteCounters>,
     commands: mpsc::Sender<Command>,
@@ -91,19 +109,28 @@ impl Drop for CoordinatorLink {
 }
 
 impl CoordinatorLink {
-    /// Opens the session from `port` (a node's shared port; `None` for any
-    /// free port, as load generators do), checks the service bit, registers
-    /// `key`.
+    /// Opens a BIP324 session from `port` (a node's shared port; `None` for
+    /// any free port, as load generators do), checks the service bit and
+    /// the coordinator's proof of its key, registers `key`.
     pub async fn connect(
         port: Option<&SharedPort>,
-        coordinator: SocketAddr,
+        endpoint: CoordinatorEndpoint,
         key: NodeKey,
         config: LinkConfig,
     ) -> Result<CoordinatorLink> {
-        let outcome = wire::connect(coordinator, &config.session, port, Instant::now()).await;
+        let coordinator = endpoint.addr;
+        // Never v1: the coordinator proves its key over the BIP324 session
+        // id, and a plaintext link would hand an on-path attacker the
+        // coordinator's role.
+        let mut session_config = config.session.clone();
+        session_config.transport = TransportPolicy::V2;
+        let outcome = wire::connect(coordinator, &session_config, port, Instant::now()).await;
         let session = outcome
             .result
-            .with_context(|| format!("connecting to coordinator {coordinator}"))?;
+            .with_context(|| format!("connecting to coordinator {coordinator} (BIP324 only)"))?;
+        let Some(session_id) = session.session_id() else {
+            bail!("the session with coordinator {coordinator} has no BIP324 session id");
+        };
         let services = ServiceFlags::from(session.report.peer.services);
         if !services.has(node_punch_coordinator()) {
             bail!(
@@ -128,11 +155,20 @@ impl CoordinatorLink {
         let (commands, mut command_rx) = mpsc::channel(64);
         let (orders_tx, orders) = mpsc::channel(64);
         let (registered_tx, registered_rx) = oneshot::channel();
-        let mut client = Client::new(config.client, key);
+        let (verified_tx, verified_rx) = oneshot::channel();
+        let mut client = Client::new(
+            config.client,
+            key,
+            ExpectedCoordinator {
+                id: endpoint.id,
+                session_id,
+            },
+        );
         let first = client.start();
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task.abort_handle());
             let mut registered_tx = Some(registered_tx);
+            let mut verified_tx = Some(verified_tx);
             let mut pending: HashMap<u64, oneshot::Sender<Result<RequestedOrder, RequestError>>> =
                 HashMap::new();
             // Our requests that got their order, until the punch is reported.
@@ -175,6 +211,12 @@ impl CoordinatorLink {
                         for event in client.handle(now.into_std(), native) {
                             match event {
                                 ClientEvent::Send(m) => writer.send(&m.to_network()).await?,
+                                ClientEvent::CoordinatorVerified { id, version, features } => {
+                                    tracing::debug!(coordinator = %id, version, features, "coordinator proved its key");
+                                    if let Some(tx) = verified_tx.take() {
+                                        let _ = tx.send(version);
+                                    }
+                                }
                                 ClientEvent::Registered { id, observed } => {
                                     if let Some(tx) = registered_tx.take() {
                                         let _ = tx.send((id, observed));
@@ -247,10 +289,13 @@ impl CoordinatorLink {
                     bail!("registration with {coordinator} timed out");
                 }
             };
+        // Sent before the registration, so it is here by now.
+        let version = verified_rx.await.unwrap_or_default();
         Ok(CoordinatorLink {
             id,
             observed,
-            coordinator,
+            coordinator: endpoint,
+            version,
             rtt,
             counters,
             commands,

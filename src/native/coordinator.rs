@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
 use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
 use super::AbortOnDrop;
+use crate::identity::{NodeId, NodeKey};
 use crate::net::router::Inbound;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
 use crate::wire::SessionConfig;
@@ -36,11 +37,14 @@ pub struct CoordinatorServerConfig {
     pub filter: Option<MessageFilter>,
     /// Caps on inbound connections (docs/security.md).
     pub admission: AdmissionConfig,
+    /// The coordinator's identity, which its clients check on every link.
+    pub key: NodeKey,
 }
 
 impl CoordinatorServerConfig {
-    pub fn new(session: SessionConfig) -> Self {
+    pub fn new(session: SessionConfig, key: NodeKey) -> Self {
         CoordinatorServerConfig {
+            key,
             bind_ip: None,
             port: session.network.default_port(),
             session,
@@ -123,6 +127,7 @@ impl Shared {
 }
 
 pub struct CoordinatorServer {
+    id: NodeId,
     local_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
@@ -148,7 +153,7 @@ impl CoordinatorServer {
         let accept = port.spawn_accept_loop(router);
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
-            machine: Mutex::new(Coordinator::new(config.machine.clone())),
+            machine: Mutex::new(Coordinator::new(config.machine.clone(), config.key.clone())),
             conns: Mutex::default(),
             events,
             filter: config.filter.clone(),
@@ -174,6 +179,7 @@ impl CoordinatorServer {
             }
         });
         Ok(CoordinatorServer {
+            id: config.key.id(),
             local_addrs: port.local_addrs().to_vec(),
             shared,
             task,
@@ -183,6 +189,11 @@ impl CoordinatorServer {
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The id clients name in its address, `ID@HOST:PORT`.
+    pub fn id(&self) -> NodeId {
+        self.id
     }
 
     pub fn events(&self) -> broadcast::Receiver<CoordinatorEvent> {
@@ -213,6 +224,7 @@ async fn serve_client(
             return;
         }
     };
+    let session_id = session.session_id();
     let (mut reader, mut writer, report) = session.into_parts();
     let rtt = report.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
     let (outbox, mut outgoing) = mpsc::channel::<NetworkMessage>(64);
@@ -232,7 +244,7 @@ async fn serve_client(
         .machine
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .connected(conn, remote, rtt);
+        .connected(conn, remote, rtt, session_id);
     tracing::debug!(conn, %remote, transport = %report.transport, "client connected");
 
     let mut writer_task = tokio::spawn(async move {

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::XOnlyPublicKey;
 
-use super::messages::{FailReason, NativeMessage, PunchResult, PunchRole, REGISTER_TAG};
+use super::messages::{
+    coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
+    FEATURES, PROTOCOL_VERSION, REGISTER_TAG,
+};
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::NetGroup;
 
@@ -47,7 +50,10 @@ impl Default for CoordinatorConfig {
 
 #[derive(Debug)]
 enum PeerState {
+    /// Has not said `hphello` yet.
     Connected,
+    /// Has our `hpcoord`: may register.
+    Greeted,
     Challenged {
         key: XOnlyPublicKey,
         nonce: [u8; 32],
@@ -61,6 +67,9 @@ enum PeerState {
 #[derive(Debug)]
 struct Peer {
     observed: SocketAddr,
+    /// The BIP324 session id, which `hpcoord` signs; `None` on a v1
+    /// session, which cannot carry the coordinator's proof.
+    session_id: Option<[u8; 32]>,
     rtt: Option<Duration>,
     state: PeerState,
     requests: VecDeque<Instant>,
@@ -78,9 +87,11 @@ pub enum CoordinatorAction {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Coordinator {
     config: CoordinatorConfig,
+    /// The coordinator's identity: clients check it before they register.
+    key: NodeKey,
     peers: HashMap<ConnId, Peer>,
     by_id: HashMap<NodeId, ConnId>,
     /// Orders sent to targets and not yet reported on, by (target's
@@ -106,17 +117,34 @@ fn expire(times: &mut VecDeque<Instant>, now: Instant) -> bool {
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig) -> Self {
+    pub fn new(config: CoordinatorConfig, key: NodeKey) -> Self {
         Coordinator {
             config,
+            key,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            open_orders: HashMap::new(),
+            open_order_queue: VecDeque::new(),
+            by_netgroup: HashMap::new(),
+            by_netgroup_target: HashMap::new(),
             sweep_at: MIN_SWEEP,
-            ..Default::default()
         }
     }
 
+    pub fn id(&self) -> NodeId {
+        self.key.id()
+    }
+
     /// A client finished the Bitcoin handshake; `observed` is its source
-    /// endpoint as this side sees it: its NAT mapping.
-    pub fn connected(&mut self, conn: ConnId, observed: SocketAddr, rtt: Option<Duration>) {
+    /// endpoint as this side sees it: its NAT mapping. `session_id` is the
+    /// BIP324 session's (`None` for v1).
+    pub fn connected(
+        &mut self,
+        conn: ConnId,
+        observed: SocketAddr,
+        rtt: Option<Duration>,
+        session_id: Option<[u8; 32]>,
+    ) {
         // A reused id is a new connection: the old one's registration goes
         // (found by the coordinator fuzzer; drivers never reuse ids).
         self.disconnected(conn);
@@ -124,6 +152,7 @@ impl Coordinator {
             conn,
             Peer {
                 observed,
+                session_id,
                 rtt,
                 state: PeerState::Connected,
                 requests: VecDeque::new(),
@@ -256,6 +285,34 @@ impl Coordinator {
             return vec![];
         };
         match msg {
+            NativeMessage::Hello { version, .. } => {
+                if !matches!(peer.state, PeerState::Connected) {
+                    return vec![Close(conn, "hphello twice".into())];
+                }
+                if version == 0 {
+                    return vec![Close(conn, "hphello: version 0".into())];
+                }
+                let Some(session_id) = peer.session_id else {
+                    return vec![Close(
+                        conn,
+                        "hphello on a v1 session: the coordinator proves its key over a BIP324 session id".into(),
+                    )];
+                };
+                peer.state = PeerState::Greeted;
+                let data = coordinator_proof_data(&session_id, PROTOCOL_VERSION, FEATURES);
+                vec![Send(
+                    conn,
+                    NativeMessage::Coordinator {
+                        version: PROTOCOL_VERSION,
+                        features: FEATURES,
+                        key: self.key.public().serialize(),
+                        signature: self.key.sign(COORDINATOR_TAG, &[&data]),
+                    },
+                )]
+            }
+            NativeMessage::Register { .. } if matches!(peer.state, PeerState::Connected) => {
+                vec![Close(conn, "hpregister before hphello".into())]
+            }
             NativeMessage::Register { key } => match identity::parse_public(&key) {
                 Ok(key) => {
                     // A registered connection that starts over gives up its
@@ -290,7 +347,7 @@ impl Coordinator {
                 if let Some(older) = self.by_id.insert(id, conn) {
                     if older != conn {
                         if let Some(p) = self.peers.get_mut(&older) {
-                            p.state = PeerState::Connected;
+                            p.state = PeerState::Greeted;
                         }
                     }
                 }
@@ -317,7 +374,8 @@ impl Coordinator {
                 }
                 actions
             }
-            other @ (NativeMessage::Challenge { .. }
+            other @ (NativeMessage::Coordinator { .. }
+            | NativeMessage::Challenge { .. }
             | NativeMessage::Registered { .. }
             | NativeMessage::Punch { .. }
             | NativeMessage::Fail { .. }
@@ -479,6 +537,12 @@ pub struct PunchOrder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     Send(NativeMessage),
+    /// The coordinator proved the key its address names, on this session.
+    CoordinatorVerified {
+        id: NodeId,
+        version: u32,
+        features: u64,
+    },
     Registered {
         id: NodeId,
         observed: SocketAddr,
@@ -497,10 +561,22 @@ pub enum ClientEvent {
     Close(String),
 }
 
+/// Whom the client expects at the other end: the coordinator id its
+/// address names, and the session on which that key must be proven.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedCoordinator {
+    pub id: NodeId,
+    pub session_id: [u8; 32],
+}
+
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
     key: NodeKey,
+    coordinator: ExpectedCoordinator,
+    /// The version both speak, once the coordinator proved its key.
+    /// Nothing but `hpcoord` is accepted before.
+    verified: Option<u32>,
     registered: Option<NodeId>,
     /// Requests we made, the id we asked for (checked against the key in
     /// the order: a coordinator cannot substitute another key) and when.
@@ -509,10 +585,12 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(config: ClientConfig, key: NodeKey) -> Self {
+    pub fn new(config: ClientConfig, key: NodeKey, coordinator: ExpectedCoordinator) -> Self {
         Client {
             config,
             key,
+            coordinator,
+            verified: None,
             registered: None,
             requests: HashMap::new(),
             orders: VecDeque::new(),
@@ -523,10 +601,66 @@ impl Client {
         &self.key
     }
 
+    /// The first message: our version. Registration waits for the
+    /// coordinator's proof.
     pub fn start(&self) -> NativeMessage {
-        NativeMessage::Register {
-            key: self.key.public().serialize(),
+        NativeMessage::Hello {
+            version: PROTOCOL_VERSION,
+            features: FEATURES,
         }
+    }
+
+    /// The protocol version both sides speak, once the coordinator has
+    /// proven its key.
+    pub fn version(&self) -> Option<u32> {
+        self.verified
+    }
+
+    fn check_coordinator(
+        &mut self,
+        version: u32,
+        features: u64,
+        key: [u8; 32],
+        signature: [u8; 64],
+    ) -> Vec<ClientEvent> {
+        use ClientEvent::*;
+        if self.verified.is_some() {
+            return vec![Close("hpcoord twice".into())];
+        }
+        let expected = self.coordinator.id;
+        let key = match identity::parse_public(&key) {
+            Ok(key) => key,
+            Err(e) => return vec![Close(format!("hpcoord: {e}"))],
+        };
+        let id = NodeId::of(&key);
+        if id != expected {
+            return vec![Close(format!(
+                "the coordinator's key has id {id}, but its address names {expected}: \
+                 not the coordinator we asked for (an on-path attacker, or a wrong address)"
+            ))];
+        }
+        let data = coordinator_proof_data(&self.coordinator.session_id, version, features);
+        if !identity::verify(&key, COORDINATOR_TAG, &[&data], &signature) {
+            return vec![Close(format!(
+                "coordinator {id}'s proof does not verify over this BIP324 session: \
+                 someone between us relays its messages"
+            ))];
+        }
+        if version == 0 {
+            return vec![Close("hpcoord: version 0".into())];
+        }
+        let version = version.min(PROTOCOL_VERSION);
+        self.verified = Some(version);
+        vec![
+            CoordinatorVerified {
+                id,
+                version,
+                features,
+            },
+            Send(NativeMessage::Register {
+                key: self.key.public().serialize(),
+            }),
+        ]
     }
 
     /// A request to the coordinator. Requests the coordinator never
@@ -562,7 +696,23 @@ impl Client {
 
     pub fn handle(&mut self, now: Instant, msg: NativeMessage) -> Vec<ClientEvent> {
         use ClientEvent::*;
+        if let NativeMessage::Coordinator {
+            version,
+            features,
+            key,
+            signature,
+        } = msg
+        {
+            return self.check_coordinator(version, features, key, signature);
+        }
+        if self.verified.is_none() {
+            return vec![Close(format!(
+                "{} before the coordinator proved its key",
+                msg.command()
+            ))];
+        }
         match msg {
+            NativeMessage::Coordinator { .. } => vec![],
             NativeMessage::Challenge { nonce } => {
                 let key = self.key.public().serialize();
                 vec![Send(NativeMessage::Prove {
@@ -590,7 +740,8 @@ impl Client {
                 peer,
                 delay_ms,
             } => self.order(now, request, role, peer_key, peer, delay_ms),
-            other @ (NativeMessage::Register { .. }
+            other @ (NativeMessage::Hello { .. }
+            | NativeMessage::Register { .. }
             | NativeMessage::Prove { .. }
             | NativeMessage::Connect { .. }
             | NativeMessage::Result { .. }
@@ -697,6 +848,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Every test connection has this BIP324 session id.
+    const SESSION: [u8; 32] = [5; 32];
+
+    fn test_coordinator_key() -> NodeKey {
+        NodeKey::from_secret(&[42; 32]).unwrap()
+    }
+
+    fn expected_coordinator() -> ExpectedCoordinator {
+        ExpectedCoordinator {
+            id: test_coordinator_key().id(),
+            session_id: SESSION,
+        }
+    }
+
     /// Runs a client's registration against the coordinator, returns its id.
     fn register(c: &mut Coordinator, conn: ConnId, client: &mut Client, now: Instant) -> NodeId {
         let mut to_coord = vec![client.start()];
@@ -710,6 +875,7 @@ mod tests {
                 for event in client.handle(now, reply) {
                     match event {
                         ClientEvent::Send(m) => to_coord.push(m),
+                        ClientEvent::CoordinatorVerified { .. } => {}
                         ClientEvent::Registered { id: got, .. } => id = Some(got),
                         other => panic!("unexpected {other:?}"),
                     }
@@ -719,21 +885,162 @@ mod tests {
         id.expect("registered")
     }
 
+    fn proof(key: &NodeKey, session_id: &[u8; 32], version: u32) -> NativeMessage {
+        let data = coordinator_proof_data(session_id, version, 0);
+        NativeMessage::Coordinator {
+            version,
+            features: 0,
+            key: key.public().serialize(),
+            signature: key.sign(COORDINATOR_TAG, &[&data]),
+        }
+    }
+
+    fn closes(events: &[ClientEvent], why: &str) -> bool {
+        matches!(events, [ClientEvent::Close(reason)] if reason.contains(why))
+    }
+
+    #[test]
+    fn the_client_registers_only_after_the_named_coordinator_proves_its_key_on_this_session() {
+        let t0 = Instant::now();
+        let named = test_coordinator_key();
+        let fresh = || {
+            Client::new(
+                ClientConfig::default(),
+                NodeKey::generate(),
+                expected_coordinator(),
+            )
+        };
+        // Nothing before the proof, not even a challenge.
+        let challenge = NativeMessage::Challenge { nonce: [1; 32] };
+        assert!(closes(
+            &fresh().handle(t0, challenge),
+            "before the coordinator proved"
+        ));
+        // Another key, the named key over another session, a forged signature.
+        let impostor = NodeKey::generate();
+        assert!(closes(
+            &fresh().handle(t0, proof(&impostor, &SESSION, 1)),
+            "but its address names"
+        ));
+        assert!(closes(
+            &fresh().handle(t0, proof(&named, &[6; 32], 1)),
+            "does not verify over this BIP324 session"
+        ));
+        let NativeMessage::Coordinator {
+            key, mut signature, ..
+        } = proof(&named, &SESSION, 1)
+        else {
+            unreachable!()
+        };
+        signature[0] ^= 1;
+        let forged = NativeMessage::Coordinator {
+            version: 1,
+            features: 0,
+            key,
+            signature,
+        };
+        assert!(closes(&fresh().handle(t0, forged), "does not verify"));
+        // The version is signed: a relay cannot change it.
+        let NativeMessage::Coordinator { key, signature, .. } = proof(&named, &SESSION, 1) else {
+            unreachable!()
+        };
+        let downgraded = NativeMessage::Coordinator {
+            version: 2,
+            features: 0,
+            key,
+            signature,
+        };
+        assert!(closes(&fresh().handle(t0, downgraded), "does not verify"));
+        // The genuine proof: a newer coordinator's version is met at ours.
+        let mut client = fresh();
+        let events = client.handle(t0, proof(&named, &SESSION, 7));
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    ClientEvent::CoordinatorVerified { version: 1, .. },
+                    ClientEvent::Send(NativeMessage::Register { .. })
+                ]
+            ),
+            "{events:?}"
+        );
+        assert_eq!(client.version(), Some(PROTOCOL_VERSION));
+        assert!(closes(
+            &client.handle(t0, proof(&named, &SESSION, 1)),
+            "twice"
+        ));
+    }
+
+    #[test]
+    fn the_coordinator_proves_its_key_only_on_bip324_and_only_after_hello() {
+        let t0 = Instant::now();
+        let key = test_coordinator_key();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), key.clone());
+        let hello = NativeMessage::Hello {
+            version: 3,
+            features: 1 << 40,
+        };
+        let register = NativeMessage::Register {
+            key: NodeKey::generate().public().serialize(),
+        };
+        let closed = |actions: Vec<CoordinatorAction>, why: &str| matches!(&actions[..], [CoordinatorAction::Close(_, reason)] if reason.contains(why));
+        coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
+        assert!(closed(
+            coord.handle(t0, 1, register.clone(), [0; 32]),
+            "before hphello"
+        ));
+        coord.connected(2, addr("203.0.113.2:2"), None, None);
+        assert!(closed(
+            coord.handle(t0, 2, hello.clone(), [0; 32]),
+            "v1 session"
+        ));
+        coord.connected(3, addr("203.0.113.2:3"), None, Some(SESSION));
+        let zero = NativeMessage::Hello {
+            version: 0,
+            features: 0,
+        };
+        assert!(closed(coord.handle(t0, 3, zero, [0; 32]), "version 0"));
+        coord.connected(4, addr("203.0.113.2:4"), None, Some(SESSION));
+        let actions = coord.handle(t0, 4, hello.clone(), [0; 32]);
+        assert_eq!(
+            actions,
+            vec![CoordinatorAction::Send(
+                4,
+                proof(&key, &SESSION, PROTOCOL_VERSION)
+            )]
+        );
+        assert!(closed(coord.handle(t0, 4, hello, [0; 32]), "twice"));
+        assert!(matches!(
+            &coord.handle(t0, 4, register, [0; 32])[..],
+            [CoordinatorAction::Send(4, NativeMessage::Challenge { .. })]
+        ));
+    }
+
     #[test]
     fn registration_and_a_timed_punch() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
-        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let mut alice = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        let mut bob = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
         coord.connected(
             1,
             addr("203.0.113.2:40001"),
             Some(Duration::from_millis(40)),
+            Some(SESSION),
         );
         coord.connected(
             2,
             addr("203.0.113.6:40002"),
             Some(Duration::from_millis(100)),
+            Some(SESSION),
         );
         let alice_id = register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
@@ -773,9 +1080,14 @@ mod tests {
     #[test]
     fn a_bad_proof_closes_and_requests_need_registration() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        coord.connected(1, addr("203.0.113.2:1"), None);
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
         let key = NodeKey::generate();
+        let hello = NativeMessage::Hello {
+            version: 1,
+            features: 0,
+        };
+        coord.handle(t0, 1, hello, [0; 32]);
         coord.handle(
             t0,
             1,
@@ -789,7 +1101,7 @@ mod tests {
             &coord.handle(t0, 1, NativeMessage::Prove { signature: wrong }, [0; 32])[..],
             [CoordinatorAction::Close(1, why)] if why.contains("does not verify")
         ));
-        coord.connected(2, addr("203.0.113.6:1"), None);
+        coord.connected(2, addr("203.0.113.6:1"), None, Some(SESSION));
         let actions = coord.handle(
             t0,
             2,
@@ -818,12 +1130,19 @@ mod tests {
     #[test]
     fn unknown_targets_and_request_floods_fail() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig {
-            requests_per_minute: 2,
-            ..Default::default()
-        });
-        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
-        coord.connected(1, addr("203.0.113.2:1"), None);
+        let mut coord = Coordinator::new(
+            CoordinatorConfig {
+                requests_per_minute: 2,
+                ..Default::default()
+            },
+            test_coordinator_key(),
+        );
+        let mut alice = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
         let alice_id = register(&mut coord, 1, &mut alice, t0);
         let stranger = NodeKey::generate().id();
         let fail = |actions: Vec<CoordinatorAction>| match &actions[..] {
@@ -858,7 +1177,8 @@ mod tests {
             orders_per_minute: 3,
             ..Default::default()
         };
-        let mut alice = Client::new(config, NodeKey::generate());
+        let mut alice = Client::new(config, NodeKey::generate(), expected_coordinator());
+        alice.verified = Some(PROTOCOL_VERSION);
         alice.registered = Some(alice.key().id());
         let bob = NodeKey::generate();
         let mallory = NodeKey::generate();
@@ -924,7 +1244,12 @@ mod tests {
     #[test]
     fn orders_to_unroutable_addresses_are_refused() {
         let t0 = Instant::now();
-        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
+        let mut alice = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        alice.verified = Some(PROTOCOL_VERSION);
         alice.registered = Some(alice.key().id());
         let bob = NodeKey::generate();
         for peer in [
@@ -974,7 +1299,9 @@ mod tests {
                 ..Default::default()
             },
             NodeKey::generate(),
+            expected_coordinator(),
         );
+        alice.verified = Some(PROTOCOL_VERSION);
         alice.registered = Some(alice.key().id());
         let bob = NodeKey::generate();
         let order = |request, peer: &str| NativeMessage::Punch {
@@ -1016,14 +1343,27 @@ mod tests {
     #[test]
     fn a_budget_burn_from_one_netgroup_leaves_others_their_orders() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
-        coord.connected(1, addr("203.0.113.6:1"), None);
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let mut bob = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        coord.connected(1, addr("203.0.113.6:1"), None, Some(SESSION));
         let bob_id = register(&mut coord, 1, &mut bob, t0);
         let mut orders = 0;
         for conn in 10..30 {
-            let mut mallory = Client::new(ClientConfig::default(), NodeKey::generate());
-            coord.connected(conn, addr(&format!("198.51.{}.7:1", conn)), None);
+            let mut mallory = Client::new(
+                ClientConfig::default(),
+                NodeKey::generate(),
+                expected_coordinator(),
+            );
+            coord.connected(
+                conn,
+                addr(&format!("198.51.{}.7:1", conn)),
+                None,
+                Some(SESSION),
+            );
             register(&mut coord, conn, &mut mallory, t0);
             let actions = coord.handle(t0, conn, mallory.request(t0, 1, bob_id), [0; 32]);
             if actions.len() == 2 {
@@ -1033,8 +1373,12 @@ mod tests {
             coord.check_invariants().unwrap();
         }
         assert_eq!(orders, 3, "one netgroup got {orders} orders to Bob");
-        let mut carol = Client::new(ClientConfig::default(), NodeKey::generate());
-        coord.connected(99, addr("192.0.2.44:1"), None);
+        let mut carol = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        coord.connected(99, addr("192.0.2.44:1"), None, Some(SESSION));
         register(&mut coord, 99, &mut carol, t0);
         let actions = coord.handle(t0, 99, carol.request(t0, 1, bob_id), [0; 32]);
         assert!(
@@ -1052,14 +1396,25 @@ mod tests {
     #[test]
     fn a_re_registration_then_disconnect_leaves_no_stale_index() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
-        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
-        coord.connected(1, addr("203.0.113.2:1"), None);
-        coord.connected(2, addr("203.0.113.6:2"), None);
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let mut alice = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        let mut bob = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
+        coord.connected(2, addr("203.0.113.6:2"), None, Some(SESSION));
         register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
-        coord.handle(t0, 2, bob.start(), [5; 32]);
+        let register_again = NativeMessage::Register {
+            key: bob.key().public().serialize(),
+        };
+        coord.handle(t0, 2, register_again, [5; 32]);
         coord.check_invariants().unwrap();
         coord.disconnected(2);
         coord.check_invariants().unwrap();
@@ -1076,11 +1431,20 @@ mod tests {
         );
         // The same key proven on a second connection displaces the first,
         // which stays connected but unregistered.
-        let mut bob_again = Client::new(ClientConfig::default(), bob.key().clone());
-        coord.connected(3, addr("203.0.113.6:3"), None);
-        coord.connected(4, addr("203.0.113.6:4"), None);
+        let mut bob_again = Client::new(
+            ClientConfig::default(),
+            bob.key().clone(),
+            expected_coordinator(),
+        );
+        coord.connected(3, addr("203.0.113.6:3"), None, Some(SESSION));
+        coord.connected(4, addr("203.0.113.6:4"), None, Some(SESSION));
+        let mut bob_third = Client::new(
+            ClientConfig::default(),
+            bob.key().clone(),
+            expected_coordinator(),
+        );
         register(&mut coord, 3, &mut bob_again, t0);
-        register(&mut coord, 4, &mut bob_again, t0);
+        register(&mut coord, 4, &mut bob_third, t0);
         coord.check_invariants().unwrap();
         assert_eq!(coord.registered(), 2);
         coord.disconnected(3);
@@ -1101,11 +1465,19 @@ mod tests {
     #[test]
     fn a_targets_refusal_reaches_the_requester_once() {
         let t0 = Instant::now();
-        let mut coord = Coordinator::new(CoordinatorConfig::default());
-        let mut alice = Client::new(ClientConfig::default(), NodeKey::generate());
-        let mut bob = Client::new(ClientConfig::default(), NodeKey::generate());
-        coord.connected(1, addr("203.0.113.2:1"), None);
-        coord.connected(2, addr("203.0.113.6:2"), None);
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let mut alice = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        let mut bob = Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        );
+        coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
+        coord.connected(2, addr("203.0.113.6:2"), None, Some(SESSION));
         register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
         coord.handle(t0, 1, alice.request(t0, 9, bob_id), [0; 32]);

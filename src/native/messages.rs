@@ -25,9 +25,31 @@ pub fn node_punch_coordinator() -> ServiceFlags {
 /// No native message is larger than this.
 pub const MAX_NATIVE_PAYLOAD: usize = 128;
 
-/// Tags of the two things a node key signs.
+/// Tags of the things a node key signs.
 pub const REGISTER_TAG: &str = "bitpunch/register/v1";
 pub const SESSION_TAG: &str = "bitpunch/session/v1";
+pub const COORDINATOR_TAG: &str = "bitpunch/coordinator/v1";
+
+/// The `hp` protocol version this code speaks. Each side sends its version
+/// and feature bits first (`hphello`, `hpcoord`); a message added later is
+/// only sent to a peer whose version or features say it knows it, so the
+/// strict rule "an unknown `hp` command closes the connection" never hits
+/// a peer that follows the spec.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Feature bits of this code: none are defined yet. Unknown bits are
+/// ignored.
+pub const FEATURES: u64 = 0;
+
+/// What the coordinator signs to prove its key on one session: the BIP324
+/// session id (which an on-path attacker's two sessions cannot share), and
+/// the version and features it announces, so that they cannot be altered.
+pub fn coordinator_proof_data(session_id: &[u8; 32], version: u32, features: u64) -> Vec<u8> {
+    let mut data = Vec::with_capacity(44);
+    data.extend_from_slice(session_id);
+    data.extend_from_slice(&version.to_le_bytes());
+    data.extend_from_slice(&features.to_le_bytes());
+    data
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -63,6 +85,16 @@ pub enum PunchResult {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NativeMessage {
+    /// client → coordinator, first: the versions it speaks.
+    Hello { version: u32, features: u64 },
+    /// coordinator → client, the answer to `Hello`: its version, and its
+    /// key with a Schnorr signature over the BIP324 session id.
+    Coordinator {
+        version: u32,
+        features: u64,
+        key: [u8; 32],
+        signature: [u8; 64],
+    },
     /// client → coordinator: "make me reachable; this is my key".
     Register { key: [u8; 32] },
     /// coordinator → client: sign this.
@@ -110,6 +142,8 @@ const PREFIX: &str = "hp";
 impl NativeMessage {
     pub fn command(&self) -> &'static str {
         match self {
+            NativeMessage::Hello { .. } => "hphello",
+            NativeMessage::Coordinator { .. } => "hpcoord",
             NativeMessage::Register { .. } => "hpregister",
             NativeMessage::Challenge { .. } => "hpchallenge",
             NativeMessage::Prove { .. } => "hpprove",
@@ -125,6 +159,21 @@ impl NativeMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAX_NATIVE_PAYLOAD);
         match self {
+            NativeMessage::Hello { version, features } => {
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&features.to_le_bytes());
+            }
+            NativeMessage::Coordinator {
+                version,
+                features,
+                key,
+                signature,
+            } => {
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&features.to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(signature);
+            }
             NativeMessage::Register { key } => out.extend_from_slice(key),
             NativeMessage::Challenge { nonce } => out.extend_from_slice(nonce),
             NativeMessage::Prove { signature } => out.extend_from_slice(signature),
@@ -168,7 +217,7 @@ impl NativeMessage {
 
     #[allow(
         clippy::expect_used,
-        reason = "the nine commands are constants of at most 12 ASCII bytes; a test encodes each"
+        reason = "the commands are constants of at most 12 ASCII bytes; a test encodes each"
     )]
     pub fn to_network(&self) -> NetworkMessage {
         NetworkMessage::Unknown {
@@ -197,6 +246,16 @@ impl NativeMessage {
             cursor: Cursor::new(payload),
         };
         let msg = match r.command {
+            "hphello" => NativeMessage::Hello {
+                version: r.u32()?,
+                features: r.u64()?,
+            },
+            "hpcoord" => NativeMessage::Coordinator {
+                version: r.u32()?,
+                features: r.u64()?,
+                key: r.array()?,
+                signature: r.array()?,
+            },
             "hpregister" => NativeMessage::Register { key: r.array()? },
             "hpchallenge" => NativeMessage::Challenge { nonce: r.array()? },
             "hpprove" => NativeMessage::Prove {
@@ -255,7 +314,9 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 9] = [
+pub const COMMANDS: [&str; 11] = [
+    "hphello",
+    "hpcoord",
     "hpregister",
     "hpchallenge",
     "hpprove",
@@ -366,6 +427,16 @@ mod tests {
         let v4: SocketAddr = "203.0.113.9:40001".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::7]:8333".parse().unwrap();
         vec![
+            NativeMessage::Hello {
+                version: 1,
+                features: 1 << 63,
+            },
+            NativeMessage::Coordinator {
+                version: 2,
+                features: 5,
+                key: [6; 32],
+                signature: [4; 64],
+            },
             NativeMessage::Register { key: [7; 32] },
             NativeMessage::Challenge { nonce: [9; 32] },
             NativeMessage::Prove { signature: [3; 64] },
@@ -424,9 +495,9 @@ mod tests {
     #[test]
     fn sizes_are_the_ones_the_spec_lists() {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
-        // register, challenge, prove, registered v4/v6, connect, punch v4,
-        // fail, result, auth (docs/native-protocol.md)
-        assert_eq!(sizes, vec![32, 32, 64, 20, 32, 20, 53, 9, 9, 72]);
+        // hello, coord, register, challenge, prove, registered v4/v6,
+        // connect, punch v4, fail, result, auth (docs/native-protocol.md)
+        assert_eq!(sizes, vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72]);
     }
 
     #[test]

@@ -8,7 +8,6 @@ pub mod machine;
 pub mod messages;
 pub mod punch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use crate::identity::{NodeId, NodeKey};
 use crate::node::Node;
 use crate::report::{Outcome, Path};
 use crate::wire::{SessionConfig, SessionRole, Stage};
-use client::{CoordinatorLink, LinkConfig};
+use client::{CoordinatorEndpoint, CoordinatorLink, LinkConfig};
 use punch::{PunchContext, PunchOutcome};
 
 impl PunchContext {
@@ -46,7 +45,7 @@ impl PunchContext {
 /// registration, so the path pays for reaching its third party.
 pub async fn connect(
     node: &Node,
-    coordinator: SocketAddr,
+    coordinator: CoordinatorEndpoint,
     key: Arc<NodeKey>,
     session: SessionConfig,
     target: NodeId,
@@ -200,7 +199,7 @@ pub async fn serve_orders(
 /// Opens a coordinator link from `node`'s port and registers `key`.
 pub async fn register(
     node: &Node,
-    coordinator: SocketAddr,
+    coordinator: CoordinatorEndpoint,
     key: &NodeKey,
     config: LinkConfig,
 ) -> Result<CoordinatorLink> {

@@ -2,7 +2,6 @@
 //! port, BIP324 on the winner with roles from the order, version/verack/ping,
 //! and the proof of the node keys over the BIP324 session id.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ pub struct PunchContext {
     pub router: Arc<Router>,
     pub key: Arc<NodeKey>,
     pub session: SessionConfig,
-    pub coordinator: SocketAddr,
+    pub coordinator: super::client::CoordinatorEndpoint,
     /// RTT to the coordinator, to size the punch attempts.
     pub coordinator_rtt: Duration,
 }

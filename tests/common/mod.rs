@@ -45,14 +45,20 @@ pub fn node_on(ip: IpAddr, port: u16) -> Node {
 /// A coordinator on 127.0.0.1 (any free port) with default limits.
 pub fn coordinator_on_loopback() -> (
     bitpunch::native::coordinator::CoordinatorServer,
-    std::net::SocketAddr,
+    bitpunch::native::client::CoordinatorEndpoint,
 ) {
-    let mut config = bitpunch::native::coordinator::CoordinatorServerConfig::new(session());
+    let mut config = bitpunch::native::coordinator::CoordinatorServerConfig::new(
+        session(),
+        bitpunch::identity::NodeKey::generate(),
+    );
     config.bind_ip = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     config.port = 0;
     let server = bitpunch::native::coordinator::CoordinatorServer::start(config).unwrap();
-    let addr = server.local_addrs()[0];
-    (server, addr)
+    let endpoint = bitpunch::native::client::CoordinatorEndpoint {
+        id: server.id(),
+        addr: server.local_addrs()[0],
+    };
+    (server, endpoint)
 }
 
 /// Lines of a child's stdout, readable with a timeout.
