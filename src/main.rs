@@ -671,40 +671,24 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let key = Arc::new(data.key()?);
-    let serve = async {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let link_config = LinkConfig {
-                session: session.clone(),
-                client: order_limits.clone(),
-                ping_interval: native::client::LINK_PING_INTERVAL,
-            };
-            match native::register(&node, coordinator, &key, link_config).await {
-                Ok(mut link) => {
-                    backoff = Duration::from_secs(1);
-                    println!("reachable as {}@{}", link.id, coordinator_typed);
-                    tracing::info!(id = %link.id, observed = %link.observed, version = link.version, "registered with the coordinator");
-                    let why = native::serve_orders(
-                        &node,
-                        &mut link,
-                        key.clone(),
-                        session.clone(),
-                        Duration::from_secs(20 * 60),
-                        records.clone(),
-                    )
-                    .await;
-                    tracing::warn!(%why, "lost the coordinator");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot register")
-                }
-            }
-            // Jittered, so that the nodes of a coordinator that restarts
-            // do not all come back in the same second.
-            tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
+    let link_config = LinkConfig {
+        session: session.clone(),
+        client: order_limits,
+        ping_interval: native::client::LINK_PING_INTERVAL,
     };
+    let serve = native::stay_registered(
+        &node,
+        coordinator,
+        key,
+        link_config,
+        Duration::from_secs(20 * 60),
+        records.clone(),
+        |event| {
+            if let native::RegistrationEvent::Registered { id, .. } = event {
+                println!("reachable as {id}@{coordinator_typed}");
+            }
+        },
+    );
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         () = serve => {}

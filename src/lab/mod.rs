@@ -370,6 +370,31 @@ impl Lab {
     pub fn runtime(&self, host: &Host) -> Result<NsRuntime> {
         NsRuntime::start(&host.ns)
     }
+
+    /// Runs an nftables script (`nft -f -`) in namespace `ns`, one of this
+    /// lab's: tests add their attackers, black holes and counters this way.
+    /// What it creates lives in the namespace and goes with the lab.
+    pub fn nft(&self, ns: &str, script: &str) -> Result<String> {
+        if !ns.starts_with(&self.prefix) {
+            bail!("{ns} is not a namespace of this lab");
+        }
+        netns::run_with_input("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(script))
+            .with_context(|| format!("nft in {ns}"))
+    }
+
+    /// The packet count of the named nftables counter in table `ip TABLE`
+    /// of namespace `ns`.
+    pub fn nft_counter(&self, ns: &str, table: &str, counter: &str) -> Result<u64> {
+        let out = netns::exec(ns, "nft", &["list", "counter", "ip", table, counter])?;
+        let packets = out
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .with_context(|| format!("no packet count in {out:?}"))?;
+        packets
+            .parse()
+            .with_context(|| format!("packet count {packets:?}"))
+    }
 }
 
 /// The topology every punch comparison uses: a relay and a coordinator on

@@ -124,6 +124,10 @@ impl CoordinatorLink {
         // coordinator's role.
         let mut session_config = config.session.clone();
         session_config.transport = TransportPolicy::V2;
+        // The link ends when the coordinator goes silent; nothing is left
+        // to deliver then, and a FIN would keep our port's 4-tuple to the
+        // coordinator busy until it gives up retransmitting.
+        session_config.close_with_reset = true;
         let outcome = wire::connect(coordinator, &session_config, port, Instant::now()).await;
         let session = outcome
             .result

@@ -196,6 +196,70 @@ pub async fn serve_orders(
     link.closed().await
 }
 
+/// What [`stay_registered`] reports as it goes.
+#[derive(Debug, Clone)]
+pub enum RegistrationEvent {
+    Registered {
+        id: NodeId,
+        observed: std::net::SocketAddr,
+    },
+    /// The link ended: the coordinator closed it, stopped answering pings,
+    /// or broke the protocol.
+    Lost { why: String },
+    /// A registration attempt failed (unreachable, refused its proof...).
+    Failed { why: String },
+}
+
+/// What a node that is reachable through a coordinator does for as long as
+/// it runs: register, serve orders, and when the link ends (the coordinator
+/// went away, stopped answering pings, or failed its proof) register again
+/// after a jittered back-off, from 1 s doubling to a minute.
+/// `on_event` hears of each registration (the CLI prints the address) and
+/// each lost link.
+pub async fn stay_registered(
+    node: &Node,
+    coordinator: CoordinatorEndpoint,
+    key: Arc<NodeKey>,
+    link_config: LinkConfig,
+    idle: Duration,
+    records: Option<mpsc::Sender<Outcome>>,
+    on_event: impl Fn(RegistrationEvent),
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match register(node, coordinator, &key, link_config.clone()).await {
+            Ok(mut link) => {
+                backoff = Duration::from_secs(1);
+                tracing::info!(id = %link.id, observed = %link.observed, version = link.version, "registered with the coordinator");
+                on_event(RegistrationEvent::Registered {
+                    id: link.id,
+                    observed: link.observed,
+                });
+                let why = serve_orders(
+                    node,
+                    &mut link,
+                    key.clone(),
+                    link_config.session.clone(),
+                    idle,
+                    records.clone(),
+                )
+                .await;
+                tracing::warn!(%why, "lost the coordinator");
+                on_event(RegistrationEvent::Lost { why });
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(error = %why, retry_in = ?backoff, "cannot register");
+                on_event(RegistrationEvent::Failed { why });
+            }
+        }
+        // Jittered, so that the nodes of a coordinator that restarts do not
+        // all come back in the same second.
+        tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
+        backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
+    }
+}
+
 /// Opens a coordinator link from `node`'s port and registers `key`.
 pub async fn register(
     node: &Node,

@@ -111,6 +111,9 @@ async fn connect_once(
         })?
         .map_err(|e| SessionError::new(Stage::Connect, WireError::Io(e)))?;
     let _ = stream.set_nodelay(true);
+    if config.close_with_reset {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    }
     let ctx = StreamContext {
         local: stream
             .local_addr()

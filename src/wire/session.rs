@@ -67,6 +67,13 @@ pub struct SessionConfig {
     /// Bound on each write after the set-up: a peer that stops reading is
     /// closed after this.
     pub write_timeout: Duration,
+    /// Outbound only: close with an RST (`SO_LINGER` 0) instead of a FIN.
+    /// For links whose end we decide because the peer went silent: a FIN
+    /// to a dead peer would keep the socket retransmitting for minutes and
+    /// hold the shared port's 4-tuple to that peer, so the next connection
+    /// to it from the same port fails with "address not available" (seen
+    /// in `tests/coordinator_lab.rs` while a coordinator was black-holed).
+    pub close_with_reset: bool,
 }
 
 impl SessionConfig {
@@ -79,6 +86,7 @@ impl SessionConfig {
             start_height: 0,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: super::channel::DEFAULT_WRITE_TIMEOUT,
+            close_with_reset: false,
         }
     }
 
