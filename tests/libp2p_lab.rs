@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bitpunch::lab::{Lab, LinkShape, NatProfile, NsRuntime};
 use bitpunch::libp2p::punch::Libp2pPunchContext;
-use bitpunch::libp2p::relay::{RelayLimits, RelayServer};
 use bitpunch::libp2p::swarm::Libp2pNode;
 use bitpunch::libp2p::{self as path};
 use bitpunch::node::{Node, NodeConfig};
@@ -45,28 +44,6 @@ struct Scenario {
     relay_ip: std::net::IpAddr,
     circuit: Multiaddr,
     _lab: Lab,
-}
-
-/// A relay on port 4001 of a public host; it lives as long as `rt`.
-async fn start_relay(rt: &NsRuntime, ip: std::net::Ipv4Addr) -> Multiaddr {
-    let external: Multiaddr = format!("/ip4/{ip}/tcp/4001").parse().unwrap();
-    rt.run(async move {
-        let server = RelayServer::start(
-            identity::Keypair::generate_ed25519(),
-            "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
-            Some(external),
-            RelayLimits::default(),
-        )
-        .await
-        .unwrap();
-        let address = server.address.clone();
-        tokio::spawn(async move {
-            let _keep = server;
-            std::future::pending::<()>().await
-        });
-        address
-    })
-    .await
 }
 
 async fn scenario(profile: &str) -> Scenario {

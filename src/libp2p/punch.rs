@@ -35,6 +35,11 @@ pub struct Libp2pPunchContext {
     /// Our own dials start this much later than the exchange says. Zero in
     /// use; experiments set it to make the peer's SYN arrive first.
     pub dial_delay: Duration,
+    /// Offer exactly these addresses in our CONNECT instead of our observed
+    /// ones, unchecked. Only for tests that play a hostile peer, whose
+    /// CONNECT names a victim (tests/reflection_lab.rs).
+    #[doc(hidden)]
+    pub hostile_offer: Option<Vec<Multiaddr>>,
 }
 
 pub struct Libp2pOutcome {
@@ -58,12 +63,16 @@ impl Libp2pPunchContext {
             session,
             allow_private,
             dial_delay: Duration::ZERO,
+            hostile_offer: None,
         }
     }
 
     /// Our observed addresses worth offering, waiting a little for identify
     /// if none is known yet.
     async fn offer(&self) -> Vec<Multiaddr> {
+        if let Some(offer) = &self.hostile_offer {
+            return offer.clone();
+        }
         let mut events = self.libp2p.events();
         let deadline = Instant::now().later(Duration::from_secs(5));
         loop {

@@ -86,3 +86,29 @@ pub fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
         }
     }
 }
+
+/// A rust-libp2p relay on port 4001 of a lab host; it lives as long as `rt`.
+pub async fn start_relay(
+    rt: &bitpunch::lab::NsRuntime,
+    ip: std::net::Ipv4Addr,
+) -> libp2p::Multiaddr {
+    use bitpunch::libp2p::relay::{RelayLimits, RelayServer};
+    let external: libp2p::Multiaddr = format!("/ip4/{ip}/tcp/4001").parse().unwrap();
+    rt.run(async move {
+        let server = RelayServer::start(
+            libp2p::identity::Keypair::generate_ed25519(),
+            "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
+            Some(external),
+            RelayLimits::default(),
+        )
+        .await
+        .unwrap();
+        let address = server.address.clone();
+        tokio::spawn(async move {
+            let _keep = server;
+            std::future::pending::<()>().await
+        });
+        address
+    })
+    .await
+}
