@@ -101,6 +101,16 @@ fn write_seeds() {
     let addr: std::net::SocketAddr = "203.0.113.7:18444".parse().unwrap();
     let key = NodeKey::from_secret(&[3; 32]).unwrap();
     let native = vec![
+        NativeMessage::Hello {
+            version: 1,
+            features: 0,
+        },
+        NativeMessage::Coordinator {
+            version: 1,
+            features: 0,
+            key: key.public().serialize(),
+            signature: [5; 64],
+        },
         NativeMessage::Register {
             key: key.public().serialize(),
         },
