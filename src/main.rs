@@ -628,7 +628,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             keypair,
             node.shared_port().clone(),
             node.router(),
-            p2p_args.stock_dcutr,
+            p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr),
         ) {
             Ok(n) => Arc::new(n),
             Err(e) => {
@@ -891,7 +891,7 @@ async fn connect_libp2p(
         keypair,
         node.shared_port().clone(),
         node.router(),
-        p2p_args.stock_dcutr,
+        p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr),
     )?;
     if p2p_args.stock_dcutr {
         return Ok(p2p::stock::connect(&libp2p, circuit, session.handshake_timeout * 3).await);

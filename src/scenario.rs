@@ -301,7 +301,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                 identity::Keypair::generate_ed25519(),
                 bob.shared_port().clone(),
                 bob.router(),
-                true,
+                crate::libp2p::swarm::Libp2pOptions::stock_dcutr(true),
             )?);
             anyhow::Ok((bob, libp2p))
         };
@@ -361,7 +361,7 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                         identity::Keypair::generate_ed25519(),
                         alice.shared_port().clone(),
                         alice.router(),
-                        stock,
+                        crate::libp2p::swarm::Libp2pOptions::stock_dcutr(stock),
                     ) {
                         Ok(n) => Arc::new(n),
                         Err(e) => {

@@ -230,7 +230,7 @@ async fn stock_dcutr_reaches_a_direct_libp2p_connection() {
                 identity::Keypair::generate_ed25519(),
                 n.shared_port().clone(),
                 n.router(),
-                true,
+                bitpunch::libp2p::swarm::Libp2pOptions::stock_dcutr(true),
             )
             .unwrap(),
         )

@@ -752,3 +752,54 @@ async fn punched_sessions_outlive_their_coordinator_on_loopback() {
             .expect("Bob's session still answers pings without the coordinator");
     }
 }
+
+/// The budget burn: ten requesters from one netgroup (127.1/16) ask for Bob
+/// over and over, enough to spend his 30 orders a minute five times over.
+/// The coordinator lets their netgroup cause 3 orders to Bob a minute, so a
+/// requester from another netgroup (127.2/16) still gets its order and a
+/// direct session with him.
+#[tokio::test]
+async fn a_budget_burn_from_one_netgroup_leaves_a_legitimate_requester_its_punch() {
+    let (_server, coord) = coordinator_on_loopback();
+    let (bob_id, _bob, _records) = responder(coord).await;
+    let mut granted = 0;
+    let mut refused = 0;
+    let mut attackers = Vec::new();
+    for i in 1..=10u8 {
+        let node = node_on(IpAddr::V4(Ipv4Addr::new(127, 1, 0, i)), 0);
+        let link = native::register(&node, coord, &NodeKey::generate(), link_config())
+            .await
+            .unwrap();
+        for _ in 0..15 {
+            match link.request(bob_id, Duration::from_secs(5)).await {
+                Ok(_) => granted += 1,
+                Err(native::client::RequestError::Refused(
+                    native::messages::FailReason::RateLimited,
+                )) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        attackers.push((node, link));
+    }
+    eprintln!("attack: {granted} orders granted, {refused} refused");
+    assert_eq!(
+        granted, 3,
+        "one netgroup got {granted} orders to Bob in a minute"
+    );
+
+    let alice = node_on(IpAddr::V4(Ipv4Addr::new(127, 2, 0, 1)), 0);
+    let key = Arc::new(NodeKey::generate());
+    let link = native::register(&alice, coord, &key, link_config())
+        .await
+        .unwrap();
+    let outcome = native::connect_via(
+        &alice,
+        &link,
+        key,
+        session(),
+        bob_id,
+        tokio::time::Instant::now(),
+    )
+    .await;
+    assert!(outcome.record.ok, "{}", outcome.record.to_json());
+}

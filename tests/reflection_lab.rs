@@ -163,3 +163,158 @@ async fn connects_with_375_addresses_at_a_victim_cost_it_at_most_the_budget() {
     );
     assert_eq!(to_loopback, 0, "a loopback candidate was dialed");
 }
+
+/// A hostile coordinator (a real one with a filter that rewrites orders)
+/// sends Bob, on behalf of 40 requests, orders to punch ports of one victim
+/// host. Bob was configured to follow up to 1,000 orders per target, so
+/// the order limits do not stop it: the punch budget must. The victim sees
+/// at most the per-address budget.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_aims_orders_at_a_victim_costs_it_at_most_the_budget() {
+    use bitpunch::identity::NodeKey;
+    use bitpunch::native::client::{CoordinatorEndpoint, LinkConfig};
+    use bitpunch::native::coordinator::{CoordinatorServer, CoordinatorServerConfig};
+    use bitpunch::native::machine::ClientConfig;
+    use bitpunch::native::messages::{NativeMessage, PunchRole};
+    use std::net::SocketAddr;
+
+    require_lab!();
+    let profile: NatProfile = "home".parse().unwrap();
+    let (mut lab, t) = Lab::two_nats(profile, profile, LinkShape::default()).unwrap();
+    let victim = lab.add_public_host("victim").unwrap();
+    lab.nft(&victim.ns, &syn_counter(VICTIM_TABLE, "syns", "input", ""))
+        .unwrap();
+
+    let coord_rt = lab.runtime(&t.coordinator).unwrap();
+    let coordinator_key = NodeKey::generate();
+    let coordinator = CoordinatorEndpoint {
+        id: coordinator_key.id(),
+        addr: SocketAddr::new(t.coordinator.ip.into(), 18555),
+    };
+    let victim_ip = victim.ip;
+    coord_rt.spawn(async move {
+        let mut config = CoordinatorServerConfig::new(session(), coordinator_key);
+        config.port = 18555;
+        // It serves the attack, not its nodes.
+        config.machine.requests_per_minute = usize::MAX;
+        config.machine.requests_per_netgroup_per_minute = usize::MAX;
+        config.machine.orders_per_netgroup_per_target = usize::MAX;
+        config.filter = Some(Arc::new(move |_conn, msg: &mut NativeMessage| {
+            if let NativeMessage::Punch {
+                role: PunchRole::Responder,
+                peer,
+                request,
+                ..
+            } = msg
+            {
+                let port = 10_000 + (*request % 1_000) as u16;
+                *peer = SocketAddr::new(victim_ip.into(), port);
+            }
+        }));
+        let server = CoordinatorServer::start(config).unwrap();
+        std::future::pending::<()>().await;
+        drop(server);
+    });
+
+    let bob_rt = lab.runtime(&t.bob).unwrap();
+    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
+    let (spent_tx, spent_rx) = tokio::sync::oneshot::channel::<(u64, u64)>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    bob_rt.spawn(async move {
+        let mut config = NodeConfig::new(session());
+        config.bind_ip = Some(std::net::Ipv4Addr::UNSPECIFIED.into());
+        config.port = 18444;
+        let node = Node::start(config).unwrap();
+        let key = NodeKey::generate();
+        // A user who lifted the order limits: only the budget is left.
+        let link_config = LinkConfig {
+            session: session(),
+            client: ClientConfig {
+                orders_per_target_per_minute: 1_000,
+                orders_per_minute: 1_000,
+                ..Default::default()
+            },
+            ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+        };
+        let mut link = loop {
+            match bitpunch::native::register(&node, coordinator, &key, link_config.clone()).await {
+                Ok(link) => break link,
+                // The coordinator may still be starting.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let _ = id_tx.send(link.id);
+        tokio::select! {
+            _ = bitpunch::native::serve_orders(&node, &mut link, Arc::new(key), session(), Duration::from_secs(30), None) => {}
+            _ = done_rx => {}
+        }
+        let _ = spent_tx.send(node.shared_port().punch_syns());
+    });
+    let bob_id = tokio::time::timeout(Duration::from_secs(20), id_rx)
+        .await
+        .expect("Bob registers")
+        .unwrap();
+
+    // The requests: one requester, 40 asks. Its own orders (to Bob) are
+    // not followed; only Bob's rewritten ones matter.
+    let alice_rt = lab.runtime(&t.alice).unwrap();
+    let answered = alice_rt
+        .run(async move {
+            let mut config = NodeConfig::new(session());
+            config.bind_ip = Some(std::net::Ipv4Addr::UNSPECIFIED.into());
+            config.port = 0;
+            let node = Node::start(config).unwrap();
+            let link = bitpunch::native::register(
+                &node,
+                coordinator,
+                &NodeKey::generate(),
+                LinkConfig {
+                    session: session(),
+                    // Its own orders all name Bob: lift its reflection limit
+                    // so that every request is answered with an order.
+                    client: ClientConfig {
+                        orders_per_target_per_minute: 1_000,
+                        orders_per_minute: 1_000,
+                        ..Default::default()
+                    },
+                    ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+                },
+            )
+            .await
+            .unwrap();
+            let mut answered = 0;
+            for _ in 0..40 {
+                if link.request(bob_id, Duration::from_secs(5)).await.is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+        .await;
+    // Bob's punches (3 attempts each) end within a few seconds.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let _ = done_tx.send(());
+    let (spent, refused) = spent_rx.await.unwrap();
+    let at_victim = lab.nft_counter(&victim.ns, VICTIM_TABLE, "syns").unwrap();
+    let budget = BudgetConfig::default().per_address as u64;
+    eprintln!(
+        "{answered} orders sent; victim saw {at_victim} SYNs; Bob's budget paid {spent} and refused {refused}"
+    );
+    assert_eq!(answered, 40, "the coordinator did not send every order");
+    assert!(
+        at_victim > 0,
+        "Bob never dialed the victim: the attack did not run"
+    );
+    assert!(
+        at_victim <= budget,
+        "the victim saw {at_victim} SYNs, over the per-address budget of {budget}"
+    );
+    assert!(
+        refused > 0,
+        "the budget never had to refuse: the test did not test it"
+    );
+}

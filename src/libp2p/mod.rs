@@ -182,7 +182,9 @@ pub async fn keep_reservation(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Jittered, so that the nodes of a relay that restarts do not all
+        // come back in the same second.
+        tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
         backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
     }
 }

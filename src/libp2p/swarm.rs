@@ -24,12 +24,48 @@ use crate::net::{Route, Router, SharedPort};
 
 pub const AGENT: &str = concat!("bitpunch/", env!("CARGO_PKG_VERSION"));
 
-/// libp2p pings on every connection (rust-libp2p's defaults, stated): two
-/// failures in a row close the connection, so a dead relay is noticed
-/// within 2 × (15 + 20) = 70 s and the reservation is taken again.
+/// libp2p pings on every connection (rust-libp2p's defaults, stated), and
+/// the first failure it reports closes the connection; the reservation is
+/// then taken again. rust-libp2p's ping handler keeps a connection's first
+/// failure to itself, and after a timeout the next ping fails when its
+/// stream negotiation times out (the swarm's 10 s upgrade timeout), so a
+/// dead relay is noticed within (15 + 20) + 15 + 10 = 60 s. Waiting for a
+/// second reported failure took a black-holed relay's loss from 13 s to
+/// 23 s in `tests/third_parties_lab.rs` (1 s pings): 85 s in use.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
-const PING_FAILURES_TO_CLOSE: u32 = 2;
+const PING_FAILURES_TO_CLOSE: u32 = 1;
+
+/// How a node's swarm runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Libp2pOptions {
+    /// Run rust-libp2p's DCUtR instead of leaving relayed connections to
+    /// our exchange (the yardstick).
+    pub stock_dcutr: bool,
+    /// libp2p ping on every connection; two failures in a row close it.
+    /// Shorter in tests that black-hole a relay.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+impl Default for Libp2pOptions {
+    fn default() -> Self {
+        Libp2pOptions {
+            stock_dcutr: false,
+            ping_interval: PING_INTERVAL,
+            ping_timeout: PING_TIMEOUT,
+        }
+    }
+}
+
+impl Libp2pOptions {
+    pub fn stock_dcutr(stock_dcutr: bool) -> Self {
+        Libp2pOptions {
+            stock_dcutr,
+            ..Default::default()
+        }
+    }
+}
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
@@ -131,17 +167,16 @@ impl Libp2pNode {
         port: Arc<SharedPort>,
         router: &Arc<Router>,
     ) -> anyhow::Result<Libp2pNode> {
-        Self::start_with(keypair, port, router, false)
+        Self::start_with(keypair, port, router, Libp2pOptions::default())
     }
 
-    /// `stock_dcutr`: run rust-libp2p's DCUtR instead of leaving relayed
-    /// connections to our exchange.
     pub fn start_with(
         keypair: identity::Keypair,
         port: Arc<SharedPort>,
         router: &Arc<Router>,
-        stock_dcutr: bool,
+        options: Libp2pOptions,
     ) -> anyhow::Result<Libp2pNode> {
+        let stock_dcutr = options.stock_dcutr;
         let counters: Arc<ByteCounters> = Arc::default();
         let inbound = router.subscribe(Route::Libp2p, 64);
         let transport = SharedPortTransport::new(port.clone(), inbound, counters.clone());
@@ -166,8 +201,8 @@ impl Libp2pNode {
                 ),
                 ping: ping::Behaviour::new(
                     ping::Config::new()
-                        .with_interval(PING_INTERVAL)
-                        .with_timeout(PING_TIMEOUT),
+                        .with_interval(options.ping_interval)
+                        .with_timeout(options.ping_timeout),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
                 dcutr: Toggle::from(

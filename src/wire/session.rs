@@ -72,7 +72,7 @@ pub struct SessionConfig {
     /// to a dead peer would keep the socket retransmitting for minutes and
     /// hold the shared port's 4-tuple to that peer, so the next connection
     /// to it from the same port fails with "address not available" (seen
-    /// in `tests/coordinator_lab.rs` while a coordinator was black-holed).
+    /// in `tests/third_parties_lab.rs` while a coordinator was black-holed).
     pub close_with_reset: bool,
 }
 

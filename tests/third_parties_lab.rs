@@ -1,6 +1,7 @@
-//! The coordinator link against a hostile network, in the NAT lab (root;
-//! skips loudly elsewhere): an on-path attacker that plays the coordinator,
-//! and a coordinator that vanishes without a FIN or RST.
+//! A node's links to its third parties (coordinator, relay) against a
+//! hostile network, in the NAT lab (root; skips loudly elsewhere): an
+//! on-path attacker that plays the coordinator, a coordinator or relay that
+//! vanishes without a FIN or RST, and both dying under open sessions.
 
 mod common;
 use common::*;
@@ -305,6 +306,250 @@ async fn a_black_holed_coordinator_is_noticed_and_registered_with_again() {
     };
     eprintln!(
         "registered again {:?} after the black hole was lifted",
+        back_at - lifted_at
+    );
+}
+
+/// Alice punches to Bob on both paths; then the relay and the coordinator
+/// die (their runtimes stop, closing every socket). Both punched sessions
+/// keep answering pings: they belong to the nodes, not to the links that
+/// set them up.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punched_sessions_outlive_their_relay_and_coordinator() {
+    use bitpunch::libp2p::punch::Libp2pPunchContext;
+    use bitpunch::libp2p::swarm::Libp2pNode;
+
+    require_lab!();
+    let profile: NatProfile = "home".parse().unwrap();
+    let (lab, t) = Lab::two_nats(profile, profile, LinkShape::delay_ms(10)).unwrap();
+    let relay_rt = lab.runtime(&t.relay).unwrap();
+    let relay = start_relay(&relay_rt, t.relay.ip).await;
+    let coord_rt = lab.runtime(&t.coordinator).unwrap();
+    let coordinator = start_coordinator(&coord_rt, t.coordinator.ip, Duration::from_secs(30));
+
+    // Bob: reachable on both paths, as `bitpunch node --relay R --coordinator C`.
+    let bob_rt = lab.runtime(&t.bob).unwrap();
+    let (circuit_tx, circuit_rx) = tokio::sync::oneshot::channel();
+    let (id_tx, mut id_rx) = mpsc::unbounded_channel();
+    bob_rt.spawn(async move {
+        let bob = node();
+        let libp2p = Arc::new(
+            Libp2pNode::start(
+                libp2p::identity::Keypair::generate_ed25519(),
+                bob.shared_port().clone(),
+                bob.router(),
+            )
+            .unwrap(),
+        );
+        let circuit_tx = std::sync::Mutex::new(Some(circuit_tx));
+        tokio::spawn(bitpunch::libp2p::keep_reservation(
+            libp2p.clone(),
+            relay,
+            move |circuit| {
+                if let Some(tx) = circuit_tx.lock().unwrap().take() {
+                    let _ = tx.send(circuit.clone());
+                }
+            },
+        ));
+        let ctx = Libp2pPunchContext::for_node(&bob, libp2p, session(), false);
+        tokio::join!(
+            bitpunch::libp2p::serve_relayed(ctx, Duration::from_secs(120), None),
+            native::stay_registered(
+                &bob,
+                coordinator,
+                Arc::new(NodeKey::generate()),
+                link_config(Duration::from_secs(30)),
+                Duration::from_secs(120),
+                None,
+                move |event| {
+                    if let RegistrationEvent::Registered { id, .. } = event {
+                        let _ = id_tx.send(id);
+                    }
+                },
+            ),
+        );
+    });
+    let circuit = tokio::time::timeout(Duration::from_secs(20), circuit_rx)
+        .await
+        .expect("Bob's reservation")
+        .unwrap();
+    let bob_id = tokio::time::timeout(Duration::from_secs(20), id_rx.recv())
+        .await
+        .expect("Bob's registration")
+        .unwrap();
+
+    // Alice punches on both paths and holds the sessions until told.
+    let alice_rt = lab.runtime(&t.alice).unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
+    let alice = alice_rt.spawn(async move {
+        let mut config = NodeConfig::new(session());
+        config.bind_ip = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        config.port = 0;
+        let node = Node::start(config).unwrap();
+        let libp2p = Arc::new(
+            Libp2pNode::start(
+                libp2p::identity::Keypair::generate_ed25519(),
+                node.shared_port().clone(),
+                node.router(),
+            )
+            .unwrap(),
+        );
+        let ctx = Libp2pPunchContext::for_node(&node, libp2p, session(), false);
+        let relayed = bitpunch::libp2p::connect_circuit(&ctx, circuit).await;
+        // Another port for the native path: a TCP connection is its
+        // 4-tuple, so two direct sessions between the same two shared
+        // ports cannot exist (the second punch fails "address not
+        // available").
+        let mut config = NodeConfig::new(session());
+        config.bind_ip = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        config.port = 0;
+        let node2 = Node::start(config).unwrap();
+        let key = Arc::new(NodeKey::generate());
+        let link = native::register(
+            &node2,
+            coordinator,
+            &key,
+            link_config(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        let native =
+            native::connect_via(&node2, &link, key, session(), bob_id, Instant::now()).await;
+        let (Some(mut over_libp2p), Some(mut over_native)) = (relayed.session, native.session)
+        else {
+            panic!(
+                "a punch failed: {} / {}",
+                relayed.record.to_json(),
+                native.record.to_json()
+            )
+        };
+        let _ = ready_tx.send(());
+        let _ = killed_rx.await;
+        (
+            over_libp2p
+                .measure_rtt(Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string()),
+            over_native
+                .measure_rtt(Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    });
+    tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .expect("both punches within a minute")
+        .expect("Alice's task ended early");
+    // The third parties go away: every socket they held is closed.
+    drop(relay_rt);
+    drop(coord_rt);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = killed_tx.send(());
+    let (libp2p_rtt, native_rtt) = alice.await.unwrap();
+    eprintln!("after the relay and coordinator died: libp2p session {libp2p_rtt:?}, native session {native_rtt:?}");
+    assert!(libp2p_rtt.is_ok(), "{libp2p_rtt:?}");
+    assert!(native_rtt.is_ok(), "{native_rtt:?}");
+}
+
+/// The relay's host drops every packet of the reservation's connection:
+/// Bob notices at the first failed libp2p ping that rust-libp2p reports
+/// (interval and timeout 1 s here, 15 s and 20 s in use), and reserves
+/// again once the drop is lifted.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_relay_is_noticed_and_reserved_with_again() {
+    use bitpunch::libp2p::swarm::{Libp2pEvent, Libp2pNode, Libp2pOptions};
+
+    require_lab!();
+    let profile: NatProfile = "home".parse().unwrap();
+    let (lab, t) = Lab::two_nats(profile, profile, LinkShape::default()).unwrap();
+    let relay_rt = lab.runtime(&t.relay).unwrap();
+    let relay = start_relay(&relay_rt, t.relay.ip).await;
+    let bob_rt = lab.runtime(&t.bob).unwrap();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(Instant, String)>();
+    bob_rt.spawn(async move {
+        let bob = node();
+        let options = Libp2pOptions {
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let libp2p = Arc::new(
+            Libp2pNode::start_with(
+                libp2p::identity::Keypair::generate_ed25519(),
+                bob.shared_port().clone(),
+                bob.router(),
+                options,
+            )
+            .unwrap(),
+        );
+        let mut swarm_events = libp2p.events();
+        let lost_tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = swarm_events.recv().await {
+                if let Libp2pEvent::ReservationLost { reason, .. } = event {
+                    let _ = lost_tx.send((Instant::now(), format!("lost: {reason}")));
+                }
+            }
+        });
+        bitpunch::libp2p::keep_reservation(libp2p, relay, move |_| {
+            let _ = events_tx.send((Instant::now(), "reserved".into()));
+        })
+        .await;
+    });
+    let mut first = None;
+    while first.is_none() {
+        let (at, what) = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("a reservation within 30 s")
+            .unwrap();
+        if what == "reserved" {
+            first = Some(at);
+        }
+    }
+
+    lab.nft(
+        &t.relay.ns,
+        "table ip blackhole {
+           chain inbound { type filter hook input priority -10; tcp dport 4001 drop; }
+           chain outbound { type filter hook output priority -10; tcp sport 4001 drop; }
+         }",
+    )
+    .unwrap();
+    let holed_at = Instant::now();
+    let (lost_at, why) = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("the loss noticed within a minute")
+        .unwrap();
+    let noticed = lost_at - holed_at;
+    eprintln!("relay black hole noticed after {noticed:?}: {why}");
+    assert!(why.starts_with("lost"), "{why}");
+    // rust-libp2p does not report a connection's first ping failure; the
+    // second ping fails when its stream negotiation times out (10 s). So:
+    // 2 × (1 s + 1 s) + 10 s, and room for a loaded machine.
+    assert!(noticed < Duration::from_secs(4 + 10 + 5), "{noticed:?}");
+
+    lab.nft(&t.relay.ns, "delete table ip blackhole").unwrap();
+    let lifted_at = Instant::now();
+    let back_at = loop {
+        let (at, what) = tokio::time::timeout(Duration::from_secs(90), events.recv())
+            .await
+            .expect("reserved again within 90 s of the lift")
+            .unwrap();
+        if what == "reserved" {
+            break at;
+        }
+    };
+    eprintln!(
+        "reserved again {:?} after the black hole was lifted",
         back_at - lifted_at
     );
 }
