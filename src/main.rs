@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::time::Instant;
 
 use bitpunch::address::{CoordinatorAddress, PeerAddress};
+use bitpunch::data_dir::DataDir;
 use bitpunch::identity::{NodeId, NodeKey};
 use bitpunch::lab::{self, LinkShape, NatProfile};
 use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, relay, swarm::Libp2pNode};
@@ -62,13 +63,23 @@ impl DataArgs {
     fn dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .or_else(|| std::env::var_os("BITPUNCH_DATA_DIR").map(PathBuf::from))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".bitpunch")))
-            .unwrap_or_else(|| PathBuf::from(".bitpunch"))
+            .unwrap_or_else(bitpunch::data_dir::default_path)
     }
 
-    fn key(&self) -> anyhow::Result<NodeKey> {
-        NodeKey::load_or_create(&self.dir())
+    /// The data directory, locked for this process: whoever uses one of
+    /// its keys holds it.
+    fn open(&self) -> anyhow::Result<DataDir> {
+        DataDir::open_locked(&self.dir())
+    }
+
+    /// For `connect`: the directory the user named, locked; without
+    /// --data-dir, none (a fresh identity in memory, which never displaces
+    /// a running node's registration).
+    fn named(&self) -> anyhow::Result<Option<DataDir>> {
+        self.data_dir
+            .as_deref()
+            .map(DataDir::open_locked)
+            .transpose()
     }
 }
 
@@ -487,13 +498,7 @@ async fn main() -> ExitCode {
             if no_rate_limits {
                 limits.rate_limits = None;
             }
-            run_relay(
-                listen,
-                external,
-                key.unwrap_or_else(|| data.dir().join("relay.key")),
-                limits,
-            )
-            .await
+            run_relay(listen, external, key, data, limits).await
         }
         Command::Coordinator {
             listen,
@@ -523,7 +528,13 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // 2 is for what the user typed (as clap does for flags); what
+            // went wrong while running is 1.
+            let usage = e.chain().any(|cause| {
+                cause.is::<bitpunch::address::AddressError>()
+                    || cause.is::<bitpunch::address::CoordinatorAddressError>()
+            });
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -576,6 +587,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    // The keys are needed only to be reachable through someone; then the
+    // data directory is this process's until it ends.
+    let data = if coordinator.is_some() || !relays.is_empty() {
+        Some(data.open()?)
+    } else {
+        None
+    };
     let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
@@ -617,7 +635,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         if relays.is_empty() {
             return std::future::pending::<()>().await;
         }
-        let keypair = match relay::load_or_create_keypair(&data.dir().join("libp2p.key")) {
+        let Some(data) = &data else {
+            return std::future::pending::<()>().await;
+        };
+        let keypair = match data.libp2p_keypair() {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "no libp2p key");
@@ -670,7 +691,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
     };
-    let key = Arc::new(data.key()?);
+    let Some(data) = &data else {
+        anyhow::bail!("the data directory is open whenever a coordinator is named");
+    };
+    let key = Arc::new(data.node_key()?);
     let link_config = LinkConfig {
         session: session.clone(),
         client: order_limits,
@@ -733,9 +757,19 @@ async fn report_stock_dcutr(
 async fn run_relay(
     listen: Multiaddr,
     external: Option<Multiaddr>,
-    key: PathBuf,
+    key: Option<PathBuf>,
+    data: DataArgs,
     limits: relay::RelayLimits,
 ) -> anyhow::Result<ExitCode> {
+    // The relay's key in the data dir: that dir is locked for as long as
+    // the relay runs.
+    let (key, _data) = match key {
+        Some(key) => (key, None),
+        None => {
+            let data = data.open()?;
+            (data.path().join("relay.key"), Some(data))
+        }
+    };
     let keypair = relay::load_or_create_keypair(&key)?;
     let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
     println!("relay listening {}", server.address);
@@ -771,7 +805,8 @@ async fn run_coordinator(
     machine: machine::CoordinatorConfig,
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
-    let key = data.key()?;
+    let data = data.open()?;
+    let key = data.node_key()?;
     let ListenArgs {
         net,
         port,
@@ -883,7 +918,11 @@ async fn connect_libp2p(
     p2p_args: P2pArgs,
     data: DataArgs,
 ) -> anyhow::Result<Outcome> {
-    let keypair = relay::load_or_create_keypair(&data.dir().join("libp2p.key"))?;
+    let data = data.named()?;
+    let keypair = match &data {
+        Some(data) => data.libp2p_keypair()?,
+        None => libp2p::identity::Keypair::generate_ed25519(),
+    };
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
@@ -914,7 +953,11 @@ async fn connect_native(
     data: DataArgs,
     allow_private: bool,
 ) -> anyhow::Result<Outcome> {
-    let key = Arc::new(data.key()?);
+    let data = data.named()?;
+    let key = Arc::new(match &data {
+        Some(data) => data.node_key()?,
+        None => NodeKey::generate(),
+    });
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;

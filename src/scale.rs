@@ -39,16 +39,28 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-struct Coordinator(Child);
+/// A child under test, killed when dropped, and the data directory made
+/// for it, if any, removed.
+struct Running(Child, Option<std::path::PathBuf>);
 
-impl Drop for Coordinator {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(dir) = &self.1 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, CoordinatorEndpoint)> {
+fn start_coordinator(bin: &std::path::Path) -> Result<(Running, CoordinatorEndpoint)> {
+    // Its own identity: a user's data directory may be in use.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let data = std::env::temp_dir().join(format!(
+        "bitpunch-scale-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(bin)
@@ -62,6 +74,8 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, CoordinatorE
             "regtest",
             "-q",
         ])
+        .arg("--data-dir")
+        .arg(&data)
         .args(["--requests-per-minute", "100000000", "--timeout", "60"])
         .args(["--requests-per-netgroup-per-minute", "100000000"])
         .args(["--orders-per-netgroup-per-target", "100000000"])
@@ -74,7 +88,10 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, CoordinatorE
         .stderr(Stdio::null())
         .spawn()
         .context("starting the coordinator (is taskset installed?)")?;
-    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let stdout = child.stdout.take().context("the coordinator's stdout")?;
+    // From here on, every way out kills the child and removes its directory.
+    let running = Running(child, Some(data));
+    let mut stdout = std::io::BufReader::new(stdout);
     let mut next_line = |what: &str| -> Result<String> {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut stdout, &mut line)?;
@@ -87,7 +104,7 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Coordinator, CoordinatorE
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
     let addr = next_line("coordinator listening ")?.parse()?;
-    Ok((Coordinator(child), CoordinatorEndpoint { id, addr }))
+    Ok((running, CoordinatorEndpoint { id, addr }))
 }
 
 /// Measures with `clients` registered clients and `seconds` of requests.
@@ -304,7 +321,7 @@ pub async fn measure_relay(
         &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
         &mut line,
     )?;
-    let relay = Coordinator(child);
+    let relay = Running(child, None);
     let address: ::libp2p::Multiaddr = line
         .trim()
         .strip_prefix("relay listening ")

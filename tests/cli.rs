@@ -444,6 +444,7 @@ fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
         .read_line(&mut line)
         .unwrap();
     let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-port-{}", std::process::id()));
     for role in ["node", "coordinator"] {
         let out = bitpunch()
             .args([
@@ -455,6 +456,8 @@ fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
                 "--network",
                 "regtest",
             ])
+            .arg("--data-dir")
+            .arg(data.join(role))
             .output()
             .expect("run the second process");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -467,4 +470,51 @@ fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
             "{role}: {stderr}"
         );
     }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// One identity, one process: a second node on the same data directory
+/// stops before it binds anything, naming the directory and the holder.
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused_with_a_clear_error() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--data-dir"])
+            .arg(data.join("coordinator"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord_id = line_starting(&mut out, "coordinator id ");
+    let coord = line_starting(&mut out, "coordinator listening ");
+    let coord_address = format!("{coord_id}@{coord}");
+    let node = |extra: &[&str]| {
+        let mut command = bitpunch();
+        command
+            .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--allow-private-addrs"])
+            .args(["--coordinator", &coord_address, "--data-dir"])
+            .arg(data.join("bob"))
+            .args(extra);
+        command
+    };
+    let mut first = Running(node(&[]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut first_out = BufReader::new(first.0.stdout.take().unwrap());
+    line_starting(&mut first_out, "reachable as ");
+    let second = node(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by bitpunch process")
+            && stderr.contains(&first.0.id().to_string())
+            && stderr.contains(data.join("bob").to_str().unwrap()),
+        "{stderr}"
+    );
+    drop(first);
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&data);
 }
