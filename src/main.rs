@@ -441,6 +441,17 @@ fn session_config(net: &NetArgs, timeout: f64) -> anyhow::Result<SessionConfig> 
     Ok(config)
 }
 
+/// A line on stdout for whoever watches a long-running role (scripts wait
+/// for "listening", "reachable as"…). If the watcher goes away and closes
+/// the pipe, the role keeps running: the write error is ignored, where
+/// `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -613,7 +624,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     })?;
     // One line per listener on stdout, so that scripts can find the port.
     for addr in node.local_addrs() {
-        println!("listening {addr}");
+        say!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
     // With --json, every punch this node answers is printed as it ends.
@@ -626,7 +637,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let print_records = async move {
         if let Some(mut rx) = printed {
             while let Some(record) = rx.recv().await {
-                println!("{}", record.to_json());
+                say!("{}", record.to_json());
             }
         }
         std::future::pending::<()>().await
@@ -660,7 +671,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
         let reservations = futures::future::join_all(relays.iter().map(|r| {
             p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
-                println!("reachable as {circuit}")
+                say!("reachable as {circuit}")
             })
         }));
         let answer = if p2p_args.stock_dcutr {
@@ -700,7 +711,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         client: order_limits,
         ping_interval: native::client::LINK_PING_INTERVAL,
     };
-    let serve = native::stay_registered(
+    let stay = native::stay_registered(
         &node,
         coordinator,
         key,
@@ -709,10 +720,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         records.clone(),
         |event| {
             if let native::RegistrationEvent::Registered { id, .. } = event {
-                println!("reachable as {id}@{coordinator_typed}");
+                say!("reachable as {id}@{coordinator_typed}");
             }
         },
     );
+    // Displaced (the key registered from elsewhere), the node stops asking
+    // the coordinator but keeps serving everything else.
+    let serve = async {
+        stay.await;
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         () = serve => {}
@@ -738,13 +755,13 @@ async fn report_stock_dcutr(
                 relayed: false,
                 ..
             }) if !relay_peers.contains(&peer) => {
-                println!("direct connection {peer} {remote}");
+                say!("direct connection {peer} {remote}");
             }
             Ok(p2p::swarm::Libp2pEvent::Dcutr { peer, result }) => {
                 tracing::info!(%peer, ?result, "stock DCUtR finished");
                 match result {
-                    Ok(_) => println!("dcutr ok {peer}"),
-                    Err(e) => println!("dcutr failed {peer}: {e}"),
+                    Ok(_) => say!("dcutr ok {peer}"),
+                    Err(e) => say!("dcutr failed {peer}: {e}"),
                 }
             }
             Ok(_) => {}
@@ -772,7 +789,7 @@ async fn run_relay(
     };
     let keypair = relay::load_or_create_keypair(&key)?;
     let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
-    println!("relay listening {}", server.address);
+    say!("relay listening {}", server.address);
     tracing::info!(address = %server.address, "relay listening");
     tokio::signal::ctrl_c()
         .await
@@ -827,9 +844,9 @@ async fn run_coordinator(
         )
     })?;
     // The id first: whoever reads the addresses needs it to use them.
-    println!("coordinator id {}", server.id());
+    say!("coordinator id {}", server.id());
     for addr in server.local_addrs() {
-        println!("coordinator listening {addr}");
+        say!("coordinator listening {addr}");
         tracing::info!(%addr, id = %server.id(), network = %net.network, "coordinator listening; nodes name it {}@HOST:PORT", server.id());
     }
     tokio::signal::ctrl_c()

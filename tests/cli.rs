@@ -518,3 +518,127 @@ fn a_second_node_on_the_same_data_dir_is_refused_with_a_clear_error() {
     drop(coordinator);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A coordinator on loopback with its own data directory under `data`:
+/// the child, and the address nodes give it (`ID@IP:PORT`).
+fn coordinator_in(data: &std::path::Path) -> (Running, String) {
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--data-dir"])
+            .arg(data.join("coordinator"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let id = line_starting(&mut out, "coordinator id ");
+    let addr = line_starting(&mut out, "coordinator listening ");
+    (coordinator, format!("{id}@{addr}"))
+}
+
+/// A node registered at `coordinator` with data directory `dir`, logging
+/// to `log`: the child and its address.
+fn registered_node(
+    coordinator: &str,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+) -> (Running, String) {
+    let mut node = Running(
+        bitpunch()
+            .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "--allow-private-addrs"])
+            .args(["--coordinator", coordinator, "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(node.0.stdout.take().unwrap());
+    let address = line_starting(&mut out, "reachable as ");
+    (node, address)
+}
+
+fn connect(address: &str, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    bitpunch()
+        .args(["connect", address, "--network", "regtest", "--json", "-q"])
+        .arg("--allow-private-addrs")
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The same machine, the same user: `connect` while a node runs does not
+/// take the node's identity (it uses a fresh one, or is refused the locked
+/// directory), so the node stays reachable for everyone else.
+#[test]
+fn connect_beside_a_running_node_leaves_it_reachable() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-beside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let (_coordinator, coord) = coordinator_in(&data);
+    let (_bob, bob) = registered_node(&coord, &data.join("bob"), &data.join("bob.log"));
+    let (_carol, carol) = registered_node(&coord, &data.join("carol"), &data.join("carol.log"));
+
+    // From Bob's machine, with no --data-dir: a fresh identity.
+    let out = connect(&carol, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // With Bob's directory: refused, Bob's key is his process's.
+    let out = connect(
+        &carol,
+        &["--data-dir".as_ref(), data.join("bob").as_os_str()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is in use by bitpunch process"), "{stderr}");
+    // A third party still reaches Bob.
+    let out = connect(&bob, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The same key in two data directories (a copied key): the later
+/// registration displaces the earlier one, which is told why, says so, and
+/// does not register again; the later node stays reachable.
+#[test]
+fn a_node_displaced_by_its_own_key_says_why_and_does_not_fight_back() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-displaced-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let (_coordinator, coord) = coordinator_in(&data);
+    let (_first, address) = registered_node(&coord, &data.join("first"), &data.join("first.log"));
+    std::fs::create_dir_all(data.join("second")).unwrap();
+    std::fs::copy(data.join("first/node.key"), data.join("second/node.key")).unwrap();
+    let (_second, again) = registered_node(&coord, &data.join("second"), &data.join("second.log"));
+    assert_eq!(address, again, "the same key, the same address");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first_log = loop {
+        let log = std::fs::read_to_string(data.join("first.log")).unwrap_or_default();
+        if log.contains("not registering again") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(first_log.contains("displaced"), "{first_log}");
+    assert!(first_log.contains("not registering again"), "{first_log}");
+    // Some seconds later the second still holds the registration: reachable.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = connect(&address, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let second_log = std::fs::read_to_string(data.join("second.log")).unwrap();
+    assert!(!second_log.contains("displaced"), "{second_log}");
+    let _ = std::fs::remove_dir_all(&data);
+}

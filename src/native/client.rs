@@ -96,6 +96,8 @@ pub struct CoordinatorLink {
     pub version: u32,
     pub rtt: Duration,
     counters: Arc<ByteCounters>,
+    /// Set when the coordinator said another connection proved our key.
+    displaced: Arc<std::sync::atomic::AtomicBool>,
     commands: mpsc::Sender<Command>,
     /// Orders in which we are the responder: someone asked for us.
     pub orders: mpsc::Receiver<ReceivedOrder>,
@@ -160,6 +162,8 @@ impl CoordinatorLink {
         let (orders_tx, orders) = mpsc::channel(64);
         let (registered_tx, registered_rx) = oneshot::channel();
         let (verified_tx, verified_rx) = oneshot::channel();
+        let displaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let displaced_in_task = displaced.clone();
         let mut client = Client::new(
             config.client,
             key,
@@ -253,6 +257,10 @@ impl CoordinatorLink {
                                         let _ = reply.send(Err(RequestError::LinkDown(why)));
                                     }
                                 }
+                                ClientEvent::Displaced => {
+                                    displaced_in_task.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    bail!("displaced: another connection proved our key to the coordinator (is this key in use by another process or machine?)");
+                                }
                                 ClientEvent::Close(why) => bail!("coordinator broke the protocol: {why}"),
                             }
                         }
@@ -302,6 +310,7 @@ impl CoordinatorLink {
             version,
             rtt,
             counters,
+            displaced,
             commands,
             orders,
             task,
@@ -343,6 +352,11 @@ impl CoordinatorLink {
 
     pub fn is_alive(&self) -> bool {
         !self.task.is_finished()
+    }
+
+    /// The link ended because another connection registered our key.
+    pub fn was_displaced(&self) -> bool {
+        self.displaced.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

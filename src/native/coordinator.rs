@@ -273,12 +273,16 @@ async fn serve_client(
     let mut ping_timer = tokio::time::interval(ping_interval);
     ping_timer.tick().await;
     let mut ping_out: Option<(u64, Instant)> = None;
+    let mut writer_ended = false;
     let reason = loop {
         tokio::select! {
             reason = &mut close => break reason.unwrap_or_else(|_| "closed".into()),
             // A client that stops reading is closed when a write to it
             // times out (the session's write timeout).
-            written = &mut writer_task => break written.unwrap_or_else(|e| e.to_string()),
+            written = &mut writer_task => {
+                writer_ended = true;
+                break written.unwrap_or_else(|e| e.to_string());
+            }
             _ = ping_timer.tick() => {
                 // A client that has not answered the last ping within a
                 // whole interval is gone (or hostile): its slot and its
@@ -336,6 +340,13 @@ async fn serve_client(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&conn);
+    // What was queued for the client before the close (a displaced
+    // client's `hpfail`, which says why) goes out first, for a second at
+    // most: with every sender gone, the writer ends when the queue is empty.
+    drop(outbox);
+    if !writer_ended {
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await;
+    }
     shared
         .machine
         .lock()

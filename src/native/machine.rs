@@ -341,17 +341,30 @@ impl Coordinator {
                 let id = NodeId::of(&key);
                 peer.state = PeerState::Registered { key, id };
                 let observed = peer.observed;
+                let mut actions = vec![Send(conn, NativeMessage::Registered { id, observed })];
                 // The newest proof of a key wins: an older connection with
-                // the same id is a stale one of the same node. It stays
-                // connected but is no longer registered.
+                // the same id is a stale one of the same node, or the same
+                // key in a second process. It is told why and closed, so
+                // that it does not believe itself reachable.
                 if let Some(older) = self.by_id.insert(id, conn) {
                     if older != conn {
                         if let Some(p) = self.peers.get_mut(&older) {
                             p.state = PeerState::Greeted;
                         }
+                        actions.push(Send(
+                            older,
+                            NativeMessage::Fail {
+                                request: 0,
+                                reason: FailReason::Displaced,
+                            },
+                        ));
+                        actions.push(Close(
+                            older,
+                            format!("displaced: {id} registered again from {observed}"),
+                        ));
                     }
                 }
-                vec![Send(conn, NativeMessage::Registered { id, observed })]
+                actions
             }
             NativeMessage::Connect { request, target } => self.connect(now, conn, request, target),
             NativeMessage::Result { request, result } => {
@@ -557,6 +570,9 @@ pub enum ClientEvent {
         request: u64,
         reason: FailReason,
     },
+    /// Another connection proved our key to the coordinator, which is
+    /// closing this one: the key is in use elsewhere.
+    Displaced,
     /// The coordinator broke the protocol: close the connection.
     Close(String),
 }
@@ -729,6 +745,13 @@ impl Client {
                 self.registered = Some(id);
                 vec![Registered { id, observed }]
             }
+            NativeMessage::Fail {
+                reason: FailReason::Displaced,
+                ..
+            } => {
+                self.registered = None;
+                vec![Displaced]
+            }
             NativeMessage::Fail { request, reason } => {
                 self.requests.remove(&request);
                 vec![RequestFailed { request, reason }]
@@ -864,14 +887,31 @@ mod tests {
 
     /// Runs a client's registration against the coordinator, returns its id.
     fn register(c: &mut Coordinator, conn: ConnId, client: &mut Client, now: Instant) -> NodeId {
+        let (id, others) = register_seeing_others(c, conn, client, now);
+        assert!(others.is_empty(), "{others:?}");
+        id
+    }
+
+    /// The same, also returning what the coordinator did to other
+    /// connections meanwhile.
+    fn register_seeing_others(
+        c: &mut Coordinator,
+        conn: ConnId,
+        client: &mut Client,
+        now: Instant,
+    ) -> (NodeId, Vec<CoordinatorAction>) {
         let mut to_coord = vec![client.start()];
         let mut id = None;
+        let mut others = Vec::new();
         while let Some(msg) = to_coord.pop() {
             for action in c.handle(now, conn, msg, [conn as u8; 32]) {
-                let CoordinatorAction::Send(to, reply) = action else {
-                    panic!("unexpected {action:?}")
+                let reply = match action {
+                    CoordinatorAction::Send(to, reply) if to == conn => reply,
+                    other => {
+                        others.push(other);
+                        continue;
+                    }
                 };
-                assert_eq!(to, conn);
                 for event in client.handle(now, reply) {
                     match event {
                         ClientEvent::Send(m) => to_coord.push(m),
@@ -882,7 +922,7 @@ mod tests {
                 }
             }
         }
-        id.expect("registered")
+        (id.expect("registered"), others)
     }
 
     fn proof(key: &NodeKey, session_id: &[u8; 32], version: u32) -> NativeMessage {
@@ -1444,9 +1484,20 @@ mod tests {
             expected_coordinator(),
         );
         register(&mut coord, 3, &mut bob_again, t0);
-        register(&mut coord, 4, &mut bob_third, t0);
+        let (_, others) = register_seeing_others(&mut coord, 4, &mut bob_third, t0);
         coord.check_invariants().unwrap();
         assert_eq!(coord.registered(), 2);
+        // The displaced connection is told why and closed; its client
+        // stops instead of registering again.
+        let [CoordinatorAction::Send(3, told), CoordinatorAction::Close(3, why)] = &others[..]
+        else {
+            panic!("{others:?}")
+        };
+        assert!(why.contains("displaced"), "{why}");
+        assert_eq!(
+            bob_again.handle(t0, told.clone()),
+            vec![ClientEvent::Displaced]
+        );
         coord.disconnected(3);
         coord.check_invariants().unwrap();
         let actions = coord.handle(t0, 1, alice.request(t0, 2, bob_id), [0; 32]);

@@ -71,6 +71,9 @@ pub enum FailReason {
     /// The target refused the order it was sent (its reflection limit, or
     /// an order it judged invalid): sent after the requester's own order.
     PeerRefused = 6,
+    /// Sent with request 0 to a registered connection just before the
+    /// coordinator closes it: another connection proved the same key.
+    Displaced = 7,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +292,7 @@ impl NativeMessage {
                     4 => FailReason::RateLimited,
                     5 => FailReason::SelfConnect,
                     6 => FailReason::PeerRefused,
+                    7 => FailReason::Displaced,
                     other => return Err(r.bad(format!("reason {other}"))),
                 },
             },

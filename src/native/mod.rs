@@ -208,12 +208,16 @@ pub enum RegistrationEvent {
     Lost { why: String },
     /// A registration attempt failed (unreachable, refused its proof...).
     Failed { why: String },
+    /// Another connection proved our key to the coordinator, which closed
+    /// ours: [`stay_registered`] stops rather than fight over the key.
+    Displaced { why: String },
 }
 
 /// What a node that is reachable through a coordinator does for as long as
 /// it runs: register, serve orders, and when the link ends (the coordinator
 /// went away, stopped answering pings, or failed its proof) register again
-/// after a jittered back-off, from 1 s doubling to a minute.
+/// after a jittered back-off, from 1 s doubling to a minute. It returns
+/// only when displaced: the same key registered from elsewhere.
 /// `on_event` hears of each registration (the CLI prints the address) and
 /// each lost link.
 pub async fn stay_registered(
@@ -244,6 +248,13 @@ pub async fn stay_registered(
                     records.clone(),
                 )
                 .await;
+                if link.was_displaced() {
+                    // Registering again would displace the other holder of
+                    // the key, which would do the same: a loop nobody wins.
+                    tracing::error!(%why, "not registering again: this key is registered from elsewhere");
+                    on_event(RegistrationEvent::Displaced { why });
+                    return;
+                }
                 tracing::warn!(%why, "lost the coordinator");
                 on_event(RegistrationEvent::Lost { why });
             }
