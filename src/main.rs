@@ -218,6 +218,30 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Ask the running node of a data directory: listeners, registrations,
+    /// reservations, punch budget. Example: `bitpunch status --data-dir ~/.bitpunch`
+    Status {
+        /// The node's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List the running node's sessions: path, role, remote, transport,
+    /// BIP324 session id, since, bytes. Example: `bitpunch peers --json`
+    Peers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// End one of the running node's sessions, by its number in `peers` or
+    /// its remote IP:PORT. Example: `bitpunch disconnect 3`
+    Disconnect {
+        peer: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Run a libp2p circuit relay v2 server (rust-libp2p's), with identify
     /// and ping; prints its address with /p2p/<id>.
     Relay {
@@ -527,6 +551,9 @@ async fn main() -> ExitCode {
             run_coordinator(listen, machine, data).await
         }
         Command::Lab { command } => run_lab(command).await,
+        Command::Status { json, data } => run_status(json, data).await,
+        Command::Peers { json, data } => run_peers(json, data).await,
+        Command::Disconnect { peer, data } => run_disconnect(&peer, data).await,
         Command::Demo {
             nat,
             delay_ms,
@@ -598,13 +625,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
-    // The keys are needed only to be reachable through someone; then the
-    // data directory is this process's until it ends.
-    let data = if coordinator.is_some() || !relays.is_empty() {
-        Some(data.open()?)
-    } else {
-        None
-    };
+    // The data directory is this process's until it ends: its keys, and the
+    // control socket `bitpunch status|peers|disconnect` talk to.
+    let data = data.open()?;
     let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
@@ -622,7 +645,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             port.unwrap_or(net.network.default_port())
         )
     })?;
-    // One line per listener on stdout, so that scripts can find the port.
+    let handle = node.handle();
+    let _control = bitpunch::control::serve(data.path(), handle.clone())?;
+    // One line per listener on stdout, so that scripts can find the port
+    // (the control socket answers by then).
     for addr in node.local_addrs() {
         say!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
@@ -646,9 +672,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         if relays.is_empty() {
             return std::future::pending::<()>().await;
         }
-        let Some(data) = &data else {
-            return std::future::pending::<()>().await;
-        };
         let keypair = match data.libp2p_keypair() {
             Ok(k) => k,
             Err(e) => {
@@ -669,6 +692,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
+        // What `bitpunch status` says about each relay follows the swarm.
+        let track = track_reservations(libp2p.events(), relays.clone(), handle.clone());
         let reservations = futures::future::join_all(relays.iter().map(|r| {
             p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
                 say!("reachable as {circuit}")
@@ -691,7 +716,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 records.clone(),
             ))
         };
-        tokio::join!(reservations, answer);
+        tokio::join!(reservations, answer, track);
     };
     let Some((coordinator, coordinator_typed)) = coordinator else {
         tokio::select! {
@@ -701,9 +726,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
-    };
-    let Some(data) = &data else {
-        anyhow::bail!("the data directory is open whenever a coordinator is named");
     };
     let key = Arc::new(data.node_key()?);
     let link_config = LinkConfig {
@@ -718,10 +740,17 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         link_config,
         Duration::from_secs(20 * 60),
         records.clone(),
-        |event| {
-            if let native::RegistrationEvent::Registered { id, .. } = event {
-                say!("reachable as {id}@{coordinator_typed}");
+        |event| match event {
+            native::RegistrationEvent::Registered { id, observed } => {
+                let address = format!("{id}@{coordinator_typed}");
+                say!("reachable as {address}");
+                handle.set_registration(&coordinator_typed.to_string(), Some((address, observed)));
             }
+            native::RegistrationEvent::Lost { .. }
+            | native::RegistrationEvent::Displaced { .. } => {
+                handle.set_registration(&coordinator_typed.to_string(), None);
+            }
+            native::RegistrationEvent::Failed { .. } => {}
         },
     );
     // Displaced (the key registered from elsewhere), the node stops asking
@@ -737,6 +766,73 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         () = print_records => {}
     }
     tracing::info!("shutting down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the node's record of its reservations (for `bitpunch status`) in
+/// step with the swarm's events.
+async fn track_reservations(
+    mut events: tokio::sync::broadcast::Receiver<p2p::swarm::Libp2pEvent>,
+    relays: Vec<Multiaddr>,
+    handle: bitpunch::node::NodeHandle,
+) {
+    use p2p::swarm::Libp2pEvent;
+    let listens: Vec<(String, String)> = relays
+        .iter()
+        .map(|r| {
+            let listen = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+            (r.to_string(), listen.to_string())
+        })
+        .collect();
+    loop {
+        match events.recv().await {
+            Ok(Libp2pEvent::Reserved { circuit, .. }) => {
+                let circuit = circuit.to_string();
+                if let Some((relay, _)) = listens.iter().find(|(_, l)| circuit.starts_with(l)) {
+                    handle.set_reservation(relay, Some(circuit));
+                }
+            }
+            Ok(Libp2pEvent::ReservationLost { relay_addr, .. }) => {
+                let lost = relay_addr.to_string();
+                if let Some((relay, _)) = listens.iter().find(|(_, l)| *l == lost) {
+                    handle.set_reservation(relay, None);
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn run_status(json: bool, data: DataArgs) -> anyhow::Result<ExitCode> {
+    let status = bitpunch::control::call(&data.dir(), "status", serde_json::Value::Null).await?;
+    if json {
+        println!("{status}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", bitpunch::control::render_status(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_peers(json: bool, data: DataArgs) -> anyhow::Result<ExitCode> {
+    let peers = bitpunch::control::call(&data.dir(), "peers", serde_json::Value::Null).await?;
+    if json {
+        println!("{peers}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", bitpunch::control::render_peers(&peers));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_disconnect(peer: &str, data: DataArgs) -> anyhow::Result<ExitCode> {
+    let ended = bitpunch::control::call(
+        &data.dir(),
+        "disconnect",
+        serde_json::json!({ "peer": peer }),
+    )
+    .await?;
+    let n = ended.as_array().map(Vec::len).unwrap_or_default();
+    println!("disconnected {n} session{}", if n == 1 { "" } else { "s" });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,17 +1,20 @@
 //! A node: the shared port, its accept loop, and the Bitcoin sessions it
 //! serves. Later paths (punches, libp2p) attach to the same router.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::net::router::Inbound;
+use crate::net::stream::ByteCounters;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
 use crate::punch::budget::BudgetConfig;
-use crate::wire::{SessionConfig, SessionError, SessionReport};
+use crate::wire::{SessionConfig, SessionError, SessionReport, SessionRole, Transport};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -54,21 +57,256 @@ pub enum NodeEvent {
 /// A session's serving loop, handed to the node to own.
 pub type SessionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// How a session the node serves came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPath {
+    /// Someone connected to our shared port.
+    Inbound,
+    /// Punched through a coordinator.
+    Native,
+    /// Punched after a relay's exchange.
+    Libp2p,
+}
+
+/// What the node knows of a session it serves, for `bitpunch peers`.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub path: SessionPath,
+    pub role: SessionRole,
+    pub remote: SocketAddr,
+    pub transport: Transport,
+    pub session_id: Option<String>,
+    pub user_agent: String,
+    pub counters: Arc<ByteCounters>,
+}
+
+impl SessionInfo {
+    pub fn of(path: SessionPath, report: &SessionReport) -> SessionInfo {
+        SessionInfo {
+            path,
+            role: report.role,
+            remote: report.remote,
+            transport: report.transport,
+            session_id: report.session_id.clone(),
+            user_agent: report.peer.user_agent.clone(),
+            counters: report.counters.clone(),
+        }
+    }
+}
+
+/// One row of `bitpunch peers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRow {
+    /// The node's number for the session (`bitpunch disconnect N`).
+    pub id: u64,
+    pub path: SessionPath,
+    /// Our BIP324 role: the initiator asked for the connection.
+    pub role: SessionRole,
+    pub remote: SocketAddr,
+    pub transport: Transport,
+    pub session_id: Option<String>,
+    pub user_agent: String,
+    /// Unix seconds.
+    pub since: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+struct Served {
+    info: SessionInfo,
+    since: u64,
+    abort: Option<AbortHandle>,
+}
+
+/// The sessions the node serves, by number.
+#[derive(Default)]
+struct SessionTable {
+    next: u64,
+    served: HashMap<u64, Served>,
+}
+
+/// Removes a session's row however its task ends (also when aborted).
+struct RowGuard(Arc<Mutex<SessionTable>>, u64);
+
+impl Drop for RowGuard {
+    fn drop(&mut self) {
+        lock(&self.0).served.remove(&self.1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// Hands sessions to the node: they then live as long as the node, not as
-/// long as the coordinator link or relay reservation that set them up.
+/// long as the coordinator link or relay reservation that set them up, and
+/// show in `bitpunch peers`.
 #[derive(Clone)]
-pub struct SessionOwner(mpsc::Sender<SessionTask>);
+pub struct SessionOwner(mpsc::Sender<(SessionInfo, SessionTask)>);
 
 impl SessionOwner {
     /// `false` when the node has stopped (the session is dropped).
-    pub async fn adopt(&self, task: SessionTask) -> bool {
-        self.0.send(task).await.is_ok()
+    pub async fn adopt(&self, info: SessionInfo, task: SessionTask) -> bool {
+        self.0.send((info, task)).await.is_ok()
+    }
+}
+
+/// A coordinator registration or relay reservation the node holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reachable {
+    /// How others reach us through it.
+    pub address: String,
+    /// Where the third party sees our shared port (our NAT mapping).
+    pub observed: Option<SocketAddr>,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+/// Through whom the node is reachable: coordinators and relays by their
+/// address, as the user named them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reachability {
+    pub coordinators: BTreeMap<String, Reachable>,
+    pub relays: BTreeMap<String, Reachable>,
+}
+
+/// What `bitpunch status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub listening: Vec<SocketAddr>,
+    pub sessions: usize,
+    #[serde(flatten)]
+    pub reachability: Reachability,
+    pub punch_budget: BudgetStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetStatus {
+    pub limits: BudgetConfig,
+    /// SYNs paid and refused since the node started.
+    pub syns_sent: u64,
+    pub syns_refused: u64,
+}
+
+/// Cloneable access to a running node's state, for its control interface.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<SharedPort>,
+    table: Arc<Mutex<SessionTable>>,
+    reach: Arc<Mutex<Reachability>>,
+    local_addrs: Vec<SocketAddr>,
+    budget: BudgetConfig,
+}
+
+impl NodeHandle {
+    pub fn peers(&self) -> Vec<PeerRow> {
+        let table = lock(&self.table);
+        let mut rows: Vec<PeerRow> = table
+            .served
+            .iter()
+            .map(|(id, s)| PeerRow {
+                id: *id,
+                path: s.info.path,
+                role: s.info.role,
+                remote: s.info.remote,
+                transport: s.info.transport,
+                session_id: s.info.session_id.clone(),
+                user_agent: s.info.user_agent.clone(),
+                since: s.since,
+                bytes_sent: s.info.counters.sent(),
+                bytes_received: s.info.counters.received(),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.id);
+        rows
+    }
+
+    /// Ends the session numbered `id`, or every session with `remote`;
+    /// returns the rows it ended.
+    pub fn disconnect(&self, which: &str) -> Vec<PeerRow> {
+        let ended: Vec<PeerRow> = self
+            .peers()
+            .into_iter()
+            .filter(|r| r.id.to_string() == which || r.remote.to_string() == which)
+            .collect();
+        let table = lock(&self.table);
+        for row in &ended {
+            if let Some(abort) = table.served.get(&row.id).and_then(|s| s.abort.as_ref()) {
+                tracing::info!(id = row.id, remote = %row.remote, "session closed: disconnected by the operator");
+                abort.abort();
+            }
+        }
+        ended
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let (syns_sent, syns_refused) = self.shared.punch_syns();
+        NodeStatus {
+            listening: self.local_addrs.clone(),
+            sessions: lock(&self.table).served.len(),
+            reachability: lock(&self.reach).clone(),
+            punch_budget: BudgetStatus {
+                limits: self.budget,
+                syns_sent,
+                syns_refused,
+            },
+        }
+    }
+
+    /// Records a registration (`address`: how others reach us) at
+    /// `coordinator`, or with `None` that it ended.
+    pub fn set_registration(&self, coordinator: &str, now: Option<(String, SocketAddr)>) {
+        let mut reach = lock(&self.reach);
+        match now {
+            Some((address, observed)) => {
+                reach.coordinators.insert(
+                    coordinator.to_string(),
+                    Reachable {
+                        address,
+                        observed: Some(observed),
+                        since: unix_now(),
+                    },
+                );
+            }
+            None => {
+                reach.coordinators.remove(coordinator);
+            }
+        }
+    }
+
+    /// Records a reservation (`circuit`) on `relay`, or with `None` its loss.
+    pub fn set_reservation(&self, relay: &str, circuit: Option<String>) {
+        let mut reach = lock(&self.reach);
+        match circuit {
+            Some(address) => {
+                reach.relays.insert(
+                    relay.to_string(),
+                    Reachable {
+                        address,
+                        observed: None,
+                        since: unix_now(),
+                    },
+                );
+            }
+            None => {
+                reach.relays.remove(relay);
+            }
+        }
     }
 }
 
 pub struct Node {
     shared: Arc<SharedPort>,
     owner: SessionOwner,
+    handle: NodeHandle,
     router: Arc<Router>,
     local_addrs: Vec<SocketAddr>,
     port: u16,
@@ -97,10 +335,15 @@ impl Node {
         );
         let (events, _) = broadcast::channel(1024);
         let mut bitcoin = router.subscribe(Route::Bitcoin, 64);
-        let (adopt_tx, mut adopted) = mpsc::channel::<SessionTask>(64);
+        let (adopt_tx, mut adopted) = mpsc::channel::<(SessionInfo, SessionTask)>(64);
+        let owner = SessionOwner(adopt_tx);
         let accept = shared.spawn_accept_loop(router.clone());
         let serve_events = events.clone();
+        let budget = config.punch_budget;
         let config = Arc::new(config);
+        let table: Arc<Mutex<SessionTable>> = Arc::default();
+        let served = table.clone();
+        let inbound_owner = owner.clone();
         let serve = tokio::spawn(async move {
             // Sessions live in this set so that stopping the node stops them.
             let mut sessions = tokio::task::JoinSet::new();
@@ -108,20 +351,43 @@ impl Node {
                 tokio::select! {
                     inbound = bitcoin.recv() => match inbound {
                         Some(inbound) => {
-                            sessions.spawn(serve_inbound(inbound, config.clone(), serve_events.clone()));
+                            sessions.spawn(serve_inbound(inbound, config.clone(), serve_events.clone(), inbound_owner.clone()));
                         }
                         None => break,
                     },
-                    Some(task) = adopted.recv() => {
-                        sessions.spawn(task);
+                    Some((info, task)) = adopted.recv() => {
+                        let id = {
+                            let mut table = lock(&served);
+                            let id = table.next;
+                            table.next = table.next.wrapping_add(1);
+                            table.served.insert(id, Served { info, since: unix_now(), abort: None });
+                            id
+                        };
+                        let row = RowGuard(served.clone(), id);
+                        let abort = sessions.spawn(async move {
+                            let _row = row;
+                            task.await
+                        });
+                        if let Some(s) = lock(&served).served.get_mut(&id) {
+                            s.abort = Some(abort);
+                        }
                     }
                     Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 }
             }
         });
+        let shared = Arc::new(shared);
+        let handle = NodeHandle {
+            shared: shared.clone(),
+            table,
+            reach: Arc::default(),
+            local_addrs: local_addrs.clone(),
+            budget,
+        };
         Ok(Node {
-            owner: SessionOwner(adopt_tx),
-            shared: Arc::new(shared),
+            owner,
+            handle,
+            shared,
             router,
             local_addrs,
             port,
@@ -152,6 +418,11 @@ impl Node {
         &self.router
     }
 
+    /// Its sessions, reachability and budget, for the control interface.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }
@@ -161,6 +432,7 @@ async fn serve_inbound(
     inbound: Inbound,
     config: Arc<NodeConfig>,
     events: broadcast::Sender<NodeEvent>,
+    owner: SessionOwner,
 ) {
     let remote = inbound.remote;
     let established = crate::wire::respond(inbound, &config.session).await;
@@ -181,12 +453,21 @@ async fn serve_inbound(
         "session established"
     );
     let _ = events.send(NodeEvent::Established(Box::new(r.clone())));
-    let ended = session.serve(config.idle_timeout).await;
-    tracing::info!(%remote, reason = %ended, "session closed");
-    let _ = events.send(NodeEvent::Closed {
-        remote,
-        reason: ended.to_string(),
-    });
+    let info = SessionInfo::of(SessionPath::Inbound, r);
+    // Served as one of the node's sessions, listed and disconnectable.
+    owner
+        .adopt(
+            info,
+            Box::pin(async move {
+                let ended = session.serve(config.idle_timeout).await;
+                tracing::info!(%remote, reason = %ended, "session closed");
+                let _ = events.send(NodeEvent::Closed {
+                    remote,
+                    reason: ended.to_string(),
+                });
+            }),
+        )
+        .await;
 }
 
 fn report_failure(events: &broadcast::Sender<NodeEvent>, remote: SocketAddr, e: &SessionError) {

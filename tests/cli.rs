@@ -60,6 +60,7 @@ fn malformed_addresses_get_one_clear_line_and_a_nonzero_exit() {
 
 #[test]
 fn node_and_connect_print_a_v2_outcome_record() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-v2-{}", std::process::id()));
     let mut node = Running(
         bitpunch()
             .args([
@@ -72,6 +73,8 @@ fn node_and_connect_print_a_v2_outcome_record() {
                 "regtest",
                 "-q",
             ])
+            .arg("--data-dir")
+            .arg(&data)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start node"),
@@ -139,6 +142,8 @@ fn node_and_connect_print_a_v2_outcome_record() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("transport   v1"), "{stdout}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
@@ -423,6 +428,7 @@ fn lab_scale_relay_holds_every_reservation_and_relays_circuits() {
 
 #[test]
 fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-port-{}", std::process::id()));
     let mut first = Running(
         bitpunch()
             .args([
@@ -435,6 +441,8 @@ fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
                 "regtest",
                 "-q",
             ])
+            .arg("--data-dir")
+            .arg(data.join("first"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("start node"),
@@ -444,7 +452,6 @@ fn a_second_process_on_the_same_shared_port_is_refused_with_a_clear_error() {
         .read_line(&mut line)
         .unwrap();
     let port = line.trim().rsplit(':').next().unwrap().to_string();
-    let data = std::env::temp_dir().join(format!("bitpunch-cli-port-{}", std::process::id()));
     for role in ["node", "coordinator"] {
         let out = bitpunch()
             .args([

@@ -160,7 +160,13 @@ fn socket(line: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() {
-    let args = [&["node", "-q"][..], &LOOPBACK_REGTEST].concat();
+    let dir = std::env::temp_dir().join(format!("bitpunch-flood-node-{}", std::process::id()));
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = [
+        &["node", "-q", "--data-dir", &dir_arg][..],
+        &LOOPBACK_REGTEST,
+    ]
+    .concat();
     let report = under_flood("node", &args, "listening", socket, |line| async move {
         // A good peer from a netgroup the flood does not use.
         let port = SharedPort::bind(Some("127.250.0.9".parse().unwrap()), 0).unwrap();
@@ -171,6 +177,7 @@ async fn a_node_under_a_connection_flood_serves_a_good_peer_in_bounded_memory() 
             .report
     })
     .await;
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(report.transport, Transport::V2);
     assert!(report.rtt_ms.is_some());
 }

@@ -123,9 +123,14 @@ pub async fn serve_relayed(
                         if let Some(tx) = records {
                             let _ = tx.send(out.record).await;
                         }
+                        // The session belongs to the node from here: it
+                        // outlives the relay and shows in `bitpunch peers`.
                         if let Some(session) = out.session {
-                            let ended = session.serve(idle).await;
-                            tracing::info!(%peer, reason = %ended, "punched session closed");
+                            let info = crate::node::SessionInfo::of(crate::node::SessionPath::Libp2p, &session.report);
+                            ctx.owner.adopt(info, Box::pin(async move {
+                                let ended = session.serve(idle).await;
+                                tracing::info!(%peer, reason = %ended, "punched session closed");
+                            })).await;
                         }
                     });
                 }

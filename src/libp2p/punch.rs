@@ -40,6 +40,9 @@ pub struct Libp2pPunchContext {
     /// CONNECT names a victim (tests/reflection_lab.rs).
     #[doc(hidden)]
     pub hostile_offer: Option<Vec<Multiaddr>>,
+    /// The node that owns the sessions punched for others
+    /// ([`crate::libp2p::serve_relayed`]).
+    pub owner: crate::node::SessionOwner,
 }
 
 pub struct Libp2pOutcome {
@@ -64,6 +67,7 @@ impl Libp2pPunchContext {
             allow_private,
             dial_delay: Duration::ZERO,
             hostile_offer: None,
+            owner: node.session_owner(),
         }
     }
 

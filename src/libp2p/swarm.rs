@@ -433,6 +433,9 @@ async fn drive(
                     ping_failures.remove(&connection);
                     let _ = events.send(Libp2pEvent::Pinged { peer, connection, rtt });
                 }
+                // A peer that does not speak ping says so once: that is no
+                // sign of a dead connection (a minimal relay may not run it).
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { result: Err(ping::Failure::Unsupported), .. })) => {}
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) })) => {
                     let failures = ping_failures.entry(connection).or_insert(0);
                     *failures = failures.saturating_add(1);

@@ -183,7 +183,8 @@ pub async fn serve_orders(
                     // The session belongs to the node from here: it survives
                     // this link, whose punches are aborted when it ends.
                     if let Some(session) = outcome.session {
-                        owner.adopt(Box::pin(async move {
+                        let info = crate::node::SessionInfo::of(crate::node::SessionPath::Native, &session.report);
+                        owner.adopt(info, Box::pin(async move {
                             let ended = session.serve(idle).await;
                             tracing::info!(%peer, reason = %ended, "punched session closed");
                         })).await;
