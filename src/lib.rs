@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod lab;
 pub mod matrix;
+pub mod metrics;
 pub mod node;
 pub mod report;
 pub mod scale;

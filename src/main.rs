@@ -185,6 +185,10 @@ struct NodeArgs {
     /// SYNs per minute in all.
     #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().global)]
     punch_syns_per_minute: usize,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g.
+    /// 127.0.0.1:9333; prints `metrics listening ADDR`.
+    #[arg(long = "metrics", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     p2p: P2pArgs,
     #[command(flatten)]
@@ -303,6 +307,9 @@ enum Command {
         /// (protects the node's own order budget from a few requesters).
         #[arg(long, default_value_t = 3)]
         orders_per_netgroup_per_target: usize,
+        /// Serve Prometheus metrics on this address (GET /metrics).
+        #[arg(long = "metrics", value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
         /// The coordinator's identity is <data-dir>/node.key: nodes name its
         /// id in the address they give out (ID@HOST:PORT).
         #[command(flatten)]
@@ -540,6 +547,7 @@ async fn main() -> ExitCode {
             requests_per_minute,
             requests_per_netgroup_per_minute,
             orders_per_netgroup_per_target,
+            metrics_addr,
             data,
         } => {
             let machine = machine::CoordinatorConfig {
@@ -548,7 +556,7 @@ async fn main() -> ExitCode {
                 orders_per_netgroup_per_target,
                 ..Default::default()
             };
-            run_coordinator(listen, machine, data).await
+            run_coordinator(listen, machine, metrics_addr, data).await
         }
         Command::Lab { command } => run_lab(command).await,
         Command::Status { json, data } => run_status(json, data).await,
@@ -596,6 +604,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         punch_syns_per_netgroup,
         punch_syns_per_requester,
         punch_syns_per_minute,
+        metrics_addr,
         p2p: p2p_args,
         data,
     } = args;
@@ -653,16 +662,28 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         say!("listening {addr}");
         tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
     }
-    // With --json, every punch this node answers is printed as it ends.
-    let (records, printed) = if json {
-        let (tx, rx) = tokio::sync::mpsc::channel::<bitpunch::report::Outcome>(16);
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
+    // Every punch this node answers is counted as it ends, and with --json
+    // printed.
+    let metrics = Arc::new(bitpunch::metrics::Metrics::node());
+    if let Some(addr) = metrics_addr {
+        let (m, h) = (metrics.clone(), handle.clone());
+        let (local, _) = bitpunch::metrics::serve(
+            addr,
+            Arc::new(move || {
+                m.refresh_node(&h);
+                m.encode()
+            }),
+        )
+        .await?;
+        say!("metrics listening {local}");
+    }
+    let (records_tx, mut records_rx) = tokio::sync::mpsc::channel::<bitpunch::report::Outcome>(16);
+    let records = Some(records_tx);
+    let counted = metrics.clone();
     let print_records = async move {
-        if let Some(mut rx) = printed {
-            while let Some(record) = rx.recv().await {
+        while let Some(record) = records_rx.recv().await {
+            counted.record(&record);
+            if json {
                 say!("{}", record.to_json());
             }
         }
@@ -916,6 +937,7 @@ async fn resolve_coordinator(
 async fn run_coordinator(
     listen: ListenArgs,
     machine: machine::CoordinatorConfig,
+    metrics_addr: Option<std::net::SocketAddr>,
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     let data = data.open()?;
@@ -944,6 +966,20 @@ async fn run_coordinator(
     for addr in server.local_addrs() {
         say!("coordinator listening {addr}");
         tracing::info!(%addr, id = %server.id(), network = %net.network, "coordinator listening; nodes name it {}@HOST:PORT", server.id());
+    }
+    let server = Arc::new(server);
+    if let Some(addr) = metrics_addr {
+        let metrics = bitpunch::metrics::Metrics::coordinator();
+        let watched = server.clone();
+        let (local, _) = bitpunch::metrics::serve(
+            addr,
+            Arc::new(move || {
+                metrics.refresh_coordinator(&watched.stats());
+                metrics.encode()
+            }),
+        )
+        .await?;
+        say!("metrics listening {local}");
     }
     tokio::signal::ctrl_c()
         .await

@@ -649,3 +649,131 @@ fn a_node_displaced_by_its_own_key_says_why_and_does_not_fight_back() {
     assert!(!second_log.contains("displaced"), "{second_log}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// One scrape of a Prometheus endpoint.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bitpunch\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The sum of every sample of `metric` whose labels contain all of `with`.
+fn sample_sum(text: &str, metric: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter(|l| matches!(l.as_bytes().get(metric.len()), Some(b'{') | Some(b' ')))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// After three punches, the node's and the coordinator's metrics say what
+/// the node's own records (--json) say.
+#[test]
+fn metrics_count_what_the_records_say() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--metrics", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.join("coordinator"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut coord_out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord_id = line_starting(&mut coord_out, "coordinator id ");
+    let coord = line_starting(&mut coord_out, "coordinator listening ");
+    let coord_metrics = line_starting(&mut coord_out, "metrics listening ");
+    let coord_address = format!("{coord_id}@{coord}");
+
+    let mut bob = Running(
+        bitpunch()
+            .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+            .args([
+                "--network",
+                "regtest",
+                "-q",
+                "--json",
+                "--allow-private-addrs",
+            ])
+            .args(["--metrics", "127.0.0.1:0", "--coordinator", &coord_address])
+            .arg("--data-dir")
+            .arg(data.join("bob"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut bob_out = BufReader::new(bob.0.stdout.take().unwrap());
+    let bob_metrics = line_starting(&mut bob_out, "metrics listening ");
+    let address = line_starting(&mut bob_out, "reachable as ");
+    assert_eq!(
+        sample_sum(&scrape(&bob_metrics), "bitpunch_registrations_held", &[]),
+        1.0
+    );
+
+    for _ in 0..3 {
+        let out = connect(&address, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Bob's three records, as he printed them.
+    let mut ok = 0;
+    for _ in 0..3 {
+        let line = format!("{{{}", line_starting(&mut bob_out, "{"));
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["path"], "native");
+        if record["ok"] == true {
+            ok += 1;
+        }
+    }
+    let text = scrape(&bob_metrics);
+    assert_eq!(
+        sample_sum(&text, "bitpunch_punches_total", &["path=\"native\""]),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "bitpunch_punches_total",
+            &["path=\"native\"", "result=\"ok\""]
+        ),
+        f64::from(ok),
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(&text, "bitpunch_time_to_verack_seconds_count", &["native"]),
+        f64::from(ok),
+        "{text}"
+    );
+    assert!(
+        sample_sum(&text, "bitpunch_punch_syns_total", &["sent"]) >= 3.0,
+        "{text}"
+    );
+    let text = scrape(&coord_metrics);
+    assert_eq!(
+        sample_sum(&text, "bitpunch_coordinator_coordinations_total", &[]),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(&text, "bitpunch_coordinator_registered", &[]),
+        1.0,
+        "{text}"
+    );
+    drop(bob);
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -84,6 +84,18 @@ struct Shared {
     conns: Mutex<HashMap<ConnId, Conn>>,
     events: broadcast::Sender<CoordinatorEvent>,
     filter: Option<MessageFilter>,
+    /// `hpfail`s sent, by reason, and requests answered with orders.
+    refusals: Mutex<std::collections::BTreeMap<String, u64>>,
+    coordinations: AtomicU64,
+}
+
+/// What a coordinator has done, for its metrics.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorStats {
+    pub registered: usize,
+    /// `hpfail` answers by reason (`RateLimited`, `UnknownPeer`, …).
+    pub refusals: Vec<(String, u64)>,
+    pub coordinations: u64,
 }
 
 impl Shared {
@@ -92,6 +104,21 @@ impl Shared {
         for action in actions {
             match action {
                 CoordinatorAction::Send(conn, mut msg) => {
+                    match &msg {
+                        NativeMessage::Fail { reason, .. } => {
+                            let mut refusals =
+                                self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+                            let n = refusals.entry(format!("{reason:?}")).or_default();
+                            *n = n.saturating_add(1);
+                        }
+                        NativeMessage::Punch {
+                            role: super::messages::PunchRole::Initiator,
+                            ..
+                        } => {
+                            self.coordinations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
                     if let Some(filter) = &self.filter {
                         filter(conn, &mut msg);
                     }
@@ -157,6 +184,8 @@ impl CoordinatorServer {
             conns: Mutex::default(),
             events,
             filter: config.filter.clone(),
+            refusals: Mutex::default(),
+            coordinations: AtomicU64::new(0),
         });
         let mut session = config.session.clone();
         session.services |= node_punch_coordinator();
@@ -206,6 +235,21 @@ impl CoordinatorServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .registered()
+    }
+
+    pub fn stats(&self) -> CoordinatorStats {
+        CoordinatorStats {
+            registered: self.registered(),
+            refusals: self
+                .shared
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(reason, n)| (reason.clone(), *n))
+                .collect(),
+            coordinations: self.shared.coordinations.load(Ordering::Relaxed),
+        }
     }
 }
 
