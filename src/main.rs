@@ -764,8 +764,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         |event| match event {
             native::RegistrationEvent::Registered { id, observed } => {
                 let address = format!("{id}@{coordinator_typed}");
+                // The state first: whoever reads the line may ask for it.
+                handle.set_registration(
+                    &coordinator_typed.to_string(),
+                    Some((address.clone(), observed)),
+                );
                 say!("reachable as {address}");
-                handle.set_registration(&coordinator_typed.to_string(), Some((address, observed)));
             }
             native::RegistrationEvent::Lost { .. }
             | native::RegistrationEvent::Displaced { .. } => {
