@@ -741,11 +741,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     let Some((coordinator, coordinator_typed)) = coordinator else {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            r = shutdown_signal() => tracing::info!(signal = r?, "shutting down"),
             () = relayed => {}
             () = print_records => {}
         }
-        tracing::info!("shutting down");
         return Ok(ExitCode::SUCCESS);
     };
     let key = Arc::new(data.node_key()?);
@@ -785,12 +784,14 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         std::future::pending::<()>().await
     };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = shutdown_signal() => tracing::info!(signal = r?, "shutting down"),
         () = serve => {}
         () = relayed => {}
         () = print_records => {}
     }
-    tracing::info!("shutting down");
+    // Dropping the node and its links now closes every session and the
+    // coordinator link (an RST: the coordinator frees the registration at
+    // once) and the relay connections (the reservations go with them).
     Ok(ExitCode::SUCCESS)
 }
 
@@ -912,11 +913,23 @@ async fn run_relay(
     let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
     say!("relay listening {}", server.address);
     tracing::info!(address = %server.address, "relay listening");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down");
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM (what systemd and `kill` send): the long-running
+/// roles stop the same way on either.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for Ctrl-C")?;
+            Ok("SIGINT")
+        }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
 }
 
 /// The first address `coordinator` resolves to, with the id it must prove.
@@ -985,10 +998,8 @@ async fn run_coordinator(
         .await?;
         say!("metrics listening {local}");
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down");
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
     Ok(ExitCode::SUCCESS)
 }
 

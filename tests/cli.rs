@@ -780,3 +780,67 @@ fn metrics_count_what_the_records_say() {
     drop(coordinator);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// SIGTERM (what systemd sends) stops a node cleanly, exit 0, and its
+/// registration goes with it at once: the coordinator counts none.
+#[test]
+fn sigterm_stops_a_node_and_leaves_no_registration_behind() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--metrics", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.join("coordinator"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut coord_out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let coord_id = line_starting(&mut coord_out, "coordinator id ");
+    let coord = line_starting(&mut coord_out, "coordinator listening ");
+    let coord_metrics = line_starting(&mut coord_out, "metrics listening ");
+    let (mut bob, _) = registered_node(
+        &format!("{coord_id}@{coord}"),
+        &data.join("bob"),
+        &data.join("bob.log"),
+    );
+    let registered = || {
+        sample_sum(
+            &scrape(&coord_metrics),
+            "bitpunch_coordinator_registered",
+            &[],
+        )
+    };
+    assert_eq!(registered(), 1.0);
+    // SAFETY: a signal to our own child, whose pid we hold.
+    assert_eq!(unsafe { libc::kill(bob.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = bob.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(data.join("bob.log")).unwrap();
+    assert!(
+        log.contains("signal=\"SIGTERM\"") || log.contains("signal=SIGTERM"),
+        "{log}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while registered() != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registration outlived the node"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&data);
+}
