@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod data_dir;
 pub mod demo;

@@ -153,10 +153,11 @@ impl LimitArgs {
 struct NodeArgs {
     #[command(flatten)]
     listen: ListenArgs,
-    /// A coordinator (COORDINATOR_ID@HOST:PORT) to register with; prints
-    /// the NODE_ID@COORDINATOR_ID@HOST:PORT address others connect to.
+    /// A coordinator (COORDINATOR_ID@HOST:PORT) to register with
+    /// (repeatable); prints the NODE_ID@COORDINATOR_ID@HOST:PORT address
+    /// others connect to.
     #[arg(long)]
-    coordinator: Option<String>,
+    coordinator: Vec<String>,
     /// A libp2p relay (multiaddr with /p2p/<id>) to hold a reservation
     /// on (repeatable); prints the circuit address others connect to.
     #[arg(long)]
@@ -189,6 +190,10 @@ struct NodeArgs {
     /// 127.0.0.1:9333; prints `metrics listening ADDR`.
     #[arg(long = "metrics", value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Settings file: every flag of this command without `--` (TOML);
+    /// flags given here win. Default: <data-dir>/bitpunch.toml if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     p2p: P2pArgs,
     #[command(flatten)]
@@ -483,9 +488,52 @@ macro_rules! say {
     }};
 }
 
+/// The command line, with `bitpunch node`'s settings file folded in (its
+/// settings become the flags the user did not give).
+fn command_line() -> anyhow::Result<Cli> {
+    use clap::CommandFactory;
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse_from(&argv);
+    let Command::Node(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None => {
+            let path = args.data.dir().join(bitpunch::config::FILE);
+            if !path.exists() {
+                return Ok(cli);
+            }
+            path
+        }
+    };
+    let command = Cli::command();
+    let known: Vec<(String, bool)> = command
+        .find_subcommand("node")
+        .map(|node| {
+            node.get_arguments()
+                .filter_map(|a| {
+                    a.get_long()
+                        .map(|l| (l.to_string(), a.get_action().takes_values()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let given = bitpunch::config::given_flags(&argv);
+    let extra = bitpunch::config::file_args(&path, &known, &given)?;
+    tracing::debug!(file = %path.display(), ?extra, "settings from the file");
+    Ok(Cli::parse_from(argv.into_iter().chain(extra)))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match command_line() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.verbose, cli.quiet);
     match bitpunch::net::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
@@ -605,6 +653,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         punch_syns_per_requester,
         punch_syns_per_minute,
         metrics_addr,
+        config: _,
         p2p: p2p_args,
         data,
     } = args;
@@ -624,16 +673,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     let session = session_config(&net, timeout)?;
     // Parse everything the user typed before binding anything.
-    let coordinator = coordinator
-        .map(|c| c.parse::<CoordinatorAddress>())
-        .transpose()?;
-    let coordinator = match coordinator {
-        Some(c) => Some((
-            resolve_coordinator(&c, net.network.default_port()).await?,
-            c,
-        )),
-        None => None,
-    };
+    let mut coordinators = Vec::new();
+    for typed in &coordinator {
+        let typed: CoordinatorAddress = typed.parse()?;
+        let endpoint = resolve_coordinator(&typed, net.network.default_port()).await?;
+        coordinators.push((endpoint, typed));
+    }
     // The data directory is this process's until it ends: its keys, and the
     // control socket `bitpunch status|peers|disconnect` talk to.
     let data = data.open()?;
@@ -739,48 +784,41 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         };
         tokio::join!(reservations, answer, track);
     };
-    let Some((coordinator, coordinator_typed)) = coordinator else {
-        tokio::select! {
-            r = shutdown_signal() => tracing::info!(signal = r?, "shutting down"),
-            () = relayed => {}
-            () = print_records => {}
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
     let key = Arc::new(data.node_key()?);
-    let link_config = LinkConfig {
-        session: session.clone(),
-        client: order_limits,
-        ping_interval: native::client::LINK_PING_INTERVAL,
-    };
-    let stay = native::stay_registered(
-        &node,
-        coordinator,
-        key,
-        link_config,
-        Duration::from_secs(20 * 60),
-        records.clone(),
-        |event| match event {
-            native::RegistrationEvent::Registered { id, observed } => {
-                let address = format!("{id}@{coordinator_typed}");
-                // The state first: whoever reads the line may ask for it.
-                handle.set_registration(
-                    &coordinator_typed.to_string(),
-                    Some((address.clone(), observed)),
-                );
-                say!("reachable as {address}");
-            }
-            native::RegistrationEvent::Lost { .. }
-            | native::RegistrationEvent::Displaced { .. } => {
-                handle.set_registration(&coordinator_typed.to_string(), None);
-            }
-            native::RegistrationEvent::Failed { .. } => {}
-        },
-    );
+    let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
+        let link_config = LinkConfig {
+            session: session.clone(),
+            client: order_limits.clone(),
+            ping_interval: native::client::LINK_PING_INTERVAL,
+        };
+        let handle = handle.clone();
+        let typed = typed.to_string();
+        native::stay_registered(
+            &node,
+            coordinator,
+            key.clone(),
+            link_config,
+            Duration::from_secs(20 * 60),
+            records.clone(),
+            move |event| match event {
+                native::RegistrationEvent::Registered { id, observed } => {
+                    let address = format!("{id}@{typed}");
+                    // The state first: whoever reads the line may ask for it.
+                    handle.set_registration(&typed, Some((address.clone(), observed)));
+                    say!("reachable as {address}");
+                }
+                native::RegistrationEvent::Lost { .. }
+                | native::RegistrationEvent::Displaced { .. } => {
+                    handle.set_registration(&typed, None);
+                }
+                native::RegistrationEvent::Failed { .. } => {}
+            },
+        )
+    });
     // Displaced (the key registered from elsewhere), the node stops asking
-    // the coordinator but keeps serving everything else.
+    // that coordinator but keeps serving everything else.
     let serve = async {
-        stay.await;
+        futures::future::join_all(registrations).await;
         std::future::pending::<()>().await
     };
     tokio::select! {

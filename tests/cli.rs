@@ -844,3 +844,50 @@ fn sigterm_stops_a_node_and_leaves_no_registration_behind() {
     drop(coordinator);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `<data-dir>/bitpunch.toml` holds the node's flags; a flag on the command
+/// line wins over the file; a bad setting is named with the file.
+#[test]
+fn the_settings_file_is_honoured_and_flags_win() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(data.join("bob")).unwrap();
+    let (_coordinator, coord) = coordinator_in(&data);
+    // mainnet in the file, regtest on the command line: only a regtest
+    // node can register with this regtest coordinator.
+    std::fs::write(
+        data.join("bob/bitpunch.toml"),
+        format!(
+            "network = \"mainnet\"\nbind = \"127.0.0.1\"\nport = 0\ncoordinator = [\"{coord}\"]\nallow_private_addrs = true\n"
+        ),
+    )
+    .unwrap();
+    let mut bob = Running(
+        bitpunch()
+            .args(["node", "--network", "regtest", "-q", "--data-dir"])
+            .arg(data.join("bob"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(bob.0.stdout.take().unwrap());
+    let listening = line_starting(&mut out, "listening ");
+    assert!(listening.starts_with("127.0.0.1:"), "{listening}");
+    let address = line_starting(&mut out, "reachable as ");
+    assert!(address.ends_with(&coord), "{address}");
+    drop(bob);
+
+    std::fs::write(data.join("bob/bitpunch.toml"), "prot = 8333\n").unwrap();
+    let out = bitpunch()
+        .args(["node", "--network", "regtest", "--data-dir"])
+        .arg(data.join("bob"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bitpunch.toml") && stderr.contains("unknown setting `prot`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
