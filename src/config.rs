@@ -52,7 +52,7 @@ pub fn args_from(text: &str, known: &[(String, bool)], given: &[String]) -> Resu
         if NOT_IN_FILE.contains(&flag.as_str()) {
             bail!("`{key}` cannot be set in the file it names");
         }
-        if given.iter().any(|g| *g == flag) {
+        if given.contains(&flag) {
             continue;
         }
         let values = match value {
