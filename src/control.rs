@@ -9,7 +9,8 @@
 //! which is what bitcoind's cookie amounts to. The CLI finds the node from
 //! the same `--data-dir` it would use itself.
 //!
-//! Methods: `status`, `peers`, `disconnect` (params `{"peer": "N" | "IP:PORT"}`).
+//! Methods: `status`, `peers`, `disconnect` (params `{"peer": "N" | "IP:PORT"}`),
+//! `connect` (params `{"address": "..."}`: the outcome record).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,7 +73,7 @@ async fn serve_client(stream: UnixStream, node: NodeHandle) {
             }
             Ok(_) => {}
         }
-        let response = answer(&node, line.trim());
+        let response = answer(&node, line.trim()).await;
         let mut out = response.to_string();
         out.push('\n');
         if write.write_all(out.as_bytes()).await.is_err() {
@@ -82,7 +83,7 @@ async fn serve_client(stream: UnixStream, node: NodeHandle) {
 }
 
 /// One JSON-RPC 2.0 request, answered.
-pub fn answer(node: &NodeHandle, request: &str) -> Value {
+pub async fn answer(node: &NodeHandle, request: &str) -> Value {
     let request: Value = match serde_json::from_str(request) {
         Ok(v) => v,
         Err(e) => return error(Value::Null, -32700, &format!("parse error: {e}")),
@@ -113,6 +114,15 @@ pub fn answer(node: &NodeHandle, request: &str) -> Value {
             }
             serde_json::to_value(ended)
         }
+        "connect" => {
+            let Some(address) = params.get("address").and_then(Value::as_str) else {
+                return error(id, -32602, "connect needs params {\"address\": \"...\"}");
+            };
+            match node.connect(address).await {
+                Ok(record) => serde_json::to_value(record),
+                Err(e) => return error(id, -32000, &format!("{e:#}")),
+            }
+        }
         other => return error(id, -32601, &format!("unknown method {other:?}")),
     };
     match result {
@@ -123,6 +133,11 @@ pub fn answer(node: &NodeHandle, request: &str) -> Value {
 
 fn error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// Whether a node answers on `data_dir`'s control socket.
+pub async fn node_serves(data_dir: &Path) -> bool {
+    UnixStream::connect(socket_path(data_dir)).await.is_ok()
 }
 
 /// The CLI's side: one call to the node serving `data_dir`.
@@ -144,11 +159,11 @@ pub async fn call(data_dir: &Path, method: &str, params: Value) -> Result<Value>
     write.write_all(request.as_bytes()).await?;
     let mut line = String::new();
     tokio::time::timeout(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         BufReader::new(read).read_line(&mut line),
     )
     .await
-    .context("the node did not answer within 30 s")??;
+    .context("the node did not answer within 120 s")??;
     let response: Value = serde_json::from_str(&line).context("the node's answer")?;
     if let Some(e) = response.get("error") {
         let message = e.get("message").and_then(Value::as_str).unwrap_or("error");

@@ -9,6 +9,7 @@
 pub mod address;
 pub mod clock;
 pub mod config;
+pub mod connect;
 pub mod control;
 pub mod data_dir;
 pub mod demo;

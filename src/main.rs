@@ -785,6 +785,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tokio::join!(reservations, answer, track);
     };
     let key = Arc::new(data.node_key()?);
+    // `bitpunch connect` on this machine goes through this node.
+    handle.set_connector(bitpunch::connect::NodeConnector {
+        port: node.shared_port().clone(),
+        router: node.router().clone(),
+        owner: node.session_owner(),
+        handle: handle.clone(),
+        key: key.clone(),
+        session: session.clone(),
+        idle: Duration::from_secs(20 * 60),
+    });
     let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
         let link_config = LinkConfig {
             session: session.clone(),
@@ -801,10 +811,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             Duration::from_secs(20 * 60),
             records.clone(),
             move |event| match event {
-                native::RegistrationEvent::Registered { id, observed } => {
+                native::RegistrationEvent::Registered { id, observed, link } => {
                     let address = format!("{id}@{typed}");
                     // The state first: whoever reads the line may ask for it.
-                    handle.set_registration(&typed, Some((address.clone(), observed)));
+                    handle.set_registration(&typed, Some((address.clone(), observed, link)));
                     say!("reachable as {address}");
                 }
                 native::RegistrationEvent::Lost { .. }
@@ -1052,6 +1062,20 @@ async fn run_connect(
 ) -> anyhow::Result<ExitCode> {
     let target: PeerAddress = address.parse()?;
     let config = session_config(&net, timeout)?;
+    // A node running on this data directory makes the connection itself,
+    // from its port and over its open coordinator session, and keeps it.
+    if !matches!(target, PeerAddress::Circuit(_))
+        && bitpunch::control::node_serves(&data.dir()).await
+    {
+        let record = bitpunch::control::call(
+            &data.dir(),
+            "connect",
+            serde_json::json!({ "address": address }),
+        )
+        .await?;
+        let record: Outcome = serde_json::from_value(record)?;
+        return Ok(finish(record, json));
+    }
     if let PeerAddress::Circuit(circuit) = &target {
         let record = connect_libp2p(circuit.clone(), config, port, p2p_args, data).await?;
         return Ok(finish(record, json));

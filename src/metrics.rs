@@ -29,6 +29,7 @@ enum PathLabel {
     stock_dcutr,
     direct,
     inbound,
+    outbound,
 }
 
 impl From<Path> for PathLabel {
@@ -48,6 +49,7 @@ impl From<SessionPath> for PathLabel {
             SessionPath::Inbound => PathLabel::inbound,
             SessionPath::Native => PathLabel::native,
             SessionPath::Libp2p => PathLabel::libp2p,
+            SessionPath::Outbound => PathLabel::outbound,
         }
     }
 }

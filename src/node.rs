@@ -67,6 +67,8 @@ pub enum SessionPath {
     Native,
     /// Punched after a relay's exchange.
     Libp2p,
+    /// We connected to a reachable peer (`bitpunch connect HOST:PORT`).
+    Outbound,
 }
 
 /// What the node knows of a session it serves, for `bitpunch peers`.
@@ -200,6 +202,10 @@ pub struct BudgetStatus {
 #[derive(Clone)]
 pub struct NodeHandle {
     shared: Arc<SharedPort>,
+    /// Open coordinator links by the coordinator's id, to ask over.
+    links: Arc<Mutex<HashMap<crate::identity::NodeId, crate::native::client::LinkAccess>>>,
+    /// Set by the daemon: connections through the node.
+    connector: Arc<Mutex<Option<crate::connect::NodeConnector>>>,
     table: Arc<Mutex<SessionTable>>,
     reach: Arc<Mutex<Reachability>>,
     local_addrs: Vec<SocketAddr>,
@@ -263,10 +269,15 @@ impl NodeHandle {
 
     /// Records a registration (`address`: how others reach us) at
     /// `coordinator`, or with `None` that it ended.
-    pub fn set_registration(&self, coordinator: &str, now: Option<(String, SocketAddr)>) {
+    pub fn set_registration(
+        &self,
+        coordinator: &str,
+        now: Option<(String, SocketAddr, crate::native::client::LinkAccess)>,
+    ) {
         let mut reach = lock(&self.reach);
         match now {
-            Some((address, observed)) => {
+            Some((address, observed, link)) => {
+                lock(&self.links).insert(link.coordinator.id, link);
                 reach.coordinators.insert(
                     coordinator.to_string(),
                     Reachable {
@@ -278,7 +289,31 @@ impl NodeHandle {
             }
             None => {
                 reach.coordinators.remove(coordinator);
+                if let Ok(typed) = coordinator.parse::<crate::address::CoordinatorAddress>() {
+                    lock(&self.links).remove(&typed.id);
+                }
             }
+        }
+    }
+
+    /// The open link to the coordinator with this id, if registered there.
+    pub fn link_to(
+        &self,
+        coordinator: crate::identity::NodeId,
+    ) -> Option<crate::native::client::LinkAccess> {
+        lock(&self.links).get(&coordinator).cloned()
+    }
+
+    pub fn set_connector(&self, connector: crate::connect::NodeConnector) {
+        *lock(&self.connector) = Some(connector);
+    }
+
+    /// `bitpunch connect` through this node.
+    pub async fn connect(&self, address: &str) -> anyhow::Result<crate::report::Outcome> {
+        let connector = lock(&self.connector).clone();
+        match connector {
+            Some(c) => c.connect(address).await,
+            None => anyhow::bail!("this node does not connect for others"),
         }
     }
 
@@ -379,6 +414,8 @@ impl Node {
         let shared = Arc::new(shared);
         let handle = NodeHandle {
             shared: shared.clone(),
+            links: Arc::default(),
+            connector: Arc::default(),
             table,
             reach: Arc::default(),
             local_addrs: local_addrs.clone(),

@@ -595,14 +595,16 @@ fn connect_beside_a_running_node_leaves_it_reachable() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // With Bob's directory: refused, Bob's key is his process's.
+    // With Bob's directory: through Bob's node, which keeps its key.
     let out = connect(
         &carol,
         &["--data-dir".as_ref(), data.join("bob").as_os_str()],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("is in use by bitpunch process"), "{stderr}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A third party still reaches Bob.
     let out = connect(&bob, &[]);
     assert!(
@@ -889,5 +891,86 @@ fn the_settings_file_is_honoured_and_flags_win() {
         stderr.contains("bitpunch.toml") && stderr.contains("unknown setting `prot`"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `connect` with a running node's data directory goes through the node:
+/// from its shared port, one request on its open coordinator session, and
+/// the session stays with the node (`peers` lists it).
+#[test]
+fn connect_through_a_running_node_is_one_request_and_the_node_keeps_the_session() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-through-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let (_coordinator, coord) = coordinator_in(&data);
+    let (_bob, bob) = registered_node(&coord, &data.join("bob"), &data.join("bob.log"));
+    let mut alice = Running(
+        bitpunch()
+            .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+            .args(["--network", "regtest", "-q", "--allow-private-addrs"])
+            .args(["--coordinator", &coord, "--data-dir"])
+            .arg(data.join("alice"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut alice_out = BufReader::new(alice.0.stdout.take().unwrap());
+    let alice_listens = line_starting(&mut alice_out, "listening ");
+    line_starting(&mut alice_out, "reachable as ");
+
+    let through = connect(
+        &bob,
+        &["--data-dir".as_ref(), data.join("alice").as_os_str()],
+    );
+    assert!(
+        through.status.success(),
+        "{}",
+        String::from_utf8_lossy(&through.stderr)
+    );
+    let through: serde_json::Value = serde_json::from_slice(&through.stdout).unwrap();
+    assert_eq!(through["path"], "native");
+    assert_eq!(
+        through["local"],
+        alice_listens.as_str(),
+        "from the node's port"
+    );
+    // The same punch standalone opens, sets up and registers a session of
+    // its own first.
+    let alone = connect(&bob, &[]);
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stdout)
+    );
+    let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).unwrap();
+    let (through_bytes, alone_bytes) = (
+        through["bytes"]["coordination"].as_u64().unwrap(),
+        alone["bytes"]["coordination"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "coordination through the node: {through_bytes} bytes, {} ms; standalone: {alone_bytes} bytes, {} ms",
+        through["t_ms"]["coordination"], alone["t_ms"]["coordination"]
+    );
+    assert!(
+        through_bytes > 0 && through_bytes * 3 < alone_bytes,
+        "{through_bytes} vs {alone_bytes}"
+    );
+
+    let peers = bitpunch()
+        .args(["peers", "--json", "--data-dir"])
+        .arg(data.join("alice"))
+        .output()
+        .unwrap();
+    let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
+    let native: Vec<&serde_json::Value> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["path"] == "native")
+        .collect();
+    assert_eq!(native.len(), 1, "{peers}");
+    assert_eq!(native[0]["session_id"], through["session_id"]);
+    assert_eq!(native[0]["role"], "initiator");
+    drop(alice);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -110,7 +110,40 @@ impl Drop for CoordinatorLink {
     }
 }
 
+/// What a punch needs of an open coordinator link, cloneable: others (the
+/// node's control interface) can ask over a link that a registration loop
+/// owns.
+#[derive(Clone)]
+pub struct LinkAccess {
+    pub handle: LinkHandle,
+    pub coordinator: CoordinatorEndpoint,
+    pub rtt: Duration,
+    counters: Arc<ByteCounters>,
+}
+
+impl std::fmt::Debug for LinkAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkAccess({})", self.coordinator)
+    }
+}
+
+impl LinkAccess {
+    /// Bytes on the coordinator session so far, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.counters.total()
+    }
+}
+
 impl CoordinatorLink {
+    pub fn access(&self) -> LinkAccess {
+        LinkAccess {
+            handle: self.handle(),
+            coordinator: self.coordinator,
+            rtt: self.rtt,
+            counters: self.counters.clone(),
+        }
+    }
+
     /// Opens a BIP324 session from `port` (a node's shared port; `None` for
     /// any free port, as load generators do), checks the service bit and
     /// the coordinator's proof of its key, registers `key`.

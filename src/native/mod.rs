@@ -19,10 +19,29 @@ use crate::identity::{NodeId, NodeKey};
 use crate::node::Node;
 use crate::report::{Outcome, Path};
 use crate::wire::{SessionConfig, SessionRole, Stage};
-use client::{CoordinatorEndpoint, CoordinatorLink, LinkConfig};
+use client::{CoordinatorEndpoint, CoordinatorLink, LinkAccess, LinkConfig};
 use punch::{PunchContext, PunchOutcome};
 
 impl PunchContext {
+    /// Punches from `port` (whose accept loop feeds `router`), arranged
+    /// over `link`.
+    pub fn over(
+        port: Arc<crate::net::SharedPort>,
+        router: Arc<crate::net::Router>,
+        key: Arc<NodeKey>,
+        session: SessionConfig,
+        link: &LinkAccess,
+    ) -> Self {
+        PunchContext {
+            port,
+            router,
+            key,
+            session,
+            coordinator: link.coordinator,
+            coordinator_rtt: link.rtt,
+        }
+    }
+
     pub fn for_node(
         node: &Node,
         key: Arc<NodeKey>,
@@ -92,8 +111,25 @@ pub async fn connect_via(
     target: NodeId,
     asked: Instant,
 ) -> PunchOutcome {
-    let ctx = PunchContext::for_node(node, key, session.clone(), link);
-    let requested = match link.request(target, session.handshake_timeout).await {
+    let ctx = PunchContext::for_node(node, key, session, link);
+    let access = link.access();
+    let mut outcome = connect_with(&ctx, &access, target, asked).await;
+    outcome.record.bytes.coordination = link.bytes();
+    outcome
+}
+
+/// The same over a link someone else owns (a running node's registration):
+/// one request on the open session. The record's coordination bytes are
+/// what the link carried while this punch was arranged.
+pub async fn connect_with(
+    ctx: &PunchContext,
+    link: &LinkAccess,
+    target: NodeId,
+    asked: Instant,
+) -> PunchOutcome {
+    let bytes_before = link.bytes();
+    let session = ctx.session.clone();
+    let requested = match link.handle.request(target, session.handshake_timeout).await {
         Ok(o) => o,
         Err(e) => {
             let mut record = Outcome::failed(
@@ -120,7 +156,7 @@ pub async fn connect_via(
         }
     };
     let mut outcome = tokio::select! {
-        outcome = punch::execute(&ctx, requested.order, asked, requested.received) => outcome,
+        outcome = punch::execute(ctx, requested.order, asked, requested.received) => outcome,
         reason = withdrawn => {
             // Nobody is dialing back: stop now rather than after three
             // attempts into a NAT that will not open.
@@ -139,8 +175,8 @@ pub async fn connect_via(
             }
         }
     };
-    link.report(request, outcome.result).await;
-    outcome.record.bytes.coordination = link.bytes();
+    link.handle.report(request, outcome.result).await;
+    outcome.record.bytes.coordination = link.bytes().saturating_sub(bytes_before);
     outcome
 }
 
@@ -203,6 +239,8 @@ pub enum RegistrationEvent {
     Registered {
         id: NodeId,
         observed: std::net::SocketAddr,
+        /// For asking over this registration's link while it lasts.
+        link: LinkAccess,
     },
     /// The link ended: the coordinator closed it, stopped answering pings,
     /// or broke the protocol.
@@ -239,6 +277,7 @@ pub async fn stay_registered(
                 on_event(RegistrationEvent::Registered {
                     id: link.id,
                     observed: link.observed,
+                    link: link.access(),
                 });
                 let why = serve_orders(
                     node,

@@ -1,0 +1,115 @@
+//! `bitpunch connect` through a running node: the connection leaves from
+//! the node's shared port, a native punch is one request on the node's
+//! open coordinator session, and the session then belongs to the node (it
+//! shows in `bitpunch peers`). The control interface calls this.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::time::Instant;
+
+use crate::address::PeerAddress;
+use crate::identity::NodeKey;
+use crate::native::punch::PunchContext;
+use crate::net::{Router, SharedPort};
+use crate::node::{NodeHandle, SessionInfo, SessionOwner, SessionPath};
+use crate::report::{Outcome, Path};
+use crate::wire::{self, SessionConfig, SessionRole};
+
+/// Everything a connection through the node needs of it.
+#[derive(Clone)]
+pub struct NodeConnector {
+    pub port: Arc<SharedPort>,
+    pub router: Arc<Router>,
+    pub owner: SessionOwner,
+    pub handle: NodeHandle,
+    pub key: Arc<NodeKey>,
+    pub session: SessionConfig,
+    /// A session the node adopted ends after this long without a message.
+    pub idle: Duration,
+}
+
+impl NodeConnector {
+    /// Connects to `address` (direct, or `NODE_ID@COORDINATOR_ID@HOST:PORT`
+    /// through a coordinator the node is registered with) and hands the
+    /// session to the node. The record says how it went.
+    pub async fn connect(&self, address: &str) -> Result<Outcome> {
+        let asked = Instant::now();
+        let target: PeerAddress = address.parse()?;
+        let (record, session) = match &target {
+            PeerAddress::Coordinated { peer, coordinator } => {
+                let Some(link) = self.handle.link_to(coordinator.id) else {
+                    bail!(
+                        "this node is not registered with coordinator {coordinator}: add it \
+                         (--coordinator, or bitpunch.toml), or connect without a running node"
+                    );
+                };
+                let ctx = PunchContext::over(
+                    self.port.clone(),
+                    self.router.clone(),
+                    self.key.clone(),
+                    self.session.clone(),
+                    &link,
+                );
+                let outcome = crate::native::connect_with(&ctx, &link, *peer, asked).await;
+                let session = outcome.session.map(|s| {
+                    (
+                        SessionInfo::of(SessionPath::Native, &s.report),
+                        served(s, self.idle),
+                    )
+                });
+                (outcome.record, session)
+            }
+            PeerAddress::Direct { .. } => {
+                let resolved = target
+                    .resolve(self.session.network.default_port())
+                    .await
+                    .with_context(|| format!("cannot resolve {target}"))?;
+                let Some(remote) = resolved.first().copied() else {
+                    bail!("{target} resolved to no address");
+                };
+                let outcome = wire::connect(remote, &self.session, Some(&self.port), asked).await;
+                match outcome.result {
+                    Ok(s) => {
+                        let mut record = Outcome::from_session(Path::Direct, &s.report);
+                        record.bytes.direct = outcome.bytes_total;
+                        record.attempts = outcome.attempts;
+                        let info = SessionInfo::of(SessionPath::Outbound, &s.report);
+                        (record, Some((info, served(s, self.idle))))
+                    }
+                    Err(e) => (
+                        Outcome::from_error(
+                            Path::Direct,
+                            SessionRole::Initiator,
+                            Some(remote.to_string()),
+                            &e,
+                        ),
+                        None,
+                    ),
+                }
+            }
+            PeerAddress::Circuit(_) => {
+                bail!("a circuit address is punched without the running node (not yet through it)")
+            }
+        };
+        if let Some((info, task)) = session {
+            if !self.owner.adopt(info, task).await {
+                bail!("the node is stopping");
+            }
+        }
+        Ok(record)
+    }
+}
+
+/// A session's serving loop, for the node to own.
+fn served<S>(session: wire::Session<S>, idle: Duration) -> crate::node::SessionTask
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let remote = session.report.remote;
+        let ended = session.serve(idle).await;
+        tracing::info!(%remote, reason = %ended, "session closed");
+    })
+}
