@@ -1,0 +1,288 @@
+//! `bitpunch lab`: the NAT lab, its runs, scale measurements.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use bitpunch::lab::{self, LinkShape, NatProfile};
+
+use super::args::*;
+
+pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::NatCheck {
+            all,
+            profile,
+            json,
+            probe_timeout_ms,
+        } => {
+            let profiles = if all {
+                NatProfile::all()
+            } else if profile.is_empty() {
+                lab::nat::PRESETS.iter().map(|(_, p)| *p).collect()
+            } else {
+                profile
+            };
+            let mut failed = 0;
+            for p in profiles {
+                let check =
+                    lab::probe::check_profile_twice(p, Duration::from_millis(probe_timeout_ms))
+                        .await?;
+                if !check.matches {
+                    failed += 1;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&check)?);
+                } else {
+                    println!(
+                        "{:<26} {:<28} {}",
+                        check.profile,
+                        check.classified,
+                        match (check.matches, check.rechecked) {
+                            (true, false) => "ok",
+                            (true, true) => "ok (on a second check)",
+                            (false, _) => "MISMATCH (twice)",
+                        }
+                    );
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        LabCommand::Up {
+            nat,
+            delay_ms,
+            loss,
+        } => {
+            let nats = if nat.is_empty() {
+                vec!["home".parse().expect("preset")]
+            } else {
+                nat
+            };
+            let mut lab = lab::Lab::new()?;
+            let public = lab.add_public_host("public")?;
+            let mut hosts = Vec::new();
+            for (i, profile) in nats.iter().enumerate() {
+                let mut router = lab.add_nat(&format!("nat{i}"), *profile)?;
+                let host = lab.add_host_behind(&mut router, &format!("host{i}"))?;
+                let shape = LinkShape {
+                    delay: Duration::from_millis(delay_ms),
+                    loss_percent: loss,
+                    ..Default::default()
+                };
+                if !shape.is_neutral() {
+                    lab.set_link_shape(&router.link, shape)?;
+                }
+                hosts.push(serde_json::json!({
+                    "profile": profile.to_string(), "router_ns": router.ns,
+                    "public_ip": router.public_ip.to_string(),
+                    "host_ns": host.ns, "host_ip": host.ip.to_string(),
+                }));
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "prefix": lab.prefix(), "internet_ns": lab.internet_ns(),
+                    "public": {"ns": public.ns, "ip": public.ip.to_string()},
+                    "nats": hosts,
+                })
+            );
+            eprintln!(
+                "lab ready; run programs with `ip netns exec NS ...`; Ctrl-C removes the lab"
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            drop(lab);
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Run {
+            alice,
+            bob,
+            path,
+            delay_ms,
+            loss,
+            tries,
+            out,
+        } => run_matrix(alice, bob, path, delay_ms, loss, tries, out).await,
+        LabCommand::Scale {
+            clients,
+            seconds,
+            json,
+            relay,
+            relay_command,
+        } => {
+            let bin = std::env::current_exe().context("finding the bitpunch binary")?;
+            if relay || relay_command.is_some() {
+                for n in clients {
+                    let argv: Option<Vec<String>> = relay_command
+                        .as_ref()
+                        .map(|c| c.split_whitespace().map(String::from).collect());
+                    let under_test = match &argv {
+                        Some(argv) => bitpunch::scale::RelayUnderTest::Command(argv),
+                        None => bitpunch::scale::RelayUnderTest::Bitpunch(&bin),
+                    };
+                    let r = bitpunch::scale::measure_relay(under_test, n, seconds).await?;
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "{:>6} reservations: relay RSS {} KiB idle, {} KiB loaded ({:.1} KiB per reservation); all reserved in {:.1} s; {} circuits in {:.1} s ({:.0}/s, {:.0} per relay CPU second; {} failed)",
+                            r.reservations, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_reservation, r.seconds_to_reserve_all,
+                            r.circuits, r.circuit_seconds, r.circuits_per_second, r.circuits_per_relay_cpu_second, r.circuit_failures
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for n in clients {
+                let r = bitpunch::scale::measure(&bin, n, seconds).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:>6} clients: coordinator RSS {} KiB idle, {} KiB loaded ({:.1} KiB per registration); {:.0} coordinations/s on 1 core ({} in {:.1} s)",
+                        r.clients, r.rss_idle_kib, r.rss_loaded_kib, r.kib_per_registration, r.coordinations_per_second, r.coordinations, r.seconds
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Plot { dir } => {
+            let records = bitpunch::matrix::read_jsonl(&dir.join("records.jsonl"))?;
+            std::fs::write(
+                dir.join("success.svg"),
+                bitpunch::report::svg::success_heatmap(&records),
+            )?;
+            std::fs::write(
+                dir.join("latency.svg"),
+                bitpunch::report::svg::latency_cdf(&records),
+            )?;
+            println!(
+                "{} records; plots written to {}",
+                records.len(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Cleanup { all } => {
+            let removed = lab::cleanup(all)?;
+            for ns in &removed {
+                println!("removed {ns}");
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) async fn run_matrix(
+    alice: Vec<NatProfile>,
+    bob: Vec<NatProfile>,
+    paths: Vec<bitpunch::scenario::PathKind>,
+    delay_ms: u64,
+    loss: f64,
+    tries: u32,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use bitpunch::matrix;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let presets: Vec<NatProfile> = lab::nat::PRESETS.iter().map(|(_, p)| *p).collect();
+    let alice = if alice.is_empty() {
+        presets.clone()
+    } else {
+        alice
+    };
+    let bob = if bob.is_empty() { presets } else { bob };
+    let pairs = alice
+        .iter()
+        .flat_map(|a| bob.iter().map(move |b| (*a, *b)))
+        .collect();
+    let out = out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        PathBuf::from(format!("results/lab-run-{now}"))
+    });
+    let config = matrix::MatrixConfig {
+        pairs,
+        paths: if paths.is_empty() {
+            bitpunch::scenario::PathKind::ALL.to_vec()
+        } else {
+            paths
+        },
+        delay_ms,
+        loss_percent: loss,
+        tries: tries.max(1),
+        out_dir: out.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after the current try; writing what was measured");
+            on_signal.store(true, Ordering::Relaxed);
+        }
+    });
+    let total = (config.pairs.len() * config.paths.len()) as u64 * u64::from(config.tries);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tries, eta {eta} | {msg}")
+            .expect("valid template"),
+    );
+    let records = matrix::run(&config, stop.clone(), |p| {
+        bar.set_position(p.done);
+        let last = p
+            .last
+            .map(|r| format!(" last: {:?} {}", r.path, if r.ok { "ok" } else { "failed" }))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "cell {}/{}: {} vs {}{last}",
+            p.cell + 1,
+            p.cells,
+            p.pair.0,
+            p.pair.1
+        ));
+    })
+    .await;
+    bar.finish_and_clear();
+    let records = records?;
+    let complete = !stop.load(Ordering::Relaxed);
+    std::fs::write(
+        out.join("summary.md"),
+        matrix::summary_markdown(&config, &records, complete),
+    )?;
+    std::fs::write(
+        out.join("success.svg"),
+        bitpunch::report::svg::success_heatmap(&records),
+    )?;
+    std::fs::write(
+        out.join("latency.svg"),
+        bitpunch::report::svg::latency_cdf(&records),
+    )?;
+    println!(
+        "{} records in {}",
+        records.len(),
+        out.join("records.jsonl").display()
+    );
+    println!("summary: {}", out.join("summary.md").display());
+    println!(
+        "plots:   {}, {}",
+        out.join("success.svg").display(),
+        out.join("latency.svg").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,295 @@
+//! `bitpunch node`: the daemon.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use bitpunch::address::CoordinatorAddress;
+use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, swarm::Libp2pNode};
+use bitpunch::native::client::LinkConfig;
+use bitpunch::native::{self, machine};
+use bitpunch::net::AdmissionConfig;
+use bitpunch::node::{Node, NodeConfig};
+use bitpunch::punch::budget::BudgetConfig;
+use libp2p::Multiaddr;
+
+use super::args::*;
+use super::common::*;
+
+pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let NodeArgs {
+        listen:
+            ListenArgs {
+                net,
+                port,
+                bind,
+                timeout,
+                limits,
+            },
+        coordinator,
+        relay: relays,
+        json,
+        orders_per_peer_per_minute,
+        orders_per_minute,
+        punch_syns_per_address,
+        punch_syns_per_netgroup,
+        punch_syns_per_requester,
+        punch_syns_per_minute,
+        metrics_addr,
+        config: _,
+        p2p: p2p_args,
+        data,
+    } = args;
+    let order_limits = machine::ClientConfig {
+        orders_per_target_per_minute: orders_per_peer_per_minute,
+        orders_per_minute,
+        allow_private: p2p_args.allow_private_addrs,
+        ..Default::default()
+    };
+    for relay in &relays {
+        if !relay
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        {
+            anyhow::bail!("--relay {relay}: the relay address needs its /p2p/<relay id>");
+        }
+    }
+    let session = session_config(&net, timeout)?;
+    // Parse everything the user typed before binding anything.
+    let mut coordinators = Vec::new();
+    for typed in &coordinator {
+        let typed: CoordinatorAddress = typed.parse()?;
+        let endpoint = resolve_coordinator(&typed, net.network.default_port()).await?;
+        coordinators.push((endpoint, typed));
+    }
+    // The data directory is this process's until it ends: its keys, and the
+    // control socket `bitpunch status|peers|disconnect` talk to.
+    let data = data.open()?;
+    let mut config = NodeConfig::new(session.clone());
+    config.port = port.unwrap_or(net.network.default_port());
+    config.bind_ip = bind;
+    config.admission = limits.admission(AdmissionConfig::NODE);
+    config.session.write_timeout = seconds(limits.write_timeout)?;
+    config.punch_budget = BudgetConfig {
+        per_address: punch_syns_per_address,
+        per_netgroup: punch_syns_per_netgroup,
+        per_requester: punch_syns_per_requester,
+        global: punch_syns_per_minute,
+    };
+    let node = Node::start(config).with_context(|| {
+        format!(
+            "cannot listen on port {}",
+            port.unwrap_or(net.network.default_port())
+        )
+    })?;
+    let handle = node.handle();
+    let _control = bitpunch::control::serve(data.path(), handle.clone())?;
+    // One line per listener on stdout, so that scripts can find the port
+    // (the control socket answers by then).
+    for addr in node.local_addrs() {
+        say!("listening {addr}");
+        tracing::info!(%addr, network = %net.network, transport = ?net.transport, "listening");
+    }
+    // Every punch this node answers is counted as it ends, and with --json
+    // printed.
+    let metrics = Arc::new(bitpunch::metrics::Metrics::node());
+    if let Some(addr) = metrics_addr {
+        let (m, h) = (metrics.clone(), handle.clone());
+        let (local, _) = bitpunch::metrics::serve(
+            addr,
+            Arc::new(move || {
+                m.refresh_node(&h);
+                m.encode()
+            }),
+        )
+        .await?;
+        say!("metrics listening {local}");
+    }
+    let (records_tx, mut records_rx) = tokio::sync::mpsc::channel::<bitpunch::report::Outcome>(16);
+    let records = Some(records_tx);
+    let counted = metrics.clone();
+    let print_records = async move {
+        while let Some(record) = records_rx.recv().await {
+            counted.record(&record);
+            if json {
+                say!("{}", record.to_json());
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let relayed = async {
+        if relays.is_empty() {
+            return std::future::pending::<()>().await;
+        }
+        let keypair = match data.libp2p_keypair() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no libp2p key");
+                return std::future::pending::<()>().await;
+            }
+        };
+        let libp2p = match Libp2pNode::start_with(
+            keypair,
+            node.shared_port().clone(),
+            node.router(),
+            p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr),
+        ) {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start libp2p");
+                return std::future::pending::<()>().await;
+            }
+        };
+        tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
+        // What `bitpunch status` says about each relay follows the swarm.
+        let track = track_reservations(libp2p.events(), relays.clone(), handle.clone());
+        let reservations = futures::future::join_all(relays.iter().map(|r| {
+            p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
+                say!("reachable as {circuit}")
+            })
+        }));
+        let answer = if p2p_args.stock_dcutr {
+            // rust-libp2p's DCUtR does the work; we only report it.
+            let relay_peers = relays.iter().filter_map(p2p::relay_peer).collect();
+            futures::future::Either::Left(report_stock_dcutr(libp2p.events(), relay_peers))
+        } else {
+            let ctx = Libp2pPunchContext::for_node(
+                &node,
+                libp2p.clone(),
+                session.clone(),
+                p2p_args.allow_private_addrs,
+            );
+            futures::future::Either::Right(p2p::serve_relayed(
+                ctx,
+                Duration::from_secs(20 * 60),
+                records.clone(),
+            ))
+        };
+        tokio::join!(reservations, answer, track);
+    };
+    let key = Arc::new(data.node_key()?);
+    // `bitpunch connect` on this machine goes through this node.
+    handle.set_connector(bitpunch::connect::NodeConnector {
+        port: node.shared_port().clone(),
+        router: node.router().clone(),
+        owner: node.session_owner(),
+        handle: handle.clone(),
+        key: key.clone(),
+        session: session.clone(),
+        idle: Duration::from_secs(20 * 60),
+    });
+    let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
+        let link_config = LinkConfig {
+            session: session.clone(),
+            client: order_limits.clone(),
+            ping_interval: native::client::LINK_PING_INTERVAL,
+        };
+        let handle = handle.clone();
+        let typed = typed.to_string();
+        native::stay_registered(
+            &node,
+            coordinator,
+            key.clone(),
+            link_config,
+            Duration::from_secs(20 * 60),
+            records.clone(),
+            move |event| match event {
+                native::RegistrationEvent::Registered { id, observed, link } => {
+                    let address = format!("{id}@{typed}");
+                    // The state first: whoever reads the line may ask for it.
+                    handle.set_registration(&typed, Some((address.clone(), observed, link)));
+                    say!("reachable as {address}");
+                }
+                native::RegistrationEvent::Lost { .. }
+                | native::RegistrationEvent::Displaced { .. } => {
+                    handle.set_registration(&typed, None);
+                }
+                native::RegistrationEvent::Failed { .. } => {}
+            },
+        )
+    });
+    // Displaced (the key registered from elsewhere), the node stops asking
+    // that coordinator but keeps serving everything else.
+    let serve = async {
+        futures::future::join_all(registrations).await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = shutdown_signal() => tracing::info!(signal = r?, "shutting down"),
+        () = serve => {}
+        () = relayed => {}
+        () = print_records => {}
+    }
+    // Dropping the node and its links now closes every session and the
+    // coordinator link (an RST: the coordinator frees the registration at
+    // once) and the relay connections (the reservations go with them).
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the node's record of its reservations (for `bitpunch status`) in
+/// step with the swarm's events.
+pub(crate) async fn track_reservations(
+    mut events: tokio::sync::broadcast::Receiver<p2p::swarm::Libp2pEvent>,
+    relays: Vec<Multiaddr>,
+    handle: bitpunch::node::NodeHandle,
+) {
+    use p2p::swarm::Libp2pEvent;
+    let listens: Vec<(String, String)> = relays
+        .iter()
+        .map(|r| {
+            let listen = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+            (r.to_string(), listen.to_string())
+        })
+        .collect();
+    loop {
+        match events.recv().await {
+            Ok(Libp2pEvent::Reserved { circuit, .. }) => {
+                let circuit = circuit.to_string();
+                if let Some((relay, _)) = listens.iter().find(|(_, l)| circuit.starts_with(l)) {
+                    handle.set_reservation(relay, Some(circuit));
+                }
+            }
+            Ok(Libp2pEvent::ReservationLost { relay_addr, .. }) => {
+                let lost = relay_addr.to_string();
+                if let Some((relay, _)) = listens.iter().find(|(_, l)| *l == lost) {
+                    handle.set_reservation(relay, None);
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// What stock DCUtR did, on stdout for scripts and the interop tests: every
+/// direct connection to a peer that is not one of our relays, and DCUtR's
+/// own verdict.
+pub(crate) async fn report_stock_dcutr(
+    mut events: tokio::sync::broadcast::Receiver<p2p::swarm::Libp2pEvent>,
+    relay_peers: Vec<libp2p::PeerId>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(p2p::swarm::Libp2pEvent::Connected {
+                peer,
+                remote,
+                relayed: false,
+                ..
+            }) if !relay_peers.contains(&peer) => {
+                say!("direct connection {peer} {remote}");
+            }
+            Ok(p2p::swarm::Libp2pEvent::Dcutr { peer, result }) => {
+                tracing::info!(%peer, ?result, "stock DCUtR finished");
+                match result {
+                    Ok(_) => say!("dcutr ok {peer}"),
+                    Err(e) => say!("dcutr failed {peer}: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
