@@ -1,11 +1,6 @@
 //! The `bitpunch` command line: parses, builds a config, calls the library.
 
 use std::process::ExitCode;
-use std::time::Duration;
-
-use bitpunch::libp2p::relay;
-use bitpunch::native::machine;
-use bitpunch::net::AdmissionConfig;
 
 /// A line on stdout for whoever watches a long-running role (scripts wait
 /// for "listening", "reachable as"…). If the watcher goes away and closes
@@ -49,62 +44,8 @@ async fn main() -> ExitCode {
             p2p,
             data,
         } => run_connect(&address, net, json, timeout, port, p2p, data).await,
-        Command::Relay {
-            listen,
-            external,
-            key,
-            data,
-            max_reservations,
-            max_circuits,
-            max_circuit_duration,
-            max_circuit_bytes,
-            no_rate_limits,
-            max_pending_incoming,
-            max_connections,
-            max_connections_per_peer,
-            max_memory_mib,
-            max_inbound_per_ip,
-            max_inbound_per_netgroup,
-        } => {
-            let mut limits = relay::RelayLimits {
-                max_reservations,
-                max_circuits,
-                max_circuit_duration: Duration::from_secs(max_circuit_duration),
-                max_circuit_bytes,
-                caps: relay::ConnectionCaps {
-                    max_pending_incoming,
-                    max_established_incoming: max_connections,
-                    max_established_per_peer: max_connections_per_peer,
-                    max_memory_mib,
-                },
-                admission: AdmissionConfig {
-                    max_per_ip: max_inbound_per_ip,
-                    max_per_netgroup: max_inbound_per_netgroup,
-                    ..AdmissionConfig::RELAY
-                },
-                ..Default::default()
-            };
-            if no_rate_limits {
-                limits.rate_limits = None;
-            }
-            run_relay(listen, external, key, data, limits).await
-        }
-        Command::Coordinator {
-            listen,
-            requests_per_minute,
-            requests_per_netgroup_per_minute,
-            orders_per_netgroup_per_target,
-            metrics_addr,
-            data,
-        } => {
-            let machine = machine::CoordinatorConfig {
-                requests_per_minute,
-                requests_per_netgroup_per_minute,
-                orders_per_netgroup_per_target,
-                ..Default::default()
-            };
-            run_coordinator(listen, machine, metrics_addr, data).await
-        }
+        Command::Relay(args) => run_relay(args).await,
+        Command::Coordinator(args) => run_coordinator(args).await,
         Command::Lab { command } => run_lab(command).await,
         Command::Status { json, data } => run_status(json, data).await,
         Command::Peers { json, data } => run_peers(json, data).await,

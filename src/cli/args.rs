@@ -242,73 +242,9 @@ pub(crate) enum Command {
     },
     /// Run a libp2p circuit relay v2 server (rust-libp2p's), with identify
     /// and ping; prints its address with /p2p/<id>.
-    Relay {
-        /// Where to listen.
-        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
-        listen: Multiaddr,
-        /// The address nodes dial (default: the listen address, when it is
-        /// not a wildcard).
-        #[arg(long)]
-        external: Option<Multiaddr>,
-        /// The relay's key file (default: <data-dir>/relay.key).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[command(flatten)]
-        data: DataArgs,
-        #[arg(long, default_value_t = 128)]
-        max_reservations: usize,
-        #[arg(long, default_value_t = 16)]
-        max_circuits: usize,
-        /// Seconds a circuit may last.
-        #[arg(long, default_value_t = 120)]
-        max_circuit_duration: u64,
-        #[arg(long, default_value_t = 1 << 17)]
-        max_circuit_bytes: u64,
-        /// Turn off the reservation and circuit rate limits (benchmarks only).
-        #[arg(long)]
-        no_rate_limits: bool,
-        /// Inbound connections still negotiating Noise/Yamux.
-        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_pending_incoming)]
-        max_pending_incoming: u32,
-        /// Established inbound connections.
-        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_incoming)]
-        max_connections: u32,
-        /// Established connections to one peer.
-        #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_per_peer)]
-        max_connections_per_peer: u32,
-        /// No new connections while the relay's resident memory is above this.
-        #[arg(long, value_name = "MIB", default_value_t = relay::ConnectionCaps::RELAY.max_memory_mib)]
-        max_memory_mib: usize,
-        /// Connections from one IP address.
-        #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_ip)]
-        max_inbound_per_ip: usize,
-        /// Connections from one netgroup (IPv4 /16, IPv6 /32).
-        #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_netgroup)]
-        max_inbound_per_netgroup: usize,
-    },
+    Relay(RelayArgs),
     /// Offer hole-punch coordination (the native path) on a reachable port.
-    Coordinator {
-        #[command(flatten)]
-        listen: ListenArgs,
-        /// Connect requests one client connection may make per minute.
-        #[arg(long, default_value_t = 30)]
-        requests_per_minute: usize,
-        /// Connect requests from one netgroup (IPv4 /16, IPv6 /32) per
-        /// minute, across all its connections.
-        #[arg(long, default_value_t = 60)]
-        requests_per_netgroup_per_minute: usize,
-        /// Orders one netgroup may cause to one registered node per minute
-        /// (protects the node's own order budget from a few requesters).
-        #[arg(long, default_value_t = 3)]
-        orders_per_netgroup_per_target: usize,
-        /// Serve Prometheus metrics on this address (GET /metrics).
-        #[arg(long = "metrics", value_name = "ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
-        /// The coordinator's identity is <data-dir>/node.key: nodes name its
-        /// id in the address they give out (ID@HOST:PORT).
-        #[command(flatten)]
-        data: DataArgs,
-    },
+    Coordinator(CoordinatorArgs),
     /// Both punch paths and stock DCUtR side by side: a relay, a
     /// coordinator and two nodes on loopback (or, with --nat, between two
     /// emulated home NATs), then a table.
@@ -434,4 +370,74 @@ pub(crate) enum LabCommand {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Args)]
+pub(crate) struct RelayArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
+    pub(crate) listen: Multiaddr,
+    /// The address nodes dial (default: the listen address, when it is
+    /// not a wildcard).
+    #[arg(long)]
+    pub(crate) external: Option<Multiaddr>,
+    /// The relay's key file (default: <data-dir>/relay.key).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    #[arg(long, default_value_t = 128)]
+    pub(crate) max_reservations: usize,
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_circuits: usize,
+    /// Seconds a circuit may last.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) max_circuit_duration: u64,
+    #[arg(long, default_value_t = 1 << 17)]
+    pub(crate) max_circuit_bytes: u64,
+    /// Turn off the reservation and circuit rate limits (benchmarks only).
+    #[arg(long)]
+    pub(crate) no_rate_limits: bool,
+    /// Inbound connections still negotiating Noise/Yamux.
+    #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_pending_incoming)]
+    pub(crate) max_pending_incoming: u32,
+    /// Established inbound connections.
+    #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_incoming)]
+    pub(crate) max_connections: u32,
+    /// Established connections to one peer.
+    #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_established_per_peer)]
+    pub(crate) max_connections_per_peer: u32,
+    /// No new connections while the relay's resident memory is above this.
+    #[arg(long, value_name = "MIB", default_value_t = relay::ConnectionCaps::RELAY.max_memory_mib)]
+    pub(crate) max_memory_mib: usize,
+    /// Connections from one IP address.
+    #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_ip)]
+    pub(crate) max_inbound_per_ip: usize,
+    /// Connections from one netgroup (IPv4 /16, IPv6 /32).
+    #[arg(long, value_name = "N", default_value_t = AdmissionConfig::RELAY.max_per_netgroup)]
+    pub(crate) max_inbound_per_netgroup: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct CoordinatorArgs {
+    #[command(flatten)]
+    pub(crate) listen: ListenArgs,
+    /// Connect requests one client connection may make per minute.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) requests_per_minute: usize,
+    /// Connect requests from one netgroup (IPv4 /16, IPv6 /32) per
+    /// minute, across all its connections.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) requests_per_netgroup_per_minute: usize,
+    /// Orders one netgroup may cause to one registered node per minute
+    /// (protects the node's own order budget from a few requesters).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) orders_per_netgroup_per_target: usize,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long = "metrics", value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// The coordinator's identity is <data-dir>/node.key: nodes name its
+    /// id in the address they give out (ID@HOST:PORT).
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
 }

@@ -11,12 +11,21 @@ use bitpunch::net::AdmissionConfig;
 use super::args::*;
 use super::common::*;
 
-pub(crate) async fn run_coordinator(
-    listen: ListenArgs,
-    machine: machine::CoordinatorConfig,
-    metrics_addr: Option<std::net::SocketAddr>,
-    data: DataArgs,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let CoordinatorArgs {
+        listen,
+        requests_per_minute,
+        requests_per_netgroup_per_minute,
+        orders_per_netgroup_per_target,
+        metrics_addr,
+        data,
+    } = args;
+    let machine = machine::CoordinatorConfig {
+        requests_per_minute,
+        requests_per_netgroup_per_minute,
+        orders_per_netgroup_per_target,
+        ..Default::default()
+    };
     let data = data.open()?;
     let key = data.node_key()?;
     let ListenArgs {

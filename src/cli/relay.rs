@@ -1,21 +1,54 @@
 //! `bitpunch relay`.
 
-use std::path::PathBuf;
+use std::time::Duration;
+
+use bitpunch::net::AdmissionConfig;
 use std::process::ExitCode;
 
 use bitpunch::libp2p::relay;
-use libp2p::Multiaddr;
 
 use super::args::*;
 use super::common::*;
 
-pub(crate) async fn run_relay(
-    listen: Multiaddr,
-    external: Option<Multiaddr>,
-    key: Option<PathBuf>,
-    data: DataArgs,
-    limits: relay::RelayLimits,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let RelayArgs {
+        listen,
+        external,
+        key,
+        data,
+        max_reservations,
+        max_circuits,
+        max_circuit_duration,
+        max_circuit_bytes,
+        no_rate_limits,
+        max_pending_incoming,
+        max_connections,
+        max_connections_per_peer,
+        max_memory_mib,
+        max_inbound_per_ip,
+        max_inbound_per_netgroup,
+    } = args;
+    let mut limits = relay::RelayLimits {
+        max_reservations,
+        max_circuits,
+        max_circuit_duration: Duration::from_secs(max_circuit_duration),
+        max_circuit_bytes,
+        caps: relay::ConnectionCaps {
+            max_pending_incoming,
+            max_established_incoming: max_connections,
+            max_established_per_peer: max_connections_per_peer,
+            max_memory_mib,
+        },
+        admission: AdmissionConfig {
+            max_per_ip: max_inbound_per_ip,
+            max_per_netgroup: max_inbound_per_netgroup,
+            ..AdmissionConfig::RELAY
+        },
+        ..Default::default()
+    };
+    if no_rate_limits {
+        limits.rate_limits = None;
+    }
     // The relay's key in the data dir: that dir is locked for as long as
     // the relay runs.
     let (key, _data) = match key {
