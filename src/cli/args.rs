@@ -193,9 +193,15 @@ pub(crate) struct NodeArgs {
 pub(crate) enum Command {
     /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C; with
     /// --coordinator, also be reachable through it and accept punches.
+    #[command(
+        after_help = "Examples:\n  bitpunch node --coordinator ab12…@coord.example.org:8333 --metrics 127.0.0.1:9333\n  bitpunch node --relay /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW… --data-dir /var/lib/bitpunch"
+    )]
     Node(NodeArgs),
     /// Open one session to ADDRESS, exchange version/verack/ping, report.
     /// NODE_ID@COORDINATOR punches through NATs first.
+    #[command(
+        after_help = "Examples:\n  bitpunch connect seed.example.org:8333\n  bitpunch connect 0011…aabb@ffee…4455@coord.example.org:8333 --json\n  bitpunch connect /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW…/p2p-circuit/p2p/12D3KooW…"
+    )]
     Connect {
         /// HOST:PORT, [IPv6]:PORT, HOST (the network's default port), or
         /// NODE_ID@COORDINATOR.
@@ -218,6 +224,7 @@ pub(crate) enum Command {
     },
     /// Ask the running node of a data directory: listeners, registrations,
     /// reservations, punch budget. Example: `bitpunch status --data-dir ~/.bitpunch`
+    #[command(after_help = "Example:\n  bitpunch status --json --data-dir ~/.bitpunch")]
     Status {
         /// The node's answer as JSON.
         #[arg(long)]
@@ -227,6 +234,7 @@ pub(crate) enum Command {
     },
     /// List the running node's sessions: path, role, remote, transport,
     /// BIP324 session id, since, bytes. Example: `bitpunch peers --json`
+    #[command(after_help = "Example:\n  bitpunch peers --json")]
     Peers {
         #[arg(long)]
         json: bool,
@@ -235,6 +243,9 @@ pub(crate) enum Command {
     },
     /// End one of the running node's sessions, by its number in `peers` or
     /// its remote IP:PORT. Example: `bitpunch disconnect 3`
+    #[command(
+        after_help = "Examples:\n  bitpunch disconnect 3\n  bitpunch disconnect 203.0.113.7:40001"
+    )]
     Disconnect {
         peer: String,
         #[command(flatten)]
@@ -242,12 +253,21 @@ pub(crate) enum Command {
     },
     /// Run a libp2p circuit relay v2 server (rust-libp2p's), with identify
     /// and ping; prints its address with /p2p/<id>.
+    #[command(
+        after_help = "Examples:\n  bitpunch relay\n  bitpunch relay --listen /ip4/0.0.0.0/tcp/4001 --external /ip4/203.0.113.1/tcp/4001"
+    )]
     Relay(RelayArgs),
     /// Offer hole-punch coordination (the native path) on a reachable port.
+    #[command(
+        after_help = "Example:\n  bitpunch coordinator --port 8333 --metrics 127.0.0.1:9334\n  (prints `coordinator id ID`; nodes use --coordinator ID@THIS_HOST:8333)"
+    )]
     Coordinator(CoordinatorArgs),
     /// Both punch paths and stock DCUtR side by side: a relay, a
     /// coordinator and two nodes on loopback (or, with --nat, between two
     /// emulated home NATs), then a table.
+    #[command(
+        after_help = "Examples:\n  bitpunch demo\n  sudo bitpunch demo --nat home,symmetric --tries 5"
+    )]
     Demo {
         /// Between two emulated NATs in the lab (root): `--nat` for two
         /// home routers, or `--nat PROFILE_A,PROFILE_B`.
@@ -267,6 +287,9 @@ pub(crate) enum Command {
         json: bool,
     },
     /// The NAT lab (root): emulated NATs in network namespaces.
+    #[command(
+        after_help = "Examples:\n  sudo bitpunch lab nat-check --all\n  sudo bitpunch lab run --tries 20 --out results/"
+    )]
     Lab {
         #[command(subcommand)]
         command: LabCommand,
