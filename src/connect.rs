@@ -1,7 +1,8 @@
 //! `bitpunch connect` through a running node: the connection leaves from
 //! the node's shared port, a native punch is one request on the node's
-//! open coordinator session, and the session then belongs to the node (it
-//! shows in `bitpunch peers`). The control interface calls this.
+//! open coordinator session, a libp2p punch uses the node's own swarm, and
+//! the session then belongs to the node (it shows in `bitpunch peers`).
+//! The control interface calls this.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct NodeConnector {
     pub session: SessionConfig,
     /// A session the node adopted ends after this long without a message.
     pub idle: Duration,
+    /// The node's libp2p side, when it runs one (it holds reservations).
+    pub libp2p: Option<crate::libp2p::punch::Libp2pPunchContext>,
 }
 
 impl NodeConnector {
@@ -89,8 +92,20 @@ impl NodeConnector {
                     ),
                 }
             }
-            PeerAddress::Circuit(_) => {
-                bail!("a circuit address is punched without the running node (not yet through it)")
+            PeerAddress::Circuit(circuit) => {
+                let Some(ctx) = &self.libp2p else {
+                    bail!(
+                        "this node runs no libp2p (start it with --relay) to punch {circuit} through"
+                    );
+                };
+                let outcome = crate::libp2p::connect_circuit(ctx, circuit.clone()).await;
+                let session = outcome.session.map(|s| {
+                    (
+                        SessionInfo::of(SessionPath::Libp2p, &s.report),
+                        served(s, self.idle),
+                    )
+                });
+                (outcome.record, session)
             }
         };
         if let Some((info, task)) = session {

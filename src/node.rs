@@ -184,6 +184,9 @@ pub struct Reachability {
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
     pub listening: Vec<SocketAddr>,
+    /// Whether `connect` through this node can punch circuit addresses
+    /// (it runs our libp2p exchange).
+    pub punches_circuits: bool,
     pub sessions: usize,
     #[serde(flatten)]
     pub reachability: Reachability,
@@ -257,6 +260,9 @@ impl NodeHandle {
         let (syns_sent, syns_refused) = self.shared.punch_syns();
         NodeStatus {
             listening: self.local_addrs.clone(),
+            punches_circuits: lock(&self.connector)
+                .as_ref()
+                .is_some_and(|c| c.libp2p.is_some()),
             sessions: lock(&self.table).served.len(),
             reachability: lock(&self.reach).clone(),
             punch_budget: BudgetStatus {

@@ -974,3 +974,78 @@ fn connect_through_a_running_node_is_one_request_and_the_node_keeps_the_session(
     drop(alice);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A circuit address through a running node: the node's own swarm runs the
+/// exchange and the punch from its shared port, and keeps the session.
+#[test]
+fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-circuit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut relay = Running(
+        bitpunch()
+            .args([
+                "relay",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "-q",
+                "--data-dir",
+            ])
+            .arg(data.join("relay"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut relay_out = BufReader::new(relay.0.stdout.take().unwrap());
+    let relay_addr = line_starting(&mut relay_out, "relay listening ");
+    let node = |name: &str| {
+        let mut node = Running(
+            bitpunch()
+                .args(["node", "--port", "0", "--bind", "127.0.0.1"])
+                .args(["--network", "regtest", "-q", "--allow-private-addrs"])
+                .args(["--relay", &relay_addr, "--data-dir"])
+                .arg(data.join(name))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(node.0.stdout.take().unwrap());
+        let listens = line_starting(&mut out, "listening ");
+        let circuit = line_starting(&mut out, "reachable as ");
+        (node, listens, circuit)
+    };
+    let (_bob, _, bob_circuit) = node("bob");
+    let (_alice, alice_listens, _) = node("alice");
+
+    let out = connect(
+        &bob_circuit,
+        &["--data-dir".as_ref(), data.join("alice").as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["path"], "libp2p");
+    assert_eq!(
+        record["local"],
+        alice_listens.as_str(),
+        "from the node's port"
+    );
+    let peers = bitpunch()
+        .args(["peers", "--json", "--data-dir"])
+        .arg(data.join("alice"))
+        .output()
+        .unwrap();
+    let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["path"] == "libp2p" && p["session_id"] == record["session_id"]),
+        "{peers}"
+    );
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -32,9 +32,7 @@ pub(crate) async fn run_connect(
     let config = session_config(&net, timeout)?;
     // A node running on this data directory makes the connection itself,
     // from its port and over its open coordinator session, and keeps it.
-    if !matches!(target, PeerAddress::Circuit(_))
-        && bitpunch::control::node_serves(&data.dir()).await
-    {
+    if bitpunch::control::node_serves(&data.dir()).await && through_node_can(&target, &data).await {
         let record = bitpunch::control::call(
             &data.dir(),
             "connect",
@@ -219,4 +217,20 @@ pub(crate) fn print_summary(r: &Outcome) {
         "  bytes       {} direct, {} coordination",
         r.bytes.direct, r.bytes.coordination
     );
+}
+
+/// Whether the running node can make this connection: anything but a
+/// circuit, and a circuit when it runs our libp2p exchange.
+async fn through_node_can(target: &PeerAddress, data: &DataArgs) -> bool {
+    if !matches!(target, PeerAddress::Circuit(_)) {
+        return true;
+    }
+    bitpunch::control::call(&data.dir(), "status", serde_json::Value::Null)
+        .await
+        .ok()
+        .and_then(|s| {
+            s.get("punches_circuits")
+                .and_then(serde_json::Value::as_bool)
+        })
+        .unwrap_or(false)
 }

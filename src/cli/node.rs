@@ -119,30 +119,32 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         std::future::pending::<()>().await
     };
-    let relayed = async {
-        if relays.is_empty() {
-            return std::future::pending::<()>().await;
-        }
-        let keypair = match data.libp2p_keypair() {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "no libp2p key");
-                return std::future::pending::<()>().await;
-            }
-        };
-        let libp2p = match Libp2pNode::start_with(
-            keypair,
+    // libp2p runs when the node is reachable through relays; a failure to
+    // start it stops the node before it serves anyone.
+    let libp2p = if relays.is_empty() {
+        None
+    } else {
+        let libp2p = Arc::new(Libp2pNode::start_with(
+            data.libp2p_keypair()?,
             node.shared_port().clone(),
             node.router(),
             p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr),
-        ) {
-            Ok(n) => Arc::new(n),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot start libp2p");
-                return std::future::pending::<()>().await;
-            }
-        };
+        )?);
         tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
+        Some(libp2p)
+    };
+    let punch_context = libp2p.as_ref().map(|libp2p| {
+        Libp2pPunchContext::for_node(
+            &node,
+            libp2p.clone(),
+            session.clone(),
+            p2p_args.allow_private_addrs,
+        )
+    });
+    let relayed = async {
+        let (Some(libp2p), Some(ctx)) = (&libp2p, &punch_context) else {
+            return std::future::pending::<()>().await;
+        };
         // What `bitpunch status` says about each relay follows the swarm.
         let track = track_reservations(libp2p.events(), relays.clone(), handle.clone());
         let reservations = futures::future::join_all(relays.iter().map(|r| {
@@ -155,14 +157,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             let relay_peers = relays.iter().filter_map(p2p::relay_peer).collect();
             futures::future::Either::Left(report_stock_dcutr(libp2p.events(), relay_peers))
         } else {
-            let ctx = Libp2pPunchContext::for_node(
-                &node,
-                libp2p.clone(),
-                session.clone(),
-                p2p_args.allow_private_addrs,
-            );
             futures::future::Either::Right(p2p::serve_relayed(
-                ctx,
+                ctx.clone(),
                 Duration::from_secs(20 * 60),
                 records.clone(),
             ))
@@ -179,6 +175,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         key: key.clone(),
         session: session.clone(),
         idle: Duration::from_secs(20 * 60),
+        // Our exchange, not stock DCUtR, can punch for others.
+        libp2p: punch_context.clone().filter(|_| !p2p_args.stock_dcutr),
     });
     let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
         let link_config = LinkConfig {
