@@ -31,6 +31,8 @@ pub struct NodeConnector {
     pub idle: Duration,
     /// The node's libp2p side, when it runs one (it holds reservations).
     pub libp2p: Option<crate::libp2p::punch::Libp2pPunchContext>,
+    /// Where the node's records go (its metrics, `--json`).
+    pub records: Option<tokio::sync::mpsc::Sender<Outcome>>,
 }
 
 impl NodeConnector {
@@ -108,6 +110,9 @@ impl NodeConnector {
                 (outcome.record, session)
             }
         };
+        if let Some(records) = &self.records {
+            let _ = records.send(record.clone()).await;
+        }
         if let Some((info, task)) = session {
             if !self.owner.adopt(info, task).await {
                 bail!("the node is stopping");

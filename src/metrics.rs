@@ -116,6 +116,8 @@ pub struct Metrics {
 enum Role {
     Node,
     Coordinator,
+    /// rust-libp2p's families only.
+    Relay,
 }
 
 impl Metrics {
@@ -127,12 +129,25 @@ impl Metrics {
         Self::build(Role::Coordinator)
     }
 
+    /// A relay's: rust-libp2p's own metrics only (see [`Metrics::libp2p`]).
+    pub fn relay() -> Metrics {
+        Self::build(Role::Relay)
+    }
+
+    /// rust-libp2p's metrics (swarm, identify, ping, DCUtR, relay), under
+    /// `bitpunch_libp2p_…` in this registry, for the swarm to record into.
+    pub fn libp2p(&mut self) -> ::libp2p::metrics::Metrics {
+        ::libp2p::metrics::Metrics::new(&mut self.registry)
+    }
+
     fn build(role: Role) -> Metrics {
         let mut all = Registry::with_prefix("bitpunch");
-        let mut unused = Registry::default();
+        // Families a role does not have are made but never exposed.
+        let (mut unused, mut unused_too) = (Registry::default(), Registry::default());
         let (registry, other) = match role {
             Role::Node => (&mut all, &mut unused),
             Role::Coordinator => (&mut unused, &mut all),
+            Role::Relay => (&mut unused, &mut unused_too),
         };
         let punches = Family::<PunchLabels, Counter>::default();
         registry.register(

@@ -983,13 +983,8 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
     let _ = std::fs::remove_dir_all(&data);
     let mut relay = Running(
         bitpunch()
-            .args([
-                "relay",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "-q",
-                "--data-dir",
-            ])
+            .args(["relay", "--listen", "/ip4/127.0.0.1/tcp/0", "-q"])
+            .args(["--metrics", "127.0.0.1:0", "--data-dir"])
             .arg(data.join("relay"))
             .stdout(Stdio::piped())
             .spawn()
@@ -997,12 +992,14 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
     );
     let mut relay_out = BufReader::new(relay.0.stdout.take().unwrap());
     let relay_addr = line_starting(&mut relay_out, "relay listening ");
+    let relay_metrics = line_starting(&mut relay_out, "metrics listening ");
     let node = |name: &str| {
         let mut node = Running(
             bitpunch()
                 .args(["node", "--port", "0", "--bind", "127.0.0.1"])
                 .args(["--network", "regtest", "-q", "--allow-private-addrs"])
-                .args(["--relay", &relay_addr, "--data-dir"])
+                .args(["--relay", &relay_addr, "--metrics", "127.0.0.1:0"])
+                .arg("--data-dir")
                 .arg(data.join(name))
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1010,11 +1007,12 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
         );
         let mut out = BufReader::new(node.0.stdout.take().unwrap());
         let listens = line_starting(&mut out, "listening ");
+        let metrics = line_starting(&mut out, "metrics listening ");
         let circuit = line_starting(&mut out, "reachable as ");
-        (node, listens, circuit)
+        (node, listens, metrics, circuit)
     };
-    let (_bob, _, bob_circuit) = node("bob");
-    let (_alice, alice_listens, _) = node("alice");
+    let (_bob, _, _, bob_circuit) = node("bob");
+    let (_alice, alice_listens, alice_metrics, _) = node("alice");
 
     let out = connect(
         &bob_circuit,
@@ -1045,6 +1043,35 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
             .iter()
             .any(|p| p["path"] == "libp2p" && p["session_id"] == record["session_id"]),
         "{peers}"
+    );
+    // The punch counts in Alice's metrics; rust-libp2p's own metrics come
+    // with the swarms (the relay accepted both reservations).
+    let text = scrape(&alice_metrics);
+    assert_eq!(
+        sample_sum(
+            &text,
+            "bitpunch_punches_total",
+            &["path=\"libp2p\"", "result=\"ok\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        sample_sum(
+            &text,
+            "bitpunch_libp2p_swarm_connections_established_total",
+            &[]
+        ) >= 1.0,
+        "{text}"
+    );
+    let text = scrape(&relay_metrics);
+    assert!(
+        sample_sum(
+            &text,
+            "bitpunch_libp2p_relay_events_total",
+            &["ReservationReqAccepted"]
+        ) >= 2.0,
+        "{text}"
     );
     drop(relay);
     let _ = std::fs::remove_dir_all(&data);

@@ -397,6 +397,10 @@ pub(crate) enum LabCommand {
 
 #[derive(Args)]
 pub(crate) struct RelayArgs {
+    /// Serve Prometheus metrics on this address (GET /metrics): rust-libp2p's
+    /// relay, swarm, identify and ping metrics.
+    #[arg(long = "metrics", value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Where to listen.
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
     pub(crate) listen: Multiaddr,

@@ -94,7 +94,11 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     // Every punch this node answers is counted as it ends, and with --json
     // printed.
-    let metrics = Arc::new(bitpunch::metrics::Metrics::node());
+    let mut metrics = bitpunch::metrics::Metrics::node();
+    // rust-libp2p's own metrics come with the swarm, when there is one.
+    let libp2p_metrics =
+        (metrics_addr.is_some() && !relays.is_empty()).then(|| Arc::new(metrics.libp2p()));
+    let metrics = Arc::new(metrics);
     if let Some(addr) = metrics_addr {
         let (m, h) = (metrics.clone(), handle.clone());
         let (local, _) = bitpunch::metrics::serve(
@@ -128,7 +132,10 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             data.libp2p_keypair()?,
             node.shared_port().clone(),
             node.router(),
-            p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr),
+            p2p::swarm::Libp2pOptions {
+                metrics: libp2p_metrics,
+                ..p2p::swarm::Libp2pOptions::stock_dcutr(p2p_args.stock_dcutr)
+            },
         )?);
         tracing::info!(peer_id = %libp2p.peer_id, "libp2p started");
         Some(libp2p)
@@ -177,6 +184,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         idle: Duration::from_secs(20 * 60),
         // Our exchange, not stock DCUtR, can punch for others.
         libp2p: punch_context.clone().filter(|_| !p2p_args.stock_dcutr),
+        records: records.clone(),
     });
     let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
         let link_config = LinkConfig {

@@ -12,6 +12,7 @@ use super::common::*;
 
 pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let RelayArgs {
+        metrics_addr,
         listen,
         external,
         key,
@@ -49,6 +50,10 @@ pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     if no_rate_limits {
         limits.rate_limits = None;
     }
+    let mut metrics = bitpunch::metrics::Metrics::relay();
+    if metrics_addr.is_some() {
+        limits.metrics = Some(std::sync::Arc::new(metrics.libp2p()));
+    }
     // The relay's key in the data dir: that dir is locked for as long as
     // the relay runs.
     let (key, _data) = match key {
@@ -62,6 +67,11 @@ pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
     say!("relay listening {}", server.address);
     tracing::info!(address = %server.address, "relay listening");
+    if let Some(addr) = metrics_addr {
+        let (local, _) =
+            bitpunch::metrics::serve(addr, std::sync::Arc::new(move || metrics.encode())).await?;
+        say!("metrics listening {local}");
+    }
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down");
     Ok(ExitCode::SUCCESS)

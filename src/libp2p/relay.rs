@@ -27,7 +27,7 @@ struct RelayBehaviour {
 }
 
 /// Limits of the relay; defaults are rust-libp2p's, rate limits included.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RelayLimits {
     pub max_reservations: usize,
     pub max_reservations_per_peer: usize,
@@ -43,6 +43,23 @@ pub struct RelayLimits {
     pub caps: super::caps::ConnectionCaps,
     /// Caps per IP and per netgroup (the total is `caps`').
     pub admission: crate::net::AdmissionConfig,
+    /// rust-libp2p's relay, swarm, identify and ping metrics (`--metrics`).
+    pub metrics: Option<std::sync::Arc<::libp2p::metrics::Metrics>>,
+}
+
+impl std::fmt::Debug for RelayLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayLimits")
+            .field("max_reservations", &self.max_reservations)
+            .field("max_circuits", &self.max_circuits)
+            .field("max_circuit_duration", &self.max_circuit_duration)
+            .field("max_circuit_bytes", &self.max_circuit_bytes)
+            .field("rate_limits", &self.rate_limits)
+            .field("caps", &self.caps)
+            .field("admission", &self.admission)
+            .field("metrics", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +89,7 @@ impl Default for RelayLimits {
             }),
             caps: super::caps::ConnectionCaps::RELAY,
             admission: crate::net::AdmissionConfig::RELAY,
+            metrics: None,
         }
     }
 }
@@ -189,11 +207,21 @@ impl RelayServer {
         swarm.add_external_address(external.clone());
         let peer_id = *swarm.local_peer_id();
         let address = external.with(Protocol::P2p(peer_id));
+        let metrics = limits.metrics.clone();
         let task = tokio::spawn(async move {
             loop {
-                if let SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) =
-                    swarm.select_next_some().await
-                {
+                let event = swarm.select_next_some().await;
+                if let Some(m) = &metrics {
+                    use ::libp2p::metrics::Recorder;
+                    match &event {
+                        SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => m.record(e),
+                        SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(e)) => m.record(e),
+                        SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(e)) => m.record(e),
+                        _ => {}
+                    }
+                    m.record(&event);
+                }
+                if let SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) = event {
                     log_relay_event(&event);
                 }
             }

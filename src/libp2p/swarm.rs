@@ -37,7 +37,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const PING_FAILURES_TO_CLOSE: u32 = 1;
 
 /// How a node's swarm runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Libp2pOptions {
     /// Run rust-libp2p's DCUtR instead of leaving relayed connections to
     /// our exchange (the yardstick).
@@ -46,6 +46,9 @@ pub struct Libp2pOptions {
     /// Shorter in tests that black-hole a relay.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// rust-libp2p's own metrics (swarm, identify, ping, DCUtR), recorded
+    /// into the node's registry (`--metrics`).
+    pub metrics: Option<Arc<::libp2p::metrics::Metrics>>,
 }
 
 impl Default for Libp2pOptions {
@@ -54,6 +57,7 @@ impl Default for Libp2pOptions {
             stock_dcutr: false,
             ping_interval: PING_INTERVAL,
             ping_timeout: PING_TIMEOUT,
+            metrics: None,
         }
     }
 }
@@ -177,6 +181,7 @@ impl Libp2pNode {
         options: Libp2pOptions,
     ) -> anyhow::Result<Libp2pNode> {
         let stock_dcutr = options.stock_dcutr;
+        let metrics = options.metrics.clone();
         let counters: Arc<ByteCounters> = Arc::default();
         let inbound = router.subscribe(Route::Libp2p, 64);
         let transport = SharedPortTransport::new(port.clone(), inbound, counters.clone());
@@ -246,7 +251,7 @@ impl Libp2pNode {
                 }
             };
             tokio::join!(
-                drive(swarm, command_rx, events_for_task, shared_for_task),
+                drive(swarm, command_rx, events_for_task, shared_for_task, metrics),
                 accept
             );
         });
@@ -327,6 +332,7 @@ async fn drive(
     mut commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Libp2pEvent>,
     shared: Arc<Mutex<Shared>>,
+    metrics: Option<Arc<::libp2p::metrics::Metrics>>,
 ) {
     let mut dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
     // Consecutive ping failures per connection: libp2p's ping reports them
@@ -362,7 +368,11 @@ async fn drive(
                 }
                 Some(Command::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
             },
-            event = swarm.select_next_some() => match event {
+            event = swarm.select_next_some() => {
+                if let Some(m) = &metrics {
+                    record_metrics(m, &event);
+                }
+                match event {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     let relayed = is_relayed(endpoint.get_remote_address()) || match &endpoint {
                         ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
@@ -450,8 +460,22 @@ async fn drive(
                 }
                 _ => {}
             }
+            }
         }
     }
+}
+
+/// Feeds rust-libp2p's own metrics: the swarm's events, and those of the
+/// behaviours it has recorders for.
+fn record_metrics(metrics: &::libp2p::metrics::Metrics, event: &SwarmEvent<NodeBehaviourEvent>) {
+    use ::libp2p::metrics::Recorder;
+    match event {
+        SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(NodeBehaviourEvent::Dcutr(e)) => metrics.record(e),
+        _ => {}
+    }
+    metrics.record(event);
 }
 
 /// An error with its causes, `outer: inner: innermost`: rust-libp2p's relay
