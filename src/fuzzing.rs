@@ -737,8 +737,8 @@ pub fn exchange_machines(data: &[u8]) {
     let ours: Vec<::libp2p::Multiaddr> = vec!["/ip4/203.0.113.9/tcp/4001"
         .parse()
         .expect("valid multiaddr")];
-    let mut initiator = exchange::Initiator::new(ours.clone(), false);
-    let mut responder = exchange::Responder::new(ours, false);
+    let mut initiator = exchange::SideB::new(ours.clone(), false);
+    let mut responder = exchange::SideA::new(ours, false);
     let mut now = Instant::now();
     let mut punches = 0u32;
     for step in steps {

@@ -179,18 +179,20 @@ pub enum Step {
     Receive,
 }
 
-/// B's side (opens the stream, measures the RTT), without I/O.
+/// DCUtR's B, the node that was reached through the relay: it opens the
+/// exchange stream and measures the RTT; it is the BIP324 responder on the
+/// punched connection. Without I/O.
 #[derive(Debug)]
-pub struct Initiator {
+pub struct SideB {
     ours: Vec<Multiaddr>,
     allow_private: bool,
     round: u32,
     sent_connect: Option<Instant>,
 }
 
-impl Initiator {
+impl SideB {
     pub fn new(ours: Vec<Multiaddr>, allow_private: bool) -> Self {
-        Initiator {
+        SideB {
             ours,
             allow_private,
             round: 0,
@@ -253,9 +255,11 @@ pub fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> 
     out
 }
 
-/// A's side (answers CONNECT, dials on SYNC), without I/O.
+/// DCUtR's A, the node that reached B through the relay: it answers
+/// CONNECT and dials on SYNC; it is the BIP324 initiator (it asked for the
+/// connection). Without I/O.
 #[derive(Debug)]
-pub struct Responder {
+pub struct SideA {
     ours: Vec<Multiaddr>,
     allow_private: bool,
     theirs: Option<Vec<SocketAddr>>,
@@ -263,9 +267,9 @@ pub struct Responder {
     rounds: u32,
 }
 
-impl Responder {
+impl SideA {
     pub fn new(ours: Vec<Multiaddr>, allow_private: bool) -> Self {
-        Responder {
+        SideA {
             ours,
             allow_private,
             theirs: None,
@@ -332,7 +336,7 @@ mod tests {
         theirs.extend(
             (0..400).map(|i| addr(&format!("/ip4/198.51.100.{}/tcp/{}", i % 250, 1000 + i))),
         );
-        let mut responder = Responder::new(vec![addr("/ip4/203.0.113.1/tcp/1")], false);
+        let mut responder = SideA::new(vec![addr("/ip4/203.0.113.1/tcp/1")], false);
         let now = Instant::now();
         responder
             .on_message(now, ExchangeMessage::Connect(theirs.clone()))
@@ -425,8 +429,8 @@ mod tests {
     fn rtt_timing_and_rounds() {
         let t0 = Instant::now();
         let ours = vec![addr("/ip4/203.0.113.6/tcp/2")];
-        let mut b = Initiator::new(ours.clone(), false);
-        let mut a = Responder::new(vec![addr("/ip4/203.0.113.2/tcp/1")], false);
+        let mut b = SideB::new(ours.clone(), false);
+        let mut a = SideA::new(vec![addr("/ip4/203.0.113.2/tcp/1")], false);
         let Step::Send(connect_b) = b.start_round(t0).unwrap() else {
             panic!()
         };

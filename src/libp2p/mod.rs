@@ -92,7 +92,7 @@ pub async fn connect_circuit(ctx: &Libp2pPunchContext, circuit: Multiaddr) -> Li
             );
         }
     };
-    let mut out = punch::respond(ctx, peer, circuit, asked, stream).await;
+    let mut out = punch::punch_as_a(ctx, peer, circuit, asked, stream).await;
     // Everything libp2p carried for this connection: relay, identify, exchange.
     out.record.bytes.coordination = ctx.libp2p.counters.total().saturating_sub(bytes_before);
     out
@@ -115,7 +115,7 @@ pub async fn serve_relayed(
                     let ctx = ctx.clone();
                     let records = records.clone();
                     punches.spawn(async move {
-                        let out = punch::initiate(&ctx, peer, via).await;
+                        let out = punch::punch_as_b(&ctx, peer, via).await;
                         match &out.session {
                             Some(_) => tracing::info!(%peer, record = %out.record.to_json(), "punched session established"),
                             None => tracing::warn!(%peer, record = %out.record.to_json(), "punch failed"),

@@ -10,15 +10,13 @@ use ::libp2p::{identity, Multiaddr, PeerId};
 use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use tokio::time::Instant;
 
-use super::exchange::{self, ExchangeError, Initiator, Responder, Step};
+use super::exchange::{self, ExchangeError, SideA, SideB, Step};
 use super::swarm::Libp2pNode;
 use crate::clock::Later;
 use crate::net::{Router, SharedPort};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{ms_since, Outcome, Path};
-use crate::wire::{
-    Session, SessionConfig, SessionError, SessionRole, Stage, StreamContext, Transport, WireError,
-};
+use crate::wire::{Session, SessionConfig, SessionRole, Stage};
 
 const AUTH_COMMAND: &str = "bpauth";
 const AUTH_DOMAIN: &[u8] = b"bitpunch/libp2p-session/v1";
@@ -105,7 +103,7 @@ fn failed(role: SessionRole, via: &Multiaddr, stage: Stage, error: String) -> Li
 
 /// B's side: `peer` reached us through the relay at `via`; open the
 /// exchange, punch, and be the BIP324 responder.
-pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -> Libp2pOutcome {
+pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -> Libp2pOutcome {
     let asked = Instant::now();
     let role = SessionRole::Responder;
     let mut control = ctx.libp2p.control.clone();
@@ -134,7 +132,7 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
         }
     };
     let ours = ctx.offer().await;
-    let mut machine = Initiator::new(ours, ctx.allow_private);
+    let mut machine = SideB::new(ours, ctx.allow_private);
     let mut bytes: u64 = 0;
     let mut last_error = String::new();
     let mut first_syn = None;
@@ -221,24 +219,26 @@ pub async fn initiate(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) ->
     };
     let (punched, candidates, coordinated) = punched;
     let attempts = machine.round();
-    upgrade(
+    finish(
         ctx,
         punched,
         role,
         peer,
         asked,
-        coordinated,
-        &via,
-        candidates,
-        attempts,
-        bytes,
+        Coordination {
+            via,
+            candidates,
+            rounds: attempts,
+            done_at: coordinated,
+            bytes,
+        },
     )
     .await
 }
 
 /// A's side: we dialed `peer` through `via`; wait for its exchange, punch,
 /// and be the BIP324 initiator. `asked`: when the connection was asked for.
-pub async fn respond(
+pub async fn punch_as_a(
     ctx: &Libp2pPunchContext,
     peer: PeerId,
     via: Multiaddr,
@@ -248,7 +248,7 @@ pub async fn respond(
     let role = SessionRole::Initiator;
     let mut stream = stream;
     let ours = ctx.offer().await;
-    let mut machine = Responder::new(ours, ctx.allow_private);
+    let mut machine = SideA::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
     let mut bytes: u64 = 0;
     let mut rounds: u32 = 0;
@@ -334,17 +334,19 @@ pub async fn respond(
         }
     };
     let (punched, candidates, coordinated) = punched;
-    upgrade(
+    finish(
         ctx,
         punched,
         role,
         peer,
         asked,
-        coordinated,
-        &via,
-        candidates,
-        rounds,
-        bytes,
+        Coordination {
+            via,
+            candidates,
+            rounds,
+            done_at: coordinated,
+            bytes,
+        },
     )
     .await
 }
@@ -377,71 +379,45 @@ async fn punch_once(
     .await
 }
 
-/// BIP324, version/verack/ping and the identity proof on the punched
-/// connection; then the relayed connection is closed.
-#[allow(clippy::too_many_arguments)]
-async fn upgrade(
+/// What the exchange did before the punch, for the record.
+struct Coordination {
+    via: Multiaddr,
+    candidates: Vec<SocketAddr>,
+    /// Exchange rounds (each one punch attempt).
+    rounds: u32,
+    /// When the last round's plan was known.
+    done_at: Instant,
+    /// libp2p bytes the exchange cost (relay, identify, exchange).
+    bytes: u64,
+}
+
+/// The shared pipeline ([`crate::punch::upgrade`]) with the libp2p
+/// identity as the proof; then the relayed connection is closed.
+async fn finish(
     ctx: &Libp2pPunchContext,
     punched: punch::Punched,
     role: SessionRole,
     peer: PeerId,
     asked: Instant,
-    coordinated: Instant,
-    via: &Multiaddr,
-    candidates: Vec<SocketAddr>,
-    rounds: u32,
-    coordination_bytes: u64,
+    coordination: Coordination,
 ) -> Libp2pOutcome {
-    let counters = punched.stream.get_ref().counters();
-    let stream_ctx = StreamContext {
-        local: punched.local,
-        remote: punched.remote,
-        started: asked,
-        tcp_at: punched.established,
-        counters: counters.clone(),
+    let proof = Libp2pIdentityProof {
+        key: &ctx.libp2p.keypair,
+        role,
+        peer,
     };
-    let mut record = Outcome::failed(Path::Libp2p, role, Stage::Bip324KeyExchange, String::new());
-    let result = async {
-        let mut session = Session::establish(
-            punched.stream,
-            stream_ctx,
-            role,
-            Transport::V2,
-            &ctx.session,
-        )
-        .await?;
-        authenticate(
-            &mut session,
-            &ctx.libp2p.keypair,
-            role,
-            peer,
-            ctx.session.handshake_timeout,
-        )
-        .await?;
-        Ok::<_, SessionError>(session)
-    }
-    .await;
-    let session = match result {
-        Ok(session) => {
-            record = Outcome::from_session(Path::Libp2p, &session.report);
-            Some(session)
-        }
-        Err(e) => {
-            record.error = Some(e.to_string());
-            record.failed_at = Some(e.stage);
-            record.local = Some(punched.local.to_string());
-            record.remote = Some(punched.remote.to_string());
-            None
-        }
-    };
-    record.via = Some(via.to_string());
-    record.candidates = candidates.iter().map(|c| c.to_string()).collect();
-    record.attempts = rounds;
-    record.won_by = Some(punched.won_by);
-    record.t_ms.coordination = Some(ms_since(asked, coordinated));
-    record.t_ms.first_syn = punched.first_syn.map(|t| ms_since(asked, t));
-    record.bytes.coordination = coordination_bytes;
-    record.bytes.direct = counters.total();
+    let (mut record, session) =
+        crate::punch::upgrade::upgrade(punched, Path::Libp2p, role, &ctx.session, asked, &proof)
+            .await;
+    record.via = Some(coordination.via.to_string());
+    record.candidates = coordination
+        .candidates
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    record.attempts = coordination.rounds;
+    record.t_ms.coordination = Some(ms_since(asked, coordination.done_at));
+    record.bytes.coordination = coordination.bytes;
     // The relayed connection has done its job, whatever became of the
     // session: nothing else runs over it.
     ctx.libp2p.disconnect(peer).await;
@@ -523,46 +499,35 @@ pub fn verify_auth(
     Ok(())
 }
 
-async fn authenticate(
-    session: &mut Session<PunchedStream>,
-    key: &identity::Keypair,
+/// Each side signs (session id, own role) with its libp2p identity, the
+/// one the relay connected us to: someone in the middle of the direct
+/// connection cannot sign as the peer we reached through the relay.
+struct Libp2pIdentityProof<'a> {
+    key: &'a identity::Keypair,
     role: SessionRole,
     peer: PeerId,
-    timeout: Duration,
-) -> Result<(), SessionError> {
-    let err = |e: WireError| SessionError::new(Stage::Auth, e);
-    let session_id = session
-        .session_id()
-        .ok_or_else(|| err(WireError::Protocol("no BIP324 session id to sign".into())))?;
-    session
-        .send_message(&encode_auth(key, &session_id, role))
-        .await
-        .map_err(err)?;
-    let peer_role = match role {
-        SessionRole::Initiator => SessionRole::Responder,
-        SessionRole::Responder => SessionRole::Initiator,
-    };
-    let deadline = Instant::now().later(timeout);
-    loop {
-        let msg = match session
-            .recv_message(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            Ok(msg) => msg,
-            Err(WireError::Timeout(_)) => {
-                return Err(err(WireError::Protocol(format!(
-                "the punched peer did not prove it is {peer} within {:.1}s: it may be someone else",
-                timeout.as_secs_f64()
-            ))))
-            }
-            Err(e) => return Err(err(e)),
+}
+
+impl crate::punch::upgrade::Proof for Libp2pIdentityProof<'_> {
+    fn ours(&self, session_id: &[u8; 32]) -> NetworkMessage {
+        encode_auth(self.key, session_id, self.role)
+    }
+
+    fn check(&self, msg: &NetworkMessage, session_id: &[u8; 32]) -> Result<bool, String> {
+        let peer_role = match self.role {
+            SessionRole::Initiator => SessionRole::Responder,
+            SessionRole::Responder => SessionRole::Initiator,
         };
-        if let NetworkMessage::Unknown { command, payload } = &msg {
-            if command.as_ref() == AUTH_COMMAND {
-                return verify_auth(payload, peer, &session_id, peer_role)
-                    .map_err(|e| err(WireError::Protocol(e)));
+        match msg {
+            NetworkMessage::Unknown { command, payload } if command.as_ref() == AUTH_COMMAND => {
+                verify_auth(payload, self.peer, session_id, peer_role).map(|()| true)
             }
+            _ => Ok(false),
         }
+    }
+
+    fn expected(&self) -> String {
+        self.peer.to_string()
     }
 }
 

@@ -14,9 +14,8 @@ use crate::identity::{self, NodeId, NodeKey};
 use crate::net::{Router, SharedPort};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{Outcome, Path};
-use crate::wire::{
-    Session, SessionConfig, SessionError, SessionRole, Stage, StreamContext, Transport, WireError,
-};
+use crate::wire::{Session, SessionConfig, SessionRole, Stage};
+use bitcoin::p2p::message::NetworkMessage;
 
 #[derive(Clone)]
 pub struct PunchContext {
@@ -79,66 +78,27 @@ pub async fn execute(
             };
         }
     };
-    record.attempts = punched.attempts;
-    record.won_by = Some(punched.won_by);
-    record.t_ms.first_syn = punched.first_syn.and_then(ms);
-    let counters = punched.stream.get_ref().counters();
-    let stream_ctx = StreamContext {
-        local: punched.local,
-        remote: punched.remote,
-        started: asked_at,
-        tcp_at: punched.established,
-        counters: counters.clone(),
+    let attempts = punched.attempts;
+    let proof = NodeKeyProof {
+        key: &ctx.key,
+        order: &order,
     };
-    let fail = |mut record: Outcome, e: SessionError, result| {
-        record.error = Some(e.to_string());
-        record.failed_at = Some(e.stage);
-        record.local = Some(punched.local.to_string());
-        record.remote = Some(punched.remote.to_string());
-        record.bytes.direct = counters.total();
-        PunchOutcome {
-            record,
-            session: None,
-            result,
-        }
+    let (mut upgraded, session) =
+        crate::punch::upgrade::upgrade(punched, Path::Native, role, &ctx.session, asked_at, &proof)
+            .await;
+    upgraded.via = record.via;
+    upgraded.candidates = record.candidates;
+    upgraded.attempts = attempts;
+    upgraded.t_ms.coordination = ms(received_at);
+    let result = match (&session, upgraded.failed_at) {
+        (Some(_), _) => PunchResult::Connected,
+        (None, Some(Stage::Auth)) => PunchResult::AuthFailed,
+        (None, _) => PunchResult::HandshakeFailed,
     };
-    let mut session = match Session::establish(
-        punched.stream,
-        stream_ctx,
-        role,
-        Transport::V2,
-        &ctx.session,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return fail(record, e, PunchResult::HandshakeFailed),
-    };
-    if let Err(e) = authenticate(
-        &mut session,
-        &ctx.key,
-        &order,
-        ctx.session.handshake_timeout,
-    )
-    .await
-    {
-        return fail(record, e, PunchResult::AuthFailed);
-    }
-    let won_by = record.won_by;
-    let mut record = Outcome {
-        via: record.via,
-        candidates: record.candidates,
-        attempts: record.attempts,
-        won_by,
-        ..Outcome::from_session(Path::Native, &session.report)
-    };
-    record.t_ms.coordination = ms(received_at);
-    record.t_ms.first_syn = punched.first_syn.and_then(ms);
-    record.bytes.direct = counters.total();
     PunchOutcome {
-        record,
-        session: Some(session),
-        result: PunchResult::Connected,
+        record: upgraded,
+        session,
+        result,
     }
 }
 
@@ -153,72 +113,52 @@ fn signed_data(session_id: &[u8; 32], role: PunchRole, request: u64) -> Vec<u8> 
 /// signature against the key the order named. A coordinator that relayed
 /// two BIP324 sessions has two session ids and cannot produce the peer's
 /// signature over the one we see.
-async fn authenticate(
-    session: &mut Session<PunchedStream>,
-    key: &NodeKey,
-    order: &PunchOrder,
-    timeout: Duration,
-) -> Result<(), SessionError> {
-    let err = |e: WireError| SessionError::new(Stage::Auth, e);
-    let session_id = session
-        .session_id()
-        .ok_or_else(|| err(WireError::Protocol("no BIP324 session id to sign".into())))?;
-    let ours = NativeMessage::Auth {
-        request: order.request,
-        signature: key.sign(
-            SESSION_TAG,
-            &[&signed_data(&session_id, order.role, order.request)],
-        ),
-    };
-    session
-        .send_message(&ours.to_network())
-        .await
-        .map_err(err)?;
-    let peer_role = match order.role {
-        PunchRole::Initiator => PunchRole::Responder,
-        PunchRole::Responder => PunchRole::Initiator,
-    };
-    let deadline = Instant::now().later(timeout);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = match session.recv_message(left).await {
-            Ok(msg) => msg,
-            Err(WireError::Timeout(_)) => {
-                return Err(err(WireError::Protocol(format!(
-                    "the punched peer did not prove it is {} within {:.1}s: it may be someone else",
-                    NodeId::of(&order.peer_key),
-                    timeout.as_secs_f64()
-                ))))
-            }
-            Err(e) => return Err(err(e)),
-        };
-        let native = NativeMessage::from_network(&msg)
-            .map_err(|e| err(WireError::Malformed(e.to_string())))?;
-        match native {
-            Some(NativeMessage::Auth { request, signature }) if request == order.request => {
-                let data = signed_data(&session_id, peer_role, request);
-                if identity::verify(&order.peer_key, SESSION_TAG, &[&data], &signature) {
-                    return Ok(());
-                }
-                return Err(err(WireError::Protocol(format!(
-                    "the peer could not prove it holds the key of {}: someone (the coordinator?) may be in the middle",
-                    NodeId::of(&order.peer_key)
-                ))));
-            }
-            Some(NativeMessage::Auth { request, .. }) => {
-                return Err(err(WireError::Protocol(format!(
-                    "hpauth for request {request}, expected {}",
-                    order.request
-                ))))
-            }
-            Some(other) => {
-                return Err(err(WireError::Protocol(format!(
-                    "expected hpauth, got {}",
-                    other.command()
-                ))))
-            }
-            // Not ours (a pong, say): keep waiting.
-            None => {}
+struct NodeKeyProof<'a> {
+    key: &'a NodeKey,
+    order: &'a PunchOrder,
+}
+
+impl crate::punch::upgrade::Proof for NodeKeyProof<'_> {
+    fn ours(&self, session_id: &[u8; 32]) -> NetworkMessage {
+        let order = self.order;
+        NativeMessage::Auth {
+            request: order.request,
+            signature: self.key.sign(
+                SESSION_TAG,
+                &[&signed_data(session_id, order.role, order.request)],
+            ),
         }
+        .to_network()
+    }
+
+    fn check(&self, msg: &NetworkMessage, session_id: &[u8; 32]) -> Result<bool, String> {
+        let order = self.order;
+        let peer_role = match order.role {
+            PunchRole::Initiator => PunchRole::Responder,
+            PunchRole::Responder => PunchRole::Initiator,
+        };
+        match NativeMessage::from_network(msg).map_err(|e| e.to_string())? {
+            Some(NativeMessage::Auth { request, signature }) if request == order.request => {
+                let data = signed_data(session_id, peer_role, request);
+                if identity::verify(&order.peer_key, SESSION_TAG, &[&data], &signature) {
+                    Ok(true)
+                } else {
+                    Err(format!(
+                        "the peer could not prove it holds the key of {}: someone (the coordinator?) may be in the middle",
+                        NodeId::of(&order.peer_key)
+                    ))
+                }
+            }
+            Some(NativeMessage::Auth { request, .. }) => Err(format!(
+                "hpauth for request {request}, expected {}",
+                order.request
+            )),
+            Some(other) => Err(format!("expected hpauth, got {}", other.command())),
+            None => Ok(false),
+        }
+    }
+
+    fn expected(&self) -> String {
+        NodeId::of(&self.order.peer_key).to_string()
     }
 }

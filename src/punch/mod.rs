@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod schedule;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
