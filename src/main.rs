@@ -28,7 +28,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    let table_output = matches!(cli.command, Command::Demo { .. });
+    init_logging(cli.verbose, cli.quiet, table_output);
     match bitpunch::net::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),

@@ -12,9 +12,12 @@ use bitpunch::wire::SessionConfig;
 
 use super::args::*;
 
-pub(crate) fn init_logging(verbose: u8, quiet: bool) {
+/// `quiet_by_default`: commands whose output is a table (demo) log only
+/// warnings unless -v asks for more.
+pub(crate) fn init_logging(verbose: u8, quiet: bool, quiet_by_default: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        (false, 0) if quiet_by_default => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",

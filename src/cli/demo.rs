@@ -40,12 +40,27 @@ pub(crate) async fn run_demo(
             ),
         }
     }
+    // One progress line on stderr while the tries run (a terminal only).
+    let total = config.paths.len() * config.tries as usize;
+    let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut done = 0usize;
     let records = bitpunch::demo::run(&config, |r| {
+        done += 1;
         if json {
             println!("{}", r.to_json());
+        } else if progress {
+            let path = serde_json::to_value(r.path).unwrap_or_default();
+            eprint!(
+                "\r{done}/{total} tries; last: {} {}          ",
+                path.as_str().unwrap_or("?"),
+                if r.ok { "ok" } else { "failed" }
+            );
         }
     })
     .await?;
+    if progress {
+        eprint!("\r{:60}\r", "");
+    }
     if !json {
         println!();
         print!("{}", bitpunch::report::table::by_path(&records));
