@@ -106,6 +106,7 @@ pub struct Metrics {
     reservations: Gauge,
     syns: Family<OutcomeLabels, Counter>,
     syns_seen: Mutex<(u64, u64)>,
+    orders_refused: Family<ReasonLabels, Counter>,
     coordinator_registered: Gauge,
     coordinator_fails: Family<ReasonLabels, Counter>,
     coordinator_orders: Counter,
@@ -201,6 +202,12 @@ impl Metrics {
             "SYNs the punch budget paid (sent) or refused",
             syns.clone(),
         );
+        let orders_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "orders_refused",
+            "Punch orders from coordinators this node did not follow, by reason",
+            orders_refused.clone(),
+        );
         let coordinator_registered = Gauge::default();
         other.register(
             "coordinator_registered",
@@ -230,6 +237,7 @@ impl Metrics {
             reservations,
             syns,
             syns_seen: Mutex::new((0, 0)),
+            orders_refused,
             coordinator_registered,
             coordinator_fails,
             coordinator_orders,
@@ -310,6 +318,13 @@ impl Metrics {
                 .inc_by(now.saturating_sub(before));
         }
         *seen = (sent, refused);
+        drop(seen);
+        for (reason, count) in node.order_refusals().snapshot() {
+            let counter = self.orders_refused.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
     }
 
     /// A coordinator's state and counts, just before a scrape.

@@ -209,6 +209,8 @@ pub struct NodeHandle {
     links: Arc<Mutex<HashMap<crate::identity::NodeId, crate::native::client::LinkAccess>>>,
     /// Set by the daemon: connections through the node.
     connector: Arc<Mutex<Option<crate::connect::NodeConnector>>>,
+    /// Punch orders refused, by reason, across the node's links.
+    refusals: Arc<crate::native::client::OrderRefusals>,
     table: Arc<Mutex<SessionTable>>,
     reach: Arc<Mutex<Reachability>>,
     local_addrs: Vec<SocketAddr>,
@@ -300,6 +302,11 @@ impl NodeHandle {
                 }
             }
         }
+    }
+
+    /// Where the node's coordinator links count the orders they refuse.
+    pub fn order_refusals(&self) -> Arc<crate::native::client::OrderRefusals> {
+        self.refusals.clone()
     }
 
     /// The open link to the coordinator with this id, if registered there.
@@ -422,6 +429,7 @@ impl Node {
             shared: shared.clone(),
             links: Arc::default(),
             connector: Arc::default(),
+            refusals: Arc::default(),
             table,
             reach: Arc::default(),
             local_addrs: local_addrs.clone(),

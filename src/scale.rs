@@ -129,6 +129,7 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
             ..Default::default()
         },
         ping_interval: crate::native::client::LINK_PING_INTERVAL,
+        refusals: None,
     };
     // Open the sessions a few hundred at a time.
     let mut links = Vec::with_capacity(clients);

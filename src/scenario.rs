@@ -254,6 +254,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                     ..Default::default()
                 },
                 ping_interval: crate::native::client::LINK_PING_INTERVAL,
+                refusals: None,
             };
             let link = crate::native::register(&bob, coordinator, &key, link_config).await?;
             anyhow::Ok((bob, libp2p, ctx, key, link))

@@ -308,6 +308,7 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
         bitpunch()
             .args(["node", "--port", "0", "--bind", "127.0.0.1"])
             .args(["--network", "regtest", "--orders-per-minute", "0"])
+            .args(["--metrics", "127.0.0.1:0"])
             .args([
                 "--allow-private-addrs",
                 "--coordinator",
@@ -321,6 +322,7 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
             .unwrap(),
     );
     let mut bob_out = BufReader::new(bob.0.stdout.take().unwrap());
+    let bob_metrics = line_starting(&mut bob_out, "metrics listening ");
     let address = line_starting(&mut bob_out, "reachable as ");
     let out = bitpunch()
         .args(["connect", &address, "--network", "regtest", "--json", "-q"])
@@ -340,6 +342,17 @@ fn a_node_with_no_orders_left_refuses_the_punch_and_says_why() {
     {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Counted by reason in Bob's metrics.
+    let text = scrape(&bob_metrics);
+    assert_eq!(
+        sample_sum(
+            &text,
+            "bitpunch_orders_refused_total",
+            &["reason=\"global_limit\""]
+        ),
+        1.0,
+        "{text}"
+    );
     drop(bob);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(

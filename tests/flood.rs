@@ -211,6 +211,7 @@ async fn a_coordinator_under_a_connection_flood_registers_a_good_client_in_bound
                     session: session(),
                     client: Default::default(),
                     ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+                    refusals: None,
                 };
                 // The coordinator made its key on start; the address names it.
                 let coordinator = bitpunch::native::client::CoordinatorEndpoint {

@@ -37,6 +37,7 @@ fn link_config() -> LinkConfig {
             ..Default::default()
         },
         ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+        refusals: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn link_config() -> LinkConfig {
         session: session(),
         client: ClientConfig::default(),
         ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+        refusals: None,
     }
 }
 

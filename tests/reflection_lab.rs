@@ -239,6 +239,7 @@ async fn a_coordinator_that_aims_orders_at_a_victim_costs_it_at_most_the_budget(
                 ..Default::default()
             },
             ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+            refusals: None,
         };
         let mut link = loop {
             match bitpunch::native::register(&node, coordinator, &key, link_config.clone()).await {
@@ -282,6 +283,7 @@ async fn a_coordinator_that_aims_orders_at_a_victim_costs_it_at_most_the_budget(
                         ..Default::default()
                     },
                     ping_interval: bitpunch::native::client::LINK_PING_INTERVAL,
+                    refusals: None,
                 },
             )
             .await

@@ -42,6 +42,7 @@ fn link_config(ping_interval: Duration) -> LinkConfig {
         session,
         client: ClientConfig::default(),
         ping_interval,
+        refusals: None,
     }
 }
 

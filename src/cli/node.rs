@@ -191,6 +191,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             session: session.clone(),
             client: order_limits.clone(),
             ping_interval: native::client::LINK_PING_INTERVAL,
+            refusals: Some(handle.order_refusals()),
         };
         let handle = handle.clone();
         let typed = typed.to_string();

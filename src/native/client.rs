@@ -44,6 +44,29 @@ pub struct LinkConfig {
     pub client: ClientConfig,
     /// [`LINK_PING_INTERVAL`], shorter in tests.
     pub ping_interval: Duration,
+    /// Where refused orders are counted by reason (a node's metrics).
+    pub refusals: Option<Arc<OrderRefusals>>,
+}
+
+/// Punch orders this node refused, by reason, across its links.
+#[derive(Debug, Default)]
+pub struct OrderRefusals(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl OrderRefusals {
+    pub fn count(&self, reason: super::machine::RefusalReason) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(reason.as_str()).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
 }
 
 /// How often the link pings its coordinator. A ping still unanswered at the
@@ -197,6 +220,7 @@ impl CoordinatorLink {
         let (verified_tx, verified_rx) = oneshot::channel();
         let displaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let displaced_in_task = displaced.clone();
+        let refusals = config.refusals.clone();
         let mut client = Client::new(
             config.client,
             key,
@@ -284,8 +308,11 @@ impl CoordinatorLink {
                                         let _ = withdraw.send(reason);
                                     }
                                 }
-                                ClientEvent::Refused { request, why } => {
-                                    tracing::warn!(request, %why, "refused a punch order");
+                                ClientEvent::Refused { request, reason, why } => {
+                                    tracing::warn!(request, reason = reason.as_str(), %why, "refused a punch order");
+                                    if let Some(refusals) = &refusals {
+                                        refusals.count(reason);
+                                    }
                                     if let Some(reply) = pending.remove(&request) {
                                         let _ = reply.send(Err(RequestError::LinkDown(why)));
                                     }

@@ -537,6 +537,36 @@ impl Default for ClientConfig {
     }
 }
 
+/// Why a client did not follow a punch order, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    InvalidKey,
+    /// An initiator order for a request we never made.
+    UnknownRequest,
+    /// The key does not hash to the id we asked for.
+    SubstitutedKey,
+    NotRegistered,
+    Unroutable,
+    DelayTooLong,
+    PerTargetLimit,
+    GlobalLimit,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::InvalidKey => "invalid_key",
+            RefusalReason::UnknownRequest => "unknown_request",
+            RefusalReason::SubstitutedKey => "substituted_key",
+            RefusalReason::NotRegistered => "not_registered",
+            RefusalReason::Unroutable => "unroutable",
+            RefusalReason::DelayTooLong => "delay_too_long",
+            RefusalReason::PerTargetLimit => "per_target_limit",
+            RefusalReason::GlobalLimit => "global_limit",
+        }
+    }
+}
+
 /// A punch the client should carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PunchOrder {
@@ -564,6 +594,7 @@ pub enum ClientEvent {
     /// An order was not followed; the coordinator has been told.
     Refused {
         request: u64,
+        reason: RefusalReason,
         why: String,
     },
     RequestFailed {
@@ -784,34 +815,48 @@ impl Client {
         delay_ms: u32,
     ) -> Vec<ClientEvent> {
         use ClientEvent::*;
-        let refuse = |why: String| {
+        let refuse = |reason: RefusalReason, why: String| {
             vec![
                 Send(NativeMessage::Result {
                     request,
                     result: PunchResult::Refused,
                 }),
-                Refused { request, why },
+                Refused {
+                    request,
+                    reason,
+                    why,
+                },
             ]
         };
         let Ok(peer_key) = identity::parse_public(&peer_key) else {
-            return refuse("the peer key is not a valid public key".into());
+            return refuse(
+                RefusalReason::InvalidKey,
+                "the peer key is not a valid public key".into(),
+            );
         };
         if role == PunchRole::Initiator {
             // Only for our own requests, and only with the key whose id we
             // asked for.
             let Some((asked, _)) = self.requests.remove(&request) else {
-                return refuse(format!(
-                    "an initiator order for request {request} we never made"
-                ));
+                return refuse(
+                    RefusalReason::UnknownRequest,
+                    format!("an initiator order for request {request} we never made"),
+                );
             };
             if NodeId::of(&peer_key) != asked {
-                return refuse(format!(
-                    "the coordinator gave key {} for peer {asked}: it does not hash to that id",
-                    NodeId::of(&peer_key)
-                ));
+                return refuse(
+                    RefusalReason::SubstitutedKey,
+                    format!(
+                        "the coordinator gave key {} for peer {asked}: it does not hash to that id",
+                        NodeId::of(&peer_key)
+                    ),
+                );
             }
         } else if self.registered.is_none() {
-            return refuse("a responder order before registration".into());
+            return refuse(
+                RefusalReason::NotRegistered,
+                "a responder order before registration".into(),
+            );
         }
         // The coordinator names the address: never a SYN into loopback, a
         // LAN, or an IPv4 address hidden in an IPv6 one.
@@ -820,12 +865,20 @@ impl Client {
         } else {
             match crate::net::routable::routable_target(peer) {
                 Ok(target) => target,
-                Err(why) => return refuse(format!("{peer} is not a punchable address: {why}")),
+                Err(why) => {
+                    return refuse(
+                        RefusalReason::Unroutable,
+                        format!("{peer} is not a punchable address: {why}"),
+                    )
+                }
             }
         };
         let delay = Duration::from_millis(delay_ms.into());
         if delay > self.config.max_delay {
-            return refuse(format!("dial delay {delay:?} is too long"));
+            return refuse(
+                RefusalReason::DelayTooLong,
+                format!("dial delay {delay:?} is too long"),
+            );
         }
         // Reflection limit: whatever the coordinator says, this node sends
         // SYNs to one address at most so often, and to all at most so often.
@@ -842,15 +895,19 @@ impl Client {
         let target = crate::punch::budget::address_key(peer.ip());
         let to_target = self.orders.iter().filter(|(_, ip)| *ip == target).count();
         if to_target >= self.config.orders_per_target_per_minute {
-            return refuse(format!(
-                "rate limit: {to_target} punches to {target} (its /32 or /64) in the last minute"
-            ));
+            return refuse(
+                RefusalReason::PerTargetLimit,
+                format!("rate limit: {to_target} punches to {target} (its /32 or /64) in the last minute"),
+            );
         }
         if self.orders.len() >= self.config.orders_per_minute {
-            return refuse(format!(
-                "rate limit: {} punches in the last minute",
-                self.orders.len()
-            ));
+            return refuse(
+                RefusalReason::GlobalLimit,
+                format!(
+                    "rate limit: {} punches in the last minute",
+                    self.orders.len()
+                ),
+            );
         }
         self.orders.push_back((now, target));
         vec![Punch(PunchOrder {

@@ -78,6 +78,7 @@ pub async fn connect(
             ..Default::default()
         },
         ping_interval: crate::native::client::LINK_PING_INTERVAL,
+        refusals: None,
     };
     match register(node, coordinator, &key, link_config).await {
         Ok(link) => {
