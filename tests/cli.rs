@@ -539,13 +539,15 @@ fn a_second_node_on_the_same_data_dir_is_refused_with_a_clear_error() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// A coordinator on loopback with its own data directory under `data`:
-/// the child, and the address nodes give it (`ID@IP:PORT`).
-fn coordinator_in(data: &std::path::Path) -> (Running, String) {
+/// A coordinator on loopback with its own data directory under `data`
+/// and its metrics on: the child, the address nodes give it (`ID@IP:PORT`),
+/// and where its metrics are served.
+fn coordinator_with_metrics(data: &std::path::Path) -> (Running, String, String) {
     let mut coordinator = Running(
         bitpunch()
             .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
-            .args(["--network", "regtest", "-q", "--data-dir"])
+            .args(["--network", "regtest", "-q", "--metrics", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data.join("coordinator"))
             .stdout(Stdio::piped())
             .spawn()
@@ -554,7 +556,14 @@ fn coordinator_in(data: &std::path::Path) -> (Running, String) {
     let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
     let id = line_starting(&mut out, "coordinator id ");
     let addr = line_starting(&mut out, "coordinator listening ");
-    (coordinator, format!("{id}@{addr}"))
+    let metrics = line_starting(&mut out, "metrics listening ");
+    (coordinator, format!("{id}@{addr}"), metrics)
+}
+
+/// The same without caring for its metrics.
+fn coordinator_in(data: &std::path::Path) -> (Running, String) {
+    let (coordinator, address, _) = coordinator_with_metrics(data);
+    (coordinator, address)
 }
 
 /// A node registered at `coordinator` with data directory `dir`, logging
@@ -694,21 +703,7 @@ fn sample_sum(text: &str, metric: &str, with: &[&str]) -> f64 {
 fn metrics_count_what_the_records_say() {
     let data = std::env::temp_dir().join(format!("bitpunch-cli-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let mut coordinator = Running(
-        bitpunch()
-            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
-            .args(["--network", "regtest", "-q", "--metrics", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.join("coordinator"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut coord_out = BufReader::new(coordinator.0.stdout.take().unwrap());
-    let coord_id = line_starting(&mut coord_out, "coordinator id ");
-    let coord = line_starting(&mut coord_out, "coordinator listening ");
-    let coord_metrics = line_starting(&mut coord_out, "metrics listening ");
-    let coord_address = format!("{coord_id}@{coord}");
+    let (coordinator, coord_address, coord_metrics) = coordinator_with_metrics(&data);
 
     let mut bob = Running(
         bitpunch()
@@ -802,25 +797,8 @@ fn metrics_count_what_the_records_say() {
 fn sigterm_stops_a_node_and_leaves_no_registration_behind() {
     let data = std::env::temp_dir().join(format!("bitpunch-cli-term-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let mut coordinator = Running(
-        bitpunch()
-            .args(["coordinator", "--port", "0", "--bind", "127.0.0.1"])
-            .args(["--network", "regtest", "-q", "--metrics", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.join("coordinator"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut coord_out = BufReader::new(coordinator.0.stdout.take().unwrap());
-    let coord_id = line_starting(&mut coord_out, "coordinator id ");
-    let coord = line_starting(&mut coord_out, "coordinator listening ");
-    let coord_metrics = line_starting(&mut coord_out, "metrics listening ");
-    let (mut bob, _) = registered_node(
-        &format!("{coord_id}@{coord}"),
-        &data.join("bob"),
-        &data.join("bob.log"),
-    );
+    let (coordinator, coord_address, coord_metrics) = coordinator_with_metrics(&data);
+    let (mut bob, _) = registered_node(&coord_address, &data.join("bob"), &data.join("bob.log"));
     let registered = || {
         sample_sum(
             &scrape(&coord_metrics),

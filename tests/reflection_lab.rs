@@ -34,6 +34,24 @@ fn syn_counter(table: &str, counter: &str, hook: &str, matching: &str) -> String
     )
 }
 
+/// The victim saw SYNs (the attack ran), no more than the per-address
+/// budget, and the budget refused some (it was what held).
+fn within_budget(at_victim: u64, refused: u64) {
+    let budget = BudgetConfig::default().per_address as u64;
+    assert!(
+        at_victim > 0,
+        "Bob never dialed the victim: the attack did not run"
+    );
+    assert!(
+        at_victim <= budget,
+        "the victim saw {at_victim} SYNs, over the per-address budget of {budget}"
+    );
+    assert!(
+        refused > 0,
+        "the budget never had to refuse: the test did not test it"
+    );
+}
+
 /// The hostile CONNECT: a few addresses that must never be dialed (an
 /// IPv4-mapped IPv6 form of the victim, loopback, reserved, NAT64), then as
 /// many of the victim's ports as fit in one 4 KB exchange message.
@@ -145,22 +163,10 @@ async fn connects_with_375_addresses_at_a_victim_cost_it_at_most_the_budget() {
     let (spent, refused) = spent_rx.await.unwrap();
     let at_victim = lab.nft_counter(&victim.ns, VICTIM_TABLE, "syns").unwrap();
     let to_loopback = lab.nft_counter(&t.bob.ns, "bob", "loopback").unwrap();
-    let budget = BudgetConfig::default().per_address as u64;
     eprintln!(
         "victim saw {at_victim} SYNs; Bob's budget paid {spent} and refused {refused}; {to_loopback} to loopback"
     );
-    assert!(
-        at_victim > 0,
-        "Bob never dialed the victim: the attack did not run"
-    );
-    assert!(
-        at_victim <= budget,
-        "the victim saw {at_victim} SYNs, over the per-address budget of {budget}"
-    );
-    assert!(
-        refused > 0,
-        "the budget never had to refuse: the test did not test it"
-    );
+    within_budget(at_victim, refused);
     assert_eq!(to_loopback, 0, "a loopback candidate was dialed");
 }
 
@@ -302,21 +308,9 @@ async fn a_coordinator_that_aims_orders_at_a_victim_costs_it_at_most_the_budget(
     let _ = done_tx.send(());
     let (spent, refused) = spent_rx.await.unwrap();
     let at_victim = lab.nft_counter(&victim.ns, VICTIM_TABLE, "syns").unwrap();
-    let budget = BudgetConfig::default().per_address as u64;
     eprintln!(
         "{answered} orders sent; victim saw {at_victim} SYNs; Bob's budget paid {spent} and refused {refused}"
     );
     assert_eq!(answered, 40, "the coordinator did not send every order");
-    assert!(
-        at_victim > 0,
-        "Bob never dialed the victim: the attack did not run"
-    );
-    assert!(
-        at_victim <= budget,
-        "the victim saw {at_victim} SYNs, over the per-address budget of {budget}"
-    );
-    assert!(
-        refused > 0,
-        "the budget never had to refuse: the test did not test it"
-    );
+    within_budget(at_victim, refused);
 }
