@@ -935,6 +935,15 @@ mod tests {
         NodeKey::from_secret(&[42; 32]).unwrap()
     }
 
+    /// A client with a new key, expecting the test coordinator.
+    fn fresh_client() -> Client {
+        Client::new(
+            ClientConfig::default(),
+            NodeKey::generate(),
+            expected_coordinator(),
+        )
+    }
+
     fn expected_coordinator() -> ExpectedCoordinator {
         ExpectedCoordinator {
             id: test_coordinator_key().id(),
@@ -1117,16 +1126,8 @@ mod tests {
     fn registration_and_a_timed_punch() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
-        let mut alice = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
-        let mut bob = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut alice = fresh_client();
+        let mut bob = fresh_client();
         coord.connected(
             1,
             addr("203.0.113.2:40001"),
@@ -1234,11 +1235,7 @@ mod tests {
             },
             test_coordinator_key(),
         );
-        let mut alice = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut alice = fresh_client();
         coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
         let alice_id = register(&mut coord, 1, &mut alice, t0);
         let stranger = NodeKey::generate().id();
@@ -1341,11 +1338,7 @@ mod tests {
     #[test]
     fn orders_to_unroutable_addresses_are_refused() {
         let t0 = Instant::now();
-        let mut alice = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut alice = fresh_client();
         alice.verified = Some(PROTOCOL_VERSION);
         alice.registered = Some(alice.key().id());
         let bob = NodeKey::generate();
@@ -1441,11 +1434,7 @@ mod tests {
     fn a_budget_burn_from_one_netgroup_leaves_others_their_orders() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
-        let mut bob = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut bob = fresh_client();
         coord.connected(1, addr("203.0.113.6:1"), None, Some(SESSION));
         let bob_id = register(&mut coord, 1, &mut bob, t0);
         let mut orders = 0;
@@ -1470,11 +1459,7 @@ mod tests {
             coord.check_invariants().unwrap();
         }
         assert_eq!(orders, 3, "one netgroup got {orders} orders to Bob");
-        let mut carol = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut carol = fresh_client();
         coord.connected(99, addr("192.0.2.44:1"), None, Some(SESSION));
         register(&mut coord, 99, &mut carol, t0);
         let actions = coord.handle(t0, 99, carol.request(t0, 1, bob_id), [0; 32]);
@@ -1494,16 +1479,8 @@ mod tests {
     fn a_re_registration_then_disconnect_leaves_no_stale_index() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
-        let mut alice = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
-        let mut bob = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut alice = fresh_client();
+        let mut bob = fresh_client();
         coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
         coord.connected(2, addr("203.0.113.6:2"), None, Some(SESSION));
         register(&mut coord, 1, &mut alice, t0);
@@ -1574,16 +1551,8 @@ mod tests {
     fn a_targets_refusal_reaches_the_requester_once() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
-        let mut alice = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
-        let mut bob = Client::new(
-            ClientConfig::default(),
-            NodeKey::generate(),
-            expected_coordinator(),
-        );
+        let mut alice = fresh_client();
+        let mut bob = fresh_client();
         coord.connected(1, addr("203.0.113.2:1"), None, Some(SESSION));
         coord.connected(2, addr("203.0.113.6:2"), None, Some(SESSION));
         register(&mut coord, 1, &mut alice, t0);
