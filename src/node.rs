@@ -258,6 +258,18 @@ impl NodeHandle {
         ended
     }
 
+    /// Ends every session, each logged with `reason` (a shutdown).
+    pub fn close_all(&self, reason: &str) -> usize {
+        let table = lock(&self.table);
+        for (id, served) in &table.served {
+            tracing::info!(id, remote = %served.info.remote, %reason, "session closed");
+            if let Some(abort) = &served.abort {
+                abort.abort();
+            }
+        }
+        table.served.len()
+    }
+
     pub fn status(&self) -> NodeStatus {
         let (syns_sent, syns_refused) = self.shared.punch_syns();
         NodeStatus {

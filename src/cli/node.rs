@@ -229,9 +229,12 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         () = relayed => {}
         () = print_records => {}
     }
-    // Dropping the node and its links now closes every session and the
-    // coordinator link (an RST: the coordinator frees the registration at
-    // once) and the relay connections (the reservations go with them).
+    // Every session ends with the reason in the log; dropping the node and
+    // its links then closes the coordinator links (an RST: the coordinator
+    // frees the registration at once) and the relay connections (the
+    // reservations go with them).
+    let closed = handle.close_all("the node is shutting down");
+    tracing::info!(sessions = closed, "stopped");
     Ok(ExitCode::SUCCESS)
 }
 
