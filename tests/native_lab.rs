@@ -225,3 +225,70 @@ async fn a_refused_order_ends_the_requesters_punch() {
         record.to_json()
     );
 }
+
+/// `connect` through a running node, as the node does it: Alice's node is
+/// registered already, and each punch is one request on its open session.
+/// Twenty punches between two home NATs with 20 ms on each link; the median
+/// time to verack is printed against the bound d_a + max(d_a, d_b) + 5 D
+/// (docs/results.md).
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_through_a_registered_node_are_one_request_each() {
+    require_lab!();
+    let s = scenario("home").await;
+    let (coordinator, bob_id) = (s.coordinator, s.bob_id);
+    let records = s
+        .alice_rt
+        .run(async move {
+            let node = node(0);
+            let key = Arc::new(NodeKey::generate());
+            let mut config = link_config();
+            config.client.orders_per_target_per_minute = 100;
+            config.client.orders_per_minute = 100;
+            let link = native::register(&node, coordinator, &key, config)
+                .await
+                .unwrap();
+            let access = link.access();
+            let ctx = native::punch::PunchContext::over(
+                node.shared_port().clone(),
+                node.router().clone(),
+                key,
+                session(),
+                &access,
+            );
+            let mut records = Vec::new();
+            for _ in 0..20 {
+                let outcome =
+                    native::connect_with(&ctx, &access, bob_id, tokio::time::Instant::now()).await;
+                records.push(outcome.record);
+                // The session ends here; the next punch leaves from the
+                // same port to the same peer.
+            }
+            records
+        })
+        .await;
+    let ok: Vec<&Outcome> = records.iter().filter(|r| r.ok).collect();
+    for r in records.iter().filter(|r| !r.ok) {
+        eprintln!("failed: {}", r.to_json());
+    }
+    let mut verack: Vec<f64> = ok.iter().filter_map(|r| r.t_ms.verack).collect();
+    verack.sort_by(f64::total_cmp);
+    let median = verack.get(verack.len() / 2).copied().unwrap_or(f64::NAN);
+    let bound = bitpunch::report::bound::native_through_node(20.0, 20.0);
+    let bytes: Vec<u64> = ok.iter().map(|r| r.bytes.coordination).collect();
+    let attempts: Vec<u32> = ok.iter().map(|r| r.attempts).collect();
+    eprintln!(
+        "first try: time to verack {:?} ms; attempts per try {attempts:?}",
+        ok.first().and_then(|r| r.t_ms.verack)
+    );
+    eprintln!(
+        "through a registered node: {}/20 ok, median time to verack {median:.1} ms against a bound of {bound} ms; coordination bytes {bytes:?}",
+        ok.len()
+    );
+    assert!(ok.len() >= 19, "only {} of 20 punches worked", ok.len());
+    // One request and its order: a few hundred bytes, never a set-up.
+    assert!(bytes.iter().all(|b| *b < 600), "{bytes:?}");
+}

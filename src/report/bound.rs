@@ -31,6 +31,14 @@ pub fn lower_bound(path: PathKind, d_a: f64, d_b: f64) -> f64 {
     }
 }
 
+/// The native path from a node that is registered already (`bitpunch
+/// connect` through a running node): the coordinator session is open, so
+/// only `hpconnect` → both orders (d_a), the farther node's order
+/// (max(d_a, d_b)) and the same 5 D after the dial remain.
+pub fn native_through_node(d_a: f64, d_b: f64) -> f64 {
+    d_a + d_a.max(d_b) + 5.0 * (d_a + d_b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +54,9 @@ mod tests {
         assert_eq!(lower_bound(PathKind::Native, 10.0, 30.0), 320.0);
         // libp2p: 60 + 60 + 440 = 560.
         assert_eq!(lower_bound(PathKind::Libp2p, 10.0, 30.0), 560.0);
+        // Through a running node: 20 + 20 + 200 = 240; 10 + 30 + 200 = 240.
+        assert_eq!(native_through_node(20.0, 20.0), 240.0);
+        assert_eq!(native_through_node(10.0, 30.0), 240.0);
         // No delay at all: no bound.
         for p in PathKind::ALL {
             assert_eq!(lower_bound(p, 0.0, 0.0), 0.0);
