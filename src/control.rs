@@ -38,6 +38,15 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn serve(data_dir: &Path, node: NodeHandle) -> Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
+    // sockaddr_un holds 108 bytes with the terminating NUL.
+    let length = path.as_os_str().len();
+    if length > 107 {
+        bail!(
+            "the control socket {} would be {length} bytes long, over the 107 a Unix socket \
+             path may have: give the node a shorter --data-dir",
+            path.display()
+        );
+    }
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
@@ -244,4 +253,28 @@ pub fn render_peers(peers: &Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_data_dir_too_long_for_a_socket_is_named() {
+        let dir = std::path::PathBuf::from(format!("/tmp/{}", "d".repeat(120)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = rt.block_on(async {
+            let mut config = crate::node::NodeConfig::new(crate::wire::SessionConfig::new(
+                crate::wire::Network::Regtest,
+            ));
+            config.bind_ip = Some(std::net::Ipv4Addr::LOCALHOST.into());
+            config.port = 0;
+            crate::node::Node::start(config).unwrap()
+        });
+        let _guard = rt.enter();
+        let err = super::serve(&dir, node.handle()).unwrap_err().to_string();
+        assert!(err.contains("shorter --data-dir"), "{err}");
+        drop(node);
+    }
 }

@@ -148,10 +148,10 @@ impl Drop for RelayServer {
     }
 }
 
-fn is_wildcard(addr: &Multiaddr) -> bool {
+fn is_loopback(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_unspecified(),
-        Protocol::Ip6(ip) => ip.is_unspecified(),
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
         _ => false,
     })
 }
@@ -189,25 +189,52 @@ impl RelayServer {
         swarm
             .listen_on(listen.clone())
             .with_context(|| format!("cannot listen on {listen}"))?;
-        // The actual address (port 0 resolved) comes with the first event.
-        let bound = loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => break address,
-                SwarmEvent::ListenerError { error, .. } => anyhow::bail!("relay listener: {error}"),
-                _ => {}
+        // The actual addresses (port 0 resolved; one per interface for a
+        // wildcard) come as events, all at once.
+        let mut bound = Vec::new();
+        loop {
+            let wait = if bound.is_empty() {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_millis(200)
+            };
+            match tokio::time::timeout(wait, swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => bound.push(address),
+                Ok(SwarmEvent::ListenerError { error, .. }) => {
+                    anyhow::bail!("relay listener: {error}")
+                }
+                Ok(_) => {}
+                Err(_) if bound.is_empty() => anyhow::bail!("no listen address within 10 s"),
+                Err(_) => break,
+            }
+        }
+        // What nodes dial: --external; else every bound address but
+        // loopback (a wildcard on a host with a public interface), or
+        // loopback when there is nothing else. Addresses peers observe are
+        // added later (see `observed`).
+        let learn = external.is_none();
+        let externals: Vec<Multiaddr> = match external {
+            Some(e) => vec![e],
+            None => {
+                let outside: Vec<Multiaddr> =
+                    bound.iter().filter(|a| !is_loopback(a)).cloned().collect();
+                if outside.is_empty() {
+                    bound.clone()
+                } else {
+                    outside
+                }
             }
         };
-        let external = match external {
-            Some(e) => e,
-            None if is_wildcard(&bound) => anyhow::bail!(
-                "listening on {bound}, a wildcard address: give --external (the address nodes dial)"
-            ),
-            None => bound,
-        };
-        swarm.add_external_address(external.clone());
+        for e in &externals {
+            swarm.add_external_address(e.clone());
+        }
         let peer_id = *swarm.local_peer_id();
-        let address = external.with(Protocol::P2p(peer_id));
+        let Some(first) = externals.first() else {
+            anyhow::bail!("no address to announce");
+        };
+        let address = first.clone().with(Protocol::P2p(peer_id));
         let metrics = limits.metrics.clone();
+        let mut observed = Observed::default();
         let task = tokio::spawn(async move {
             loop {
                 let event = swarm.select_next_some().await;
@@ -221,8 +248,19 @@ impl RelayServer {
                     }
                     m.record(&event);
                 }
-                if let SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) = event {
-                    log_relay_event(&event);
+                match event {
+                    SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) => {
+                        log_relay_event(&event)
+                    }
+                    SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(
+                        identify::Event::Received { peer_id, info, .. },
+                    )) if learn => {
+                        if let Some(confirmed) = observed.report(peer_id, info.observed_addr) {
+                            tracing::info!(address = %confirmed, "two peers see the relay here: announcing it");
+                            swarm.add_external_address(confirmed);
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
@@ -231,6 +269,38 @@ impl RelayServer {
             address,
             task,
         })
+    }
+}
+
+/// Addresses peers say they see the relay at (identify), announced once two
+/// different peers agree: one peer alone could make the relay advertise an
+/// address of its choosing. Bounded: a few addresses, a few reporters each.
+#[derive(Default)]
+struct Observed {
+    reports: std::collections::HashMap<Multiaddr, std::collections::HashSet<PeerId>>,
+    announced: std::collections::HashSet<Multiaddr>,
+}
+
+impl Observed {
+    const MAX_ADDRESSES: usize = 64;
+
+    fn report(&mut self, peer: PeerId, observed: Multiaddr) -> Option<Multiaddr> {
+        if self.announced.contains(&observed) || is_loopback(&observed) {
+            return None;
+        }
+        if !self.reports.contains_key(&observed) && self.reports.len() >= Self::MAX_ADDRESSES {
+            return None;
+        }
+        let peers = self.reports.entry(observed.clone()).or_default();
+        if peers.len() < 2 {
+            peers.insert(peer);
+        }
+        if peers.len() >= 2 && self.announced.len() < Self::MAX_ADDRESSES {
+            self.reports.remove(&observed);
+            self.announced.insert(observed.clone());
+            return Some(observed);
+        }
+        None
     }
 }
 
@@ -270,5 +340,33 @@ fn log_relay_event(event: &relay::Event) {
             tracing::info!(src = %src_peer_id, dst = %dst_peer_id, error = ?error, "circuit closed")
         }
         other => tracing::debug!(?other, "relay event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_observed_address_is_announced_once_two_peers_agree() {
+        let mut observed = Observed::default();
+        let addr: Multiaddr = "/ip4/203.0.113.7/tcp/4001".parse().unwrap();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        // One peer, however often, is not enough.
+        assert_eq!(observed.report(a, addr.clone()), None);
+        assert_eq!(observed.report(a, addr.clone()), None);
+        assert_eq!(observed.report(b, addr.clone()), Some(addr.clone()));
+        // Once.
+        assert_eq!(observed.report(PeerId::random(), addr), None);
+        // Never loopback.
+        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        assert_eq!(observed.report(a, lo.clone()), None);
+        assert_eq!(observed.report(b, lo), None);
+        // A peer naming many addresses fills a bounded table.
+        for port in 0..1000u16 {
+            let claimed: Multiaddr = format!("/ip4/198.51.100.1/tcp/{port}").parse().unwrap();
+            observed.report(a, claimed);
+        }
+        assert!(observed.reports.len() <= Observed::MAX_ADDRESSES);
     }
 }
