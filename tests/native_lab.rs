@@ -264,8 +264,13 @@ async fn punches_through_a_registered_node_are_one_request_each() {
                 let outcome =
                     native::connect_with(&ctx, &access, bob_id, tokio::time::Instant::now()).await;
                 records.push(outcome.record);
-                // The session ends here; the next punch leaves from the
-                // same port to the same peer.
+                // The next punch leaves from the same port to the same peer.
+                // Started while this session's closing handshake is still
+                // under way, its first SYN does not get through (the
+                // 4-tuple is still taken) and it needs a second attempt:
+                // give the close half a second, as a user would.
+                drop(outcome.session);
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             records
         })
