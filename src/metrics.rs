@@ -5,7 +5,7 @@
 //! attempts, which socket won, time to verack.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -105,7 +105,6 @@ pub struct Metrics {
     registrations: Gauge,
     reservations: Gauge,
     syns: Family<OutcomeLabels, Counter>,
-    syns_seen: Mutex<(u64, u64)>,
     orders_refused: Family<ReasonLabels, Counter>,
     coordinator_registered: Gauge,
     coordinator_fails: Family<ReasonLabels, Counter>,
@@ -236,7 +235,6 @@ impl Metrics {
             registrations,
             reservations,
             syns,
-            syns_seen: Mutex::new((0, 0)),
             orders_refused,
             coordinator_registered,
             coordinator_fails,
@@ -305,25 +303,18 @@ impl Metrics {
             .set(i64::try_from(status.reachability.coordinators.len()).unwrap_or(i64::MAX));
         self.reservations
             .set(i64::try_from(status.reachability.relays.len()).unwrap_or(i64::MAX));
-        let mut seen = self.syns_seen.lock().unwrap_or_else(|p| p.into_inner());
-        let (sent, refused) = (
-            status.punch_budget.syns_sent,
-            status.punch_budget.syns_refused,
-        );
-        for (outcome, now, before) in [("sent", sent, seen.0), ("refused", refused, seen.1)] {
-            self.syns
-                .get_or_create(&OutcomeLabels {
-                    outcome: outcome.to_string(),
-                })
-                .inc_by(now.saturating_sub(before));
+        let budget = &status.punch_budget;
+        for (outcome, total) in [("sent", budget.syns_sent), ("refused", budget.syns_refused)] {
+            let counter = self.syns.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+            catch_up(&counter, total);
         }
-        *seen = (sent, refused);
-        drop(seen);
-        for (reason, count) in node.order_refusals().snapshot() {
+        for (reason, total) in node.order_refusals().snapshot() {
             let counter = self.orders_refused.get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             });
-            counter.inc_by(count.saturating_sub(counter.get()));
+            catch_up(&counter, total);
         }
     }
 
@@ -331,17 +322,13 @@ impl Metrics {
     pub fn refresh_coordinator(&self, stats: &crate::native::coordinator::CoordinatorStats) {
         self.coordinator_registered
             .set(i64::try_from(stats.registered).unwrap_or(i64::MAX));
-        for (reason, count) in &stats.refusals {
+        for (reason, total) in &stats.refusals {
             let counter = self.coordinator_fails.get_or_create(&ReasonLabels {
                 reason: reason.clone(),
             });
-            counter.inc_by(count.saturating_sub(counter.get()));
+            catch_up(&counter, *total);
         }
-        self.coordinator_orders.inc_by(
-            stats
-                .coordinations
-                .saturating_sub(self.coordinator_orders.get()),
-        );
+        catch_up(&self.coordinator_orders, stats.coordinations);
     }
 
     /// The Prometheus text exposition of everything above.
@@ -350,6 +337,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Brings a counter up to a total that the code it mirrors keeps itself
+/// (the punch budget's, the coordinator's): the counter remembers what it
+/// has already counted.
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Serves `GET /metrics` on `addr` with what `render` returns at each
