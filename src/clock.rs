@@ -59,3 +59,40 @@ mod tests {
         assert_eq!(millis_u32(Duration::MAX), u32::MAX);
     }
 }
+
+/// Retrying a third party (a coordinator, a relay): 1 s, doubling to a
+/// minute, each wait jittered to 0.5–1.5 × so that the nodes of one that
+/// restarts do not all come back in the same second; back to 1 s once it
+/// answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Backoff::FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MOST: Duration = Duration::from_secs(60);
+
+    /// The wait before the next try, unjittered (for logs).
+    pub fn next(&self) -> Duration {
+        self.next
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Backoff::FIRST;
+    }
+
+    /// Waits (jittered), then doubles the next wait.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next.mul_f64(rand::random::<f64>() + 0.5)).await;
+        self.next = self.next.saturating_mul(2).min(Backoff::MOST);
+    }
+}

@@ -14,7 +14,7 @@ use crate::address::PeerAddress;
 use crate::identity::NodeKey;
 use crate::native::punch::PunchContext;
 use crate::net::{Router, SharedPort};
-use crate::node::{NodeHandle, SessionInfo, SessionOwner, SessionPath};
+use crate::node::{NodeHandle, SessionOwner, SessionPath};
 use crate::report::{Outcome, Path};
 use crate::wire::{self, SessionConfig, SessionRole};
 
@@ -42,7 +42,9 @@ impl NodeConnector {
     pub async fn connect(&self, address: &str) -> Result<Outcome> {
         let asked = Instant::now();
         let target: PeerAddress = address.parse()?;
-        let (record, session) = match &target {
+        // The record, and whether the node took the session (when there
+        // is one).
+        let (record, adopted) = match &target {
             PeerAddress::Coordinated { peer, coordinator } => {
                 let Some(link) = self.handle.link_to(coordinator.id) else {
                     bail!(
@@ -58,13 +60,11 @@ impl NodeConnector {
                     &link,
                 );
                 let outcome = crate::native::connect_with(&ctx, &link, *peer, asked).await;
-                let session = outcome.session.map(|s| {
-                    (
-                        SessionInfo::of(SessionPath::Native, &s.report),
-                        served(s, self.idle),
-                    )
-                });
-                (outcome.record, session)
+                let adopted = match outcome.session {
+                    Some(s) => self.adopt(SessionPath::Native, s).await,
+                    None => true,
+                };
+                (outcome.record, adopted)
             }
             PeerAddress::Direct { .. } => {
                 let resolved = target
@@ -80,8 +80,7 @@ impl NodeConnector {
                         let mut record = Outcome::from_session(Path::Direct, &s.report);
                         record.bytes.direct = outcome.bytes_total;
                         record.attempts = outcome.attempts;
-                        let info = SessionInfo::of(SessionPath::Outbound, &s.report);
-                        (record, Some((info, served(s, self.idle))))
+                        (record, self.adopt(SessionPath::Outbound, s).await)
                     }
                     Err(e) => (
                         Outcome::from_error(
@@ -90,7 +89,7 @@ impl NodeConnector {
                             Some(remote.to_string()),
                             &e,
                         ),
-                        None,
+                        true,
                     ),
                 }
             }
@@ -101,35 +100,26 @@ impl NodeConnector {
                     );
                 };
                 let outcome = crate::libp2p::connect_circuit(ctx, circuit.clone()).await;
-                let session = outcome.session.map(|s| {
-                    (
-                        SessionInfo::of(SessionPath::Libp2p, &s.report),
-                        served(s, self.idle),
-                    )
-                });
-                (outcome.record, session)
+                let adopted = match outcome.session {
+                    Some(s) => self.adopt(SessionPath::Libp2p, s).await,
+                    None => true,
+                };
+                (outcome.record, adopted)
             }
         };
         if let Some(records) = &self.records {
             let _ = records.send(record.clone()).await;
         }
-        if let Some((info, task)) = session {
-            if !self.owner.adopt(info, task).await {
-                bail!("the node is stopping");
-            }
+        if !adopted {
+            bail!("the node is stopping");
         }
         Ok(record)
     }
-}
 
-/// A session's serving loop, for the node to own.
-fn served<S>(session: wire::Session<S>, idle: Duration) -> crate::node::SessionTask
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    Box::pin(async move {
-        let remote = session.report.remote;
-        let ended = session.serve(idle).await;
-        tracing::info!(%remote, reason = %ended, "session closed");
-    })
+    async fn adopt<S>(&self, path: SessionPath, session: wire::Session<S>) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.owner.adopt_session(path, session, self.idle).await
+    }
 }

@@ -159,6 +159,29 @@ impl SessionOwner {
     pub async fn adopt(&self, info: SessionInfo, task: SessionTask) -> bool {
         self.0.send((info, task)).await.is_ok()
     }
+
+    /// Adopts `session`, which came by `path`: the node serves it (answers
+    /// pings, drops it after `idle` of silence) and logs why it ended.
+    pub async fn adopt_session<S>(
+        &self,
+        path: SessionPath,
+        session: crate::wire::Session<S>,
+        idle: Duration,
+    ) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = SessionInfo::of(path, &session.report);
+        let remote = info.remote;
+        self.adopt(
+            info,
+            Box::pin(async move {
+                let ended = session.serve(idle).await;
+                tracing::info!(%remote, ?path, reason = %ended, "session closed");
+            }),
+        )
+        .await
+    }
 }
 
 /// A coordinator registration or relay reservation the node holds.

@@ -126,11 +126,7 @@ pub async fn serve_relayed(
                         // The session belongs to the node from here: it
                         // outlives the relay and shows in `bitpunch peers`.
                         if let Some(session) = out.session {
-                            let info = crate::node::SessionInfo::of(crate::node::SessionPath::Libp2p, &session.report);
-                            ctx.owner.adopt(info, Box::pin(async move {
-                                let ended = session.serve(idle).await;
-                                tracing::info!(%peer, reason = %ended, "punched session closed");
-                            })).await;
+                            ctx.owner.adopt_session(crate::node::SessionPath::Libp2p, session, idle).await;
                         }
                     });
                 }
@@ -152,11 +148,11 @@ pub async fn keep_reservation(
     on_reserved: impl Fn(&Multiaddr),
 ) {
     let listen = relay.clone().with(Protocol::P2pCircuit);
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = crate::clock::Backoff::default();
     let mut events = node.events();
     loop {
         if let Err(e) = node.listen(listen.clone()).await {
-            tracing::warn!(%relay, error = %e, retry_in = ?backoff, "cannot ask for a reservation");
+            tracing::warn!(%relay, error = %e, retry_in = ?backoff.next(), "cannot ask for a reservation");
         } else {
             let mut held = false;
             loop {
@@ -169,15 +165,15 @@ pub async fn keep_reservation(
                         }
                         tracing::info!(%circuit, renewal, "reservation held");
                         held = true;
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                     }
                     Ok(Libp2pEvent::ReservationLost { relay_addr, reason })
                         if relay_addr == listen =>
                     {
                         if held {
-                            tracing::warn!(%relay, %reason, retry_in = ?backoff, "reservation lost");
+                            tracing::warn!(%relay, %reason, retry_in = ?backoff.next(), "reservation lost");
                         } else {
-                            tracing::warn!(%relay, %reason, retry_in = ?backoff, "no reservation");
+                            tracing::warn!(%relay, %reason, retry_in = ?backoff.next(), "no reservation");
                         }
                         break;
                     }
@@ -187,9 +183,6 @@ pub async fn keep_reservation(
                 }
             }
         }
-        // Jittered, so that the nodes of a relay that restarts do not all
-        // come back in the same second.
-        tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
-        backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
+        backoff.wait().await;
     }
 }

@@ -220,11 +220,7 @@ pub async fn serve_orders(
                     // The session belongs to the node from here: it survives
                     // this link, whose punches are aborted when it ends.
                     if let Some(session) = outcome.session {
-                        let info = crate::node::SessionInfo::of(crate::node::SessionPath::Native, &session.report);
-                        owner.adopt(info, Box::pin(async move {
-                            let ended = session.serve(idle).await;
-                            tracing::info!(%peer, reason = %ended, "punched session closed");
-                        })).await;
+                        owner.adopt_session(crate::node::SessionPath::Native, session, idle).await;
                     }
                 });
             }
@@ -269,11 +265,11 @@ pub async fn stay_registered(
     records: Option<mpsc::Sender<Outcome>>,
     on_event: impl Fn(RegistrationEvent),
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = crate::clock::Backoff::default();
     loop {
         match register(node, coordinator, &key, link_config.clone()).await {
             Ok(mut link) => {
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 tracing::info!(id = %link.id, observed = %link.observed, version = link.version, "registered with the coordinator");
                 on_event(RegistrationEvent::Registered {
                     id: link.id,
@@ -301,14 +297,11 @@ pub async fn stay_registered(
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                tracing::warn!(error = %why, retry_in = ?backoff, "cannot register");
+                tracing::warn!(error = %why, retry_in = ?backoff.next(), "cannot register");
                 on_event(RegistrationEvent::Failed { why });
             }
         }
-        // Jittered, so that the nodes of a coordinator that restarts do not
-        // all come back in the same second.
-        tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
-        backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
+        backoff.wait().await;
     }
 }
 
