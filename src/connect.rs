@@ -15,8 +15,11 @@ use crate::identity::NodeKey;
 use crate::native::punch::PunchContext;
 use crate::net::{Router, SharedPort};
 use crate::node::{NodeHandle, SessionOwner, SessionPath};
+use crate::punch::upgrade::Ending;
 use crate::report::{Outcome, Path};
-use crate::wire::{self, SessionConfig, SessionRole};
+use crate::sidecar::socks::PunchName;
+use crate::sidecar::{ClientSlot, LocalEnd};
+use crate::wire::{self, SessionConfig, SessionRole, Stage};
 
 /// Everything a connection through the node needs of it.
 #[derive(Clone)]
@@ -107,13 +110,100 @@ impl NodeConnector {
                 (outcome.record, adopted)
             }
         };
-        if let Some(records) = &self.records {
-            let _ = records.send(record.clone()).await;
-        }
+        self.report(&record).await;
         if !adopted {
             bail!("the node is stopping");
         }
         Ok(record)
+    }
+
+    async fn report(&self, record: &Outcome) {
+        if let Some(records) = &self.records {
+            let _ = records.send(record.clone()).await;
+        }
+    }
+
+    /// For the sidecar's SOCKS5 proxy: punch to `name` and splice the
+    /// connection to the waiting `client`; the splice then belongs to the
+    /// node. Without a coordinator or relay pinned in the name, each one
+    /// the node holds is asked in turn until one knows the peer. `Err`
+    /// when there is nobody to ask.
+    pub async fn splice(&self, name: &PunchName, client: ClientSlot) -> Result<Outcome> {
+        let asked = Instant::now();
+        let ending = Ending::Splice(LocalEnd::Client(client));
+        let mut last = None;
+        match name {
+            PunchName::Node { id, coordinator } => {
+                let links: Vec<_> = self
+                    .handle
+                    .links()
+                    .into_iter()
+                    .filter(|l| coordinator.is_none_or(|c| l.coordinator.id == c))
+                    .collect();
+                if links.is_empty() {
+                    bail!(
+                        "{name}: this node is registered with no coordinator{} to ask through",
+                        coordinator.map(|c| format!(" {c}")).unwrap_or_default()
+                    );
+                }
+                for link in links {
+                    let mut ctx = PunchContext::over(
+                        self.port.clone(),
+                        self.router.clone(),
+                        self.key.clone(),
+                        self.session.clone(),
+                        &link,
+                    );
+                    ctx.ending = ending.clone();
+                    let outcome = crate::native::connect_with(&ctx, &link, *id, asked).await;
+                    if let Some(spliced) = outcome.spliced {
+                        self.owner.adopt(spliced.info, spliced.task).await;
+                    }
+                    self.report(&outcome.record).await;
+                    let unknown_here = outcome.record.failed_at == Some(Stage::Coordination);
+                    last = Some(outcome.record);
+                    if !unknown_here {
+                        break;
+                    }
+                }
+            }
+            PunchName::Peer { id, relay } => {
+                let Some(ctx) = &self.libp2p else {
+                    bail!("{name}: this node runs no libp2p (start it with --relay)");
+                };
+                let relays: Vec<libp2p::Multiaddr> = self
+                    .handle
+                    .relays()
+                    .iter()
+                    .filter_map(|r| r.parse().ok())
+                    .filter(|r| relay.is_none_or(|want| crate::libp2p::relay_peer(r) == Some(want)))
+                    .collect();
+                if relays.is_empty() {
+                    bail!(
+                        "{name}: this node holds no reservation on a relay{} to reach the peer through",
+                        relay.map(|r| format!(" {r}")).unwrap_or_default()
+                    );
+                }
+                let mut ctx = ctx.clone();
+                ctx.ending = ending.clone();
+                for relay in relays {
+                    let circuit = relay
+                        .with(libp2p::multiaddr::Protocol::P2pCircuit)
+                        .with(libp2p::multiaddr::Protocol::P2p(*id));
+                    let outcome = crate::libp2p::connect_circuit(&ctx, circuit).await;
+                    if let Some(spliced) = outcome.spliced {
+                        self.owner.adopt(spliced.info, spliced.task).await;
+                    }
+                    self.report(&outcome.record).await;
+                    let unknown_here = outcome.record.failed_at == Some(Stage::Coordination);
+                    last = Some(outcome.record);
+                    if !unknown_here {
+                        break;
+                    }
+                }
+            }
+        }
+        last.context("nobody was asked")
     }
 
     async fn adopt<S>(&self, path: SessionPath, session: wire::Session<S>) -> bool

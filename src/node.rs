@@ -30,6 +30,10 @@ pub struct NodeConfig {
     pub admission: AdmissionConfig,
     /// Limits on punch SYNs from the shared port (docs/security.md).
     pub punch_budget: BudgetConfig,
+    /// Sidecar mode: the local Bitcoin node's P2P port. Connections punched
+    /// for us, and ordinary inbound Bitcoin peers of the shared port, are
+    /// spliced to it instead of served by us ([`crate::sidecar`]).
+    pub bitcoind: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -42,6 +46,7 @@ impl NodeConfig {
             sniff_timeout: Duration::from_secs(10),
             admission: AdmissionConfig::NODE,
             punch_budget: BudgetConfig::default(),
+            bitcoind: None,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct SessionInfo {
     pub session_id: Option<String>,
     pub user_agent: String,
     pub counters: Arc<ByteCounters>,
+    /// A sidecar's session: the local Bitcoin node it is spliced to.
+    pub spliced_to: Option<SocketAddr>,
 }
 
 impl SessionInfo {
@@ -93,6 +100,7 @@ impl SessionInfo {
             session_id: report.session_id.clone(),
             user_agent: report.peer.user_agent.clone(),
             counters: report.counters.clone(),
+            spliced_to: None,
         }
     }
 }
@@ -113,6 +121,10 @@ pub struct PeerRow {
     pub since: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// A sidecar's session: the local Bitcoin node it is spliced to (the
+    /// BIP324 session is that node's; `session_id` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spliced_to: Option<SocketAddr>,
 }
 
 struct Served {
@@ -257,6 +269,7 @@ impl NodeHandle {
                 since: s.since,
                 bytes_sent: s.info.counters.sent(),
                 bytes_received: s.info.counters.received(),
+                spliced_to: s.info.spliced_to,
             })
             .collect();
         rows.sort_by_key(|r| r.id);
@@ -352,6 +365,18 @@ impl NodeHandle {
         lock(&self.links).get(&coordinator).cloned()
     }
 
+    /// Every open coordinator link, in the order of the coordinators' ids.
+    pub fn links(&self) -> Vec<crate::native::client::LinkAccess> {
+        let mut links: Vec<_> = lock(&self.links).values().cloned().collect();
+        links.sort_by_key(|l| l.coordinator.id);
+        links
+    }
+
+    /// The relays the node holds a reservation on, as the user named them.
+    pub fn relays(&self) -> Vec<String> {
+        lock(&self.reach).relays.keys().cloned().collect()
+    }
+
     pub fn set_connector(&self, connector: crate::connect::NodeConnector) {
         *lock(&self.connector) = Some(connector);
     }
@@ -388,6 +413,7 @@ impl NodeHandle {
 
 pub struct Node {
     shared: Arc<SharedPort>,
+    bitcoind: Option<SocketAddr>,
     owner: SessionOwner,
     handle: NodeHandle,
     router: Arc<Router>,
@@ -423,6 +449,7 @@ impl Node {
         let accept = shared.spawn_accept_loop(router.clone());
         let serve_events = events.clone();
         let budget = config.punch_budget;
+        let bitcoind = config.bitcoind;
         let config = Arc::new(config);
         let table: Arc<Mutex<SessionTable>> = Arc::default();
         let served = table.clone();
@@ -471,6 +498,7 @@ impl Node {
             budget,
         };
         Ok(Node {
+            bitcoind,
             owner,
             handle,
             shared,
@@ -512,6 +540,17 @@ impl Node {
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }
+
+    /// What becomes of connections punched for this node: its own
+    /// sessions, or in sidecar mode splices to the local Bitcoin node.
+    pub fn ending(&self) -> crate::punch::upgrade::Ending {
+        match self.bitcoind {
+            Some(addr) => {
+                crate::punch::upgrade::Ending::Splice(crate::sidecar::LocalEnd::Bitcoind(addr))
+            }
+            None => crate::punch::upgrade::Ending::Session,
+        }
+    }
 }
 
 async fn serve_inbound(
@@ -521,6 +560,9 @@ async fn serve_inbound(
     owner: SessionOwner,
 ) {
     let remote = inbound.remote;
+    if let Some(bitcoind) = config.bitcoind {
+        return forward_inbound(inbound, bitcoind, &config, events, owner).await;
+    }
     let established = crate::wire::respond(inbound, &config.session).await;
     let session = match established {
         Ok(s) => s,
@@ -552,6 +594,53 @@ async fn serve_inbound(
                     reason: ended.to_string(),
                 });
             }),
+        )
+        .await;
+}
+
+/// A sidecar's shared port is its Bitcoin node's public port: an ordinary
+/// inbound peer goes to that node byte for byte (what routing read is
+/// replayed), listed with the node's sessions.
+async fn forward_inbound(
+    inbound: Inbound,
+    bitcoind: SocketAddr,
+    config: &NodeConfig,
+    events: broadcast::Sender<NodeEvent>,
+    owner: SessionOwner,
+) {
+    let remote = inbound.remote;
+    let bitcoin =
+        match crate::sidecar::connect_bitcoind(bitcoind, config.session.handshake_timeout).await {
+            Ok(b) => b,
+            Err(reason) => {
+                tracing::warn!(%remote, %reason, "closing inbound connection");
+                let _ = events.send(NodeEvent::Failed { remote, reason });
+                return;
+            }
+        };
+    tracing::info!(%remote, %bitcoind, "inbound peer forwarded to the Bitcoin node");
+    let info = SessionInfo {
+        path: SessionPath::Inbound,
+        role: SessionRole::Responder,
+        remote,
+        transport: match inbound.kind {
+            Some(crate::net::router::StreamKind::Bitcoin(t)) => t,
+            _ => Transport::V2,
+        },
+        session_id: None,
+        user_agent: String::new(),
+        counters: inbound.counters.clone(),
+        spliced_to: Some(bitcoind),
+    };
+    owner
+        .adopt(
+            info,
+            Box::pin(crate::sidecar::run_splice(
+                inbound.stream,
+                bitcoin,
+                remote,
+                bitcoind,
+            )),
         )
         .await;
 }

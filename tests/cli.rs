@@ -1,27 +1,10 @@
 //! The `bitpunch` binary as a user runs it.
 
+mod common;
+use common::{bitpunch, line_starting, Running};
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-fn bitpunch() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bitpunch"));
-    // Keys a test does not place itself go under target/, never into ~.
-    command.env(
-        "BITPUNCH_DATA_DIR",
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-default-data"),
-    );
-    command
-}
-
-/// Kills the child when the test ends, also when it fails.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Stdio;
 
 #[test]
 fn malformed_addresses_get_one_clear_line_and_a_nonzero_exit() {
@@ -173,20 +156,6 @@ fn connect_to_a_closed_port_fails_with_a_record() {
         record["error"].as_str().unwrap().contains("refused"),
         "{record}"
     );
-}
-
-/// The next line from `reader` that starts with `prefix`, without it.
-fn line_starting(reader: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("no line starting with {prefix:?}");
-        }
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.trim().to_string();
-        }
-    }
 }
 
 #[test]

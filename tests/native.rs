@@ -221,6 +221,7 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 session: session(),
                 coordinator: coord,
                 coordinator_rtt: Duration::ZERO,
+                ending: Default::default(),
             };
             let order = native::machine::PunchOrder {
                 request,

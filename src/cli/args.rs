@@ -179,6 +179,18 @@ pub(crate) struct NodeArgs {
     /// 127.0.0.1:9333; prints `metrics listening ADDR`.
     #[arg(long = "metrics", value_name = "ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Sidecar for a Bitcoin node (docs/bitcoin-core.md): splice every
+    /// connection punched for this node, and every ordinary inbound Bitcoin
+    /// peer of the shared port, to that node's P2P port, e.g. 127.0.0.1:8335.
+    /// The Bitcoin nodes run BIP324 end to end; bitpunch does not terminate it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) bitcoind: Option<std::net::SocketAddr>,
+    /// Serve a SOCKS5 proxy for Bitcoin Core's -proxy=ADDR, e.g.
+    /// 127.0.0.1:1080: NODE_ID.punch (and PEER_ID.punch) are punched through
+    /// this node's coordinators (relays) and spliced; every other destination
+    /// is connected directly. Prints `socks5 listening ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) socks5: Option<std::net::SocketAddr>,
     /// Settings file: every flag of this command without `--` (TOML);
     /// flags given here win. Default: <data-dir>/bitpunch.toml if present.
     #[arg(long, value_name = "FILE")]
@@ -194,13 +206,13 @@ pub(crate) enum Command {
     /// Serve inbound v1 and v2 peers on one shared port until Ctrl-C; with
     /// --coordinator, also be reachable through it and accept punches.
     #[command(
-        after_help = "Examples:\n  bitpunch node --coordinator ab12…@coord.example.org:8333 --metrics 127.0.0.1:9333\n  bitpunch node --relay /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW… --data-dir /var/lib/bitpunch"
+        after_help = "Examples:\n  bitpunch node --coordinator ab12…@coord.example.org:8333 --metrics 127.0.0.1:9333\n  bitpunch node --relay /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW… --data-dir /var/lib/bitpunch\n  bitpunch node --coordinator ab12…@coord.example.org:8333 --bitcoind 127.0.0.1:8335 --socks5 127.0.0.1:1080"
     )]
     Node(NodeArgs),
     /// Open one session to ADDRESS, exchange version/verack/ping, report.
     /// NODE_ID@COORDINATOR punches through NATs first.
     #[command(
-        after_help = "Examples:\n  bitpunch connect seed.example.org:8333\n  bitpunch connect 0011…aabb@ffee…4455@coord.example.org:8333 --json\n  bitpunch connect /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW…/p2p-circuit/p2p/12D3KooW…"
+        after_help = "Examples:\n  bitpunch connect seed.example.org:8333\n  bitpunch connect 0011…aabb@ffee…4455@coord.example.org:8333 --json\n  bitpunch connect /ip4/203.0.113.1/tcp/4001/p2p/12D3KooW…/p2p-circuit/p2p/12D3KooW…\n  bitpunch connect --proxy 127.0.0.1:1080 0011…aabb.punch:8333"
     )]
     Connect {
         /// HOST:PORT, [IPv6]:PORT, HOST (the network's default port), or
@@ -217,6 +229,11 @@ pub(crate) enum Command {
         /// For a punch: the local port to punch from (default: any free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Connect through this SOCKS5 proxy, asking for ADDRESS by name as
+        /// Bitcoin Core does with -proxy: through a sidecar's proxy
+        /// (`bitpunch node --socks5`), NODE_ID.punch:PORT is punched to.
+        #[arg(long, value_name = "ADDR")]
+        proxy: Option<std::net::SocketAddr>,
         #[command(flatten)]
         p2p: P2pArgs,
         #[command(flatten)]

@@ -19,17 +19,32 @@ use libp2p::Multiaddr;
 use super::args::*;
 use super::common::*;
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_connect(
     address: &str,
     net: NetArgs,
     json: bool,
     timeout: f64,
     port: u16,
+    proxy: Option<std::net::SocketAddr>,
     p2p_args: P2pArgs,
     data: DataArgs,
 ) -> anyhow::Result<ExitCode> {
     let target: PeerAddress = address.parse()?;
     let config = session_config(&net, timeout)?;
+    if let Some(proxy) = proxy {
+        let PeerAddress::Direct { host, port } = &target else {
+            return Err(bitpunch::address::AddressError {
+                input: address.to_string(),
+                problem: "--proxy connects to HOST:PORT (through a sidecar: NODE_ID.punch:PORT)"
+                    .into(),
+            }
+            .into());
+        };
+        let port = port.unwrap_or(net.network.default_port());
+        let record = connect_proxied(proxy, &host.to_string(), port, &config).await;
+        return Ok(finish(record, json));
+    }
     // A node running on this data directory makes the connection itself,
     // from its port and over its open coordinator session, and keeps it.
     if bitpunch::control::node_serves(&data.dir()).await && through_node_can(&target, &data).await {
@@ -87,6 +102,28 @@ pub(crate) async fn run_connect(
         ..record
     };
     Ok(finish(record, json))
+}
+
+/// A session through a SOCKS5 proxy, as Bitcoin Core makes one with -proxy.
+async fn connect_proxied(
+    proxy: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+    config: &SessionConfig,
+) -> Outcome {
+    let outcome = wire::connect_proxied(proxy, host, port, config, Instant::now()).await;
+    let mut record = match &outcome.result {
+        Ok(session) => {
+            let mut record = Outcome::from_session(Path::Direct, &session.report);
+            record.bytes.direct = outcome.bytes_total;
+            record
+        }
+        Err(e) => Outcome::from_error(Path::Direct, SessionRole::Initiator, None, e),
+    };
+    record.via = Some(format!("socks5 {proxy}"));
+    // The peer, as asked for; the socket's far end is the proxy.
+    record.remote = Some(format!("{host}:{port}"));
+    record
 }
 
 pub(crate) fn finish(record: Outcome, json: bool) -> ExitCode {

@@ -38,6 +38,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         punch_syns_per_requester,
         punch_syns_per_minute,
         metrics_addr,
+        bitcoind,
+        socks5,
         config: _,
         p2p: p2p_args,
         data,
@@ -78,6 +80,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         per_requester: punch_syns_per_requester,
         global: punch_syns_per_minute,
     };
+    config.bitcoind = bitcoind;
     let node = Node::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",
@@ -174,7 +177,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     let key = Arc::new(data.node_key()?);
     // `bitpunch connect` on this machine goes through this node.
-    handle.set_connector(bitpunch::connect::NodeConnector {
+    let connector = bitpunch::connect::NodeConnector {
         port: node.shared_port().clone(),
         router: node.router().clone(),
         owner: node.session_owner(),
@@ -185,7 +188,33 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         // Our exchange, not stock DCUtR, can punch for others.
         libp2p: punch_context.clone().filter(|_| !p2p_args.stock_dcutr),
         records: records.clone(),
-    });
+    };
+    handle.set_connector(connector.clone());
+    if let Some(bitcoind) = bitcoind {
+        say!("splicing to bitcoind {bitcoind}");
+    }
+    // The proxy runs as long as the node; its task ends with this one.
+    let _socks5 = match socks5 {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --socks5 {addr}"))?;
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback() {
+                tracing::warn!(%local, "the SOCKS5 proxy listens beyond loopback: anyone who reaches it can make this node punch and connect");
+            }
+            say!("socks5 listening {local}");
+            Some(bitpunch::native::AbortOnDrop(
+                tokio::spawn(bitpunch::sidecar::socks::serve(
+                    listener,
+                    connector,
+                    Default::default(),
+                ))
+                .abort_handle(),
+            ))
+        }
+        None => None,
+    };
     let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
         let link_config = LinkConfig {
             session: session.clone(),

@@ -60,6 +60,7 @@ pub async fn connect_circuit(ctx: &Libp2pPunchContext, circuit: Multiaddr) -> Li
         Libp2pOutcome {
             record,
             session: None,
+            spliced: None,
         }
     };
     let Some(peer) = circuit_peer(&circuit) else {
@@ -127,6 +128,9 @@ pub async fn serve_relayed(
                         // outlives the relay and shows in `bitpunch peers`.
                         if let Some(session) = out.session {
                             ctx.owner.adopt_session(crate::node::SessionPath::Libp2p, session, idle).await;
+                        }
+                        if let Some(spliced) = out.spliced {
+                            ctx.owner.adopt(spliced.info, spliced.task).await;
                         }
                     });
                 }

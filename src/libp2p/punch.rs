@@ -20,6 +20,7 @@ use crate::wire::{Session, SessionConfig, SessionRole, Stage};
 
 const AUTH_COMMAND: &str = "bpauth";
 const AUTH_DOMAIN: &[u8] = b"bitpunch/libp2p-session/v1";
+const SPLICE_DOMAIN: &[u8] = b"bitpunch/libp2p-splice/v1";
 const MAX_AUTH_FIELD: usize = 128;
 
 #[derive(Clone)]
@@ -41,11 +42,16 @@ pub struct Libp2pPunchContext {
     /// The node that owns the sessions punched for others
     /// ([`crate::libp2p::serve_relayed`]).
     pub owner: crate::node::SessionOwner,
+    /// What becomes of a punched connection: our session, or a sidecar's
+    /// splice.
+    pub ending: crate::punch::upgrade::Ending,
 }
 
 pub struct Libp2pOutcome {
     pub record: Outcome,
     pub session: Option<Session<PunchedStream>>,
+    /// A sidecar's punch: the splice to run instead of a session.
+    pub spliced: Option<crate::sidecar::Spliced>,
 }
 
 impl Libp2pPunchContext {
@@ -66,6 +72,7 @@ impl Libp2pPunchContext {
             dial_delay: Duration::ZERO,
             hostile_offer: None,
             owner: node.session_owner(),
+            ending: node.ending(),
         }
     }
 
@@ -98,6 +105,7 @@ fn failed(role: SessionRole, via: &Multiaddr, stage: Stage, error: String) -> Li
     Libp2pOutcome {
         record,
         session: None,
+        spliced: None,
     }
 }
 
@@ -406,9 +414,20 @@ async fn finish(
         role,
         peer,
     };
-    let (mut record, session) =
-        crate::punch::upgrade::upgrade(punched, Path::Libp2p, role, &ctx.session, asked, &proof)
-            .await;
+    let crate::punch::upgrade::Finished {
+        mut record,
+        session,
+        spliced,
+    } = crate::punch::upgrade::finish(
+        punched,
+        Path::Libp2p,
+        role,
+        &ctx.session,
+        asked,
+        &proof,
+        &ctx.ending,
+    )
+    .await;
     record.via = Some(coordination.via.to_string());
     record.candidates = coordination
         .candidates
@@ -421,7 +440,11 @@ async fn finish(
     // The relayed connection has done its job, whatever became of the
     // session: nothing else runs over it.
     ctx.libp2p.disconnect(peer).await;
-    Libp2pOutcome { record, session }
+    Libp2pOutcome {
+        record,
+        session,
+        spliced,
+    }
 }
 
 fn role_byte(role: SessionRole) -> u8 {
@@ -438,8 +461,8 @@ fn signed(session_id: &[u8], role: SessionRole) -> Vec<u8> {
     data
 }
 
-/// `bpauth`: key length (u8) ‖ protobuf public key ‖ signature length (u8)
-/// ‖ signature over (domain ‖ session id ‖ signer's role).
+/// `bpauth`: a [`proof_payload`] over (domain ‖ session id ‖ signer's
+/// role).
 #[allow(
     clippy::expect_used,
     reason = "AUTH_COMMAND is a constant 6-byte ASCII command"
@@ -449,17 +472,23 @@ pub fn encode_auth(
     session_id: &[u8],
     role: SessionRole,
 ) -> NetworkMessage {
-    let public = key.public().encode_protobuf();
-    // Signing fails only for key types we never create (RSA in a browser).
-    let signature = key.sign(&signed(session_id, role)).unwrap_or_default();
-    let mut payload = vec![public.len() as u8];
-    payload.extend_from_slice(&public);
-    payload.push(signature.len() as u8);
-    payload.extend_from_slice(&signature);
     NetworkMessage::Unknown {
         command: CommandString::try_from_static(AUTH_COMMAND).expect("a valid command"),
-        payload,
+        payload: proof_payload(key, &signed(session_id, role)),
     }
+}
+
+/// key length (u8) ‖ protobuf public key ‖ signature length (u8) ‖
+/// signature over `data`.
+fn proof_payload(key: &identity::Keypair, data: &[u8]) -> Vec<u8> {
+    let public = key.public().encode_protobuf();
+    // Signing fails only for key types we never create (RSA in a browser).
+    let signature = key.sign(data).unwrap_or_default();
+    let mut payload = vec![u8::try_from(public.len()).unwrap_or(u8::MAX)];
+    payload.extend_from_slice(&public);
+    payload.push(u8::try_from(signature.len()).unwrap_or(u8::MAX));
+    payload.extend_from_slice(&signature);
+    payload
 }
 
 pub fn verify_auth(
@@ -467,6 +496,22 @@ pub fn verify_auth(
     expected: PeerId,
     session_id: &[u8],
     peer_role: SessionRole,
+) -> Result<(), String> {
+    check_proof_payload(
+        payload,
+        expected,
+        &signed(session_id, peer_role),
+        "this BIP324 session",
+    )
+}
+
+/// Checks a [`proof_payload`] by `expected` over `data` (`what`, for the
+/// message).
+fn check_proof_payload(
+    payload: &[u8],
+    expected: PeerId,
+    data: &[u8],
+    what: &str,
 ) -> Result<(), String> {
     let field = |at: usize| -> Result<(&[u8], usize), String> {
         let len = *payload.get(at).ok_or("bpauth ends early")? as usize;
@@ -491,12 +536,18 @@ pub fn verify_auth(
             public.to_peer_id()
         ));
     }
-    if !public.verify(&signed(session_id, peer_role), signature) {
+    if !public.verify(data, signature) {
         return Err(format!(
-            "{expected} did not sign this BIP324 session: someone is in the middle"
+            "{expected} did not sign {what}: someone is in the middle"
         ));
     }
     Ok(())
+}
+
+fn splice_signed(transcript: &[u8; 32]) -> Vec<u8> {
+    let mut data = SPLICE_DOMAIN.to_vec();
+    data.extend_from_slice(transcript);
+    data
 }
 
 /// Each side signs (session id, own role) with its libp2p identity, the
@@ -528,6 +579,19 @@ impl crate::punch::upgrade::Proof for Libp2pIdentityProof<'_> {
 
     fn expected(&self) -> String {
         self.peer.to_string()
+    }
+
+    fn sign_splice(&self, transcript: &[u8; 32]) -> Vec<u8> {
+        proof_payload(self.key, &splice_signed(transcript))
+    }
+
+    fn check_splice(&self, transcript: &[u8; 32], proof: &[u8]) -> Result<(), String> {
+        check_proof_payload(
+            proof,
+            self.peer,
+            &splice_signed(transcript),
+            "these Bitcoin nodes' first bytes",
+        )
     }
 }
 

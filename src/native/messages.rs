@@ -28,6 +28,8 @@ pub const MAX_NATIVE_PAYLOAD: usize = 128;
 /// Tags of the things a node key signs.
 pub const REGISTER_TAG: &str = "bitpunch/register/v1";
 pub const SESSION_TAG: &str = "bitpunch/session/v1";
+/// What a sidecar signs over a splice handshake (docs/native-protocol.md).
+pub const SPLICE_TAG: &str = "bitpunch/splice/v1";
 pub const COORDINATOR_TAG: &str = "bitpunch/coordinator/v1";
 
 /// The `hp` protocol version this code speaks. Each side sends its version

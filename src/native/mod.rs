@@ -39,6 +39,7 @@ impl PunchContext {
             session,
             coordinator: link.coordinator,
             coordinator_rtt: link.rtt,
+            ending: Default::default(),
         }
     }
 
@@ -55,6 +56,7 @@ impl PunchContext {
             session,
             coordinator: link.coordinator,
             coordinator_rtt: link.rtt,
+            ending: node.ending(),
         }
     }
 }
@@ -143,6 +145,7 @@ pub async fn connect_with(
             return PunchOutcome {
                 record,
                 session: None,
+                spliced: None,
                 result: messages::PunchResult::NoConnection,
             };
         }
@@ -172,6 +175,7 @@ pub async fn connect_with(
             PunchOutcome {
                 record,
                 session: None,
+                spliced: None,
                 result: messages::PunchResult::NoConnection,
             }
         }
@@ -210,9 +214,9 @@ pub async fn serve_orders(
                     let outcome = punch::execute(&ctx, order, received, received).await;
                     handle.report(request, outcome.result).await;
                     let record = outcome.record;
-                    match &outcome.session {
-                        Some(_) => tracing::info!(%peer, record = %record.to_json(), "punched session established"),
-                        None => tracing::warn!(%peer, record = %record.to_json(), "punch failed"),
+                    match record.ok {
+                        true => tracing::info!(%peer, record = %record.to_json(), "punched session established"),
+                        false => tracing::warn!(%peer, record = %record.to_json(), "punch failed"),
                     }
                     if let Some(tx) = records {
                         let _ = tx.send(record).await;
@@ -221,6 +225,9 @@ pub async fn serve_orders(
                     // this link, whose punches are aborted when it ends.
                     if let Some(session) = outcome.session {
                         owner.adopt_session(crate::node::SessionPath::Native, session, idle).await;
+                    }
+                    if let Some(spliced) = outcome.spliced {
+                        owner.adopt(spliced.info, spliced.task).await;
                     }
                 });
             }
@@ -319,7 +326,7 @@ pub async fn register(
 
 /// Aborts a task when dropped: a connection's reader and writer tasks end
 /// with whoever owns the connection, also when that owner is aborted.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

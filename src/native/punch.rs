@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::machine::PunchOrder;
-use super::messages::{NativeMessage, PunchResult, PunchRole, SESSION_TAG};
+use super::messages::{NativeMessage, PunchResult, PunchRole, SESSION_TAG, SPLICE_TAG};
 use crate::clock::Later;
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::{Router, SharedPort};
@@ -26,6 +26,9 @@ pub struct PunchContext {
     pub coordinator: super::client::CoordinatorEndpoint,
     /// RTT to the coordinator, to size the punch attempts.
     pub coordinator_rtt: Duration,
+    /// What becomes of a punched connection: our session, or a sidecar's
+    /// splice.
+    pub ending: crate::punch::upgrade::Ending,
 }
 
 /// What a punch produced: its record, the session when it worked, and the
@@ -33,6 +36,8 @@ pub struct PunchContext {
 pub struct PunchOutcome {
     pub record: Outcome,
     pub session: Option<Session<PunchedStream>>,
+    /// A sidecar's punch: the splice to run instead of a session.
+    pub spliced: Option<crate::sidecar::Spliced>,
     pub result: PunchResult,
 }
 
@@ -74,6 +79,7 @@ pub async fn execute(
             return PunchOutcome {
                 record,
                 session: None,
+                spliced: None,
                 result: PunchResult::NoConnection,
             };
         }
@@ -83,21 +89,33 @@ pub async fn execute(
         key: &ctx.key,
         order: &order,
     };
-    let (mut upgraded, session) =
-        crate::punch::upgrade::upgrade(punched, Path::Native, role, &ctx.session, asked_at, &proof)
-            .await;
+    let crate::punch::upgrade::Finished {
+        record: mut upgraded,
+        session,
+        spliced,
+    } = crate::punch::upgrade::finish(
+        punched,
+        Path::Native,
+        role,
+        &ctx.session,
+        asked_at,
+        &proof,
+        &ctx.ending,
+    )
+    .await;
     upgraded.via = record.via;
     upgraded.candidates = record.candidates;
     upgraded.attempts = attempts;
     upgraded.t_ms.coordination = ms(received_at);
-    let result = match (&session, upgraded.failed_at) {
-        (Some(_), _) => PunchResult::Connected,
-        (None, Some(Stage::Auth)) => PunchResult::AuthFailed,
-        (None, _) => PunchResult::HandshakeFailed,
+    let result = match (upgraded.ok, upgraded.failed_at) {
+        (true, _) => PunchResult::Connected,
+        (false, Some(Stage::Auth)) => PunchResult::AuthFailed,
+        (false, _) => PunchResult::HandshakeFailed,
     };
     PunchOutcome {
         record: upgraded,
         session,
+        spliced,
         result,
     }
 }
@@ -160,5 +178,30 @@ impl crate::punch::upgrade::Proof for NodeKeyProof<'_> {
 
     fn expected(&self) -> String {
         NodeId::of(&self.order.peer_key).to_string()
+    }
+
+    fn sign_splice(&self, transcript: &[u8; 32]) -> Vec<u8> {
+        let request = self.order.request.to_le_bytes();
+        self.key.sign(SPLICE_TAG, &[transcript, &request]).to_vec()
+    }
+
+    fn check_splice(&self, transcript: &[u8; 32], proof: &[u8]) -> Result<(), String> {
+        let request = self.order.request.to_le_bytes();
+        let holds = <&[u8; 64]>::try_from(proof).is_ok_and(|signature| {
+            identity::verify(
+                &self.order.peer_key,
+                SPLICE_TAG,
+                &[transcript, &request],
+                signature,
+            )
+        });
+        if holds {
+            Ok(())
+        } else {
+            Err(format!(
+                "the peer could not prove it holds the key of {} over these Bitcoin nodes' first bytes: someone (the coordinator?) may be in the middle",
+                NodeId::of(&self.order.peer_key)
+            ))
+        }
     }
 }

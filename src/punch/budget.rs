@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use crate::net::admission::unmapped;
 
+/// How a punch failure caused by the budget starts, in records and logs
+/// (the sidecar's proxy answers those with "connection not allowed").
+pub const REFUSED_BY_BUDGET: &str = "punch budget";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BudgetConfig {
     /// SYNs per minute to one address (IPv4 /32, IPv6 /64).

@@ -115,7 +115,7 @@ pub async fn punch_claimed(
                 for candidate in candidates {
                     if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
                         tracing::info!(%candidate, attempt, requester = %plan.requester, reason = %why, "punch: SYN refused by the punch budget");
-                        last_error = Some(format!("punch budget: {why}"));
+                        last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
                         continue;
                     }
                     tracing::debug!(%candidate, attempt, "punch: dialing");

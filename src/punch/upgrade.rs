@@ -6,8 +6,10 @@
 //! path, the libp2p identity on the libp2p path): [`Proof`].
 //!
 //! After this the session goes to the node that owns it
-//! ([`crate::node::SessionOwner`]); the sidecar of issue 14 adds a third
-//! ending (a splice to a local Bitcoin node) after the same pipeline.
+//! ([`crate::node::SessionOwner`]). A sidecar ends a punch differently
+//! ([`Ending::Splice`]): the same proof, made over the splice handshake
+//! instead of our BIP324 session, and the connection handed byte for byte
+//! to a local Bitcoin node ([`crate::sidecar`]).
 
 use bitcoin::p2p::message::NetworkMessage;
 use tokio::time::Instant;
@@ -29,6 +31,60 @@ pub trait Proof {
     fn check(&self, msg: &NetworkMessage, session_id: &[u8; 32]) -> Result<bool, String>;
     /// Whom we expect at the other end, for the timeout's message.
     fn expected(&self) -> String;
+    /// Our proof over a splice handshake's transcript (a sidecar: the
+    /// Bitcoin nodes run BIP324 themselves, there is no session id of ours).
+    fn sign_splice(&self, transcript: &[u8; 32]) -> Vec<u8>;
+    /// Checks the peer's proof over the transcript it signed.
+    fn check_splice(&self, transcript: &[u8; 32], proof: &[u8]) -> Result<(), String>;
+}
+
+/// What becomes of a punched connection.
+#[derive(Clone, Default)]
+pub enum Ending {
+    /// Our own node runs BIP324 and version/verack on it and serves it.
+    #[default]
+    Session,
+    /// A sidecar hands it to a local Bitcoin node ([`crate::sidecar`]).
+    Splice(crate::sidecar::LocalEnd),
+}
+
+/// A finished punch: its record, and the session or splice when it worked.
+pub struct Finished {
+    pub record: Outcome,
+    pub session: Option<Session<PunchedStream>>,
+    pub spliced: Option<crate::sidecar::Spliced>,
+}
+
+/// [`upgrade`], or for a sidecar the splice, by `ending`.
+#[allow(clippy::too_many_arguments)]
+pub async fn finish(
+    punched: Punched,
+    path: Path,
+    role: SessionRole,
+    config: &SessionConfig,
+    asked: Instant,
+    proof: &impl Proof,
+    ending: &Ending,
+) -> Finished {
+    match ending {
+        Ending::Session => {
+            let (record, session) = upgrade(punched, path, role, config, asked, proof).await;
+            Finished {
+                record,
+                session,
+                spliced: None,
+            }
+        }
+        Ending::Splice(local) => {
+            let (record, spliced) =
+                crate::sidecar::splice(punched, path, role, config, asked, proof, local).await;
+            Finished {
+                record,
+                session: None,
+                spliced,
+            }
+        }
+    }
 }
 
 /// Runs the pipeline on `punched`. `asked`: when the connection was asked

@@ -83,6 +83,10 @@ pub struct Outcome {
     /// Where it ran, for records of the NAT lab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabContext>,
+    /// A sidecar's punch: the local Bitcoin node the connection was
+    /// spliced to (its BIP324 session is the Bitcoin nodes', not ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spliced_to: Option<String>,
 }
 
 /// The lab conditions of a record.
@@ -123,6 +127,7 @@ impl Outcome {
             rtt_ms: None,
             v2_fallback_reason: None,
             lab: None,
+            spliced_to: None,
         }
     }
 

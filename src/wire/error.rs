@@ -13,6 +13,9 @@ pub enum Stage {
     Punch,
     /// Proving the node key over the BIP324 session id.
     Auth,
+    /// A sidecar's splice handshake: the keys proved over both Bitcoin
+    /// nodes' first bytes, the local Bitcoin node reached.
+    Splice,
     Connect,
     Sniff,
     Bip324KeyExchange,
@@ -30,6 +33,7 @@ impl fmt::Display for Stage {
             Stage::Coordination => "coordination",
             Stage::Punch => "punch",
             Stage::Auth => "peer authentication",
+            Stage::Splice => "splice handshake",
             Stage::Connect => "TCP connect",
             Stage::Sniff => "transport detection",
             Stage::Bip324KeyExchange => "BIP324 key exchange",

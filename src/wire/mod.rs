@@ -110,6 +110,54 @@ async fn connect_once(
             SessionError::new(Stage::Connect, WireError::Timeout(config.handshake_timeout))
         })?
         .map_err(|e| SessionError::new(Stage::Connect, WireError::Io(e)))?;
+    establish_outbound(stream, remote, config, started, transport, bytes_total).await
+}
+
+/// `bitpunch connect --proxy`: the session through a SOCKS5 proxy, asked
+/// for by name as Bitcoin Core asks (`NODE_ID.punch` is punched by a
+/// sidecar). No v1 retry: through a sidecar each try is a punch. The
+/// session's remote is the proxy.
+pub async fn connect_proxied(
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    config: &SessionConfig,
+    started: Instant,
+) -> ConnectOutcome {
+    let transport = match config.transport {
+        TransportPolicy::V1 => Transport::V1,
+        TransportPolicy::Auto | TransportPolicy::V2 => Transport::V2,
+    };
+    let mut bytes_total = 0;
+    let result =
+        match crate::sidecar::socks::connect_through(proxy, host, port, config.handshake_timeout)
+            .await
+        {
+            Ok(stream) => {
+                establish_outbound(stream, proxy, config, started, transport, &mut bytes_total)
+                    .await
+            }
+            Err(e) => Err(SessionError::new(
+                Stage::Connect,
+                WireError::Protocol(format!("{e:#}")),
+            )),
+        };
+    ConnectOutcome {
+        result,
+        attempts: 1,
+        fell_back: None,
+        bytes_total,
+    }
+}
+
+async fn establish_outbound(
+    stream: TcpStream,
+    remote: SocketAddr,
+    config: &SessionConfig,
+    started: Instant,
+    transport: Transport,
+    bytes_total: &mut u64,
+) -> Result<Session<Counted<TcpStream>>, SessionError> {
     let _ = stream.set_nodelay(true);
     if config.close_with_reset {
         let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));

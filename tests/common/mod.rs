@@ -61,6 +61,41 @@ pub fn coordinator_on_loopback() -> (
     (server, endpoint)
 }
 
+/// The `bitpunch` binary, for tests of the CLI.
+pub fn bitpunch() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bitpunch"));
+    // Keys a test does not place itself go under target/, never into ~.
+    command.env(
+        "BITPUNCH_DATA_DIR",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-default-data"),
+    );
+    command
+}
+
+/// Kills the child when the test ends, also when it fails.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next line from `reader` that starts with `prefix`, without it.
+pub fn line_starting(reader: &mut BufReader<std::process::ChildStdout>, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("no line starting with {prefix:?}");
+        }
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+    }
+}
+
 /// Lines of a child's stdout, readable with a timeout.
 pub fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
