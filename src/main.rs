@@ -58,7 +58,11 @@ async fn main() -> ExitCode {
             tries,
             path,
             json,
-        } => run_demo(nat, delay_ms, tries, path, json).await,
+            sidecar,
+        } => match sidecar {
+            true => run_sidecar_demo(nat, delay_ms, tries, json).await,
+            false => run_demo(nat, delay_ms, tries, path, json).await,
+        },
     };
     match result {
         Ok(code) => code,

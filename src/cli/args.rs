@@ -302,6 +302,12 @@ pub(crate) enum Command {
         /// One outcome record per line instead of the table.
         #[arg(long)]
         json: bool,
+        /// The sidecar instead (docs/bitcoin-core.md): each side's Bitcoin
+        /// node is a separate `bitpunch node` on 127.0.0.1 behind its
+        /// sidecar; Alice's dials Bob's `NODE_ID.punch` and `PEER_ID.punch`
+        /// through her sidecar's SOCKS5 proxy, as Bitcoin Core would.
+        #[arg(long, conflicts_with = "path")]
+        sidecar: bool,
     },
     /// The NAT lab (root): emulated NATs in network namespaces.
     #[command(

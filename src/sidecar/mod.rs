@@ -14,6 +14,7 @@
 //! keys, so nobody between the sidecars (a coordinator or relay that lied
 //! about an address) can pose as the peer or swap a key to read the session.
 
+pub mod demo;
 pub mod handshake;
 pub mod socks;
 
@@ -332,4 +333,165 @@ pub async fn connect_bitcoind(
         .await
         .map_err(|_| format!("the local Bitcoin node at {bitcoind} did not accept in time"))?
         .map_err(|e| format!("connecting to the local Bitcoin node at {bitcoind}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{self, NodeKey};
+    use bitcoin::p2p::message::NetworkMessage;
+    use bitcoin::secp256k1::XOnlyPublicKey;
+
+    const TAG: &str = "test/splice";
+
+    struct KeyProof {
+        ours: NodeKey,
+        peer: XOnlyPublicKey,
+    }
+
+    impl Proof for KeyProof {
+        fn ours(&self, _: &[u8; 32]) -> NetworkMessage {
+            NetworkMessage::Verack
+        }
+        fn check(&self, _: &NetworkMessage, _: &[u8; 32]) -> Result<bool, String> {
+            Ok(false)
+        }
+        fn expected(&self) -> String {
+            "the peer".into()
+        }
+        fn sign_splice(&self, transcript: &[u8; 32]) -> Vec<u8> {
+            self.ours.sign(TAG, &[transcript]).to_vec()
+        }
+        fn check_splice(&self, transcript: &[u8; 32], proof: &[u8]) -> Result<(), String> {
+            let signature: &[u8; 64] = proof.try_into().map_err(|_| "length")?;
+            identity::verify(&self.peer, TAG, &[transcript], signature)
+                .then_some(())
+                .ok_or_else(|| "does not verify".to_string())
+        }
+    }
+
+    /// A Bitcoin node that answers 64 bytes of 0x42 to the first 64 it
+    /// hears; reports what it heard.
+    async fn fake_bitcoind() -> (SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut first = [0u8; 64];
+                if s.read_exact(&mut first).await.is_ok() {
+                    let _ = tx.send(first.to_vec()).await;
+                    let _ = s.write_all(&[0x42; 64]).await;
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Plays the connector by hand: signs with `signer`, sends
+    /// `first_sent` where it signed `first_signed`. Returns whether the
+    /// listener's proof held and the first flight it passed on.
+    async fn connector(
+        mut peer: tokio::io::DuplexStream,
+        signer: NodeKey,
+        listener_key: XOnlyPublicKey,
+        first_signed: [u8; 64],
+        first_sent: [u8; 64],
+    ) -> Result<[u8; 64], String> {
+        let proof = KeyProof {
+            ours: signer,
+            peer: listener_key,
+        };
+        let (ours, theirs) = exchange_hellos(&mut peer, SpliceRole::Connector).await?;
+        let signed = handshake::transcript(
+            SpliceRole::Connector,
+            &ours.nonce,
+            &theirs.nonce,
+            &first_signed,
+            None,
+        );
+        let mut flight = handshake::proof_frame(&proof.sign_splice(&signed));
+        flight.extend_from_slice(&first_sent);
+        peer.write_all(&flight).await.map_err(|e| e.to_string())?;
+        let their_proof = read_proof(&mut peer).await?;
+        let listener_first = read_first(&mut peer, "listener").await?;
+        let signed = handshake::transcript(
+            SpliceRole::Listener,
+            &ours.nonce,
+            &theirs.nonce,
+            &first_sent,
+            Some(&listener_first),
+        );
+        proof.check_splice(&signed, &their_proof)?;
+        Ok(listener_first)
+    }
+
+    async fn run(
+        signer: NodeKey,
+        claimed: &NodeKey,
+        first_signed: [u8; 64],
+        first_sent: [u8; 64],
+    ) -> (
+        Result<(), String>,
+        Result<[u8; 64], String>,
+        Option<Vec<u8>>,
+    ) {
+        let (bitcoind, mut heard) = fake_bitcoind().await;
+        let listener_key = NodeKey::generate();
+        let (mut a, b) = tokio::io::duplex(4096);
+        let proof = KeyProof {
+            ours: listener_key.clone(),
+            peer: claimed.public(),
+        };
+        let config = SessionConfig::new(crate::wire::Network::Regtest);
+        let far = tokio::spawn(connector(
+            b,
+            signer,
+            listener_key.public(),
+            first_signed,
+            first_sent,
+        ));
+        let near = listen_side(&mut a, bitcoind, &proof, &config)
+            .await
+            .map(|_| ());
+        drop(a);
+        let far = far.await.unwrap();
+        let heard = tokio::time::timeout(std::time::Duration::from_millis(200), heard.recv())
+            .await
+            .ok()
+            .flatten();
+        (near, far, heard)
+    }
+
+    #[tokio::test]
+    async fn honest_sidecars_splice_and_each_first_flight_is_signed() {
+        let alice = NodeKey::generate();
+        let (near, far, heard) = run(alice.clone(), &alice, [0x11; 64], [0x11; 64]).await;
+        assert_eq!(near, Ok(()));
+        assert_eq!(far, Ok([0x42; 64]), "the listener's answer, proved");
+        assert_eq!(
+            heard,
+            Some(vec![0x11; 64]),
+            "the connector's first flight, passed on"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_impostor_never_reaches_the_bitcoin_node() {
+        let alice = NodeKey::generate();
+        let mallory = NodeKey::generate();
+        let (near, _, heard) = run(mallory, &alice, [0x11; 64], [0x11; 64]).await;
+        assert!(near.unwrap_err().contains("splice proof"));
+        assert_eq!(heard, None, "the Bitcoin node heard nothing");
+    }
+
+    #[tokio::test]
+    async fn a_swapped_bip324_key_is_caught() {
+        // Someone between the sidecars replaced the connector's
+        // ElligatorSwift key with its own, to read the session.
+        let alice = NodeKey::generate();
+        let (near, _, heard) = run(alice.clone(), &alice, [0x11; 64], [0x66; 64]).await;
+        assert!(near.unwrap_err().contains("splice proof"));
+        assert_eq!(heard, None);
+    }
 }

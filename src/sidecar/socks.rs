@@ -90,8 +90,9 @@ impl FromStr for PunchName {
         if let Ok(id) = id.parse::<NodeId>() {
             let coordinator = via
                 .map(|c| {
-                    c.parse::<NodeId>()
-                        .map_err(|e| format!("{name:?}: the coordinator label: {e}"))
+                    c.parse::<NodeId>().map_err(|e| {
+                        format!("{name:?}: the coordinator label: {e}; expected {forms}")
+                    })
                 })
                 .transpose()?;
             return Ok(PunchName::Node { id, coordinator });
@@ -99,8 +100,11 @@ impl FromStr for PunchName {
         if let Ok(id) = id.parse::<PeerId>() {
             let relay = via
                 .map(|r| {
-                    r.parse::<PeerId>()
-                        .map_err(|e| format!("{name:?}: the relay label is not a peer id: {e}"))
+                    r.parse::<PeerId>().map_err(|e| {
+                        format!(
+                            "{name:?}: the relay label is not a peer id ({e}); expected {forms}"
+                        )
+                    })
                 })
                 .transpose()?;
             return Ok(PunchName::Peer { id, relay });
