@@ -12,6 +12,7 @@ use crate::scenario::{self, PathKind, Place, Places, Ports};
 pub struct DemoConfig {
     pub nat: Option<(NatProfile, NatProfile)>,
     pub delay_ms: u64,
+    pub jitter_ms: u64,
     pub tries: u32,
     pub paths: Vec<PathKind>,
 }
@@ -34,8 +35,12 @@ pub async fn run(config: &DemoConfig, mut each: impl FnMut(&Outcome)) -> Result<
             every_try(&running, Place::Here, config, &mut each, &mut records).await;
         }
         Some((nat_a, nat_b)) => {
-            let lab =
-                scenario::InLab::start(nat_a, nat_b, LinkShape::delay_ms(config.delay_ms)).await?;
+            let shape = LinkShape {
+                delay: std::time::Duration::from_millis(config.delay_ms),
+                jitter: std::time::Duration::from_millis(config.jitter_ms),
+                ..Default::default()
+            };
+            let lab = scenario::InLab::start(nat_a, nat_b, shape).await?;
             every_try(&lab.running, lab.alice(), config, &mut each, &mut records).await;
         }
     }

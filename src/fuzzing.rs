@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_machine", client_machine),
     ("exchange_machines", exchange_machines),
     ("punch_schedule", punch_schedule),
+    ("splice_input", splice_input),
 ];
 
 // ------------------------------------------------------------------ decoders
@@ -97,6 +98,35 @@ pub fn exchange_message(data: &[u8]) {
             assert!(used <= exchange::MAX_MESSAGE + 10);
         }
     });
+}
+
+/// What a sidecar reads from strangers before it splices: the peer's
+/// splice hello and proof length, and the host name a SOCKS5 client asks
+/// for. Whatever decodes must encode back to itself.
+pub fn splice_input(data: &[u8]) {
+    use crate::sidecar::handshake::{self, Hello, SpliceRole, HELLO_LEN, MAX_PROOF};
+    if let Some(hello) = data.first_chunk::<HELLO_LEN>() {
+        for ours in [SpliceRole::Connector, SpliceRole::Listener] {
+            if let Ok(decoded) = Hello::decode(hello, ours) {
+                assert_eq!(decoded.role, ours.peer());
+                assert_eq!(&decoded.encode(), hello, "a hello that does not re-encode");
+            }
+        }
+        if let Some(len) = data.get(HELLO_LEN..).and_then(|d| d.first_chunk::<2>()) {
+            if let Ok(len) = handshake::proof_len(*len) {
+                assert!(len <= MAX_PROOF);
+            }
+        }
+    }
+    let host = String::from_utf8_lossy(data);
+    if let Ok(name) = host.parse::<crate::sidecar::socks::PunchName>() {
+        assert!(crate::sidecar::socks::is_punch_name(&host));
+        assert_eq!(
+            name.to_string().parse(),
+            Ok(name),
+            "a name that does not re-parse"
+        );
+    }
 }
 
 pub fn auth_proof(data: &[u8]) {

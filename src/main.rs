@@ -55,13 +55,14 @@ async fn main() -> ExitCode {
         Command::Demo {
             nat,
             delay_ms,
+            jitter_ms,
             tries,
             path,
             json,
             sidecar,
         } => match sidecar {
-            true => run_sidecar_demo(nat, delay_ms, tries, json).await,
-            false => run_demo(nat, delay_ms, tries, path, json).await,
+            true => run_sidecar_demo(nat, (delay_ms, jitter_ms), tries, json).await,
+            false => run_demo(nat, (delay_ms, jitter_ms), tries, path, json).await,
         },
     };
     match result {

@@ -23,9 +23,14 @@ pub struct MatrixConfig {
     pub pairs: Vec<(NatProfile, NatProfile)>,
     pub paths: Vec<PathKind>,
     pub delay_ms: u64,
+    /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
+    pub jitter_ms: u64,
     pub loss_percent: f64,
     pub tries: u32,
     pub out_dir: PathBuf,
+    /// Continue the run in `out_dir`: the tries already in its
+    /// `records.jsonl` are kept and not made again.
+    pub resume: bool,
     /// The command line, for the summary.
     pub command: String,
 }
@@ -55,14 +60,51 @@ pub async fn run(
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
     let jsonl_path = config.out_dir.join("records.jsonl");
-    let mut jsonl = std::fs::File::create(&jsonl_path)
-        .with_context(|| format!("creating {}", jsonl_path.display()))?;
+    let mut records = if config.resume {
+        earlier_records(config, &jsonl_path)?
+    } else {
+        Vec::new()
+    };
+    let mut jsonl = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(config.resume)
+        .truncate(!config.resume)
+        .open(&jsonl_path)
+        .with_context(|| format!("opening {}", jsonl_path.display()))?;
+    // Tries already made, per cell and path.
+    let mut made: BTreeMap<(String, String, PathKind), u32> = BTreeMap::new();
+    for r in &records {
+        if let Some(lab) = &r.lab {
+            *made
+                .entry((lab.nat_alice.clone(), lab.nat_bob.clone(), PathKind::of(r)))
+                .or_default() += 1;
+        }
+    }
+    let made_in = |pair: (NatProfile, NatProfile), path: PathKind| {
+        made.get(&(pair.0.to_string(), pair.1.to_string(), path))
+            .copied()
+            .unwrap_or_default()
+    };
     let total = (config.pairs.len() * config.paths.len()) as u64 * u64::from(config.tries);
-    let mut records = Vec::new();
-    let mut done = 0;
+    let mut done: u64 = config
+        .pairs
+        .iter()
+        .flat_map(|pair| {
+            config
+                .paths
+                .iter()
+                .map(|path| made_in(*pair, *path).min(config.tries))
+        })
+        .map(u64::from)
+        .sum();
     for (cell, &(nat_alice, nat_bob)) in config.pairs.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        let left = |path: &PathKind| made_in((nat_alice, nat_bob), *path) < config.tries;
+        if !config.paths.iter().any(left) {
+            continue;
         }
         progress(Progress {
             cell,
@@ -74,8 +116,8 @@ pub async fn run(
         });
         let shape = LinkShape {
             delay: std::time::Duration::from_millis(config.delay_ms),
+            jitter: std::time::Duration::from_millis(config.jitter_ms),
             loss_percent: config.loss_percent,
-            ..Default::default()
         };
         let lab = scenario::InLab::start(nat_alice, nat_bob, shape).await?;
         'tries: for try_index in 0..config.tries {
@@ -83,12 +125,16 @@ pub async fn run(
                 if stop.load(Ordering::Relaxed) {
                     break 'tries;
                 }
+                if try_index < made_in((nat_alice, nat_bob), path) {
+                    continue;
+                }
                 let mut record = lab.try_path(path).await;
                 record.lab = Some(LabContext {
                     nat_alice: nat_alice.to_string(),
                     nat_bob: nat_bob.to_string(),
                     delay_ms: config.delay_ms as f64,
                     loss_percent: config.loss_percent,
+                    jitter_ms: config.jitter_ms as f64,
                     try_index,
                 });
                 writeln!(jsonl, "{}", record.to_json())?;
@@ -106,6 +152,46 @@ pub async fn run(
             }
         }
         drop(lab);
+    }
+    Ok(records)
+}
+
+/// The records of the run being resumed, which must have been measured
+/// under the same link conditions.
+fn earlier_records(config: &MatrixConfig, path: &FsPath) -> Result<Vec<Outcome>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A line cut short by a killed run is dropped; that try runs again.
+        let Ok(record) = serde_json::from_str::<Outcome>(line) else {
+            eprintln!("{}:{}: not a record, ignored", path.display(), i + 1);
+            continue;
+        };
+        if let Some(lab) = &record.lab {
+            let same = lab.delay_ms == config.delay_ms as f64
+                && lab.jitter_ms == config.jitter_ms as f64
+                && lab.loss_percent == config.loss_percent;
+            if !same {
+                anyhow::bail!(
+                    "{} was measured at {} ms ± {} ms and {}% loss, not at the {} ms ± {} ms and {}% asked for: resume with the same --delay-ms, --jitter-ms and --loss",
+                    path.display(),
+                    lab.delay_ms,
+                    lab.jitter_ms,
+                    lab.loss_percent,
+                    config.delay_ms,
+                    config.jitter_ms,
+                    config.loss_percent
+                );
+            }
+        }
+        records.push(record);
     }
     Ok(records)
 }
@@ -167,11 +253,12 @@ pub fn summary_markdown(config: &MatrixConfig, records: &[Outcome], complete: bo
         md.push_str("**Stopped early**: these are the records measured until then.\n\n");
     }
     md.push_str(&format!(
-        "- command: `{}`\n- bitpunch {}; {}\n- one-way delay {} ms and loss {}% on each NAT's internet link; {} tries per cell; {} records\n\n",
+        "- command: `{}`\n- bitpunch {}; {}\n- one-way delay {} ± {} ms and loss {}% on each NAT's internet link; {} tries per cell; {} records\n\n",
         config.command,
         env!("CARGO_PKG_VERSION"),
         env!("BITPUNCH_DEP_VERSIONS"),
         config.delay_ms,
+        config.jitter_ms,
         config.loss_percent,
         config.tries,
         records.len()
@@ -226,4 +313,58 @@ pub fn read_jsonl(path: &FsPath) -> Result<Vec<Outcome>> {
             serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Path;
+    use crate::wire::{SessionRole, Stage};
+
+    fn config(dir: &FsPath, jitter_ms: u64) -> MatrixConfig {
+        MatrixConfig {
+            pairs: vec![],
+            paths: vec![PathKind::Native],
+            delay_ms: 0,
+            jitter_ms,
+            loss_percent: 0.0,
+            tries: 2,
+            out_dir: dir.to_path_buf(),
+            resume: true,
+            command: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_records_and_refuses_other_conditions() {
+        let dir = std::env::temp_dir().join(format!("bitpunch-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("records.jsonl");
+        let mut record = Outcome::failed(
+            Path::Native,
+            SessionRole::Initiator,
+            Stage::Punch,
+            "x".into(),
+        );
+        record.lab = Some(LabContext {
+            nat_alice: "home".into(),
+            nat_bob: "home".into(),
+            delay_ms: 0.0,
+            loss_percent: 0.0,
+            jitter_ms: 10.0,
+            try_index: 0,
+        });
+        // The last line was cut short by a killed run.
+        std::fs::write(&path, format!("{}\n{{\"path\":\"nat", record.to_json())).unwrap();
+        let kept = earlier_records(&config(&dir, 10), &path).unwrap();
+        assert_eq!(kept, vec![record]);
+        let e = earlier_records(&config(&dir, 0), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--jitter-ms"), "{e}");
+        assert!(earlier_records(&config(&dir, 0), &dir.join("none"))
+            .unwrap()
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

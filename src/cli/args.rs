@@ -293,6 +293,9 @@ pub(crate) enum Command {
         /// One-way delay on each NAT's internet link (with --nat).
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
+        /// Each packet's delay is drawn from delay ± this (with --nat).
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
         /// Tries per path.
         #[arg(long, default_value_t = 1)]
         tries: u32,
@@ -371,6 +374,10 @@ pub(crate) enum LabCommand {
         /// One-way delay on each NAT's internet link, ms.
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
+        /// Each packet's delay is drawn from delay ± this, ms (packets may
+        /// overtake each other, as with netem).
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
         /// Loss on each NAT's internet link, percent.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
@@ -378,8 +385,12 @@ pub(crate) enum LabCommand {
         #[arg(long, default_value_t = 20)]
         tries: u32,
         /// Output folder (default: results/lab-run-<unix time>).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         out: Option<PathBuf>,
+        /// Continue an interrupted run in DIR: the tries already in its
+        /// records.jsonl are kept and not made again (same flags otherwise).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
     },
     /// What a coordinator costs: resident memory per registered client and
     /// coordinations per second, with the coordinator pinned to one core

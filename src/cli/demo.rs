@@ -6,7 +6,7 @@ use bitpunch::lab::NatProfile;
 
 pub(crate) async fn run_demo(
     nat: Option<String>,
-    delay_ms: u64,
+    (delay_ms, jitter_ms): (u64, u64),
     tries: u32,
     paths: Vec<bitpunch::scenario::PathKind>,
     json: bool,
@@ -15,6 +15,7 @@ pub(crate) async fn run_demo(
     let config = bitpunch::demo::DemoConfig {
         nat,
         delay_ms,
+        jitter_ms,
         tries: tries.max(1),
         paths: if paths.is_empty() {
             bitpunch::scenario::PathKind::ALL.to_vec()
@@ -26,7 +27,7 @@ pub(crate) async fn run_demo(
         match config.nat {
             None => println!("bitpunch demo: relay, coordinator and two nodes on 127.0.0.1"),
             Some((a, b)) => println!(
-                "bitpunch demo: Alice behind {a}, Bob behind {b}, {delay_ms} ms one-way on each NAT's link; relay and coordinator on public lab hosts"
+                "bitpunch demo: Alice behind {a}, Bob behind {b}, {delay_ms} ± {jitter_ms} ms one-way on each NAT's link; relay and coordinator on public lab hosts"
             ),
         }
     }
@@ -70,7 +71,7 @@ pub(crate) async fn run_demo(
 /// `bitpunch demo --sidecar`: every part its own process.
 pub(crate) async fn run_sidecar_demo(
     nat: Option<String>,
-    delay_ms: u64,
+    (delay_ms, jitter_ms): (u64, u64),
     tries: u32,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -81,7 +82,11 @@ pub(crate) async fn run_sidecar_demo(
         Some((a, b)) => Some(bitpunch::lab::Lab::two_nats(
             a,
             b,
-            bitpunch::lab::LinkShape::delay_ms(delay_ms),
+            bitpunch::lab::LinkShape {
+                delay: std::time::Duration::from_millis(delay_ms),
+                jitter: std::time::Duration::from_millis(jitter_ms),
+                ..Default::default()
+            },
         )?),
         None => None,
     };
@@ -89,7 +94,7 @@ pub(crate) async fn run_sidecar_demo(
         match nat {
             None => println!("bitpunch demo --sidecar: relay, coordinator, two sidecars and two stand-in Bitcoin nodes on 127.0.0.1"),
             Some((a, b)) => println!(
-                "bitpunch demo --sidecar: Alice behind {a}, Bob behind {b}, {delay_ms} ms one-way on each NAT's link; each Bitcoin node a stand-in on its host's 127.0.0.1 behind its sidecar"
+                "bitpunch demo --sidecar: Alice behind {a}, Bob behind {b}, {delay_ms} ± {jitter_ms} ms one-way on each NAT's link; each Bitcoin node a stand-in on its host's 127.0.0.1 behind its sidecar"
             ),
         }
     }

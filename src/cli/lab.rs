@@ -110,10 +110,15 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             bob,
             path,
             delay_ms,
+            jitter_ms,
             loss,
             tries,
             out,
-        } => run_matrix(alice, bob, path, delay_ms, loss, tries, out).await,
+            resume,
+        } => {
+            let shape = (delay_ms, jitter_ms, loss);
+            run_matrix(alice, bob, path, shape, tries, out, resume).await
+        }
         LabCommand::Scale {
             clients,
             seconds,
@@ -191,10 +196,10 @@ pub(crate) async fn run_matrix(
     alice: Vec<NatProfile>,
     bob: Vec<NatProfile>,
     paths: Vec<bitpunch::scenario::PathKind>,
-    delay_ms: u64,
-    loss: f64,
+    (delay_ms, jitter_ms, loss): (u64, u64, f64),
     tries: u32,
     out: Option<PathBuf>,
+    resume: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use bitpunch::matrix;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,7 +214,8 @@ pub(crate) async fn run_matrix(
         .iter()
         .flat_map(|a| bob.iter().map(move |b| (*a, *b)))
         .collect();
-    let out = out.unwrap_or_else(|| {
+    let resuming = resume.is_some();
+    let out = resume.or(out).unwrap_or_else(|| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -224,9 +230,11 @@ pub(crate) async fn run_matrix(
             paths
         },
         delay_ms,
+        jitter_ms,
         loss_percent: loss,
         tries: tries.max(1),
         out_dir: out.clone(),
+        resume: resuming,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let stop = Arc::new(AtomicBool::new(false));

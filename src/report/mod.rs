@@ -98,6 +98,9 @@ pub struct LabContext {
     /// One-way delay and loss on each NAT's internet link.
     pub delay_ms: f64,
     pub loss_percent: f64,
+    /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
+    #[serde(default)]
+    pub jitter_ms: f64,
     pub try_index: u32,
 }
 
