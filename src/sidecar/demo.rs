@@ -223,6 +223,10 @@ pub fn run(
         None,
     )?;
     let relay_addr = relay.line("relay listening ")?;
+    // The demo repeats punches between the same two nodes far faster than
+    // any real use would: the limits against abuse (docs/security.md) are
+    // lifted, as for the in-process demo.
+    let unlimited = "1000000";
     let coordinator = runner.spawn(
         coord_host.as_ref(),
         &[
@@ -233,6 +237,7 @@ pub fn run(
                 "--bind",
                 &ip(&coord_host),
             ][..],
+            &["--orders-per-netgroup-per-target", unlimited],
             &net,
             &["--data-dir", &runner.dir("coordinator"), "-q"],
         ]
@@ -268,6 +273,20 @@ pub fn run(
                 &net,
                 private,
                 &["--coordinator", &coord_addr, "--relay", &relay_addr],
+                &[
+                    "--orders-per-peer-per-minute",
+                    unlimited,
+                    "--orders-per-minute",
+                    unlimited,
+                    "--punch-syns-per-address",
+                    unlimited,
+                    "--punch-syns-per-netgroup",
+                    unlimited,
+                    "--punch-syns-per-requester",
+                    unlimited,
+                    "--punch-syns-per-minute",
+                    unlimited,
+                ],
                 &role,
                 &["--json", "-q", "--data-dir", &runner.dir(who)],
             ]
