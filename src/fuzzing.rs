@@ -278,6 +278,18 @@ fn endpoint(ip: u8, port: u16, v6: bool) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// An endpoint a node may call its own network's, or (odd `kind`) one it
+/// may not: public, loopback.
+fn own_network_endpoint(ip: u8, port: u16, kind: u8) -> SocketAddr {
+    let ip = match kind % 4 {
+        0 => IpAddr::V4(Ipv4Addr::new(192, 168, 1, ip)),
+        1 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, ip)),
+        2 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip))),
+        _ => IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip)),
+    };
+    SocketAddr::new(ip, port.max(1))
+}
+
 #[derive(Arbitrary, Debug)]
 enum CoordinatorInput {
     Connect {
@@ -318,6 +330,11 @@ enum CoordinatorInput {
     },
     NotForCoordinator {
         conn: u8,
+    },
+    /// `hplocal`: the decoder passes at most four.
+    Local {
+        conn: u8,
+        endpoints: Vec<(u8, u16, u8)>,
     },
     Rtt {
         conn: u8,
@@ -370,7 +387,7 @@ pub fn coordinator_machine(data: &[u8]) {
                 // coordinator must answer with its proof.
                 let hello = NativeMessage::Hello {
                     version: 1,
-                    features: 0,
+                    features: u64::from(port % 2),
                 };
                 let actions = machine.handle(now, conn_of(conn), hello, challenge);
                 assert!(
@@ -503,6 +520,19 @@ pub fn coordinator_machine(data: &[u8]) {
                     );
                 }
             }
+            CoordinatorInput::Local { conn, endpoints } => {
+                let endpoints = endpoints
+                    .into_iter()
+                    .take(crate::native::messages::MAX_LOCAL_ENDPOINTS)
+                    .map(|(ip, port, kind)| own_network_endpoint(ip, port, kind))
+                    .collect();
+                machine.handle(
+                    now,
+                    conn_of(conn),
+                    NativeMessage::Local { endpoints },
+                    challenge,
+                );
+            }
             CoordinatorInput::Rtt { conn, ms } => {
                 machine.rtt(conn_of(conn), Duration::from_millis(ms.into()));
             }
@@ -539,10 +569,28 @@ fn coordinator_request(
         request: request.into(),
         target,
     };
-    let actions = machine.handle(now, conn, msg, [0; 32]);
+    let mut actions = machine.handle(now, conn, msg, [0; 32]);
     if !is_connected {
         assert!(actions.is_empty(), "answered a stranger: {actions:?}");
         return false;
+    }
+    // Own-network endpoints go to a side just before its order, at most
+    // four.
+    let mut i = 0;
+    while i < actions.len() {
+        if let Some(CoordinatorAction::Send(to, NativeMessage::Candidates { endpoints, .. })) =
+            actions.get(i)
+        {
+            assert!(endpoints.len() <= crate::native::messages::MAX_LOCAL_ENDPOINTS);
+            let next = actions.get(i + 1);
+            assert!(
+                matches!(next, Some(CoordinatorAction::Send(next_to, NativeMessage::Punch { .. })) if next_to == to),
+                "hpcands not followed by its order: {actions:?}"
+            );
+            actions.remove(i);
+        } else {
+            i += 1;
+        }
     }
     // Answered: a failure, or both orders (the requester's first).
     match &actions[..] {
@@ -599,6 +647,10 @@ enum ClientInput {
         request: u8,
         target: u8,
     },
+    Candidates {
+        request: u8,
+        endpoints: Vec<(u8, u16, u8)>,
+    },
     Wait {
         ms: u16,
     },
@@ -652,6 +704,7 @@ pub fn client_machine(data: &[u8]) {
     );
     let mut now = Instant::now();
     let mut punches: Vec<(Instant, IpAddr)> = Vec::new();
+    let mut observed: Option<SocketAddr> = None;
     for step in steps {
         let events = match step {
             ClientInput::Challenge { nonce } => {
@@ -659,6 +712,9 @@ pub fn client_machine(data: &[u8]) {
             }
             ClientInput::Registered { ours, ip, port } => {
                 let id = if ours { own.id() } else { NodeId([ip; 12]) };
+                if ours {
+                    observed = Some(endpoint(ip, port, false));
+                }
                 client.handle(
                     now,
                     NativeMessage::Registered {
@@ -712,6 +768,17 @@ pub fn client_machine(data: &[u8]) {
                 assert!(matches!(&events[..], [ClientEvent::Close(_)]), "{events:?}");
                 events
             }
+            ClientInput::Candidates { request, endpoints } => client.handle(
+                now,
+                NativeMessage::Candidates {
+                    request: request.into(),
+                    endpoints: endpoints
+                        .into_iter()
+                        .take(crate::native::messages::MAX_LOCAL_ENDPOINTS)
+                        .map(|(ip, port, kind)| own_network_endpoint(ip, port, kind))
+                        .collect(),
+                },
+            ),
             ClientInput::Request { request, target } => {
                 let target = keys
                     .get(usize::from(target) % keys.len())
@@ -728,6 +795,18 @@ pub fn client_machine(data: &[u8]) {
         for event in &events {
             if let ClientEvent::Punch(order) = event {
                 assert!(order.delay <= config.max_delay);
+                // Own-network SYNs only toward a peer behind our own
+                // public address, and only to own-network addresses.
+                if !order.local.is_empty() {
+                    assert_eq!(observed.map(|o| o.ip()), Some(order.peer.ip()), "{order:?}");
+                }
+                assert!(
+                    order
+                        .local
+                        .iter()
+                        .all(|l| crate::native::machine::is_own_network(l.ip())),
+                    "{order:?}"
+                );
                 punches.push((now, order.peer.ip()));
             }
         }

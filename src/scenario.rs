@@ -425,6 +425,23 @@ impl InLab {
         shape: crate::lab::LinkShape,
     ) -> Result<InLab> {
         let (lab, t) = crate::lab::Lab::two_nats(nat_alice, nat_bob, shape)?;
+        Self::start_in(lab, t)
+            .await
+            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
+    }
+
+    /// Alice and Bob behind one NAT ([`crate::lab::Lab::one_nat`]).
+    pub async fn start_behind_one_nat(
+        nat: crate::lab::NatProfile,
+        shape: crate::lab::LinkShape,
+    ) -> Result<InLab> {
+        let (lab, t) = crate::lab::Lab::one_nat(nat, shape)?;
+        Self::start_in(lab, t)
+            .await
+            .with_context(|| format!("starting the scenario behind one {nat}"))
+    }
+
+    async fn start_in(lab: crate::lab::Lab, t: crate::lab::TwoNats) -> Result<InLab> {
         let (relay_rt, coordinator_rt, bob_rt, alice_rt) = (
             lab.runtime(&t.relay)?,
             lab.runtime(&t.coordinator)?,
@@ -439,9 +456,7 @@ impl InLab {
             allow_private: false,
             ports: Ports::FIXED,
         };
-        let running = start(&places)
-            .await
-            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))?;
+        let running = start(&places).await?;
         Ok(InLab {
             running,
             alice_rt,

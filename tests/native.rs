@@ -230,6 +230,7 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 peer: alice_at,
                 // On the same schedule as everyone: the coordinator's margin.
                 delay: Duration::from_millis(20),
+                local: vec![],
             };
             let now = tokio::time::Instant::now();
             native::punch::execute(&ctx, order, now, now).await

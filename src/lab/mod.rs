@@ -436,6 +436,31 @@ impl Lab {
         };
         Ok((lab, topology))
     }
+
+    /// Alice and Bob on one LAN behind one NAT (`nat_alice` and `nat_bob`
+    /// are the same router): their only public candidate is the NAT's own
+    /// address, which reaches the other only where the router hairpins
+    /// (the profile's `/hairpin`). `shape` on the NAT's internet link.
+    pub fn one_nat(nat: NatProfile, shape: LinkShape) -> Result<(Lab, TwoNats)> {
+        let mut lab = Lab::new()?;
+        let relay = lab.add_public_host("relay")?;
+        let coordinator = lab.add_public_host("coord")?;
+        let mut router = lab.add_nat("nat", nat)?;
+        let alice = lab.add_host_behind(&mut router, "alice")?;
+        let bob = lab.add_host_behind(&mut router, "bob")?;
+        if !shape.is_neutral() {
+            lab.set_link_shape(&router.link, shape)?;
+        }
+        let topology = TwoNats {
+            relay,
+            coordinator,
+            nat_alice: router.clone(),
+            nat_bob: router,
+            alice,
+            bob,
+        };
+        Ok((lab, topology))
+    }
 }
 
 impl Drop for Lab {

@@ -229,6 +229,9 @@ impl CoordinatorLink {
                 session_id,
             },
         );
+        // Our end of this link is where the shared port is on our own
+        // network: a peer behind the same NAT can reach it there.
+        client.set_local(vec![report.local]);
         let first = client.start();
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task.abort_handle());

@@ -10,7 +10,7 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 
 use super::messages::{
     coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
-    FEATURES, PROTOCOL_VERSION, REGISTER_TAG,
+    FEATURES, FEATURE_LOCAL_CANDIDATES, MAX_LOCAL_ENDPOINTS, PROTOCOL_VERSION, REGISTER_TAG,
 };
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::NetGroup;
@@ -73,6 +73,11 @@ struct Peer {
     rtt: Option<Duration>,
     state: PeerState,
     requests: VecDeque<Instant>,
+    /// Feature bits from its `hphello`.
+    features: u64,
+    /// Where its shared port is on its own network (`hplocal`), for a peer
+    /// behind the same public address.
+    local: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +161,8 @@ impl Coordinator {
                 rtt,
                 state: PeerState::Connected,
                 requests: VecDeque::new(),
+                features: 0,
+                local: Vec::new(),
             },
         );
     }
@@ -285,7 +292,7 @@ impl Coordinator {
             return vec![];
         };
         match msg {
-            NativeMessage::Hello { version, .. } => {
+            NativeMessage::Hello { version, features } => {
                 if !matches!(peer.state, PeerState::Connected) {
                     return vec![Close(conn, "hphello twice".into())];
                 }
@@ -299,6 +306,7 @@ impl Coordinator {
                     )];
                 };
                 peer.state = PeerState::Greeted;
+                peer.features = features;
                 let data = coordinator_proof_data(&session_id, PROTOCOL_VERSION, FEATURES);
                 vec![Send(
                     conn,
@@ -367,6 +375,14 @@ impl Coordinator {
                 actions
             }
             NativeMessage::Connect { request, target } => self.connect(now, conn, request, target),
+            NativeMessage::Local { endpoints } => {
+                if !matches!(peer.state, PeerState::Registered { .. }) {
+                    return vec![Close(conn, "hplocal before registration".into())];
+                }
+                // The decoder allows no more than MAX_LOCAL_ENDPOINTS.
+                peer.local = endpoints;
+                vec![]
+            }
             NativeMessage::Result { request, result } => {
                 let mut actions = vec![Reported {
                     conn,
@@ -392,7 +408,8 @@ impl Coordinator {
             | NativeMessage::Registered { .. }
             | NativeMessage::Punch { .. }
             | NativeMessage::Fail { .. }
-            | NativeMessage::Auth { .. }) => {
+            | NativeMessage::Auth { .. }
+            | NativeMessage::Candidates { .. }) => {
                 vec![Close(
                     conn,
                     format!("{} is not for a coordinator", other.command()),
@@ -465,6 +482,21 @@ impl Coordinator {
         // farther one receives its order, plus a margin.
         let rtt_r = requester_rtt.unwrap_or_default();
         let (rtt_t, target_addr) = (target_peer.rtt.unwrap_or_default(), target_peer.observed);
+        // Two nodes behind one NAT (the same public address) may not reach
+        // each other through it (many routers do not hairpin): each is told
+        // where the other is on their network, if both speak of it.
+        let same_nat = requester_addr.ip() == target_addr.ip();
+        let local_for = |to: &Peer, of: &Peer| {
+            (same_nat && to.features & FEATURE_LOCAL_CANDIDATES != 0 && !of.local.is_empty())
+                .then(|| of.local.clone())
+        };
+        let (to_requester, to_target) = match self.peers.get(&conn) {
+            Some(requester) => (
+                local_for(requester, target_peer),
+                local_for(target_peer, requester),
+            ),
+            None => (None, None),
+        };
         self.sweep_netgroups(now);
         let farthest = rtt_r.max(rtt_t);
         let margin = self.config.margin;
@@ -479,28 +511,53 @@ impl Coordinator {
         let key = (target_conn, request);
         self.open_orders.insert(key, (conn, now));
         self.open_order_queue.push_back((now, key));
-        vec![
-            Send(
-                conn,
-                NativeMessage::Punch {
-                    request,
-                    role: PunchRole::Initiator,
-                    peer_key: target_key.serialize(),
-                    peer: target_addr,
-                    delay_ms: delay(rtt_r),
-                },
-            ),
-            Send(
+        let mut actions = Vec::with_capacity(4);
+        if let Some(endpoints) = to_requester {
+            actions.push(Send(conn, NativeMessage::Candidates { request, endpoints }));
+        }
+        actions.push(Send(
+            conn,
+            NativeMessage::Punch {
+                request,
+                role: PunchRole::Initiator,
+                peer_key: target_key.serialize(),
+                peer: target_addr,
+                delay_ms: delay(rtt_r),
+            },
+        ));
+        if let Some(endpoints) = to_target {
+            actions.push(Send(
                 target_conn,
-                NativeMessage::Punch {
-                    request,
-                    role: PunchRole::Responder,
-                    peer_key: requester_key.serialize(),
-                    peer: requester_addr,
-                    delay_ms: delay(rtt_t),
-                },
-            ),
-        ]
+                NativeMessage::Candidates { request, endpoints },
+            ));
+        }
+        actions.push(Send(
+            target_conn,
+            NativeMessage::Punch {
+                request,
+                role: PunchRole::Responder,
+                peer_key: requester_key.serialize(),
+                peer: requester_addr,
+                delay_ms: delay(rtt_t),
+            },
+        ));
+        actions
+    }
+}
+
+/// An address on a node's own network behind a NAT: private IPv4
+/// (RFC 1918), shared (RFC 6598, inside a carrier's NAT), link-local, or
+/// IPv6 unique-local and link-local. Never loopback or a public address.
+pub fn is_own_network(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -575,6 +632,9 @@ pub struct PunchOrder {
     pub peer_key: XOnlyPublicKey,
     pub peer: SocketAddr,
     pub delay: Duration,
+    /// The peer's endpoints on the network we share with it (it is behind
+    /// our own public address): raced beside `peer`.
+    pub local: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -629,6 +689,14 @@ pub struct Client {
     /// the order: a coordinator cannot substitute another key) and when.
     requests: HashMap<u64, (NodeId, Instant)>,
     orders: VecDeque<(Instant, IpAddr)>,
+    /// The coordinator's feature bits, once verified.
+    coordinator_features: u64,
+    /// Where our shared port is on our own network, to announce.
+    local: Vec<SocketAddr>,
+    /// Where the coordinator sees us.
+    observed: Option<SocketAddr>,
+    /// The last `hpcands`, for the order of the same request that follows.
+    candidates: Option<(u64, Vec<SocketAddr>)>,
 }
 
 impl Client {
@@ -641,7 +709,19 @@ impl Client {
             registered: None,
             requests: HashMap::new(),
             orders: VecDeque::new(),
+            coordinator_features: 0,
+            local: Vec::new(),
+            observed: None,
+            candidates: None,
         }
+    }
+
+    /// Where our shared port is on our own network (the local address of
+    /// the link to the coordinator): announced after registration when the
+    /// coordinator speaks of it and the address is not the one it sees.
+    pub fn set_local(&mut self, endpoints: Vec<SocketAddr>) {
+        self.local = endpoints;
+        self.local.truncate(MAX_LOCAL_ENDPOINTS);
     }
 
     pub fn key(&self) -> &NodeKey {
@@ -698,6 +778,7 @@ impl Client {
         }
         let version = version.min(PROTOCOL_VERSION);
         self.verified = Some(version);
+        self.coordinator_features = features;
         vec![
             CoordinatorVerified {
                 id,
@@ -774,7 +855,25 @@ impl Client {
                     ))];
                 }
                 self.registered = Some(id);
-                vec![Registered { id, observed }]
+                self.observed = Some(observed);
+                let mut events = vec![Registered { id, observed }];
+                // Behind a NAT (we are not where the coordinator sees us),
+                // our own-network endpoints let a peer behind the same NAT
+                // reach us without hairpinning.
+                let local: Vec<SocketAddr> = self
+                    .local
+                    .iter()
+                    .filter(|l| **l != observed && is_own_network(l.ip()))
+                    .copied()
+                    .collect();
+                if self.coordinator_features & FEATURE_LOCAL_CANDIDATES != 0 && !local.is_empty() {
+                    events.push(Send(NativeMessage::Local { endpoints: local }));
+                }
+                events
+            }
+            NativeMessage::Candidates { request, endpoints } => {
+                self.candidates = Some((request, endpoints));
+                vec![]
             }
             NativeMessage::Fail {
                 reason: FailReason::Displaced,
@@ -799,7 +898,8 @@ impl Client {
             | NativeMessage::Prove { .. }
             | NativeMessage::Connect { .. }
             | NativeMessage::Result { .. }
-            | NativeMessage::Auth { .. }) => {
+            | NativeMessage::Auth { .. }
+            | NativeMessage::Local { .. }) => {
                 vec![Close(format!("{} is not for a client", other.command()))]
             }
         }
@@ -910,13 +1010,35 @@ impl Client {
             );
         }
         self.orders.push_back((now, target));
+        let local = self.local_candidates(request, peer);
         vec![Punch(PunchOrder {
             request,
             role,
             peer_key,
             peer,
             delay,
+            local,
         })]
+    }
+
+    /// The peer's own-network endpoints from the `hpcands` of this request,
+    /// if it is behind our own public address (as the coordinator sees
+    /// us): so that nobody, the coordinator included, can point our SYNs
+    /// into our network for a peer elsewhere. Only own-network addresses
+    /// of the peer's family pass; each SYN is paid from the punch budget.
+    fn local_candidates(&mut self, request: u64, peer: SocketAddr) -> Vec<SocketAddr> {
+        let Some((for_request, endpoints)) = self.candidates.take() else {
+            return Vec::new();
+        };
+        let behind_our_nat = self.observed.is_some_and(|o| o.ip() == peer.ip());
+        if for_request != request || !behind_our_nat {
+            return Vec::new();
+        }
+        endpoints
+            .into_iter()
+            .filter(|e| e.is_ipv4() == peer.is_ipv4() && is_own_network(e.ip()))
+            .take(MAX_LOCAL_ENDPOINTS)
+            .collect()
     }
 }
 
@@ -992,10 +1114,10 @@ mod tests {
     }
 
     fn proof(key: &NodeKey, session_id: &[u8; 32], version: u32) -> NativeMessage {
-        let data = coordinator_proof_data(session_id, version, 0);
+        let data = coordinator_proof_data(session_id, version, FEATURES);
         NativeMessage::Coordinator {
             version,
-            features: 0,
+            features: FEATURES,
             key: key.public().serialize(),
             signature: key.sign(COORDINATOR_TAG, &[&data]),
         }
@@ -1120,6 +1242,104 @@ mod tests {
             &coord.handle(t0, 4, register, [0; 32])[..],
             [CoordinatorAction::Send(4, NativeMessage::Challenge { .. })]
         ));
+    }
+
+    /// Delivers the coordinator's actions to the clients by connection
+    /// and returns each one's punch order (1: `a`, 2: `b`) and the
+    /// `hpcands` sent.
+    fn deliver(
+        actions: Vec<CoordinatorAction>,
+        clients: &mut [(ConnId, &mut Client)],
+        now: Instant,
+    ) -> (Vec<(ConnId, PunchOrder)>, usize) {
+        let mut orders = Vec::new();
+        let mut cands = 0;
+        for action in actions {
+            let CoordinatorAction::Send(to, msg) = action else {
+                panic!("{action:?}")
+            };
+            if matches!(msg, NativeMessage::Candidates { .. }) {
+                cands += 1;
+            }
+            let Some((_, client)) = clients.iter_mut().find(|(c, _)| *c == to) else {
+                continue;
+            };
+            for event in client.handle(now, msg) {
+                if let ClientEvent::Punch(order) = event {
+                    orders.push((to, order));
+                }
+            }
+        }
+        (orders, cands)
+    }
+
+    #[test]
+    fn nodes_behind_one_nat_race_each_others_own_network_endpoints() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let (mut alice, mut bob, mut carol) = (fresh_client(), fresh_client(), fresh_client());
+        alice.set_local(vec![addr("192.168.1.10:8333")]);
+        // A public "own" address is not announced.
+        bob.set_local(vec![addr("192.168.1.11:8333"), addr("198.51.100.9:8333")]);
+        carol.set_local(vec![addr("10.0.0.3:8333")]);
+        coord.connected(1, addr("203.0.113.7:40001"), None, Some(SESSION));
+        coord.connected(2, addr("203.0.113.7:40002"), None, Some(SESSION));
+        coord.connected(3, addr("198.51.100.20:40003"), None, Some(SESSION));
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        register(&mut coord, 3, &mut carol, t0);
+
+        // Alice and Bob share the public address: each learns the other's.
+        let ask = alice.request(t0, 1, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let (orders, cands) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        assert_eq!(cands, 2);
+        let local_of = |conn| {
+            orders
+                .iter()
+                .find(|(c, _)| *c == conn)
+                .map(|(_, o)| o.local.clone())
+                .unwrap()
+        };
+        assert_eq!(local_of(1), vec![addr("192.168.1.11:8333")]);
+        assert_eq!(local_of(2), vec![addr("192.168.1.10:8333")]);
+
+        // Carol is elsewhere: nobody learns anybody's network.
+        let ask = carol.request(t0, 2, bob_id);
+        let actions = coord.handle(t0, 3, ask, [0; 32]);
+        let (orders, cands) = deliver(actions, &mut [(3, &mut carol), (2, &mut bob)], t0);
+        assert_eq!(cands, 0);
+        assert_eq!(orders.len(), 2);
+        assert!(orders.iter().all(|(_, o)| o.local.is_empty()));
+
+        // A coordinator that sends Carol endpoints for a peer that is not
+        // behind her address cannot aim her SYNs into her network.
+        let ask = carol.request(t0, 3, bob_id);
+        let _ = ask;
+        let bob_key = bob.key().public().serialize();
+        assert!(carol
+            .handle(
+                t0,
+                NativeMessage::Candidates {
+                    request: 3,
+                    endpoints: vec![addr("10.0.0.9:22")],
+                },
+            )
+            .is_empty());
+        let events = carol.handle(
+            t0,
+            NativeMessage::Punch {
+                request: 3,
+                role: PunchRole::Initiator,
+                peer_key: bob_key,
+                peer: addr("203.0.113.7:40002"),
+                delay_ms: 10,
+            },
+        );
+        let [ClientEvent::Punch(order)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert!(order.local.is_empty());
     }
 
     #[test]

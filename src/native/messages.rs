@@ -38,9 +38,14 @@ pub const COORDINATOR_TAG: &str = "bitpunch/coordinator/v1";
 /// strict rule "an unknown `hp` command closes the connection" never hits
 /// a peer that follows the spec.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Feature bits of this code: none are defined yet. Unknown bits are
-/// ignored.
-pub const FEATURES: u64 = 0;
+/// Feature bit: the node announces where its shared port is on its own
+/// network (`hplocal`), and the coordinator passes those endpoints to a
+/// peer behind the same public address (`hpcands`).
+pub const FEATURE_LOCAL_CANDIDATES: u64 = 1;
+/// Feature bits of this code. Unknown bits are ignored.
+pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES;
+/// Own-network endpoints in one `hplocal` or `hpcands`.
+pub const MAX_LOCAL_ENDPOINTS: usize = 4;
 
 /// What the coordinator signs to prove its key on one session: the BIP324
 /// session id (which an on-path attacker's two sessions cannot share), and
@@ -126,6 +131,17 @@ pub enum NativeMessage {
     /// On the punched connection, both ways: Schnorr signature over the
     /// BIP324 session id, the signer's role and the request.
     Auth { request: u64, signature: [u8; 64] },
+    /// client → coordinator, after registration, when the coordinator
+    /// announced [`FEATURE_LOCAL_CANDIDATES`]: where the node's shared port
+    /// is on its own network (at most [`MAX_LOCAL_ENDPOINTS`]).
+    Local { endpoints: Vec<SocketAddr> },
+    /// coordinator → client, just before the `Punch` of the same request,
+    /// when both nodes are seen at the same public address: the peer's
+    /// own-network endpoints, to race beside its public one.
+    Candidates {
+        request: u64,
+        endpoints: Vec<SocketAddr>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +174,8 @@ impl NativeMessage {
             NativeMessage::Fail { .. } => "hpfail",
             NativeMessage::Result { .. } => "hpresult",
             NativeMessage::Auth { .. } => "hpauth",
+            NativeMessage::Local { .. } => "hplocal",
+            NativeMessage::Candidates { .. } => "hpcands",
         }
     }
 
@@ -214,6 +232,11 @@ impl NativeMessage {
             NativeMessage::Auth { request, signature } => {
                 out.extend_from_slice(&request.to_le_bytes());
                 out.extend_from_slice(signature);
+            }
+            NativeMessage::Local { endpoints } => put_endpoints(&mut out, endpoints),
+            NativeMessage::Candidates { request, endpoints } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                put_endpoints(&mut out, endpoints);
             }
         }
         debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
@@ -313,6 +336,13 @@ impl NativeMessage {
                 request: r.u64()?,
                 signature: r.array()?,
             },
+            "hplocal" => NativeMessage::Local {
+                endpoints: r.endpoints()?,
+            },
+            "hpcands" => NativeMessage::Candidates {
+                request: r.u64()?,
+                endpoints: r.endpoints()?,
+            },
             other => return Err(NativeError::UnknownCommand(other.to_string())),
         };
         r.finish(msg.encode().len())?;
@@ -320,7 +350,7 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 11] = [
+pub const COMMANDS: [&str; 13] = [
     "hphello",
     "hpcoord",
     "hpregister",
@@ -332,6 +362,8 @@ pub const COMMANDS: [&str; 11] = [
     "hpfail",
     "hpresult",
     "hpauth",
+    "hplocal",
+    "hpcands",
 ];
 
 fn static_name(command: &str) -> Result<&'static str, NativeError> {
@@ -351,6 +383,15 @@ fn put_endpoint(out: &mut Vec<u8>, addr: &SocketAddr) {
     let _ = v2.consensus_encode(out);
     // Port in network byte order, as in Bitcoin's address messages.
     out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// count (u8) ‖ endpoints; callers keep to [`MAX_LOCAL_ENDPOINTS`].
+fn put_endpoints(out: &mut Vec<u8>, endpoints: &[SocketAddr]) {
+    let endpoints = endpoints.get(..MAX_LOCAL_ENDPOINTS).unwrap_or(endpoints);
+    out.push(u8::try_from(endpoints.len()).unwrap_or(0));
+    for e in endpoints {
+        put_endpoint(out, e);
+    }
 }
 
 struct Reader<'a> {
@@ -410,6 +451,14 @@ impl Reader<'_> {
             return Err(self.bad("port 0".into()));
         }
         Ok(SocketAddr::new(ip, port))
+    }
+
+    fn endpoints(&mut self) -> Result<Vec<SocketAddr>, NativeError> {
+        let count = usize::from(self.u8()?);
+        if count > MAX_LOCAL_ENDPOINTS {
+            return Err(self.bad(format!("{count} endpoints, at most {MAX_LOCAL_ENDPOINTS}")));
+        }
+        (0..count).map(|_| self.endpoint()).collect()
     }
 
     fn finish(&self, expected: usize) -> Result<(), NativeError> {
@@ -477,6 +526,13 @@ mod tests {
                 request: 3,
                 signature: [8; 64],
             },
+            NativeMessage::Local {
+                endpoints: vec!["10.0.0.5:8333".parse().unwrap()],
+            },
+            NativeMessage::Candidates {
+                request: 4,
+                endpoints: vec![v6, v6, v6, v6],
+            },
         ]
     }
 
@@ -502,8 +558,23 @@ mod tests {
     fn sizes_are_the_ones_the_spec_lists() {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
         // hello, coord, register, challenge, prove, registered v4/v6,
-        // connect, punch v4, fail, result, auth (docs/native-protocol.md)
-        assert_eq!(sizes, vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72]);
+        // connect, punch v4, fail, result, auth, local (one v4), cands
+        // (four v6) (docs/native-protocol.md)
+        assert_eq!(
+            sizes,
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89]
+        );
+        let five = NativeMessage::Local {
+            endpoints: vec!["10.0.0.5:8333".parse().unwrap(); 4],
+        }
+        .encode();
+        let mut bad = five.clone();
+        bad[0] = 5;
+        bad.extend_from_slice(&five[1..9]);
+        assert!(NativeMessage::decode("hplocal", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 4"));
     }
 
     #[test]

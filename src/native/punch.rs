@@ -2,6 +2,7 @@
 //! port, BIP324 on the winner with roles from the order, version/verack/ping,
 //! and the proof of the node keys over the BIP324 session id.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,11 +62,16 @@ pub async fn execute(
     let ms = |t: Instant| Some(crate::report::ms_since(asked_at, t));
     let mut record = Outcome::failed(Path::Native, role, Stage::Punch, String::new());
     record.via = Some(ctx.coordinator.to_string());
-    record.candidates = vec![order.peer.to_string()];
+    // The peer's public endpoint, and where it is on the network we share
+    // with it when it is behind our own NAT (no hairpinning needed).
+    let candidates: Vec<SocketAddr> = std::iter::once(order.peer)
+        .chain(order.local.iter().copied())
+        .collect();
+    record.candidates = candidates.iter().map(|c| c.to_string()).collect();
     record.t_ms.coordination = ms(received_at);
 
     let plan = PunchPlan {
-        candidates: vec![order.peer],
+        candidates,
         start: received_at.later(order.delay),
         config: ScheduleConfig::for_rtt(ctx.coordinator_rtt.saturating_mul(2)),
         requester: format!("native:{}", NodeId::of(&order.peer_key)),
