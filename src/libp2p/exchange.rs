@@ -228,7 +228,7 @@ impl SideB {
             });
         };
         let rtt = now.saturating_duration_since(sent);
-        let candidates = candidates(theirs, self.allow_private);
+        let candidates = candidates(theirs, &self.ours, self.allow_private);
         Ok(vec![
             Step::Send(ExchangeMessage::Sync),
             Step::Punch {
@@ -241,8 +241,15 @@ impl SideB {
 }
 
 /// The peer's punchable addresses, without duplicates, at most
-/// [`MAX_CANDIDATES`] of them in the order the peer gave.
-pub fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> {
+/// [`MAX_CANDIDATES`] of them in the order the peer gave. Its own-network
+/// addresses follow, only when one of its public addresses is one of
+/// `ours` (the peer is behind our own NAT): nobody can point our SYNs into
+/// our network for a peer elsewhere.
+pub fn candidates(
+    theirs: &[Multiaddr],
+    ours: &[Multiaddr],
+    allow_private: bool,
+) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for addr in theirs.iter().filter_map(|a| punchable(a, allow_private)) {
         if out.len() >= MAX_CANDIDATES {
@@ -250,6 +257,26 @@ pub fn candidates(theirs: &[Multiaddr], allow_private: bool) -> Vec<SocketAddr> 
         }
         if !out.contains(&addr) {
             out.push(addr);
+        }
+    }
+    let our_ips: Vec<std::net::IpAddr> = ours
+        .iter()
+        .filter_map(|a| punchable(a, false))
+        .map(|s| s.ip())
+        .collect();
+    let behind_our_nat = out.iter().any(|c| our_ips.contains(&c.ip()));
+    if behind_our_nat {
+        let own = theirs
+            .iter()
+            .filter_map(super::transport::socket_addr)
+            .filter(|s| crate::native::machine::is_own_network(s.ip()));
+        for addr in own {
+            if out.len() >= MAX_CANDIDATES {
+                break;
+            }
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
         }
     }
     out
@@ -292,7 +319,7 @@ impl SideA {
             }
             (ExchangeMessage::Connect(theirs), None) => {
                 self.rounds = self.rounds.saturating_add(1);
-                self.theirs = Some(candidates(&theirs, self.allow_private));
+                self.theirs = Some(candidates(&theirs, &self.ours, self.allow_private));
                 Ok(vec![
                     Step::Send(ExchangeMessage::Connect(self.ours.clone())),
                     Step::Receive,
@@ -321,6 +348,29 @@ mod tests {
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn own_network_addresses_only_for_a_peer_behind_our_public_address() {
+        let ours = [addr("/ip4/203.0.113.7/tcp/18444")];
+        let theirs = [
+            addr("/ip4/203.0.113.7/tcp/40002"),
+            addr("/ip4/192.168.1.11/tcp/18444"),
+            addr("/ip4/127.0.0.1/tcp/18444"),
+        ];
+        let got = candidates(&theirs, &ours, false);
+        assert_eq!(
+            got,
+            vec![
+                "203.0.113.7:40002".parse::<SocketAddr>().unwrap(),
+                "192.168.1.11:18444".parse().unwrap()
+            ]
+        );
+        // Elsewhere: its LAN address is none of our business.
+        let elsewhere = [addr("/ip4/198.51.100.9/tcp/18444")];
+        assert_eq!(candidates(&theirs, &elsewhere, false).len(), 1);
+        // Claiming only a LAN address gets nothing.
+        assert!(candidates(&theirs[1..], &ours, false).is_empty());
     }
 
     #[test]

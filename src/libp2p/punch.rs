@@ -92,10 +92,32 @@ impl Libp2pPunchContext {
                 .filter(|a| exchange::punchable(a, self.allow_private).is_some())
                 .collect();
             if !ours.is_empty() || Instant::now() >= deadline {
-                return ours;
+                return self.with_own_network(ours);
             }
             let _ = tokio::time::timeout_at(deadline, events.recv()).await;
         }
+    }
+}
+
+impl Libp2pPunchContext {
+    /// `observed`, and after it where our shared port is on our own network
+    /// when we are behind a NAT: a peer behind the same NAT races it (the
+    /// peer only does so when it sees our public address is its own).
+    fn with_own_network(&self, mut observed: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let port = self.port.port();
+        let own: Vec<Multiaddr> = observed
+            .iter()
+            .filter_map(super::transport::socket_addr)
+            .filter_map(|public| crate::net::source_toward(public.ip()))
+            .filter(|ip| crate::native::machine::is_own_network(*ip))
+            .map(|ip| super::transport::multiaddr(SocketAddr::new(ip, port)))
+            .collect();
+        for addr in own {
+            if !observed.contains(&addr) {
+                observed.push(addr);
+            }
+        }
+        observed
     }
 }
 
@@ -256,6 +278,7 @@ pub async fn punch_as_a(
     let role = SessionRole::Initiator;
     let mut stream = stream;
     let ours = ctx.offer().await;
+    let ours_offered = ours.clone();
     let mut machine = SideA::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
     let mut bytes: u64 = 0;
@@ -288,7 +311,7 @@ pub async fn punch_as_a(
             // B dials RTT/2 after its SYNC, which travels through the relay:
             // B's SYN can beat the SYNC here. Claim B's connections now.
             if let Some(addrs) = connect {
-                let candidates = exchange::candidates(&addrs, ctx.allow_private);
+                let candidates = exchange::candidates(&addrs, &ours_offered, ctx.allow_private);
                 claims = punch::claim(&ctx.router, &candidates);
             }
             Ok(None)

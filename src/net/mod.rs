@@ -254,6 +254,19 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The address this host sends from toward `destination`: the kernel's
+/// route lookup for a UDP socket that is connected but never sends. Behind
+/// a NAT, toward our own public address, this is our address on the LAN.
+pub fn source_toward(destination: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match destination {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    socket.connect(SocketAddr::new(destination, 9)).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
 /// `connect()` from `local` with the reuse options set, so that it can share
 /// `local`'s port with the listener and with other outbound connections.
 ///
