@@ -117,6 +117,16 @@ impl NodeConnector {
         Ok(record)
     }
 
+    /// The node takes the splice, if the punch made one; the record goes
+    /// where the node's records go.
+    async fn settle(&self, record: Outcome, spliced: Option<crate::sidecar::Spliced>) -> Outcome {
+        if let Some(spliced) = spliced {
+            self.owner.adopt(spliced.info, spliced.task).await;
+        }
+        self.report(&record).await;
+        record
+    }
+
     async fn report(&self, record: &Outcome) {
         if let Some(records) = &self.records {
             let _ = records.send(record.clone()).await;
@@ -156,12 +166,9 @@ impl NodeConnector {
                     );
                     ctx.ending = ending.clone();
                     let outcome = crate::native::connect_with(&ctx, &link, *id, asked).await;
-                    if let Some(spliced) = outcome.spliced {
-                        self.owner.adopt(spliced.info, spliced.task).await;
-                    }
-                    self.report(&outcome.record).await;
-                    let unknown_here = outcome.record.failed_at == Some(Stage::Coordination);
-                    last = Some(outcome.record);
+                    let record = self.settle(outcome.record, outcome.spliced).await;
+                    let unknown_here = record.failed_at == Some(Stage::Coordination);
+                    last = Some(record);
                     if !unknown_here {
                         break;
                     }
@@ -191,12 +198,9 @@ impl NodeConnector {
                         .with(libp2p::multiaddr::Protocol::P2pCircuit)
                         .with(libp2p::multiaddr::Protocol::P2p(*id));
                     let outcome = crate::libp2p::connect_circuit(&ctx, circuit).await;
-                    if let Some(spliced) = outcome.spliced {
-                        self.owner.adopt(spliced.info, spliced.task).await;
-                    }
-                    self.report(&outcome.record).await;
-                    let unknown_here = outcome.record.failed_at == Some(Stage::Coordination);
-                    last = Some(outcome.record);
+                    let record = self.settle(outcome.record, outcome.spliced).await;
+                    let unknown_here = record.failed_at == Some(Stage::Coordination);
+                    last = Some(record);
                     if !unknown_here {
                         break;
                     }

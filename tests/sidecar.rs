@@ -48,6 +48,22 @@ fn spawn(
     (child, out)
 }
 
+/// A coordinator on loopback with its data under `data`: the child and
+/// its address (`ID@IP:PORT`).
+fn coordinator(data: &Path) -> (Running, String) {
+    let (child, mut out) = spawn(
+        &["coordinator", "--port", "0", "--bind", "127.0.0.1", "-q"],
+        &data.join("coordinator"),
+        &data.join("coordinator.log"),
+    );
+    let address = format!(
+        "{}@{}",
+        line_starting(&mut out, "coordinator id "),
+        line_starting(&mut out, "coordinator listening ")
+    );
+    (child, address)
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -88,16 +104,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn a_stand_in_reaches_another_through_both_sidecars_and_their_bip324_is_end_to_end() {
     let data = fresh_dir("sidecar");
     let dir = |n: &str| data.0.join(n);
-    let (_coordinator, mut out) = spawn(
-        &["coordinator", "--port", "0", "--bind", "127.0.0.1", "-q"],
-        &dir("coordinator"),
-        &dir("coordinator.log"),
-    );
-    let coord = format!(
-        "{}@{}",
-        line_starting(&mut out, "coordinator id "),
-        line_starting(&mut out, "coordinator listening ")
-    );
+    let (_coordinator, coord) = coordinator(&data.0);
     // A's Bitcoin node, listening on loopback only, as Core would behind
     // its sidecar.
     let (_standin_a, mut out) = spawn(
@@ -239,16 +246,7 @@ fn a_stand_in_reaches_another_through_both_sidecars_and_their_bip324_is_end_to_e
 fn budget_and_refusal_reach_the_socks_client_as_their_own_errors() {
     let data = fresh_dir("sidecar-errors");
     let dir = |n: &str| data.0.join(n);
-    let (_coordinator, mut out) = spawn(
-        &["coordinator", "--port", "0", "--bind", "127.0.0.1", "-q"],
-        &dir("coordinator"),
-        &dir("coordinator.log"),
-    );
-    let coord = format!(
-        "{}@{}",
-        line_starting(&mut out, "coordinator id "),
-        line_starting(&mut out, "coordinator listening ")
-    );
+    let (_coordinator, coord) = coordinator(&data.0);
     // A sidecar that follows no orders: nobody dials back.
     let (_refuser, mut out) = spawn(
         &[
