@@ -105,6 +105,10 @@ pub async fn answer(node: &NodeHandle, request: &str) -> Value {
     let result = match method {
         "status" => serde_json::to_value(node.status()),
         "peers" => serde_json::to_value(node.peers()),
+        "nat" => match node.nat().await {
+            Ok(class) => serde_json::to_value(class),
+            Err(e) => return error(id, -32000, &format!("{e:#}")),
+        },
         "disconnect" => {
             let Some(peer) = params.get("peer").and_then(Value::as_str) else {
                 return error(
@@ -224,6 +228,20 @@ pub fn render_status(status: &Value) -> String {
             number(budget, "syns_sent"),
             number(budget, "syns_refused")
         );
+    }
+    let nat = status
+        .get("nat")
+        .and_then(|n| serde_json::from_value::<crate::nat::NatClass>(n.clone()).ok());
+    match nat {
+        Some(class) => {
+            let _ = writeln!(out, "nat           (bitpunch nat, last asked)");
+            for line in crate::nat::render(&class).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "nat           not asked yet (bitpunch nat)");
+        }
     }
     out
 }

@@ -23,19 +23,6 @@ pub mod report;
 pub mod scale;
 pub mod scenario;
 
-#[cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::arithmetic_side_effects,
-        clippy::panic,
-        clippy::unreachable
-    )
-)]
-pub mod sidecar;
-
 // The modules that read what strangers send (peers, relays, coordinators)
 // and act on it: nothing reachable from the network may panic or overflow
 // (docs/security.md). The same lints on each; CI's clippy run enforces
@@ -52,6 +39,18 @@ pub mod sidecar;
     )
 )]
 pub mod libp2p;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod nat;
 #[cfg_attr(
     not(test),
     deny(
@@ -88,6 +87,18 @@ pub mod net;
     )
 )]
 pub mod punch;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod sidecar;
 #[cfg_attr(
     not(test),
     deny(

@@ -51,6 +51,7 @@ async fn main() -> ExitCode {
         Command::Lab { command } => run_lab(command).await,
         Command::Status { json, data } => run_status(json, data).await,
         Command::Peers { json, data } => run_peers(json, data).await,
+        Command::Nat { json, data } => run_nat(json, data).await,
         Command::Disconnect { peer, data } => run_disconnect(&peer, data).await,
         Command::Demo {
             nat,

@@ -226,6 +226,8 @@ pub struct NodeStatus {
     #[serde(flatten)]
     pub reachability: Reachability,
     pub punch_budget: BudgetStatus,
+    /// What `bitpunch nat` last found.
+    pub nat: Option<crate::nat::NatClass>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -250,9 +252,46 @@ pub struct NodeHandle {
     reach: Arc<Mutex<Reachability>>,
     local_addrs: Vec<SocketAddr>,
     budget: BudgetConfig,
+    /// The last classification of our NAT (`bitpunch nat`).
+    nat: Arc<Mutex<Option<crate::nat::NatClass>>>,
 }
 
 impl NodeHandle {
+    /// Classifies our NAT now, through the first coordinator we are
+    /// registered with that answers NAT probes (crate::nat); `status` shows
+    /// the result from then on.
+    pub async fn nat(&self) -> anyhow::Result<crate::nat::NatClass> {
+        use anyhow::Context;
+        let link = self
+            .links()
+            .into_iter()
+            .find(|l| l.features & crate::native::messages::FEATURE_NAT_PROBE != 0)
+            .context(
+                "no coordinator this node is registered with answers NAT probes \
+                 (start the node with --coordinator; coordinators answer unless --no-nat-probe)",
+            )?;
+        let coordinator = link.coordinator.addr;
+        let probe_port = coordinator
+            .port()
+            .checked_add(1)
+            .context("the coordinator's port has no next port")?;
+        let local = self
+            .local_addrs
+            .iter()
+            .find(|a| a.is_ipv4() == coordinator.is_ipv4())
+            .copied()
+            .context("the shared port has no address of the coordinator's family")?;
+        let class = crate::nat::classify(
+            local,
+            link.observed,
+            SocketAddr::new(coordinator.ip(), probe_port),
+            Duration::from_secs(5),
+        )
+        .await?;
+        *lock(&self.nat) = Some(class.clone());
+        Ok(class)
+    }
+
     pub fn peers(&self) -> Vec<PeerRow> {
         let table = lock(&self.table);
         let mut rows: Vec<PeerRow> = table
@@ -320,6 +359,7 @@ impl NodeHandle {
                 syns_sent,
                 syns_refused,
             },
+            nat: lock(&self.nat).clone(),
         }
     }
 
@@ -496,6 +536,7 @@ impl Node {
             reach: Arc::default(),
             local_addrs: local_addrs.clone(),
             budget,
+            nat: Arc::default(),
         };
         Ok(Node {
             bitcoind,

@@ -1036,3 +1036,41 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `bitpunch nat` asks the running node, which asks its coordinator's NAT
+/// probes; on loopback there is no NAT, and `status` then shows the verdict.
+#[test]
+fn nat_tells_a_node_on_loopback_that_it_is_behind_no_nat() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-nat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let (_coordinator, coord) = coordinator_in(&data);
+    let (_bob, _) = registered_node(&coord, &data.join("bob"), &data.join("bob.log"));
+    let out = bitpunch()
+        .args(["nat", "--json", "--data-dir"])
+        .arg(data.join("bob"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let class: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(class["mapping"], "none", "{class}");
+    assert_eq!(class["port_preserving"], true, "{class}");
+    let text = bitpunch()
+        .args(["nat", "--data-dir"])
+        .arg(data.join("bob"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("mapping:     none"));
+    let status = bitpunch()
+        .args(["status", "--json", "--data-dir"])
+        .arg(data.join("bob"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["nat"]["mapping"], "none", "{status}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -249,6 +249,15 @@ pub(crate) enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Ask the running node what NAT it is behind: mapping, port
+    /// preservation, port allocation (through a coordinator's NAT probes).
+    #[command(after_help = "Example:\n  bitpunch nat --json --data-dir ~/.bitpunch")]
+    Nat {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// List the running node's sessions: path, role, remote, transport,
     /// BIP324 session id, since, bytes. Example: `bitpunch peers --json`
     #[command(after_help = "Example:\n  bitpunch peers --json")]
@@ -483,6 +492,10 @@ pub(crate) struct RelayArgs {
 pub(crate) struct CoordinatorArgs {
     #[command(flatten)]
     pub(crate) listen: ListenArgs,
+    /// Do not answer NAT probes on port + 1 (nodes then cannot ask this
+    /// coordinator what NAT they are behind: `bitpunch nat`).
+    #[arg(long)]
+    pub(crate) no_nat_probe: bool,
     /// Connect requests one client connection may make per minute.
     #[arg(long, default_value_t = 30)]
     pub(crate) requests_per_minute: usize,

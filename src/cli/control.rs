@@ -36,3 +36,14 @@ pub(crate) async fn run_disconnect(peer: &str, data: DataArgs) -> anyhow::Result
     println!("disconnected {n} session{}", if n == 1 { "" } else { "s" });
     Ok(ExitCode::SUCCESS)
 }
+
+pub(crate) async fn run_nat(json: bool, data: DataArgs) -> anyhow::Result<ExitCode> {
+    let class = bitpunch::control::call(&data.dir(), "nat", serde_json::Value::Null).await?;
+    if json {
+        println!("{class}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let class: bitpunch::nat::NatClass = serde_json::from_value(class)?;
+    print!("{}", bitpunch::nat::render(&class));
+    Ok(ExitCode::SUCCESS)
+}

@@ -18,6 +18,7 @@ pub(crate) async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<Exi
         requests_per_netgroup_per_minute,
         orders_per_netgroup_per_target,
         metrics_addr,
+        no_nat_probe,
         data,
     } = args;
     let machine = machine::CoordinatorConfig {
@@ -41,6 +42,7 @@ pub(crate) async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<Exi
     config.admission = limits.admission(AdmissionConfig::COORDINATOR);
     config.session.write_timeout = seconds(limits.write_timeout)?;
     config.machine = machine;
+    config.nat_probe = !no_nat_probe;
     let server = coordinator::CoordinatorServer::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",

@@ -215,7 +215,11 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // The node asks once what NAT it is behind, after its first
+    // registration (`bitpunch status` shows it; `bitpunch nat` asks again).
+    let nat_asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
+        let nat_asked = nat_asked.clone();
         let link_config = LinkConfig {
             session: session.clone(),
             client: order_limits.clone(),
@@ -237,6 +241,15 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                     // The state first: whoever reads the line may ask for it.
                     handle.set_registration(&typed, Some((address.clone(), observed, link)));
                     say!("reachable as {address}");
+                    if !nat_asked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        let handle = handle.clone();
+                        tokio::spawn(async move {
+                            match handle.nat().await {
+                                Ok(class) => tracing::info!(nat = ?class, "classified our NAT"),
+                                Err(e) => tracing::info!(error = %format!("{e:#}"), "could not classify our NAT"),
+                            }
+                        });
+                    }
                 }
                 native::RegistrationEvent::Lost { .. }
                 | native::RegistrationEvent::Displaced { .. } => {

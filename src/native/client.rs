@@ -117,6 +117,8 @@ pub struct CoordinatorLink {
     pub coordinator: CoordinatorEndpoint,
     /// The `hp` protocol version both sides speak.
     pub version: u32,
+    /// The coordinator's feature bits (signed in its `hpcoord`).
+    pub features: u64,
     pub rtt: Duration,
     counters: Arc<ByteCounters>,
     /// Set when the coordinator said another connection proved our key.
@@ -141,6 +143,9 @@ pub struct LinkAccess {
     pub handle: LinkHandle,
     pub coordinator: CoordinatorEndpoint,
     pub rtt: Duration,
+    /// Where the coordinator sees this link: our shared port's mapping.
+    pub observed: SocketAddr,
+    pub features: u64,
     counters: Arc<ByteCounters>,
 }
 
@@ -163,6 +168,8 @@ impl CoordinatorLink {
             handle: self.handle(),
             coordinator: self.coordinator,
             rtt: self.rtt,
+            observed: self.observed,
+            features: self.features,
             counters: self.counters.clone(),
         }
     }
@@ -282,7 +289,7 @@ impl CoordinatorLink {
                                 ClientEvent::CoordinatorVerified { id, version, features } => {
                                     tracing::debug!(coordinator = %id, version, features, "coordinator proved its key");
                                     if let Some(tx) = verified_tx.take() {
-                                        let _ = tx.send(version);
+                                        let _ = tx.send((version, features));
                                     }
                                 }
                                 ClientEvent::Registered { id, observed } => {
@@ -365,12 +372,13 @@ impl CoordinatorLink {
                 }
             };
         // Sent before the registration, so it is here by now.
-        let version = verified_rx.await.unwrap_or_default();
+        let (version, features) = verified_rx.await.unwrap_or_default();
         Ok(CoordinatorLink {
             id,
             observed,
             coordinator: endpoint,
             version,
+            features,
             rtt,
             counters,
             displaced,

@@ -39,6 +39,8 @@ pub struct CoordinatorServerConfig {
     pub admission: AdmissionConfig,
     /// The coordinator's identity, which its clients check on every link.
     pub key: NodeKey,
+    /// Answer NAT probes on port + 1 (crate::nat), and say so in `hpcoord`.
+    pub nat_probe: bool,
 }
 
 impl CoordinatorServerConfig {
@@ -52,6 +54,7 @@ impl CoordinatorServerConfig {
             ping_interval: Duration::from_secs(30),
             filter: None,
             admission: AdmissionConfig::COORDINATOR,
+            nat_probe: false,
         }
     }
 }
@@ -154,6 +157,8 @@ impl Shared {
 }
 
 pub struct CoordinatorServer {
+    /// NAT probe servers, stopped with the coordinator.
+    _probes: Vec<AbortOnDrop>,
     id: NodeId,
     local_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
@@ -169,8 +174,36 @@ impl Drop for CoordinatorServer {
 }
 
 impl CoordinatorServer {
-    pub fn start(config: CoordinatorServerConfig) -> std::io::Result<CoordinatorServer> {
+    pub fn start(mut config: CoordinatorServerConfig) -> std::io::Result<CoordinatorServer> {
         let mut port = SharedPort::bind(config.bind_ip, config.port)?;
+        // NAT probes on the next port, on the same addresses; announced
+        // only when every address has its probe listener.
+        let mut probes = Vec::new();
+        if config.nat_probe {
+            let listeners: std::io::Result<Vec<_>> = port
+                .local_addrs()
+                .iter()
+                .map(|addr| {
+                    let next = addr.port().checked_add(1).ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no port after 65535")
+                    })?;
+                    crate::net::listen_reusable(SocketAddr::new(addr.ip(), next))
+                })
+                .collect();
+            match listeners {
+                Ok(listeners) => {
+                    for listener in listeners {
+                        probes.push(AbortOnDrop(
+                            tokio::spawn(crate::nat::serve_probes(listener)).abort_handle(),
+                        ));
+                    }
+                    config.machine.features |= super::messages::FEATURE_NAT_PROBE;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no NAT probes (port + 1 is not free): nodes cannot classify their NAT here")
+                }
+            }
+        }
         let router = Router::with_admission(
             config.session.network.magic().to_bytes(),
             config.session.handshake_timeout,
@@ -208,6 +241,7 @@ impl CoordinatorServer {
             }
         });
         Ok(CoordinatorServer {
+            _probes: probes,
             id: config.key.id(),
             local_addrs: port.local_addrs().to_vec(),
             shared,

@@ -35,11 +35,14 @@ pub struct CoordinatorConfig {
     /// a few requesters cannot spend a node's own order budget (30 a
     /// minute by default) and lock everyone else out of it.
     pub orders_per_netgroup_per_target: usize,
+    /// Feature bits announced in `hpcoord` (signed with the key).
+    pub features: u64,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
+            features: FEATURES,
             margin: Duration::from_millis(20),
             requests_per_minute: 30,
             requests_per_netgroup_per_minute: 60,
@@ -307,12 +310,13 @@ impl Coordinator {
                 };
                 peer.state = PeerState::Greeted;
                 peer.features = features;
-                let data = coordinator_proof_data(&session_id, PROTOCOL_VERSION, FEATURES);
+                let ours = self.config.features;
+                let data = coordinator_proof_data(&session_id, PROTOCOL_VERSION, ours);
                 vec![Send(
                     conn,
                     NativeMessage::Coordinator {
                         version: PROTOCOL_VERSION,
-                        features: FEATURES,
+                        features: ours,
                         key: self.key.public().serialize(),
                         signature: self.key.sign(COORDINATOR_TAG, &[&data]),
                     },

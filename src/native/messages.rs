@@ -42,6 +42,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// network (`hplocal`), and the coordinator passes those endpoints to a
 /// peer behind the same public address (`hpcands`).
 pub const FEATURE_LOCAL_CANDIDATES: u64 = 1;
+/// Feature bit (coordinators): NAT probes are answered on the coordinator's
+/// port + 1 (crate::nat).
+pub const FEATURE_NAT_PROBE: u64 = 2;
 /// Feature bits of this code. Unknown bits are ignored.
 pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES;
 /// Own-network endpoints in one `hplocal` or `hpcands`.
