@@ -4,7 +4,10 @@
 //! Reading order for one session: [`address`] (what the user typed) →
 //! [`net`] (the shared port and the accept loop that routes) → [`wire`]
 //! (BIP324 or v1, then version/verack/ping) → [`report`] (the outcome record).
-//! [`node`] ties the inbound side together.
+//! [`node`] ties the inbound side together. A punch: [`native`] or
+//! [`libp2p`] coordinates it, [`punch`] carries it out and upgrades the
+//! connection; beside Bitcoin Core, [`sidecar`] splices it instead. [`nat`]
+//! is the node's own view of its NAT.
 
 pub mod address;
 pub mod clock;
