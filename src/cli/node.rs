@@ -13,7 +13,6 @@ use bitpunch::native::{self, machine};
 use bitpunch::net::AdmissionConfig;
 use bitpunch::node::{Node, NodeConfig};
 use bitpunch::punch::budget::BudgetConfig;
-use libp2p::Multiaddr;
 
 use super::args::*;
 use super::common::*;
@@ -155,12 +154,21 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         let (Some(libp2p), Some(ctx)) = (&libp2p, &punch_context) else {
             return std::future::pending::<()>().await;
         };
-        // What `bitpunch status` says about each relay follows the swarm.
-        let track = track_reservations(libp2p.events(), relays.clone(), handle.clone());
+        // What `bitpunch status` says about each relay follows its
+        // reservation.
         let reservations = futures::future::join_all(relays.iter().map(|r| {
-            p2p::keep_reservation(libp2p.clone(), r.clone(), |circuit| {
-                say!("reachable as {circuit}")
-            })
+            let relay = r.to_string();
+            let (on_reserved, on_lost) = (handle.clone(), handle.clone());
+            let lost_relay = relay.clone();
+            p2p::keep_reservation_reporting(
+                libp2p.clone(),
+                r.clone(),
+                move |circuit| {
+                    on_reserved.set_reservation(&relay, Some(circuit.to_string()));
+                    say!("reachable as {circuit}")
+                },
+                move || on_lost.set_reservation(&lost_relay, None),
+            )
         }));
         let answer = if p2p_args.stock_dcutr {
             // rust-libp2p's DCUtR does the work; we only report it.
@@ -173,7 +181,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 records.clone(),
             ))
         };
-        tokio::join!(reservations, answer, track);
+        tokio::join!(reservations, answer);
     };
     let key = Arc::new(data.node_key()?);
     // `bitpunch connect` on this machine goes through this node.
@@ -278,41 +286,6 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let closed = handle.close_all("the node is shutting down");
     tracing::info!(sessions = closed, "stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Keeps the node's record of its reservations (for `bitpunch status`) in
-/// step with the swarm's events.
-pub(crate) async fn track_reservations(
-    mut events: tokio::sync::broadcast::Receiver<p2p::swarm::Libp2pEvent>,
-    relays: Vec<Multiaddr>,
-    handle: bitpunch::node::NodeHandle,
-) {
-    use p2p::swarm::Libp2pEvent;
-    let listens: Vec<(String, String)> = relays
-        .iter()
-        .map(|r| {
-            let listen = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
-            (r.to_string(), listen.to_string())
-        })
-        .collect();
-    loop {
-        match events.recv().await {
-            Ok(Libp2pEvent::Reserved { circuit, .. }) => {
-                let circuit = circuit.to_string();
-                if let Some((relay, _)) = listens.iter().find(|(_, l)| circuit.starts_with(l)) {
-                    handle.set_reservation(relay, Some(circuit));
-                }
-            }
-            Ok(Libp2pEvent::ReservationLost { relay_addr, .. }) => {
-                let lost = relay_addr.to_string();
-                if let Some((relay, _)) = listens.iter().find(|(_, l)| *l == lost) {
-                    handle.set_reservation(relay, None);
-                }
-            }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// What stock DCUtR did, on stdout for scripts and the interop tests: every

@@ -151,6 +151,17 @@ pub async fn keep_reservation(
     relay: Multiaddr,
     on_reserved: impl Fn(&Multiaddr),
 ) {
+    keep_reservation_reporting(node, relay, on_reserved, || {}).await
+}
+
+/// [`keep_reservation`] that also reports each loss (`on_lost`), for whoever
+/// shows what the node holds (`bitpunch status`).
+pub async fn keep_reservation_reporting(
+    node: std::sync::Arc<swarm::Libp2pNode>,
+    relay: Multiaddr,
+    on_reserved: impl Fn(&Multiaddr),
+    on_lost: impl Fn(),
+) {
     let listen = relay.clone().with(Protocol::P2pCircuit);
     let mut backoff = crate::clock::Backoff::default();
     let mut events = node.events();
@@ -175,6 +186,7 @@ pub async fn keep_reservation(
                         if relay_addr == listen =>
                     {
                         if held {
+                            on_lost();
                             tracing::warn!(%relay, %reason, retry_in = ?backoff.next(), "reservation lost");
                         } else {
                             tracing::warn!(%relay, %reason, retry_in = ?backoff.next(), "no reservation");
