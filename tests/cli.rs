@@ -973,6 +973,18 @@ fn connect_through_a_running_node_punches_circuits_with_its_swarm() {
     };
     let (_bob, _, _, bob_circuit) = node("bob");
     let (_alice, alice_listens, alice_metrics, _) = node("alice");
+    // `status` shows the reservation the node printed.
+    let status = bitpunch()
+        .args(["status", "--json", "--data-dir"])
+        .arg(data.join("bob"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["relays"][relay_addr.as_str()]["address"],
+        bob_circuit.as_str(),
+        "{status}"
+    );
 
     let out = connect(
         &bob_circuit,
