@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::nat::{Filtering, Mapping, NatProfile, Unsolicited};
@@ -20,7 +19,8 @@ pub const ECHO_PORT: u16 = 3478;
 pub const ECHO_PORTS: u16 = 8;
 
 /// Serves the echo on `ECHO_PORT..ECHO_PORT + ECHO_PORTS`: each connection
-/// gets one line, `ip:port`, its source as seen here, and is closed.
+/// gets one line, `ip:port`, its source as seen here, and is closed (the
+/// coordinators' NAT probes, [`crate::nat`]).
 pub async fn echo_server() -> Result<()> {
     let mut listeners = Vec::new();
     for port in ECHO_PORT..ECHO_PORT + ECHO_PORTS {
@@ -30,17 +30,7 @@ pub async fn echo_server() -> Result<()> {
                 .with_context(|| format!("echo port {port}"))?,
         );
     }
-    let serve = listeners.into_iter().map(|l| async move {
-        loop {
-            if let Ok((mut stream, from)) = l.accept().await {
-                tokio::spawn(async move {
-                    let _ = stream.write_all(format!("{from}\n").as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        }
-    });
-    futures::future::join_all(serve).await;
+    futures::future::join_all(listeners.into_iter().map(crate::nat::serve_probes)).await;
     Ok(())
 }
 
@@ -48,20 +38,7 @@ pub async fn echo_server() -> Result<()> {
 /// server saw: our NAT mapping towards it.
 pub async fn observe(local_port: u16, server: SocketAddr) -> Result<SocketAddr> {
     let local = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), local_port);
-    let stream = tokio::time::timeout(Duration::from_secs(5), dial_from(local, server))
-        .await
-        .with_context(|| format!("echo {server} did not answer"))?
-        .with_context(|| format!("connecting to echo {server}"))?;
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        BufReader::new(stream).read_line(&mut line),
-    )
-    .await
-    .context("echo reply timed out")??;
-    line.trim()
-        .parse()
-        .with_context(|| format!("echo answered {line:?}"))
+    crate::nat::observe(local, server, Duration::from_secs(5)).await
 }
 
 /// What the classifier found.
