@@ -804,7 +804,7 @@ pub fn client_machine(data: &[u8]) {
                     order
                         .local
                         .iter()
-                        .all(|l| crate::native::machine::is_own_network(l.ip())),
+                        .all(|l| crate::net::routable::is_own_network(l.ip())),
                     "{order:?}"
                 );
                 punches.push((now, order.peer.ip()));

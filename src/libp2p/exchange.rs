@@ -269,7 +269,7 @@ pub fn candidates(
         let own = theirs
             .iter()
             .filter_map(super::transport::socket_addr)
-            .filter(|s| crate::native::machine::is_own_network(s.ip()));
+            .filter(|s| crate::net::routable::is_own_network(s.ip()));
         for addr in own {
             if out.len() >= MAX_CANDIDATES {
                 break;

@@ -109,7 +109,7 @@ impl Libp2pPunchContext {
             .iter()
             .filter_map(super::transport::socket_addr)
             .filter_map(|public| crate::net::source_toward(public.ip()))
-            .filter(|ip| crate::native::machine::is_own_network(*ip))
+            .filter(|ip| crate::net::routable::is_own_network(*ip))
             .map(|ip| super::transport::multiaddr(SocketAddr::new(ip, port)))
             .collect();
         for addr in own {

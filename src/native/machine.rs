@@ -549,22 +549,6 @@ impl Coordinator {
     }
 }
 
-/// An address on a node's own network behind a NAT: private IPv4
-/// (RFC 1918), shared (RFC 6598, inside a carrier's NAT), link-local, or
-/// IPv6 unique-local and link-local. Never loopback or a public address.
-pub fn is_own_network(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 // --------------------------------------------------------------------- client
 
 /// How long a request waits for the coordinator's answer before the client
@@ -867,7 +851,7 @@ impl Client {
                 let local: Vec<SocketAddr> = self
                     .local
                     .iter()
-                    .filter(|l| **l != observed && is_own_network(l.ip()))
+                    .filter(|l| **l != observed && crate::net::routable::is_own_network(l.ip()))
                     .copied()
                     .collect();
                 if self.coordinator_features & FEATURE_LOCAL_CANDIDATES != 0 && !local.is_empty() {
@@ -1040,7 +1024,9 @@ impl Client {
         }
         endpoints
             .into_iter()
-            .filter(|e| e.is_ipv4() == peer.is_ipv4() && is_own_network(e.ip()))
+            .filter(|e| {
+                e.is_ipv4() == peer.is_ipv4() && crate::net::routable::is_own_network(e.ip())
+            })
             .take(MAX_LOCAL_ENDPOINTS)
             .collect()
     }

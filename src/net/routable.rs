@@ -25,6 +25,22 @@ pub fn unroutable_reason(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// An address on a node's own network behind a NAT: private IPv4
+/// (RFC 1918), shared (RFC 6598, inside a carrier's NAT), link-local, or
+/// IPv6 unique-local and link-local. Never loopback or a public address.
+pub fn is_own_network(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 pub fn is_routable(ip: IpAddr) -> bool {
     unroutable_reason(ip).is_none()
 }
