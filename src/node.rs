@@ -103,6 +103,28 @@ impl SessionInfo {
             spliced_to: None,
         }
     }
+
+    /// A session spliced to the local Bitcoin node at `to`: the BIP324
+    /// session and the peer's user agent are that node's, not ours.
+    pub fn spliced(
+        path: SessionPath,
+        role: SessionRole,
+        remote: SocketAddr,
+        transport: Transport,
+        counters: Arc<ByteCounters>,
+        to: SocketAddr,
+    ) -> SessionInfo {
+        SessionInfo {
+            path,
+            role,
+            remote,
+            transport,
+            session_id: None,
+            user_agent: String::new(),
+            counters,
+            spliced_to: Some(to),
+        }
+    }
 }
 
 /// One row of `bitpunch peers`.
@@ -660,19 +682,18 @@ async fn forward_inbound(
             }
         };
     tracing::info!(%remote, %bitcoind, "inbound peer forwarded to the Bitcoin node");
-    let info = SessionInfo {
-        path: SessionPath::Inbound,
-        role: SessionRole::Responder,
-        remote,
-        transport: match inbound.kind {
-            Some(crate::net::router::StreamKind::Bitcoin(t)) => t,
-            _ => Transport::V2,
-        },
-        session_id: None,
-        user_agent: String::new(),
-        counters: inbound.counters.clone(),
-        spliced_to: Some(bitcoind),
+    let transport = match inbound.kind {
+        Some(crate::net::router::StreamKind::Bitcoin(t)) => t,
+        _ => Transport::V2,
     };
+    let info = SessionInfo::spliced(
+        SessionPath::Inbound,
+        SessionRole::Responder,
+        remote,
+        transport,
+        inbound.counters.clone(),
+        bitcoind,
+    );
     owner
         .adopt(
             info,

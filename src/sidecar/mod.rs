@@ -137,16 +137,7 @@ pub async fn splice(
     record.transport = Some(transport);
     record.t_ms.handshake = Some(ms_since(asked, Instant::now()));
     record.spliced_to = Some(spliced_to.to_string());
-    let info = SessionInfo {
-        path: path_of(path),
-        role,
-        remote,
-        transport,
-        session_id: None,
-        user_agent: String::new(),
-        counters,
-        spliced_to: Some(spliced_to),
-    };
+    let info = SessionInfo::spliced(path_of(path), role, remote, transport, counters, spliced_to);
     let task = Box::pin(run_splice(peer, bitcoin, remote, spliced_to));
     (record, Some(Spliced { info, task }))
 }

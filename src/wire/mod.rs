@@ -44,10 +44,7 @@ pub async fn connect(
     from: Option<&SharedPort>,
     started: Instant,
 ) -> ConnectOutcome {
-    let first = match config.transport {
-        TransportPolicy::V1 => Transport::V1,
-        TransportPolicy::Auto | TransportPolicy::V2 => Transport::V2,
-    };
+    let first = first_transport(config);
     let mut bytes_total = 0;
     let result = connect_once(remote, config, from, started, first, &mut bytes_total).await;
     match result {
@@ -90,6 +87,14 @@ pub async fn connect(
     }
 }
 
+/// What an outbound connection tries first: BIP324 unless v1 is forced.
+fn first_transport(config: &SessionConfig) -> Transport {
+    match config.transport {
+        TransportPolicy::V1 => Transport::V1,
+        TransportPolicy::Auto | TransportPolicy::V2 => Transport::V2,
+    }
+}
+
 async fn connect_once(
     remote: SocketAddr,
     config: &SessionConfig,
@@ -124,10 +129,7 @@ pub async fn connect_proxied(
     config: &SessionConfig,
     started: Instant,
 ) -> ConnectOutcome {
-    let transport = match config.transport {
-        TransportPolicy::V1 => Transport::V1,
-        TransportPolicy::Auto | TransportPolicy::V2 => Transport::V2,
-    };
+    let transport = first_transport(config);
     let mut bytes_total = 0;
     let result =
         match crate::sidecar::socks::connect_through(proxy, host, port, config.handshake_timeout)
