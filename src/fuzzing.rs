@@ -336,6 +336,13 @@ enum CoordinatorInput {
         conn: u8,
         endpoints: Vec<(u8, u16, u8)>,
     },
+    /// `hpports`: the ports a node predicts for one of its orders.
+    Ports {
+        conn: u8,
+        request: u8,
+        ip: u8,
+        ports: Vec<u16>,
+    },
     Rtt {
         conn: u8,
         ms: u16,
@@ -533,6 +540,60 @@ pub fn coordinator_machine(data: &[u8]) {
                     challenge,
                 );
             }
+            CoordinatorInput::Ports {
+                conn,
+                request,
+                ip,
+                ports,
+            } => {
+                let ports: Vec<u16> = ports
+                    .into_iter()
+                    .filter(|p| *p != 0)
+                    .take(crate::native::messages::MAX_PREDICTED_PORTS)
+                    .collect();
+                if ports.is_empty() {
+                    continue;
+                }
+                let ip = endpoint(ip, 1, false).ip();
+                let actions = machine.handle(
+                    now,
+                    conn_of(conn),
+                    NativeMessage::Ports {
+                        request: request.into(),
+                        ip,
+                        ports: ports.clone(),
+                    },
+                    challenge,
+                );
+                // Passed on once, unchanged, to another connection; or
+                // nothing; or the sender closed for naming another address.
+                match &actions[..] {
+                    [] | [CoordinatorAction::Close(..)] => {}
+                    [CoordinatorAction::Send(
+                        to,
+                        NativeMessage::Ports {
+                            request: r,
+                            ip: i,
+                            ports: p,
+                        },
+                    )] => {
+                        assert_ne!(*to, conn_of(conn));
+                        assert_eq!((*r, *i, p), (u64::from(request), ip, &ports));
+                        let again = machine.handle(
+                            now,
+                            conn_of(conn),
+                            NativeMessage::Ports {
+                                request: request.into(),
+                                ip,
+                                ports,
+                            },
+                            challenge,
+                        );
+                        assert!(again.is_empty(), "passed on twice: {again:?}");
+                    }
+                    other => panic!("hpports answered with {other:?}"),
+                }
+            }
             CoordinatorInput::Rtt { conn, ms } => {
                 machine.rtt(conn_of(conn), Duration::from_millis(ms.into()));
             }
@@ -651,6 +712,12 @@ enum ClientInput {
         request: u8,
         endpoints: Vec<(u8, u16, u8)>,
     },
+    Ports {
+        request: u8,
+        ip: u8,
+        v6: bool,
+        ports: Vec<u16>,
+    },
     Wait {
         ms: u16,
     },
@@ -704,6 +771,7 @@ pub fn client_machine(data: &[u8]) {
     );
     let mut now = Instant::now();
     let mut punches: Vec<(Instant, IpAddr)> = Vec::new();
+    let mut ordered: std::collections::HashMap<u64, Vec<IpAddr>> = Default::default();
     let mut observed: Option<SocketAddr> = None;
     for step in steps {
         let events = match step {
@@ -779,6 +847,23 @@ pub fn client_machine(data: &[u8]) {
                         .collect(),
                 },
             ),
+            ClientInput::Ports {
+                request,
+                ip,
+                v6,
+                ports,
+            } => client.handle(
+                now,
+                NativeMessage::Ports {
+                    request: request.into(),
+                    ip: endpoint(ip, 1, v6).ip(),
+                    ports: ports
+                        .into_iter()
+                        .filter(|p| *p != 0)
+                        .take(crate::native::messages::MAX_PREDICTED_PORTS)
+                        .collect(),
+                },
+            ),
             ClientInput::Request { request, target } => {
                 let target = keys
                     .get(usize::from(target) % keys.len())
@@ -808,6 +893,28 @@ pub fn client_machine(data: &[u8]) {
                     "{order:?}"
                 );
                 punches.push((now, order.peer.ip()));
+                ordered
+                    .entry(order.request)
+                    .or_default()
+                    .push(order.peer.ip());
+            }
+            // Predicted ports: only for an order we follow, at the address
+            // it named, once.
+            if let ClientEvent::Predicted { request, endpoints } = event {
+                let ips = ordered.get_mut(request);
+                let ip = endpoints.first().map(|e| e.ip());
+                let at = ips
+                    .as_ref()
+                    .and_then(|ips| ips.iter().position(|i| Some(*i) == ip));
+                assert!(
+                    at.is_some(),
+                    "predicted ports for no order there: {event:?}"
+                );
+                if let (Some(ips), Some(at)) = (ips, at) {
+                    ips.remove(at);
+                }
+                assert!(endpoints.len() <= crate::native::messages::MAX_PREDICTED_PORTS);
+                assert!(endpoints.iter().all(|e| Some(e.ip()) == ip), "{event:?}");
             }
         }
         let window = Duration::from_secs(60);

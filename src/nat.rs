@@ -98,6 +98,10 @@ pub enum Allocation {
     Random,
 }
 
+/// A node's last classification, shared by its control interface (which
+/// makes it) and its punches (which predict ports from it).
+pub type NatMemory = std::sync::Arc<std::sync::Mutex<Option<NatClass>>>;
+
 /// What `bitpunch nat` prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NatClass {

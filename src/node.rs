@@ -275,7 +275,7 @@ pub struct NodeHandle {
     local_addrs: Vec<SocketAddr>,
     budget: BudgetConfig,
     /// The last classification of our NAT (`bitpunch nat`).
-    nat: Arc<Mutex<Option<crate::nat::NatClass>>>,
+    nat: crate::nat::NatMemory,
 }
 
 impl NodeHandle {
@@ -312,6 +312,11 @@ impl NodeHandle {
         .await?;
         *lock(&self.nat) = Some(class.clone());
         Ok(class)
+    }
+
+    /// Where the node keeps its last NAT classification.
+    pub fn nat_memory(&self) -> crate::nat::NatMemory {
+        self.nat.clone()
     }
 
     pub fn peers(&self) -> Vec<PeerRow> {

@@ -214,6 +214,8 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         config.machine.orders_per_netgroup_per_target = usize::MAX;
         config.bind_ip = Some(coord_ip);
         config.port = ports.coordinator;
+        // Nodes behind symmetric NATs predict their ports with the probes.
+        config.nat_probe = true;
         match CoordinatorServer::start(config) {
             Ok(server) => {
                 let _ = coord_tx.send(Ok(crate::native::client::CoordinatorEndpoint {

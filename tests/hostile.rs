@@ -213,7 +213,7 @@ async fn a_peer_that_pings_and_never_reads_is_closed_within_the_write_deadline()
     });
     let started = Instant::now();
     let reason = loop {
-        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        let event = tokio::time::timeout(Duration::from_secs(180), events.recv())
             .await
             .expect("the node closes the peer")
             .unwrap();
@@ -226,8 +226,9 @@ async fn a_peer_that_pings_and_never_reads_is_closed_within_the_write_deadline()
         reason.contains(&WireError::Timeout(Duration::from_secs(1)).to_string()),
         "closed for another reason: {reason}"
     );
-    // Generous: filling loopback buffers takes a moment on a busy machine.
-    assert!(started.elapsed() < Duration::from_secs(45));
+    // Generous: filling loopback buffers (megabytes of pongs, each one
+    // encrypted by a debug build) took 40 s on a busy 2-core machine.
+    assert!(started.elapsed() < Duration::from_secs(150));
 }
 
 /// A hostile peer's 8 candidates × 3 attempts at one address: the driver
@@ -258,6 +259,7 @@ async fn the_punch_driver_fires_no_syn_past_the_budget() {
             interval: Duration::from_millis(100),
         },
         requester: "libp2p:mallory".into(),
+        late: None,
     };
     let err = punch::punch(&port, &router, plan).await.unwrap_err();
     assert_eq!(port.punch_syns(), (4, 20), "SYNs paid and refused");

@@ -222,6 +222,8 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 coordinator: coord,
                 coordinator_rtt: Duration::ZERO,
                 ending: Default::default(),
+                prediction: None,
+                known_nat: Default::default(),
             };
             let order = native::machine::PunchOrder {
                 request,
@@ -233,7 +235,8 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 local: vec![],
             };
             let now = tokio::time::Instant::now();
-            native::punch::execute(&ctx, order, now, now).await
+            let (_no_prediction, predicted) = tokio::sync::oneshot::channel();
+            native::punch::execute(&ctx, order, predicted, now, now).await
         })
     };
     let record = native::connect_via(

@@ -404,6 +404,7 @@ async fn punch_once(
             start,
             config,
             requester: format!("libp2p:{peer}"),
+            late: None,
         },
         claims,
     )

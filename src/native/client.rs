@@ -75,8 +75,14 @@ impl OrderRefusals {
 /// inside the 90 s the node promises (docs/security.md).
 pub const LINK_PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A punch order and when it arrived (its delay counts from then).
-pub type ReceivedOrder = (PunchOrder, Instant);
+/// A punch order, when it arrived (its delay counts from then), and the
+/// ports the peer may still predict for it (`hpports`).
+#[derive(Debug)]
+pub struct ReceivedOrder {
+    pub order: PunchOrder,
+    pub received: Instant,
+    pub predicted: oneshot::Receiver<Vec<SocketAddr>>,
+}
 
 /// The answer to our own request: our order, when it arrived, and a
 /// message the coordinator may still send while we punch — the target
@@ -85,6 +91,7 @@ pub type ReceivedOrder = (PunchOrder, Instant);
 pub struct RequestedOrder {
     pub order: PunchOrder,
     pub received: Instant,
+    pub predicted: oneshot::Receiver<Vec<SocketAddr>>,
     pub withdrawn: oneshot::Receiver<FailReason>,
 }
 
@@ -106,6 +113,11 @@ enum Command {
     Report {
         request: u64,
         result: PunchResult,
+    },
+    Predict {
+        request: u64,
+        ip: std::net::IpAddr,
+        ports: Vec<u16>,
     },
 }
 
@@ -248,6 +260,9 @@ impl CoordinatorLink {
                 HashMap::new();
             // Our requests that got their order, until the punch is reported.
             let mut punching: HashMap<u64, oneshot::Sender<FailReason>> = HashMap::new();
+            // Orders whose peer may still predict its ports, until it does
+            // or the punch ends (its receiver dropped).
+            let mut predictions: HashMap<u64, oneshot::Sender<Vec<SocketAddr>>> = HashMap::new();
             writer.send(&first.to_network()).await?;
             let ping_interval = config.ping_interval;
             let mut ping_timer =
@@ -298,6 +313,11 @@ impl CoordinatorLink {
                                     }
                                 }
                                 ClientEvent::Punch(order) => {
+                                    let (predict, predicted) = oneshot::channel();
+                                    if predictions.len() >= 64 {
+                                        predictions.retain(|_, tx| !tx.is_closed());
+                                    }
+                                    predictions.insert(order.request, predict);
                                     if let Some(reply) = pending.remove(&order.request) {
                                         let (withdraw, withdrawn) = oneshot::channel();
                                         // Askers that never report (they dropped the
@@ -306,9 +326,14 @@ impl CoordinatorLink {
                                             punching.retain(|_, tx| !tx.is_closed());
                                         }
                                         punching.insert(order.request, withdraw);
-                                        let _ = reply.send(Ok(RequestedOrder { order, received: now, withdrawn }));
-                                    } else if orders_tx.try_send((order, now)).is_err() {
+                                        let _ = reply.send(Ok(RequestedOrder { order, received: now, predicted, withdrawn }));
+                                    } else if orders_tx.try_send(ReceivedOrder { order, received: now, predicted }).is_err() {
                                         tracing::warn!("dropping a punch order: too many waiting");
+                                    }
+                                }
+                                ClientEvent::Predicted { request, endpoints } => {
+                                    if let Some(tx) = predictions.remove(&request) {
+                                        let _ = tx.send(endpoints);
                                     }
                                 }
                                 ClientEvent::RequestFailed { request, reason } => {
@@ -347,8 +372,14 @@ impl CoordinatorLink {
                             let ask = client.request(Instant::now().into_std(), request, target);
                             writer.send(&ask.to_network()).await?;
                         }
+                        Some(Command::Predict { request, ip, ports }) => {
+                            if let Some(m) = client.predict(request, ip, ports) {
+                                writer.send(&m.to_network()).await?;
+                            }
+                        }
                         Some(Command::Report { request, result }) => {
                             punching.remove(&request);
+                            predictions.remove(&request);
                             writer.send(&NativeMessage::Result { request, result }.to_network()).await?;
                         }
                         None => return Ok(()),
@@ -453,6 +484,16 @@ impl LinkHandle {
             Ok(Err(_)) => Err(RequestError::LinkDown("link task ended".into())),
             Err(_) => Err(RequestError::Timeout(timeout)),
         }
+    }
+
+    /// Tells the coordinator, for the peer of our order `request`, the
+    /// ports at our public address `ip` that our NAT will likely give our
+    /// punch. Dropped when the coordinator does not pass predictions on.
+    pub async fn predict(&self, request: u64, ip: std::net::IpAddr, ports: Vec<u16>) {
+        let _ = self
+            .commands
+            .send(Command::Predict { request, ip, ports })
+            .await;
     }
 
     /// Tells the coordinator how a punch went.

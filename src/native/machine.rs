@@ -10,7 +10,8 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 
 use super::messages::{
     coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
-    FEATURES, FEATURE_LOCAL_CANDIDATES, MAX_LOCAL_ENDPOINTS, PROTOCOL_VERSION, REGISTER_TAG,
+    FEATURES, FEATURE_LOCAL_CANDIDATES, FEATURE_PORT_PREDICTION, MAX_LOCAL_ENDPOINTS,
+    MAX_PREDICTED_PORTS, PROTOCOL_VERSION, REGISTER_TAG,
 };
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::NetGroup;
@@ -19,6 +20,12 @@ pub type ConnId = u64;
 
 /// How long the coordinator waits for a target's report on an order.
 pub const ORDER_LIFETIME: Duration = Duration::from_secs(60);
+/// How long after an order its nodes may pass predicted ports (`hpports`)
+/// to each other: a punch gives up well within it.
+pub const PREDICTION_WINDOW: Duration = Duration::from_secs(10);
+/// Orders per connection that may still carry an `hpports`; older ones
+/// are forgotten first.
+const PREDICTABLE_ORDERS: usize = 4;
 
 // ---------------------------------------------------------------- coordinator
 
@@ -81,6 +88,9 @@ struct Peer {
     /// Where its shared port is on its own network (`hplocal`), for a peer
     /// behind the same public address.
     local: Vec<SocketAddr>,
+    /// Its latest orders that may still carry predicted ports: (request,
+    /// the peer's connection, when). One `hpports` each.
+    predictable: VecDeque<(u64, ConnId, Instant)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +176,7 @@ impl Coordinator {
                 requests: VecDeque::new(),
                 features: 0,
                 local: Vec::new(),
+                predictable: VecDeque::new(),
             },
         );
     }
@@ -387,6 +398,34 @@ impl Coordinator {
                 peer.local = endpoints;
                 vec![]
             }
+            NativeMessage::Ports { ports, .. } if ports.is_empty() => vec![],
+            NativeMessage::Ports { request, ip, ports } => {
+                let observed = peer.observed.ip();
+                let Some(at) = peer.predictable.iter().position(|(r, _, t)| {
+                    *r == request && now.saturating_duration_since(*t) < PREDICTION_WINDOW
+                }) else {
+                    // Late, repeated, or for an order never given: the
+                    // punch it was for is over or never was.
+                    return vec![];
+                };
+                let Some((_, other, _)) = peer.predictable.remove(at) else {
+                    return vec![];
+                };
+                // A node predicts its own NAT's ports: any other address
+                // would aim the peer's SYNs at someone else.
+                if ip != observed {
+                    return vec![Close(
+                        conn,
+                        format!("hpports names {ip}, but this node is seen at {observed}"),
+                    )];
+                }
+                match self.peers.get(&other) {
+                    Some(p) if p.features & FEATURE_PORT_PREDICTION != 0 => {
+                        vec![Send(other, NativeMessage::Ports { request, ip, ports })]
+                    }
+                    _ => vec![],
+                }
+            }
             NativeMessage::Result { request, result } => {
                 let mut actions = vec![Reported {
                     conn,
@@ -515,6 +554,14 @@ impl Coordinator {
         let key = (target_conn, request);
         self.open_orders.insert(key, (conn, now));
         self.open_order_queue.push_back((now, key));
+        for (at, other) in [(conn, target_conn), (target_conn, conn)] {
+            if let Some(p) = self.peers.get_mut(&at) {
+                if p.predictable.len() >= PREDICTABLE_ORDERS {
+                    p.predictable.pop_front();
+                }
+                p.predictable.push_back((request, other, now));
+            }
+        }
         let mut actions = Vec::with_capacity(4);
         if let Some(endpoints) = to_requester {
             actions.push(Send(conn, NativeMessage::Candidates { request, endpoints }));
@@ -639,6 +686,12 @@ pub enum ClientEvent {
         observed: SocketAddr,
     },
     Punch(PunchOrder),
+    /// The peer of an order we follow predicted the ports its NAT gives
+    /// its punch (`hpports`): dial each once, beside the order's endpoint.
+    Predicted {
+        request: u64,
+        endpoints: Vec<SocketAddr>,
+    },
     /// An order was not followed; the coordinator has been told.
     Refused {
         request: u64,
@@ -685,6 +738,9 @@ pub struct Client {
     observed: Option<SocketAddr>,
     /// The last `hpcands`, for the order of the same request that follows.
     candidates: Option<(u64, Vec<SocketAddr>)>,
+    /// Orders we follow whose peer may still predict its ports: (request,
+    /// the peer's public address, when).
+    predictable: VecDeque<(u64, IpAddr, Instant)>,
 }
 
 impl Client {
@@ -701,7 +757,18 @@ impl Client {
             local: Vec::new(),
             observed: None,
             candidates: None,
+            predictable: VecDeque::new(),
         }
+    }
+
+    /// `hpports` for our own order `request`, when the coordinator passes
+    /// predictions on: the ports at our public address `ip` that our NAT
+    /// will likely give our punch (at most [`MAX_PREDICTED_PORTS`]).
+    pub fn predict(&self, request: u64, ip: IpAddr, mut ports: Vec<u16>) -> Option<NativeMessage> {
+        ports.truncate(MAX_PREDICTED_PORTS);
+        let ours = self.predictable.iter().any(|(r, _, _)| *r == request);
+        (ours && !ports.is_empty() && self.coordinator_features & FEATURE_PORT_PREDICTION != 0)
+            .then_some(NativeMessage::Ports { request, ip, ports })
     }
 
     /// Where our shared port is on our own network (the local address of
@@ -863,6 +930,7 @@ impl Client {
                 self.candidates = Some((request, endpoints));
                 vec![]
             }
+            NativeMessage::Ports { request, ip, ports } => self.predicted(now, request, ip, ports),
             NativeMessage::Fail {
                 reason: FailReason::Displaced,
                 ..
@@ -998,6 +1066,10 @@ impl Client {
             );
         }
         self.orders.push_back((now, target));
+        if self.predictable.len() >= PREDICTABLE_ORDERS {
+            self.predictable.pop_front();
+        }
+        self.predictable.push_back((request, peer.ip(), now));
         let local = self.local_candidates(request, peer);
         vec![Punch(PunchOrder {
             request,
@@ -1007,6 +1079,43 @@ impl Client {
             delay,
             local,
         })]
+    }
+
+    /// An `hpports` for one of our orders: the peer's predicted endpoints,
+    /// once per order and only at the address the order named, so that a
+    /// coordinator can add ports to a punch it ordered but aim it nowhere
+    /// else. Each SYN is paid from the punch budget.
+    fn predicted(
+        &mut self,
+        now: Instant,
+        request: u64,
+        ip: IpAddr,
+        ports: Vec<u16>,
+    ) -> Vec<ClientEvent> {
+        if ports.is_empty() {
+            return vec![];
+        }
+        let Some(at) = self.predictable.iter().position(|(r, _, t)| {
+            *r == request && now.saturating_duration_since(*t) < PREDICTION_WINDOW
+        }) else {
+            return vec![];
+        };
+        let Some((_, peer_ip, _)) = self.predictable.remove(at) else {
+            return vec![];
+        };
+        if ip != peer_ip {
+            return vec![ClientEvent::Close(format!(
+                "hpports for request {request} names {ip}, but the order named {peer_ip}"
+            ))];
+        }
+        let mut endpoints: Vec<SocketAddr> = Vec::with_capacity(ports.len());
+        for port in ports.into_iter().take(MAX_PREDICTED_PORTS) {
+            let endpoint = SocketAddr::new(ip, port);
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        vec![ClientEvent::Predicted { request, endpoints }]
     }
 
     /// The peer's own-network endpoints from the `hpcands` of this request,
@@ -1261,6 +1370,76 @@ mod tests {
             }
         }
         (orders, cands)
+    }
+
+    #[test]
+    fn predicted_ports_reach_the_peer_of_the_order_once_and_only_at_the_predictors_address() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let (mut alice, mut bob, mut carol) = (fresh_client(), fresh_client(), fresh_client());
+        coord.connected(1, addr("203.0.113.7:8333"), None, Some(SESSION));
+        coord.connected(2, addr("198.51.100.20:40001"), None, Some(SESSION));
+        coord.connected(3, addr("192.0.2.30:8333"), None, Some(SESSION));
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        register(&mut coord, 3, &mut carol, t0);
+        let ask = alice.request(t0, 9, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let (orders, _) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        assert_eq!(orders.len(), 2);
+        let bob_ip: IpAddr = "198.51.100.20".parse().unwrap();
+        let ports: Vec<u16> = (40_003..40_011).collect();
+
+        // Only for an order one follows.
+        assert_eq!(carol.predict(9, bob_ip, ports.clone()), None);
+        let predict = bob.predict(9, bob_ip, ports.clone()).unwrap();
+        let forged = NativeMessage::Ports {
+            request: 9,
+            ip: bob_ip,
+            ports: vec![22],
+        };
+        assert!(coord.handle(t0, 3, forged, [0; 32]).is_empty());
+        // Bob's prediction goes to Alice, once.
+        let actions = coord.handle(t0, 2, predict.clone(), [0; 32]);
+        assert_eq!(actions, vec![CoordinatorAction::Send(1, predict.clone())]);
+        assert!(coord.handle(t0, 2, predict.clone(), [0; 32]).is_empty());
+        // Alice dials them, once, at the address her order named.
+        let events = alice.handle(t0, predict.clone());
+        let expected: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::new(bob_ip, *p)).collect();
+        assert_eq!(
+            events,
+            vec![ClientEvent::Predicted {
+                request: 9,
+                endpoints: expected
+            }]
+        );
+        assert!(alice.handle(t0, predict).is_empty());
+
+        // A node may only predict its own address; a coordinator may not
+        // move a prediction elsewhere; late predictions are dropped.
+        let ask = alice.request(t0, 10, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        let elsewhere = NativeMessage::Ports {
+            request: 10,
+            ip: "192.0.2.99".parse().unwrap(),
+            ports: vec![80],
+        };
+        assert!(matches!(
+            &coord.handle(t0, 2, elsewhere.clone(), [0; 32])[..],
+            [CoordinatorAction::Close(2, why)] if why.contains("seen at 198.51.100.20")
+        ));
+        assert!(matches!(
+            &alice.handle(t0, elsewhere)[..],
+            [ClientEvent::Close(why)] if why.contains("order named 198.51.100.20")
+        ));
+        let late = t0 + PREDICTION_WINDOW;
+        let ask = alice.request(t0, 11, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        let predict = bob.predict(11, bob_ip, ports).unwrap();
+        assert!(coord.handle(late, 2, predict.clone(), [0; 32]).is_empty());
+        assert!(alice.handle(late, predict).is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! error that closes the connection. docs/native-protocol.md is the spec.
 
 use std::io::Cursor;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bitcoin::consensus::encode::{Decodable, Encodable};
 use bitcoin::p2p::address::AddrV2;
@@ -45,8 +45,15 @@ pub const FEATURE_LOCAL_CANDIDATES: u64 = 1;
 /// Feature bit (coordinators): NAT probes are answered on the coordinator's
 /// port + 1 (crate::nat).
 pub const FEATURE_NAT_PROBE: u64 = 2;
+/// Feature bit: the node tells the coordinator which ports its NAT will
+/// likely give the punch (`hpports`, when it is behind a symmetric NAT),
+/// and the coordinator passes them to the peer, which dials each once.
+pub const FEATURE_PORT_PREDICTION: u64 = 4;
 /// Feature bits of this code. Unknown bits are ignored.
-pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES;
+pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION;
+/// Predicted ports in one `hpports`: each is one SYN of the peer's punch
+/// budget (docs/native-protocol.md, "Port prediction").
+pub const MAX_PREDICTED_PORTS: usize = 16;
 /// Own-network endpoints in one `hplocal` or `hpcands`.
 pub const MAX_LOCAL_ENDPOINTS: usize = 4;
 
@@ -145,6 +152,16 @@ pub enum NativeMessage {
         request: u64,
         endpoints: Vec<SocketAddr>,
     },
+    /// Both ways, after `hppunch`: a node behind a symmetric NAT tells the
+    /// coordinator the ports at `ip` (its public address) that its NAT will
+    /// likely give its punch; the coordinator passes them to the peer of
+    /// the same request, which dials each once (at most
+    /// [`MAX_PREDICTED_PORTS`]).
+    Ports {
+        request: u64,
+        ip: IpAddr,
+        ports: Vec<u16>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +196,7 @@ impl NativeMessage {
             NativeMessage::Auth { .. } => "hpauth",
             NativeMessage::Local { .. } => "hplocal",
             NativeMessage::Candidates { .. } => "hpcands",
+            NativeMessage::Ports { .. } => "hpports",
         }
     }
 
@@ -240,6 +258,15 @@ impl NativeMessage {
             NativeMessage::Candidates { request, endpoints } => {
                 out.extend_from_slice(&request.to_le_bytes());
                 put_endpoints(&mut out, endpoints);
+            }
+            NativeMessage::Ports { request, ip, ports } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                put_ip(&mut out, *ip);
+                let ports = ports.get(..MAX_PREDICTED_PORTS).unwrap_or(ports);
+                out.push(u8::try_from(ports.len()).unwrap_or(0));
+                for port in ports {
+                    out.extend_from_slice(&port.to_be_bytes());
+                }
             }
         }
         debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
@@ -346,6 +373,11 @@ impl NativeMessage {
                 request: r.u64()?,
                 endpoints: r.endpoints()?,
             },
+            "hpports" => NativeMessage::Ports {
+                request: r.u64()?,
+                ip: r.ip()?,
+                ports: r.ports()?,
+            },
             other => return Err(NativeError::UnknownCommand(other.to_string())),
         };
         r.finish(msg.encode().len())?;
@@ -353,7 +385,7 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 13] = [
+pub const COMMANDS: [&str; 14] = [
     "hphello",
     "hpcoord",
     "hpregister",
@@ -367,6 +399,7 @@ pub const COMMANDS: [&str; 13] = [
     "hpauth",
     "hplocal",
     "hpcands",
+    "hpports",
 ];
 
 fn static_name(command: &str) -> Result<&'static str, NativeError> {
@@ -377,13 +410,17 @@ fn static_name(command: &str) -> Result<&'static str, NativeError> {
         .ok_or_else(|| NativeError::UnknownCommand(command.to_string()))
 }
 
-fn put_endpoint(out: &mut Vec<u8>, addr: &SocketAddr) {
-    let v2 = match addr {
-        SocketAddr::V4(a) => AddrV2::Ipv4(*a.ip()),
-        SocketAddr::V6(a) => AddrV2::Ipv6(*a.ip()),
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    let v2 = match ip {
+        IpAddr::V4(ip) => AddrV2::Ipv4(ip),
+        IpAddr::V6(ip) => AddrV2::Ipv6(ip),
     };
     // Writing to a Vec cannot fail; the length is what the size table says.
     let _ = v2.consensus_encode(out);
+}
+
+fn put_endpoint(out: &mut Vec<u8>, addr: &SocketAddr) {
+    put_ip(out, addr.ip());
     // Port in network byte order, as in Bitcoin's address messages.
     out.extend_from_slice(&addr.port().to_be_bytes());
 }
@@ -441,19 +478,35 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn endpoint(&mut self) -> Result<SocketAddr, NativeError> {
+    fn ip(&mut self) -> Result<IpAddr, NativeError> {
         let addr = AddrV2::consensus_decode(&mut self.cursor)
             .map_err(|e| self.bad(format!("address: {e}")))?;
-        let port = u16::from_be_bytes(self.array()?);
-        let ip = match addr {
-            AddrV2::Ipv4(ip) => ip.into(),
-            AddrV2::Ipv6(ip) => ip.into(),
-            other => return Err(self.bad(format!("address {other:?} is not IP"))),
-        };
-        if port == 0 {
-            return Err(self.bad("port 0".into()));
+        match addr {
+            AddrV2::Ipv4(ip) => Ok(ip.into()),
+            AddrV2::Ipv6(ip) => Ok(ip.into()),
+            other => Err(self.bad(format!("address {other:?} is not IP"))),
         }
-        Ok(SocketAddr::new(ip, port))
+    }
+
+    fn port(&mut self) -> Result<u16, NativeError> {
+        match u16::from_be_bytes(self.array()?) {
+            0 => Err(self.bad("port 0".into())),
+            port => Ok(port),
+        }
+    }
+
+    fn endpoint(&mut self) -> Result<SocketAddr, NativeError> {
+        let ip = self.ip()?;
+        Ok(SocketAddr::new(ip, self.port()?))
+    }
+
+    /// count (u8, 1 to [`MAX_PREDICTED_PORTS`]) ‖ ports.
+    fn ports(&mut self) -> Result<Vec<u16>, NativeError> {
+        let count = usize::from(self.u8()?);
+        if count == 0 || count > MAX_PREDICTED_PORTS {
+            return Err(self.bad(format!("{count} ports, 1 to {MAX_PREDICTED_PORTS} allowed")));
+        }
+        (0..count).map(|_| self.port()).collect()
     }
 
     fn endpoints(&mut self) -> Result<Vec<SocketAddr>, NativeError> {
@@ -536,6 +589,11 @@ mod tests {
                 request: 4,
                 endpoints: vec![v6, v6, v6, v6],
             },
+            NativeMessage::Ports {
+                request: 5,
+                ip: v6.ip(),
+                ports: (40_001..40_017).collect(),
+            },
         ]
     }
 
@@ -562,11 +620,26 @@ mod tests {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
         // hello, coord, register, challenge, prove, registered v4/v6,
         // connect, punch v4, fail, result, auth, local (one v4), cands
-        // (four v6) (docs/native-protocol.md)
+        // (four v6), ports (v6, sixteen) (docs/native-protocol.md)
         assert_eq!(
             sizes,
-            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89]
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 59]
         );
+        let ports = |count: u8| {
+            let mut bytes = 7u64.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[1, 4, 203, 0, 113, 9, count]);
+            for _ in 0..count {
+                bytes.extend_from_slice(&40_000u16.to_be_bytes());
+            }
+            NativeMessage::decode("hpports", &bytes)
+        };
+        assert!(ports(16).is_ok());
+        for count in [0, 17] {
+            assert!(ports(count)
+                .unwrap_err()
+                .to_string()
+                .contains("1 to 16 allowed"));
+        }
         let five = NativeMessage::Local {
             endpoints: vec!["10.0.0.5:8333".parse().unwrap(); 4],
         }

@@ -40,6 +40,8 @@ impl PunchContext {
             coordinator: link.coordinator,
             coordinator_rtt: link.rtt,
             ending: Default::default(),
+            prediction: punch::PredictionLink::of(link),
+            known_nat: Default::default(),
         }
     }
 
@@ -57,6 +59,8 @@ impl PunchContext {
             coordinator: link.coordinator,
             coordinator_rtt: link.rtt,
             ending: node.ending(),
+            prediction: punch::PredictionLink::of(&link.access()),
+            known_nat: node.handle().nat_memory(),
         }
     }
 }
@@ -160,7 +164,7 @@ pub async fn connect_with(
         }
     };
     let mut outcome = tokio::select! {
-        outcome = punch::execute(ctx, requested.order, asked, requested.received) => outcome,
+        outcome = punch::execute(ctx, requested.order, requested.predicted, asked, requested.received) => outcome,
         reason = withdrawn => {
             // Nobody is dialing back: stop now rather than after three
             // attempts into a NAT that will not open.
@@ -203,7 +207,7 @@ pub async fn serve_orders(
     loop {
         tokio::select! {
             order = link.orders.recv() => {
-                let Some((order, received)) = order else { break };
+                let Some(client::ReceivedOrder { order, received, predicted }) = order else { break };
                 let ctx = ctx.clone();
                 let handle = handle.clone();
                 let records = records.clone();
@@ -211,7 +215,7 @@ pub async fn serve_orders(
                 punches.spawn(async move {
                     let request = order.request;
                     let peer = order.peer;
-                    let outcome = punch::execute(&ctx, order, received, received).await;
+                    let outcome = punch::execute(&ctx, order, predicted, received, received).await;
                     handle.report(request, outcome.result).await;
                     let record = outcome.record;
                     match record.ok {

@@ -30,6 +30,37 @@ pub struct PunchContext {
     /// What becomes of a punched connection: our session, or a sidecar's
     /// splice.
     pub ending: crate::punch::upgrade::Ending,
+    /// Set when the coordinator answers NAT probes and passes predicted
+    /// ports on: what a punch from behind a symmetric NAT needs.
+    pub prediction: Option<PredictionLink>,
+    /// What the node last learnt of its NAT (`bitpunch nat`), if anything.
+    pub known_nat: crate::nat::NatMemory,
+}
+
+/// What port prediction needs of the coordinator link.
+#[derive(Clone)]
+pub struct PredictionLink {
+    pub link: super::client::LinkHandle,
+    /// Where the coordinator sees the link: our shared port's mapping.
+    pub observed: SocketAddr,
+    /// The coordinator's NAT probe server.
+    pub probe: SocketAddr,
+}
+
+impl PredictionLink {
+    /// `None` unless the coordinator announced both NAT probes and port
+    /// prediction.
+    pub fn of(link: &super::client::LinkAccess) -> Option<PredictionLink> {
+        use super::messages::{FEATURE_NAT_PROBE, FEATURE_PORT_PREDICTION};
+        let both = FEATURE_NAT_PROBE | FEATURE_PORT_PREDICTION;
+        let addr = link.coordinator.addr;
+        (link.features & both == both).then_some(())?;
+        Some(PredictionLink {
+            link: link.handle.clone(),
+            observed: link.observed,
+            probe: SocketAddr::new(addr.ip(), addr.port().checked_add(1)?),
+        })
+    }
 }
 
 /// What a punch produced: its record, the session when it worked, and the
@@ -55,6 +86,7 @@ fn role_of(role: PunchRole) -> SessionRole {
 pub async fn execute(
     ctx: &PunchContext,
     order: PunchOrder,
+    predicted: tokio::sync::oneshot::Receiver<Vec<SocketAddr>>,
     asked_at: Instant,
     received_at: Instant,
 ) -> PunchOutcome {
@@ -69,18 +101,26 @@ pub async fn execute(
         .collect();
     record.candidates = candidates.iter().map(|c| c.to_string()).collect();
     record.t_ms.coordination = ms(received_at);
+    // Before our first SYN, so that it takes the port we predict.
+    record.predicted_ports = predict_our_ports(ctx, &order).await;
 
     let plan = PunchPlan {
         candidates,
         start: received_at.later(order.delay),
         config: ScheduleConfig::for_rtt(ctx.coordinator_rtt.saturating_mul(2)),
         requester: format!("native:{}", NodeId::of(&order.peer_key)),
+        late: Some(punch::LateCandidates {
+            endpoints: predicted,
+            router: ctx.router.clone(),
+        }),
     };
     let punched = match punch::punch(&ctx.port, &ctx.router, plan).await {
         Ok(p) => p,
         Err(e) => {
             record.error = Some(e.to_string());
             record.attempts = e.attempts;
+            record.syns = e.syns;
+            record.candidates = e.candidates.iter().map(|c| c.to_string()).collect();
             record.t_ms.first_syn = e.first_syn.and_then(ms);
             return PunchOutcome {
                 record,
@@ -91,6 +131,8 @@ pub async fn execute(
         }
     };
     let attempts = punched.attempts;
+    let syns = punched.syns;
+    record.candidates = punched.candidates.iter().map(|c| c.to_string()).collect();
     let proof = NodeKeyProof {
         key: &ctx.key,
         order: &order,
@@ -112,6 +154,8 @@ pub async fn execute(
     upgraded.via = record.via;
     upgraded.candidates = record.candidates;
     upgraded.attempts = attempts;
+    upgraded.syns = syns;
+    upgraded.predicted_ports = record.predicted_ports;
     upgraded.t_ms.coordination = ms(received_at);
     let result = match (upgraded.ok, upgraded.failed_at) {
         (true, _) => PunchResult::Connected,
@@ -124,6 +168,54 @@ pub async fn execute(
         spliced,
         result,
     }
+}
+
+/// Behind a symmetric NAT the coordinator's view of our port is useless
+/// to the peer: ask the probe server where our latest connection appears,
+/// and tell the peer (through the coordinator) the ports that follow. The
+/// punch's own connections take them next. Returns the ports told.
+async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
+    let Some(prediction) = &ctx.prediction else {
+        return Vec::new();
+    };
+    let known = ctx
+        .known_nat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let Some(local) = ctx
+        .port
+        .local_addrs()
+        .iter()
+        .find(|a| a.is_ipv4() == prediction.probe.is_ipv4())
+        .copied()
+    else {
+        return Vec::new();
+    };
+    if !crate::punch::predict::worth_probing(local.port(), prediction.observed, known.as_ref()) {
+        return Vec::new();
+    }
+    let timeout = ctx
+        .coordinator_rtt
+        .saturating_mul(4)
+        .clamp(Duration::from_millis(300), Duration::from_secs(2));
+    let latest = match crate::nat::observe(local, prediction.probe, timeout).await {
+        Ok(latest) => latest,
+        Err(e) => {
+            tracing::debug!(error = %e, "port prediction: the probe did not answer");
+            return Vec::new();
+        }
+    };
+    let Some(ports) = crate::punch::predict::window(prediction.observed, latest, known.as_ref())
+    else {
+        return Vec::new();
+    };
+    tracing::debug!(%latest, ?ports, request = order.request, "port prediction: telling the peer");
+    prediction
+        .link
+        .predict(order.request, latest.ip(), ports.clone())
+        .await;
+    ports
 }
 
 fn signed_data(session_id: &[u8; 32], role: PunchRole, request: u64) -> Vec<u8> {

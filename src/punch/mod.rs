@@ -9,6 +9,7 @@
 //! or our NAT lets anyone in). The losers are closed by being dropped.
 
 pub mod budget;
+pub mod predict;
 pub mod schedule;
 pub mod upgrade;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use schedule::{Schedule, ScheduleConfig, Step};
@@ -26,7 +28,6 @@ use crate::net::stream::{Counted, Rewound};
 use crate::net::{Router, SharedPort};
 use crate::report::WonBy;
 
-#[derive(Debug, Clone)]
 pub struct PunchPlan {
     /// The peer's endpoints to dial (its NAT mappings as someone observed
     /// them).
@@ -37,6 +38,18 @@ pub struct PunchPlan {
     /// Who made us punch (the peer's key, by path): the budget counts SYNs
     /// per requester.
     pub requester: String,
+    /// Endpoints that may come while the punch runs: the ports a peer
+    /// behind a symmetric NAT predicts for its own punch.
+    pub late: Option<LateCandidates>,
+}
+
+/// Candidates known only after the punch began. Each is claimed and
+/// dialed once when it arrives (not again each attempt: a pending SYN to a
+/// predicted port is the peer's way in whenever its own SYN leaves from
+/// that port) and kept pending until the punch ends.
+pub struct LateCandidates {
+    pub endpoints: oneshot::Receiver<Vec<SocketAddr>>,
+    pub router: Arc<Router>,
 }
 
 pub type PunchedStream = Rewound<Counted<TcpStream>>;
@@ -54,6 +67,11 @@ pub struct Punched {
     pub attempts: u32,
     pub first_syn: Option<Instant>,
     pub established: Instant,
+    /// Every endpoint dialed or claimed, late ones included.
+    pub candidates: Vec<SocketAddr>,
+    /// SYNs this punch fired (connects started; the kernel's own
+    /// retransmissions not counted).
+    pub syns: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +81,7 @@ pub struct PunchError {
     pub candidates: Vec<SocketAddr>,
     pub last_error: Option<String>,
     pub first_syn: Option<Instant>,
+    pub syns: u32,
 }
 
 /// Carries out `plan` from `port`, with `router` (the accept loop of the same
@@ -93,13 +112,28 @@ pub async fn punch_claimed(
     let mut expectations = claims;
     let mut schedule = Schedule::new(plan.config, plan.candidates.clone(), plan.start.into_std());
     let mut dials = FuturesUnordered::new();
+    // Dials to late candidates: never abandoned by a new attempt.
+    let mut held = FuturesUnordered::new();
+    let (mut late, late_router) = match plan.late {
+        Some(l) => (Some(l.endpoints), Some(l.router)),
+        None => (None, None),
+    };
+    let mut all_candidates = plan.candidates.clone();
     let mut first_syn = None;
     let mut last_error = None;
-    let give_up = |schedule: &Schedule, last_error: Option<String>, first_syn| PunchError {
-        attempts: schedule.attempts_started(),
-        candidates: plan.candidates.clone(),
-        last_error,
-        first_syn,
+    let mut syns: u32 = 0;
+    let give_up = |schedule: &Schedule,
+                   last_error: Option<String>,
+                   first_syn,
+                   candidates: &[SocketAddr],
+                   syns| {
+        PunchError {
+            attempts: schedule.attempts_started(),
+            candidates: candidates.to_vec(),
+            last_error,
+            first_syn,
+            syns,
+        }
     };
 
     loop {
@@ -119,13 +153,29 @@ pub async fn punch_claimed(
                         continue;
                     }
                     tracing::debug!(%candidate, attempt, "punch: dialing");
+                    syns = syns.saturating_add(1);
                     let dial = port.dial(candidate);
                     dials.push(async move { (candidate, dial.await) });
                 }
                 continue;
             }
             Step::WaitUntil(t) => Instant::from_std(t),
-            Step::GiveUp => return Err(give_up(&schedule, last_error, first_syn)),
+            Step::GiveUp => {
+                return Err(give_up(
+                    &schedule,
+                    last_error,
+                    first_syn,
+                    &all_candidates,
+                    syns,
+                ))
+            }
+        };
+        let late_pending = late.is_some();
+        let next_late = async {
+            match late.as_mut() {
+                Some(rx) => rx.await.ok(),
+                None => futures::future::pending().await,
+            }
         };
         let claimed = !expectations.is_empty();
         let inbound = async {
@@ -140,9 +190,31 @@ pub async fn punch_claimed(
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wait_until) => {}
+            arrived = next_late, if late_pending => {
+                late = None;
+                for candidate in arrived.unwrap_or_default() {
+                    if all_candidates.contains(&candidate) {
+                        continue;
+                    }
+                    all_candidates.push(candidate);
+                    if let Some(router) = &late_router {
+                        expectations.push(router.expect_from(candidate));
+                    }
+                    if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
+                        tracing::info!(%candidate, requester = %plan.requester, reason = %why, "punch: SYN to a predicted port refused by the punch budget");
+                        last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
+                        continue;
+                    }
+                    tracing::debug!(%candidate, "punch: dialing a predicted port");
+                    first_syn.get_or_insert_with(Instant::now);
+                    syns = syns.saturating_add(1);
+                    let dial = port.dial(candidate);
+                    held.push(async move { (candidate, dial.await) });
+                }
+            }
             Some((candidate, result)) = dials.next(), if !dials.is_empty() => match result {
                 Ok(stream) => {
-                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn))?;
+                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn, &all_candidates, syns))?;
                     let _ = stream.set_nodelay(true);
                     return Ok(Punched {
                         stream: Rewound::new(Vec::new(), Counted::new(stream)),
@@ -152,11 +224,34 @@ pub async fn punch_claimed(
                         attempts: schedule.attempts_started(),
                         first_syn,
                         established: Instant::now(),
+                        candidates: all_candidates,
+                        syns,
                     });
                 }
                 Err(e) => {
                     tracing::debug!(%candidate, error = %e, "punch: attempt failed");
                     last_error = Some(e.to_string());
+                }
+            },
+            Some((candidate, result)) = held.next(), if !held.is_empty() => match result {
+                Ok(stream) => {
+                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn, &all_candidates, syns))?;
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Punched {
+                        stream: Rewound::new(Vec::new(), Counted::new(stream)),
+                        local,
+                        remote: candidate,
+                        won_by: WonBy::Connect,
+                        attempts: schedule.attempts_started(),
+                        first_syn,
+                        established: Instant::now(),
+                        candidates: all_candidates,
+                        syns,
+                    });
+                }
+                Err(e) => {
+                    // A predicted port nobody holds answers with a reset.
+                    tracing::debug!(%candidate, error = %e, "punch: predicted port failed");
                 }
             },
             arrived = inbound => match arrived {
@@ -169,6 +264,8 @@ pub async fn punch_claimed(
                         attempts: schedule.attempts_started(),
                         first_syn,
                         established: inbound.accepted_at,
+                        candidates: all_candidates,
+                        syns,
                     });
                 }
                 Err(_) => {

@@ -68,6 +68,13 @@ pub struct Outcome {
     /// The peer endpoints a punch dialed.
     pub candidates: Vec<String>,
     pub attempts: u32,
+    /// SYNs the punch fired (connects started, from our punch budget).
+    #[serde(default)]
+    pub syns: u32,
+    /// Behind a symmetric NAT: the ports we told the peer our NAT would
+    /// likely give our punch (crate::punch::predict).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predicted_ports: Vec<u16>,
     pub won_by: Option<WonBy>,
     pub t_ms: Timings,
     pub bytes: Bytes,
@@ -119,6 +126,8 @@ impl Outcome {
             via: None,
             candidates: Vec::new(),
             attempts: 1,
+            syns: 0,
+            predicted_ports: Vec::new(),
             won_by: None,
             t_ms: Timings::default(),
             bytes: Bytes::default(),
