@@ -189,7 +189,12 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
             identity::Keypair::generate_ed25519(),
             listen,
             None,
-            RelayLimits::default(),
+            RelayLimits {
+                // Nodes behind symmetric NATs predict their ports with the
+                // probes.
+                nat_probe: true,
+                ..RelayLimits::default()
+            },
         )
         .await
         {

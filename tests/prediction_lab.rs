@@ -3,8 +3,10 @@
 //! counter, so the endpoint the coordinator saw is useless to the peer,
 //! which sits behind a port-filtering `home` router: without prediction
 //! this pair never punched (0 of 5 in every matrix). The symmetric side
-//! asks the coordinator's probe port where its latest connection appears
-//! and tells the peer the next ports (`hpports`); the peer dials each once.
+//! asks a probe server where its latest connection appears and tells the
+//! peer the next ports: native through the coordinator (`hpports`, probes
+//! on the coordinator's port + 1), libp2p in its DCUtR CONNECT (probes on
+//! the relay's port + 1). The peer dials each of them.
 
 mod common;
 
@@ -16,7 +18,7 @@ use bitpunch::scenario::{InLab, PathKind};
     ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_for_the_native_punch() {
+async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_on_both_paths() {
     require_lab!();
     let (symmetric, home) = ("symmetric-seq".parse().unwrap(), "home".parse().unwrap());
 
@@ -25,12 +27,14 @@ async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_for_the_nati
         .await
         .unwrap();
     for _ in 0..2 {
-        let record = lab.try_path(PathKind::Native).await;
-        let json = record.to_json();
-        assert!(record.ok, "{json}");
-        assert_eq!(record.predicted_ports.len(), 8, "{json}");
-        // Bob's NAT keeps its port: the order's endpoint is the way in.
-        assert_eq!(record.candidates.len(), 1, "{json}");
+        for path in [PathKind::Native, PathKind::Libp2p] {
+            let record = lab.try_path(path).await;
+            let json = record.to_json();
+            assert!(record.ok, "{json}");
+            assert_eq!(record.predicted_ports.len(), 8, "{json}");
+            // Bob's NAT keeps its port: his observed endpoint is the way in.
+            assert_eq!(record.candidates.len(), 1, "{json}");
+        }
     }
     drop(lab);
 
@@ -39,15 +43,19 @@ async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_for_the_nati
         .await
         .unwrap();
     for _ in 0..2 {
-        let record = lab.try_path(PathKind::Native).await;
-        let json = record.to_json();
-        assert!(record.ok, "{json}");
-        assert!(record.predicted_ports.is_empty(), "{json}");
-        // The order's endpoint and the eight predicted ports; the session
-        // runs on one of those Bob predicted.
-        assert_eq!(record.candidates.len(), 9, "{json}");
-        let remote = record.remote.clone().unwrap_or_default();
-        assert!(record.candidates[1..].contains(&remote), "{json}");
-        assert!(record.syns >= 9, "{json}");
+        // Native: the order's endpoint and the eight predicted ports.
+        // libp2p: Bob's CONNECT, his observed address and seven predicted
+        // ones (a peer takes at most eight addresses).
+        for (path, candidates) in [(PathKind::Native, 9), (PathKind::Libp2p, 8)] {
+            let record = lab.try_path(path).await;
+            let json = record.to_json();
+            assert!(record.ok, "{json}");
+            assert!(record.predicted_ports.is_empty(), "{json}");
+            assert_eq!(record.candidates.len(), candidates, "{json}");
+            // The session runs on one of the ports Bob predicted.
+            let remote = record.remote.clone().unwrap_or_default();
+            assert!(record.candidates[1..].contains(&remote), "{json}");
+            assert!(record.syns >= candidates as u32, "{json}");
+        }
     }
 }

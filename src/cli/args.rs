@@ -468,6 +468,10 @@ pub(crate) struct RelayArgs {
     /// Turn off the reservation and circuit rate limits (benchmarks only).
     #[arg(long)]
     pub(crate) no_rate_limits: bool,
+    /// Do not answer NAT probes on the listen port + 1 (nodes behind
+    /// symmetric NATs then cannot predict their ports through this relay).
+    #[arg(long)]
+    pub(crate) no_nat_probe: bool,
     /// Inbound connections still negotiating Noise/Yamux.
     #[arg(long, default_value_t = relay::ConnectionCaps::RELAY.max_pending_incoming)]
     pub(crate) max_pending_incoming: u32,

@@ -22,6 +22,7 @@ pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
         max_circuit_duration,
         max_circuit_bytes,
         no_rate_limits,
+        no_nat_probe,
         max_pending_incoming,
         max_connections,
         max_connections_per_peer,
@@ -45,6 +46,7 @@ pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
             max_per_netgroup: max_inbound_per_netgroup,
             ..AdmissionConfig::RELAY
         },
+        nat_probe: !no_nat_probe,
         ..Default::default()
     };
     if no_rate_limits {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::libp2p::multiaddr::Protocol;
 use ::libp2p::{identity, Multiaddr, PeerId};
 use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use tokio::time::Instant;
@@ -45,6 +46,8 @@ pub struct Libp2pPunchContext {
     /// What becomes of a punched connection: our session, or a sidecar's
     /// splice.
     pub ending: crate::punch::upgrade::Ending,
+    /// What the node last learnt of its NAT (`bitpunch nat`), if anything.
+    pub known_nat: crate::nat::NatMemory,
 }
 
 pub struct Libp2pOutcome {
@@ -73,15 +76,86 @@ impl Libp2pPunchContext {
             hostile_offer: None,
             owner: node.session_owner(),
             ending: node.ending(),
+            known_nat: node.handle().nat_memory(),
         }
     }
 
     /// Our observed addresses worth offering, waiting a little for identify
-    /// if none is known yet.
-    async fn offer(&self) -> Vec<Multiaddr> {
+    /// if none is known yet; behind a symmetric NAT, the ports our punch
+    /// will likely get after them (returned too, for the record).
+    async fn offer(&self, via: &Multiaddr) -> (Vec<Multiaddr>, Vec<u16>) {
         if let Some(offer) = &self.hostile_offer {
-            return offer.clone();
+            return (offer.clone(), Vec::new());
         }
+        let mut offer = self.observed_offer().await;
+        let predicted = self.predict(&offer, via).await;
+        if let Some(ip) = offer
+            .first()
+            .and_then(super::transport::socket_addr)
+            .map(|a| a.ip())
+        {
+            for port in &predicted {
+                let addr = super::transport::multiaddr(SocketAddr::new(ip, *port));
+                if !offer.contains(&addr) {
+                    offer.push(addr);
+                }
+            }
+        }
+        (offer, predicted)
+    }
+
+    /// Port prediction (crate::punch::predict) through the relay's NAT
+    /// probes (a bitpunch relay answers on its port + 1): the peer takes at
+    /// most [`exchange::MAX_CANDIDATES`] addresses, so the ports come
+    /// after our observed and own-network ones.
+    async fn predict(&self, offer: &[Multiaddr], via: &Multiaddr) -> Vec<u16> {
+        let Some(observed) = offer.first().and_then(super::transport::socket_addr) else {
+            return Vec::new();
+        };
+        let Some(relay) = relay_endpoint(via) else {
+            return Vec::new();
+        };
+        let Some(probe) = relay
+            .port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(relay.ip(), p))
+        else {
+            return Vec::new();
+        };
+        let known = self
+            .known_nat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !crate::punch::predict::worth_probing(self.port.port(), observed, known.as_ref()) {
+            return Vec::new();
+        }
+        let Some(local) = self
+            .port
+            .local_addrs()
+            .iter()
+            .find(|a| a.is_ipv4() == probe.is_ipv4())
+            .copied()
+        else {
+            return Vec::new();
+        };
+        // A relay that does not answer probes (not ours) costs at most this,
+        // and only to a node whose NAT changed its port.
+        match crate::nat::observe(local, probe, Duration::from_secs(1)).await {
+            Ok(latest) => {
+                let ports = crate::punch::predict::window(observed, latest, known.as_ref())
+                    .unwrap_or_default();
+                tracing::debug!(%latest, ?ports, "port prediction: offering the next ports");
+                ports
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "port prediction: the relay's probe did not answer");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn observed_offer(&self) -> Vec<Multiaddr> {
         let mut events = self.libp2p.events();
         let deadline = Instant::now().later(Duration::from_secs(5));
         loop {
@@ -118,6 +192,20 @@ impl Libp2pPunchContext {
             }
         }
         observed
+    }
+}
+
+/// The relay's own endpoint at the front of a circuit address.
+fn relay_endpoint(via: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = via.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
     }
 }
 
@@ -161,11 +249,13 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
             )
         }
     };
-    let ours = ctx.offer().await;
+    let (ours, predicted) = ctx.offer(&via).await;
     let mut machine = SideB::new(ours, ctx.allow_private);
     let mut bytes: u64 = 0;
     let mut last_error = String::new();
     let mut first_syn = None;
+    // SYNs of the rounds that failed; the winning round adds its own.
+    let mut syns: u32 = 0;
     let timeout = ctx.session.handshake_timeout;
     let punched = loop {
         let step = match machine.start_round(Instant::now().into_std()) {
@@ -173,6 +263,7 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
             Err(e) => {
                 let mut out = failed(role, &via, Stage::Punch, format!("{e} ({last_error})"));
                 out.record.attempts = machine.round();
+                out.record.syns = syns;
                 out.record.bytes.coordination = bytes;
                 out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 ctx.libp2p.disconnect(peer).await;
@@ -243,6 +334,7 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
             Ok(p) => break (p, candidates, coordinated),
             Err(e) => {
                 first_syn = first_syn.or(e.first_syn);
+                syns = syns.saturating_add(e.syns);
                 last_error = e.to_string();
             }
         }
@@ -261,6 +353,8 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
             rounds: attempts,
             done_at: coordinated,
             bytes,
+            predicted,
+            syns,
         },
     )
     .await
@@ -277,13 +371,15 @@ pub async fn punch_as_a(
 ) -> Libp2pOutcome {
     let role = SessionRole::Initiator;
     let mut stream = stream;
-    let ours = ctx.offer().await;
+    let (ours, predicted) = ctx.offer(&via).await;
     let ours_offered = ours.clone();
     let mut machine = SideA::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
     let mut bytes: u64 = 0;
     let mut rounds: u32 = 0;
     let mut first_syn = None;
+    // SYNs of the rounds that failed; the winning round adds its own.
+    let mut syns: u32 = 0;
     let mut last_error = String::from("the peer gave up");
     let timeout = ctx.session.handshake_timeout;
     let punched = loop {
@@ -339,6 +435,7 @@ pub async fn punch_as_a(
                     Ok(p) => break (p, candidates, coordinated),
                     Err(e) => {
                         first_syn = first_syn.or(e.first_syn);
+                        syns = syns.saturating_add(e.syns);
                         last_error = e.to_string();
                     }
                 }
@@ -358,6 +455,7 @@ pub async fn punch_as_a(
                 ctx.libp2p.disconnect(peer).await;
                 let mut out = failed(role, &via, stage, reason);
                 out.record.attempts = rounds;
+                out.record.syns = syns;
                 out.record.bytes.coordination = bytes;
                 out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 return out;
@@ -377,6 +475,8 @@ pub async fn punch_as_a(
             rounds,
             done_at: coordinated,
             bytes,
+            predicted,
+            syns,
         },
     )
     .await
@@ -421,6 +521,10 @@ struct Coordination {
     done_at: Instant,
     /// libp2p bytes the exchange cost (relay, identify, exchange).
     bytes: u64,
+    /// The ports we predicted for our punch (behind a symmetric NAT).
+    predicted: Vec<u16>,
+    /// SYNs of the rounds before the winning one.
+    syns: u32,
 }
 
 /// The shared pipeline ([`crate::punch::upgrade`]) with the libp2p
@@ -438,6 +542,7 @@ async fn finish(
         role,
         peer,
     };
+    let syns = coordination.syns.saturating_add(punched.syns);
     let crate::punch::upgrade::Finished {
         mut record,
         session,
@@ -459,6 +564,8 @@ async fn finish(
         .map(|c| c.to_string())
         .collect();
     record.attempts = coordination.rounds;
+    record.predicted_ports = coordination.predicted;
+    record.syns = syns;
     record.t_ms.coordination = Some(ms_since(asked, coordination.done_at));
     record.bytes.coordination = coordination.bytes;
     // The relayed connection has done its job, whatever became of the

@@ -1,6 +1,7 @@
 //! The relay: rust-libp2p's circuit relay v2 server, with identify and ping,
 //! on libp2p's own TCP transport (a relay is reachable and punches nothing).
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub struct RelayLimits {
     pub admission: crate::net::AdmissionConfig,
     /// rust-libp2p's relay, swarm, identify and ping metrics (`--metrics`).
     pub metrics: Option<std::sync::Arc<::libp2p::metrics::Metrics>>,
+    /// Answer NAT probes on each listen port + 1, as coordinators do
+    /// (crate::nat): a node behind a symmetric NAT predicts its punch's
+    /// port from them.
+    pub nat_probe: bool,
 }
 
 impl std::fmt::Debug for RelayLimits {
@@ -90,6 +95,7 @@ impl Default for RelayLimits {
             caps: super::caps::ConnectionCaps::RELAY,
             admission: crate::net::AdmissionConfig::RELAY,
             metrics: None,
+            nat_probe: false,
         }
     }
 }
@@ -140,6 +146,7 @@ pub struct RelayServer {
     /// The relay's address with `/p2p/<id>`: what nodes are given.
     pub address: Multiaddr,
     task: JoinHandle<()>,
+    _probes: Vec<crate::native::AbortOnDrop>,
 }
 
 impl Drop for RelayServer {
@@ -228,6 +235,22 @@ impl RelayServer {
         for e in &externals {
             swarm.add_external_address(e.clone());
         }
+        let mut probes = Vec::new();
+        if limits.nat_probe {
+            for socket in bound.iter().filter_map(super::transport::socket_addr) {
+                let Some(next) = socket.port().checked_add(1) else {
+                    continue;
+                };
+                match crate::net::listen_reusable(SocketAddr::new(socket.ip(), next)) {
+                    Ok(listener) => probes.push(crate::native::AbortOnDrop(
+                        tokio::spawn(crate::nat::serve_probes(listener)).abort_handle(),
+                    )),
+                    Err(e) => {
+                        tracing::warn!(port = next, error = %e, "no NAT probes (port + 1 is not free)")
+                    }
+                }
+            }
+        }
         let peer_id = *swarm.local_peer_id();
         let Some(first) = externals.first() else {
             anyhow::bail!("no address to announce");
@@ -268,6 +291,7 @@ impl RelayServer {
             peer_id,
             address,
             task,
+            _probes: probes,
         })
     }
 }

@@ -104,9 +104,19 @@ pub async fn execute(
     // Before our first SYN, so that it takes the port we predict.
     record.predicted_ports = predict_our_ports(ctx, &order).await;
 
+    let mut start = received_at.later(order.delay);
+    if !record.predicted_ports.is_empty() {
+        // Our SYN should meet the peer's SYNs to the predicted ports, not
+        // arrive before the peer has heard of them: a SYN that finds the
+        // peer's NAT closed is lost (or, where stale state from an earlier
+        // punch lets it in, answered on a state the peer's SYN then
+        // contradicts). The prediction takes about one of our round trips
+        // to the coordinator to reach the peer.
+        start = start.max(Instant::now().later(ctx.coordinator_rtt));
+    }
     let plan = PunchPlan {
         candidates,
-        start: received_at.later(order.delay),
+        start,
         config: ScheduleConfig::for_rtt(ctx.coordinator_rtt.saturating_mul(2)),
         requester: format!("native:{}", NodeId::of(&order.peer_key)),
         late: Some(punch::LateCandidates {
