@@ -12,17 +12,52 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::lab::{LinkShape, NatProfile};
-use crate::report::bound::lower_bound;
+use crate::report::bound::lower_bound_with_direct;
 use crate::report::table::{median, quantile};
 use crate::report::{LabContext, Outcome};
 use crate::scenario::{self, PathKind};
 
+/// What a record's `lab.nat_bob` says when Bob sits behind Alice's router.
+pub const SAME_ROUTER: &str = "same-router";
+
+/// Where Alice and Bob sit in one cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// Alice behind one NAT, Bob behind another.
+    Apart(NatProfile, NatProfile),
+    /// Both on one LAN behind one router (hairpinning or not, as its
+    /// profile says).
+    SameRouter(NatProfile),
+}
+
+impl Cell {
+    /// The record's (`nat_alice`, `nat_bob`).
+    pub fn names(&self) -> (String, String) {
+        match self {
+            Cell::Apart(a, b) => (a.to_string(), b.to_string()),
+            Cell::SameRouter(p) => (p.to_string(), SAME_ROUTER.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Apart(a, b) => write!(f, "{a} vs {b}"),
+            Cell::SameRouter(p) => write!(f, "both behind one {p}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MatrixConfig {
-    /// (Alice's NAT, Bob's NAT) per cell.
-    pub pairs: Vec<(NatProfile, NatProfile)>,
+    pub cells: Vec<Cell>,
     pub paths: Vec<PathKind>,
+    /// One-way delay on Alice's NAT's internet link (and Bob's, unless
+    /// `bob_delay_ms` says otherwise).
     pub delay_ms: u64,
+    /// One-way delay on Bob's NAT's link: asymmetric paths.
+    pub bob_delay_ms: Option<u64>,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     pub jitter_ms: u64,
     pub loss_percent: f64,
@@ -38,7 +73,7 @@ pub struct MatrixConfig {
 pub struct Progress<'a> {
     pub cell: usize,
     pub cells: usize,
-    pub pair: (NatProfile, NatProfile),
+    pub pair: Cell,
     pub done: u64,
     pub total: u64,
     pub last: Option<&'a Outcome>,
@@ -81,14 +116,13 @@ pub async fn run(
                 .or_default() += 1;
         }
     }
-    let made_in = |pair: (NatProfile, NatProfile), path: PathKind| {
-        made.get(&(pair.0.to_string(), pair.1.to_string(), path))
-            .copied()
-            .unwrap_or_default()
+    let made_in = |cell: Cell, path: PathKind| {
+        let (a, b) = cell.names();
+        made.get(&(a, b, path)).copied().unwrap_or_default()
     };
-    let total = (config.pairs.len() * config.paths.len()) as u64 * u64::from(config.tries);
+    let total = (config.cells.len() * config.paths.len()) as u64 * u64::from(config.tries);
     let mut done: u64 = config
-        .pairs
+        .cells
         .iter()
         .flat_map(|pair| {
             config
@@ -98,41 +132,57 @@ pub async fn run(
         })
         .map(u64::from)
         .sum();
-    for (cell, &(nat_alice, nat_bob)) in config.pairs.iter().enumerate() {
+    for (index, &cell) in config.cells.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let left = |path: &PathKind| made_in((nat_alice, nat_bob), *path) < config.tries;
+        let left = |path: &PathKind| made_in(cell, *path) < config.tries;
         if !config.paths.iter().any(left) {
             continue;
         }
         progress(Progress {
-            cell,
-            cells: config.pairs.len(),
-            pair: (nat_alice, nat_bob),
+            cell: index,
+            cells: config.cells.len(),
+            pair: cell,
             done,
             total,
             last: None,
         });
-        let shape = LinkShape {
-            delay: std::time::Duration::from_millis(config.delay_ms),
+        let shape = |delay_ms: u64| LinkShape {
+            delay: std::time::Duration::from_millis(delay_ms),
             jitter: std::time::Duration::from_millis(config.jitter_ms),
             loss_percent: config.loss_percent,
         };
-        let lab = scenario::InLab::start(nat_alice, nat_bob, shape).await?;
+        let lab = match cell {
+            Cell::Apart(nat_alice, nat_bob) => {
+                let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
+                scenario::InLab::start_shaped(
+                    nat_alice,
+                    nat_bob,
+                    shape(config.delay_ms),
+                    shape(bob_delay),
+                )
+                .await?
+            }
+            Cell::SameRouter(nat) => {
+                scenario::InLab::start_behind_one_nat(nat, shape(config.delay_ms)).await?
+            }
+        };
+        let (nat_alice, nat_bob) = cell.names();
         'tries: for try_index in 0..config.tries {
             for &path in &config.paths {
                 if stop.load(Ordering::Relaxed) {
                     break 'tries;
                 }
-                if try_index < made_in((nat_alice, nat_bob), path) {
+                if try_index < made_in(cell, path) {
                     continue;
                 }
                 let mut record = lab.try_path(path).await;
                 record.lab = Some(LabContext {
-                    nat_alice: nat_alice.to_string(),
-                    nat_bob: nat_bob.to_string(),
+                    nat_alice: nat_alice.clone(),
+                    nat_bob: nat_bob.clone(),
                     delay_ms: config.delay_ms as f64,
+                    bob_delay_ms: config.bob_delay_ms.map(|d| d as f64),
                     loss_percent: config.loss_percent,
                     jitter_ms: config.jitter_ms as f64,
                     try_index,
@@ -141,9 +191,9 @@ pub async fn run(
                 jsonl.flush()?;
                 done += 1;
                 progress(Progress {
-                    cell,
-                    cells: config.pairs.len(),
-                    pair: (nat_alice, nat_bob),
+                    cell: index,
+                    cells: config.cells.len(),
+                    pair: cell,
                     done,
                     total,
                     last: Some(&record),
@@ -176,11 +226,12 @@ fn earlier_records(config: &MatrixConfig, path: &FsPath) -> Result<Vec<Outcome>>
         };
         if let Some(lab) = &record.lab {
             let same = lab.delay_ms == config.delay_ms as f64
+                && lab.bob_delay_ms == config.bob_delay_ms.map(|d| d as f64)
                 && lab.jitter_ms == config.jitter_ms as f64
                 && lab.loss_percent == config.loss_percent;
             if !same {
                 anyhow::bail!(
-                    "{} was measured at {} ms ± {} ms and {}% loss, not at the {} ms ± {} ms and {}% asked for: resume with the same --delay-ms, --jitter-ms and --loss",
+                    "{} was measured at {} ms ± {} ms and {}% loss, not at the {} ms ± {} ms and {}% asked for: resume with the same --delay-ms, --bob-delay-ms, --jitter-ms and --loss",
                     path.display(),
                     lab.delay_ms,
                     lab.jitter_ms,
@@ -219,8 +270,15 @@ pub fn summarize(records: &[Outcome]) -> BTreeMap<(String, String, PathKind), Ce
     cells
         .into_iter()
         .map(|(key, rs)| {
-            let delay = rs[0].lab.as_ref().map(|l| l.delay_ms).unwrap_or_default();
-            let summary = summarize_group(&rs, lower_bound(key.2, delay, delay));
+            let (d_a, d_b) = rs[0]
+                .lab
+                .as_ref()
+                .map(|l| (l.delay_ms, l.bob_delay_ms.unwrap_or(l.delay_ms)))
+                .unwrap_or_default();
+            // Behind one router the punched connection never crosses the
+            // delayed link.
+            let direct = if key.1 == SAME_ROUTER { 0.0 } else { d_a + d_b };
+            let summary = summarize_group(&rs, lower_bound_with_direct(key.2, d_a, d_b, direct));
             (key, summary)
         })
         .collect()
@@ -252,12 +310,16 @@ pub fn summary_markdown(config: &MatrixConfig, records: &[Outcome], complete: bo
     if !complete {
         md.push_str("**Stopped early**: these are the records measured until then.\n\n");
     }
+    let delay = match config.bob_delay_ms {
+        Some(bob) => format!("{} (Alice's NAT) and {bob} (Bob's)", config.delay_ms),
+        None => config.delay_ms.to_string(),
+    };
     md.push_str(&format!(
         "- command: `{}`\n- bitpunch {}; {}\n- one-way delay {} ± {} ms and loss {}% on each NAT's internet link; {} tries per cell; {} records\n\n",
         config.command,
         env!("CARGO_PKG_VERSION"),
         env!("BITPUNCH_DEP_VERSIONS"),
-        config.delay_ms,
+        delay,
         config.jitter_ms,
         config.loss_percent,
         config.tries,
@@ -323,9 +385,10 @@ mod tests {
 
     fn config(dir: &FsPath, jitter_ms: u64) -> MatrixConfig {
         MatrixConfig {
-            pairs: vec![],
+            cells: vec![],
             paths: vec![PathKind::Native],
             delay_ms: 0,
+            bob_delay_ms: None,
             jitter_ms,
             loss_percent: 0.0,
             tries: 2,
@@ -333,6 +396,39 @@ mod tests {
             resume: true,
             command: String::new(),
         }
+    }
+
+    #[test]
+    fn same_router_cells_are_named_and_bounded_by_their_lan() {
+        let home: NatProfile = "home".parse().unwrap();
+        let cell = Cell::SameRouter(home);
+        assert_eq!(cell.names(), ("eim/apdf/drop".into(), SAME_ROUTER.into()));
+        assert_eq!(cell.to_string(), "both behind one eim/apdf/drop");
+        let record = |nat_bob: &str, bob_delay_ms: Option<f64>| {
+            let mut r = Outcome::failed(
+                Path::Native,
+                SessionRole::Initiator,
+                Stage::Punch,
+                "x".into(),
+            );
+            r.lab = Some(LabContext {
+                nat_alice: "eim/apdf/drop".into(),
+                nat_bob: nat_bob.into(),
+                delay_ms: 20.0,
+                bob_delay_ms,
+                loss_percent: 0.0,
+                jitter_ms: 0.0,
+                try_index: 0,
+            });
+            r
+        };
+        let bound = |r: Outcome| summarize(&[r]).into_values().next().unwrap().bound_ms;
+        // Registration and request over the 20 ms link (9 d + d), the
+        // punch and handshake on the LAN (no delay).
+        assert_eq!(bound(record(SAME_ROUTER, None)), 200.0);
+        assert_eq!(bound(record("eim/apdf/drop", None)), 400.0);
+        // Asymmetric: Bob's link 60 ms.
+        assert_eq!(bound(record("eim/apdf/drop", Some(60.0))), 240.0 + 400.0);
     }
 
     #[test]
@@ -350,6 +446,7 @@ mod tests {
             nat_alice: "home".into(),
             nat_bob: "home".into(),
             delay_ms: 0.0,
+            bob_delay_ms: None,
             loss_percent: 0.0,
             jitter_ms: 10.0,
             try_index: 0,

@@ -437,6 +437,20 @@ impl InLab {
             .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
     }
 
+    /// The same with each NAT's link shaped on its own.
+    pub async fn start_shaped(
+        nat_alice: crate::lab::NatProfile,
+        nat_bob: crate::lab::NatProfile,
+        shape_alice: crate::lab::LinkShape,
+        shape_bob: crate::lab::LinkShape,
+    ) -> Result<InLab> {
+        let (lab, t) =
+            crate::lab::Lab::two_nats_shaped(nat_alice, nat_bob, shape_alice, shape_bob)?;
+        Self::start_in(lab, t)
+            .await
+            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
+    }
+
     /// Alice and Bob behind one NAT ([`crate::lab::Lab::one_nat`]).
     pub async fn start_behind_one_nat(
         nat: crate::lab::NatProfile,

@@ -377,12 +377,20 @@ pub(crate) enum LabCommand {
         /// Profiles for Bob's NAT (repeatable; default: every preset).
         #[arg(long)]
         bob: Vec<NatProfile>,
+        /// Also (or, without --alice and --bob, only) cells with Alice and
+        /// Bob behind one router of this profile (repeatable; `home` does
+        /// not hairpin, `home/hairpin` does).
+        #[arg(long, value_name = "PROFILE")]
+        same_router: Vec<NatProfile>,
         /// Paths (repeatable; default: libp2p, native, stock-dcutr).
         #[arg(long, value_enum)]
         path: Vec<bitpunch::scenario::PathKind>,
         /// One-way delay on each NAT's internet link, ms.
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
+        /// One-way delay on Bob's NAT's link instead (asymmetric paths), ms.
+        #[arg(long, value_name = "MS")]
+        bob_delay_ms: Option<u64>,
         /// Each packet's delay is drawn from delay ± this, ms (packets may
         /// overtake each other, as with netem).
         #[arg(long, default_value_t = 0)]

@@ -108,16 +108,19 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Run {
             alice,
             bob,
+            same_router,
             path,
             delay_ms,
+            bob_delay_ms,
             jitter_ms,
             loss,
             tries,
             out,
             resume,
         } => {
-            let shape = (delay_ms, jitter_ms, loss);
-            run_matrix(alice, bob, path, shape, tries, out, resume).await
+            let cells = matrix_cells(alice, bob, same_router);
+            let shape = (delay_ms, bob_delay_ms, jitter_ms, loss);
+            run_matrix(cells, path, shape, tries, out, resume).await
         }
         LabCommand::Scale {
             clients,
@@ -192,28 +195,44 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) async fn run_matrix(
+/// Every (Alice, Bob) pair, each side defaulting to every preset unless
+/// only same-router cells were asked for; then the same-router cells.
+fn matrix_cells(
     alice: Vec<NatProfile>,
     bob: Vec<NatProfile>,
+    same_router: Vec<NatProfile>,
+) -> Vec<bitpunch::matrix::Cell> {
+    use bitpunch::matrix::Cell;
+    let presets: Vec<NatProfile> = lab::nat::PRESETS.iter().map(|(_, p)| *p).collect();
+    let only_same_router = alice.is_empty() && bob.is_empty() && !same_router.is_empty();
+    let mut cells = Vec::new();
+    if !only_same_router {
+        let alice = if alice.is_empty() {
+            presets.clone()
+        } else {
+            alice
+        };
+        let bob = if bob.is_empty() { presets } else { bob };
+        for a in &alice {
+            for b in &bob {
+                cells.push(Cell::Apart(*a, *b));
+            }
+        }
+    }
+    cells.extend(same_router.into_iter().map(Cell::SameRouter));
+    cells
+}
+
+pub(crate) async fn run_matrix(
+    cells: Vec<bitpunch::matrix::Cell>,
     paths: Vec<bitpunch::scenario::PathKind>,
-    (delay_ms, jitter_ms, loss): (u64, u64, f64),
+    (delay_ms, bob_delay_ms, jitter_ms, loss): (u64, Option<u64>, u64, f64),
     tries: u32,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use bitpunch::matrix;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let presets: Vec<NatProfile> = lab::nat::PRESETS.iter().map(|(_, p)| *p).collect();
-    let alice = if alice.is_empty() {
-        presets.clone()
-    } else {
-        alice
-    };
-    let bob = if bob.is_empty() { presets } else { bob };
-    let pairs = alice
-        .iter()
-        .flat_map(|a| bob.iter().map(move |b| (*a, *b)))
-        .collect();
     let resuming = resume.is_some();
     let out = resume.or(out).unwrap_or_else(|| {
         let now = std::time::SystemTime::now()
@@ -223,13 +242,14 @@ pub(crate) async fn run_matrix(
         PathBuf::from(format!("results/lab-run-{now}"))
     });
     let config = matrix::MatrixConfig {
-        pairs,
+        cells,
         paths: if paths.is_empty() {
             bitpunch::scenario::PathKind::ALL.to_vec()
         } else {
             paths
         },
         delay_ms,
+        bob_delay_ms,
         jitter_ms,
         loss_percent: loss,
         tries: tries.max(1),
@@ -245,7 +265,7 @@ pub(crate) async fn run_matrix(
             on_signal.store(true, Ordering::Relaxed);
         }
     });
-    let total = (config.pairs.len() * config.paths.len()) as u64 * u64::from(config.tries);
+    let total = (config.cells.len() * config.paths.len()) as u64 * u64::from(config.tries);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tries, eta {eta} | {msg}")
@@ -257,13 +277,7 @@ pub(crate) async fn run_matrix(
             .last
             .map(|r| format!(" last: {:?} {}", r.path, if r.ok { "ok" } else { "failed" }))
             .unwrap_or_default();
-        bar.set_message(format!(
-            "cell {}/{}: {} vs {}{last}",
-            p.cell + 1,
-            p.cells,
-            p.pair.0,
-            p.pair.1
-        ));
+        bar.set_message(format!("cell {}/{}: {}{last}", p.cell + 1, p.cells, p.pair));
     })
     .await;
     bar.finish_and_clear();

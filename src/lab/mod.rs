@@ -415,6 +415,16 @@ impl Lab {
         nat_bob: NatProfile,
         shape: LinkShape,
     ) -> Result<(Lab, TwoNats)> {
+        Self::two_nats_shaped(nat_alice, nat_bob, shape, shape)
+    }
+
+    /// The same with each NAT's link shaped on its own (asymmetric paths).
+    pub fn two_nats_shaped(
+        nat_alice: NatProfile,
+        nat_bob: NatProfile,
+        shape_alice: LinkShape,
+        shape_bob: LinkShape,
+    ) -> Result<(Lab, TwoNats)> {
         let mut lab = Lab::new()?;
         let relay = lab.add_public_host("relay")?;
         let coordinator = lab.add_public_host("coord")?;
@@ -422,9 +432,9 @@ impl Lab {
         let mut router_b = lab.add_nat("nat-b", nat_bob)?;
         let alice = lab.add_host_behind(&mut router_a, "alice")?;
         let bob = lab.add_host_behind(&mut router_b, "bob")?;
-        if !shape.is_neutral() {
-            lab.set_link_shape(&router_a.link, shape)?;
-            lab.set_link_shape(&router_b.link, shape)?;
+        if !shape_alice.is_neutral() || !shape_bob.is_neutral() {
+            lab.set_link_shape(&router_a.link, shape_alice)?;
+            lab.set_link_shape(&router_b.link, shape_bob)?;
         }
         let topology = TwoNats {
             relay,

@@ -12,7 +12,15 @@ use crate::scenario::PathKind;
 
 /// The bound in the same unit as `d_a` and `d_b`.
 pub fn lower_bound(path: PathKind, d_a: f64, d_b: f64) -> f64 {
-    let d = d_a + d_b;
+    lower_bound_with_direct(path, d_a, d_b, d_a + d_b)
+}
+
+/// The same when the punched connection takes another way than the
+/// coordination: `direct` one-way between Alice and Bob (0 behind one
+/// router), while everything relayed still crosses both links.
+pub fn lower_bound_with_direct(path: PathKind, d_a: f64, d_b: f64, direct: f64) -> f64 {
+    let relayed = d_a + d_b;
+    let d = direct;
     match path {
         // TCP, BIP324 and version/verack with the coordinator (6 d_a);
         // register → challenge, prove + connect pipelined → orders (3 d_a);
@@ -20,14 +28,14 @@ pub fn lower_bound(path: PathKind, d_a: f64, d_b: f64) -> f64 {
         // (2 D); keys cross, then terminator + version cross, verack (3 D).
         PathKind::Native => 9.0 * d_a + d_a.max(d_b) + 5.0 * d,
         // TCP + Noise with the relay and the circuit (HOP/STOP) to Bob
-        // (6 d_a + 2 d_b); Noise over the circuit (3 D); CONNECT, CONNECT,
-        // SYNC and B's RTT/2 wait (3 D); simultaneous open (2 D); BIP324 and
-        // version/verack (3 D).
-        PathKind::Libp2p => 6.0 * d_a + 2.0 * d_b + 11.0 * d,
-        // The same up to the dial (6 d_a + 2 d_b + 6 D); simultaneous open
+        // (6 d_a + 2 d_b); Noise over the circuit (3 R, R = d_a + d_b, the
+        // relayed one-way time); CONNECT, CONNECT, SYNC and B's RTT/2 wait
+        // (3 R); simultaneous open (2 D); BIP324 and version/verack (3 D).
+        PathKind::Libp2p => 6.0 * d_a + 2.0 * d_b + 6.0 * relayed + 5.0 * d,
+        // The same up to the dial (6 d_a + 2 d_b + 6 R); simultaneous open
         // (2 D); Noise XX with the ping stream pipelined in its last message
         // (2 D), ping and pong (2 D) on the dialer's side.
-        PathKind::StockDcutr => 6.0 * d_a + 2.0 * d_b + 12.0 * d,
+        PathKind::StockDcutr => 6.0 * d_a + 2.0 * d_b + 6.0 * relayed + 6.0 * d,
     }
 }
 

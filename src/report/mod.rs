@@ -104,6 +104,9 @@ pub struct LabContext {
     pub nat_bob: String,
     /// One-way delay and loss on each NAT's internet link.
     pub delay_ms: f64,
+    /// Bob's NAT's link, when it differs from Alice's (`--bob-delay-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bob_delay_ms: Option<f64>,
     pub loss_percent: f64,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     #[serde(default)]
