@@ -69,7 +69,8 @@ async fn the_node_finds_the_mapping_of_every_preset() {
             .await
             .unwrap();
         eprintln!("{name}: {class:?}");
-        if class.lab_mapping() != Some(profile.mapping) {
+        // Behind a carrier NAT, the two NATs' mappings combined.
+        if class.lab_mapping() != Some(profile.effective_mapping()) {
             wrong.push(format!("{name}: {class:?}"));
         }
     }

@@ -54,6 +54,12 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
+/// A LAN's router address: the network's first.
+fn gateway_of(network: Ipv4Addr) -> Ipv4Addr {
+    let [a, b, c, _] = network.octets();
+    Ipv4Addr::new(a, b, c, 1)
+}
+
 /// A host in the lab: public, or behind a router.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -73,7 +79,6 @@ pub struct Router {
     pub lan: (Ipv4Addr, u8),
     pub profile: NatProfile,
     pub link: String,
-    index: u8,
     hosts: u8,
 }
 
@@ -208,72 +213,121 @@ impl Lab {
         })
     }
 
-    /// A NAT router with `profile`, its public side on the internet.
+    /// A NAT router with `profile`, its public side on the internet; with
+    /// `profile.behind_carrier`, its WAN on the LAN of a carrier-grade NAT
+    /// ([`nat::CARRIER`]) that is on the internet instead.
     pub fn add_nat(&mut self, name: &str, profile: NatProfile) -> Result<Router> {
         if self.routers >= 64 {
             bail!("the lab has room for 64 routers");
+        }
+        if profile.behind_carrier {
+            let mut carrier = self.add_nat(&format!("{name}-cgn"), nat::CARRIER)?;
+            return self.add_nat_behind(&mut carrier, name, profile);
         }
         let ns = format!("{}{name}", self.prefix);
         self.add_namespace(&ns)?;
         let index = self.routers;
         let (link, public_ip) = self.attach(&ns, "wan", [203, 0, 113], index)?;
         self.routers += 1;
+        // A carrier's subscribers are in the shared address space
+        // (100.64.0.0/10, RFC 6598), a home's in a private one.
+        let lan = if profile == nat::CARRIER {
+            Ipv4Addr::new(100, 64, index, 0)
+        } else {
+            Ipv4Addr::new(10, index + 1, 0, 0)
+        };
+        self.finish_router(name, public_ip, public_ip, (lan, 24), profile, link)
+    }
+
+    /// A NAT router whose WAN is a host on `upstream`'s LAN.
+    fn add_nat_behind(
+        &mut self,
+        upstream: &mut Router,
+        name: &str,
+        profile: NatProfile,
+    ) -> Result<Router> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let wan_ip = self.plug_into(upstream, &ns, "wan")?;
+        let index = self.routers;
+        self.routers += 1;
         let lan = (Ipv4Addr::new(10, index + 1, 0, 0), 24);
-        self.ip(&ns, &["link", "add", "lan", "type", "bridge"])?;
-        self.ip(&ns, &["link", "set", "lan", "up"])?;
+        let link = upstream.link.clone();
+        self.finish_router(name, wan_ip, upstream.public_ip, lan, profile, link)
+    }
+
+    /// The router's LAN bridge, forwarding and its NAT rules (on `wan_ip`,
+    /// its own WAN address); `public_ip` is where the internet sees it.
+    fn finish_router(
+        &mut self,
+        name: &str,
+        wan_ip: Ipv4Addr,
+        public_ip: Ipv4Addr,
+        lan: (Ipv4Addr, u8),
+        profile: NatProfile,
+        link: String,
+    ) -> Result<Router> {
+        let ns = &format!("{}{name}", self.prefix);
+        self.ip(ns, &["link", "add", "lan", "type", "bridge"])?;
+        self.ip(ns, &["link", "set", "lan", "up"])?;
+        let gateway = gateway_of(lan.0);
         self.ip(
-            &ns,
-            &[
-                "addr",
-                "add",
-                &format!("10.{}.0.1/24", index + 1),
-                "dev",
-                "lan",
-            ],
+            ns,
+            &["addr", "add", &format!("{gateway}/{}", lan.1), "dev", "lan"],
         )?;
-        self.sysctl(&ns, "net.ipv4.ip_forward=1")?;
-        let ruleset = profile.ruleset("bitpunch_nat", public_ip, lan);
+        self.sysctl(ns, "net.ipv4.ip_forward=1")?;
+        let ruleset = profile.ruleset("bitpunch_nat", wan_ip, lan);
         netns::run_with_input(
             "ip",
-            &["netns", "exec", &ns, "nft", "-f", "-"],
+            &["netns", "exec", ns, "nft", "-f", "-"],
             Some(&ruleset),
         )
         .with_context(|| format!("loading the {profile} ruleset"))?;
         Ok(Router {
             name: name.into(),
-            ns,
+            ns: ns.to_string(),
             public_ip,
             lan,
             profile,
             link,
-            index,
             hosts: 0,
         })
     }
 
-    /// A host on `router`'s LAN.
-    pub fn add_host_behind(&mut self, router: &mut Router, name: &str) -> Result<Host> {
+    /// A veth from `router`'s LAN bridge to `dev` in `ns`, with the next
+    /// LAN address and a default route through the router.
+    fn plug_into(&mut self, router: &mut Router, ns: &str, dev: &str) -> Result<Ipv4Addr> {
         if router.hosts >= 200 {
             bail!("a LAN has room for 200 hosts");
         }
-        let ns = format!("{}{name}", self.prefix);
-        self.add_namespace(&ns)?;
         let port_dev = format!("h{}", router.hosts);
-        self.veth(&router.ns, &port_dev, &ns, "eth0")?;
+        self.veth(&router.ns, &port_dev, ns, dev)?;
         self.ip(&router.ns, &["link", "set", &port_dev, "master", "lan"])?;
-        let ip = Ipv4Addr::new(10, router.index + 1, 0, 10 + router.hosts);
+        let [a, b, c, _] = router.lan.0.octets();
+        let ip = Ipv4Addr::new(a, b, c, 10 + router.hosts);
         router.hosts += 1;
-        self.ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         self.ip(
-            &ns,
+            ns,
+            &["addr", "add", &format!("{ip}/{}", router.lan.1), "dev", dev],
+        )?;
+        self.ip(
+            ns,
             &[
                 "route",
                 "add",
                 "default",
                 "via",
-                &format!("10.{}.0.1", router.index + 1),
+                &gateway_of(router.lan.0).to_string(),
             ],
         )?;
+        Ok(ip)
+    }
+
+    /// A host on `router`'s LAN.
+    pub fn add_host_behind(&mut self, router: &mut Router, name: &str) -> Result<Host> {
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let ip = self.plug_into(router, &ns, "eth0")?;
         Ok(Host {
             name: name.into(),
             ns,

@@ -52,7 +52,20 @@ pub struct NatProfile {
     pub filtering: Filtering,
     pub unsolicited: Unsolicited,
     pub hairpin: bool,
+    /// The router's own WAN is inside a carrier-grade NAT ([`CARRIER`], on
+    /// 100.64.0.0/10): two NATs between the host and the internet.
+    #[serde(default)]
+    pub behind_carrier: bool,
 }
+
+/// The carrier-grade NAT a `/cgn` profile sits behind: endpoint-
+/// independent mapping as RFC 6888 requires, ports of its own choosing (a
+/// subscriber's port is never kept), and port-dependent filtering.
+pub const CARRIER: NatProfile = NatProfile::new(
+    Mapping::EimRandomPort,
+    Filtering::AddressAndPortDependent,
+    Unsolicited::Drop,
+);
 
 impl Mapping {
     pub const ALL: [Mapping; 4] = [
@@ -104,7 +117,7 @@ impl Unsolicited {
 }
 
 /// Named presets, in the words people use for home routers.
-pub const PRESETS: [(&str, NatProfile); 8] = [
+pub const PRESETS: [(&str, NatProfile); 9] = [
     (
         "home",
         NatProfile::new(
@@ -169,6 +182,16 @@ pub const PRESETS: [(&str, NatProfile); 8] = [
             Unsolicited::Rst,
         ),
     ),
+    // A home router behind the carrier's NAT (double NAT).
+    (
+        "cgn",
+        NatProfile::new(
+            Mapping::EimPreserving,
+            Filtering::AddressAndPortDependent,
+            Unsolicited::Drop,
+        )
+        .with_carrier(true),
+    ),
 ];
 
 impl NatProfile {
@@ -178,11 +201,44 @@ impl NatProfile {
             filtering,
             unsolicited,
             hairpin: false,
+            behind_carrier: false,
         }
     }
 
-    pub fn with_hairpin(self, hairpin: bool) -> Self {
-        NatProfile { hairpin, ..self }
+    pub const fn with_hairpin(self, hairpin: bool) -> Self {
+        NatProfile {
+            mapping: self.mapping,
+            filtering: self.filtering,
+            unsolicited: self.unsolicited,
+            hairpin,
+            behind_carrier: self.behind_carrier,
+        }
+    }
+
+    /// The mapping a host behind this router sees from the internet: with
+    /// a carrier NAT in front, the two combined (symmetric if either is;
+    /// port-preserving only if both are).
+    pub fn effective_mapping(&self) -> Mapping {
+        if !self.behind_carrier {
+            return self.mapping;
+        }
+        let outer = CARRIER.mapping;
+        match (self.mapping, outer) {
+            (inner, _) if !inner.is_endpoint_independent() => inner,
+            (_, outer) if !outer.is_endpoint_independent() => outer,
+            (Mapping::EimPreserving, Mapping::EimPreserving) => Mapping::EimPreserving,
+            _ => Mapping::EimRandomPort,
+        }
+    }
+
+    pub const fn with_carrier(self, behind_carrier: bool) -> Self {
+        NatProfile {
+            mapping: self.mapping,
+            filtering: self.filtering,
+            unsolicited: self.unsolicited,
+            hairpin: self.hairpin,
+            behind_carrier,
+        }
     }
 
     /// Every combination of mapping, filtering and unsolicited-SYN handling,
@@ -314,6 +370,9 @@ impl fmt::Display for NatProfile {
         if self.hairpin {
             f.write_str("/hairpin")?;
         }
+        if self.behind_carrier {
+            f.write_str("/cgn")?;
+        }
         Ok(())
     }
 }
@@ -321,23 +380,30 @@ impl fmt::Display for NatProfile {
 impl FromStr for NatProfile {
     type Err = String;
 
-    /// A preset name (`home`, `symmetric`…) or `MAPPING/FILTERING/UNSOLICITED[/hairpin]`
-    /// with the short names (`eim/apdf/drop`).
+    /// A preset name (`home`, `symmetric`…) or `MAPPING/FILTERING/UNSOLICITED`
+    /// with the short names (`eim/apdf/drop`), then `/hairpin` and `/cgn`
+    /// (behind a carrier-grade NAT) as wanted.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (base, hairpin) = match s
-            .strip_suffix("/hairpin")
-            .or_else(|| s.strip_suffix("+hairpin"))
-        {
-            Some(base) => (base, true),
+        let (rest, carrier) = match s.strip_suffix("/cgn").or_else(|| s.strip_suffix("+cgn")) {
+            Some(rest) => (rest, true),
             None => (s, false),
         };
+        let (base, hairpin) = match rest
+            .strip_suffix("/hairpin")
+            .or_else(|| rest.strip_suffix("+hairpin"))
+        {
+            Some(base) => (base, true),
+            None => (rest, false),
+        };
         if let Some((_, p)) = PRESETS.iter().find(|(name, _)| *name == base) {
-            return Ok(p.with_hairpin(hairpin || p.hairpin));
+            return Ok(p
+                .with_hairpin(hairpin || p.hairpin)
+                .with_carrier(carrier || p.behind_carrier));
         }
         let parts: Vec<&str> = base.split('/').collect();
         let fail = || {
             format!(
-                "unknown NAT profile {s:?}: use a preset ({}) or MAPPING/FILTERING/UNSOLICITED[/hairpin] \
+                "unknown NAT profile {s:?}: use a preset ({}) or MAPPING/FILTERING/UNSOLICITED[/hairpin][/cgn] \
                  with MAPPING in eim, eim-rp, sym-seq, sym-rand; FILTERING in eif, adf, apdf; \
                  UNSOLICITED in drop, rst",
                 PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
@@ -358,7 +424,9 @@ impl FromStr for NatProfile {
             .into_iter()
             .find(|x| x.short() == u)
             .ok_or_else(fail)?;
-        Ok(NatProfile::new(mapping, filtering, unsolicited).with_hairpin(hairpin))
+        Ok(NatProfile::new(mapping, filtering, unsolicited)
+            .with_hairpin(hairpin)
+            .with_carrier(carrier))
     }
 }
 
@@ -380,6 +448,17 @@ mod tests {
             )
         );
         assert!("home/hairpin".parse::<NatProfile>().unwrap().hairpin);
+        let cgn: NatProfile = "cgn".parse().unwrap();
+        assert!(cgn.behind_carrier && !cgn.hairpin);
+        assert_eq!(cgn.to_string(), "eim/apdf/drop/cgn");
+        assert_eq!(cgn.effective_mapping(), Mapping::EimRandomPort);
+        let sym_behind: NatProfile = "symmetric-seq/cgn".parse().unwrap();
+        assert_eq!(sym_behind.effective_mapping(), Mapping::SymmetricSequential);
+        assert_eq!(cgn.to_string().parse::<NatProfile>().unwrap(), cgn);
+        assert_eq!(
+            "home/hairpin/cgn".parse::<NatProfile>().unwrap(),
+            cgn.with_hairpin(true)
+        );
         let err = "cone".parse::<NatProfile>().unwrap_err();
         assert!(err.contains("preset") && err.contains("eim-rp"), "{err}");
         assert_eq!(NatProfile::all().len(), 48);

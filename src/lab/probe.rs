@@ -60,7 +60,7 @@ pub struct Classification {
 
 impl Classification {
     pub fn matches(&self, profile: &NatProfile) -> bool {
-        self.mapping == Some(profile.mapping)
+        self.mapping == Some(profile.effective_mapping())
             && self.filtering == profile.filtering
             && self.unsolicited == profile.unsolicited
             && self.hairpin.is_none_or(|h| h == profile.hairpin)

@@ -48,6 +48,9 @@ pub struct Libp2pPunchContext {
     pub ending: crate::punch::upgrade::Ending,
     /// What the node last learnt of its NAT (`bitpunch nat`), if anything.
     pub known_nat: crate::nat::NatMemory,
+    /// A probe showed our mapping endpoint-independent: no punch probes
+    /// again.
+    pub endpoint_independent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Libp2pOutcome {
@@ -77,6 +80,7 @@ impl Libp2pPunchContext {
             owner: node.session_owner(),
             ending: node.ending(),
             known_nat: node.handle().nat_memory(),
+            endpoint_independent: Arc::default(),
         }
     }
 
@@ -127,7 +131,10 @@ impl Libp2pPunchContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if !crate::punch::predict::worth_probing(self.port.port(), observed, known.as_ref()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.endpoint_independent.load(Relaxed)
+            || !crate::punch::predict::worth_probing(self.port.port(), observed, known.as_ref())
+        {
             return Vec::new();
         }
         let Some(local) = self
@@ -143,6 +150,9 @@ impl Libp2pPunchContext {
         // and only to a node whose NAT changed its port.
         match crate::nat::observe(local, probe, Duration::from_secs(1)).await {
             Ok(latest) => {
+                if latest == observed {
+                    self.endpoint_independent.store(true, Relaxed);
+                }
                 let ports = crate::punch::predict::window(observed, latest, known.as_ref())
                     .unwrap_or_default();
                 tracing::debug!(%latest, ?ports, "port prediction: offering the next ports");

@@ -133,6 +133,7 @@ pub struct CoordinatorLink {
     pub features: u64,
     pub rtt: Duration,
     counters: Arc<ByteCounters>,
+    endpoint_independent: Arc<std::sync::atomic::AtomicBool>,
     /// Set when the coordinator said another connection proved our key.
     displaced: Arc<std::sync::atomic::AtomicBool>,
     commands: mpsc::Sender<Command>,
@@ -159,6 +160,9 @@ pub struct LinkAccess {
     pub observed: SocketAddr,
     pub features: u64,
     counters: Arc<ByteCounters>,
+    /// Set by a punch whose NAT probe over this link showed an endpoint-
+    /// independent mapping (crate::native::punch::PredictionLink).
+    pub(crate) endpoint_independent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for LinkAccess {
@@ -183,6 +187,7 @@ impl CoordinatorLink {
             observed: self.observed,
             features: self.features,
             counters: self.counters.clone(),
+            endpoint_independent: self.endpoint_independent.clone(),
         }
     }
 
@@ -412,6 +417,7 @@ impl CoordinatorLink {
             features,
             rtt,
             counters,
+            endpoint_independent: Arc::default(),
             displaced,
             commands,
             orders,

@@ -45,6 +45,10 @@ pub struct PredictionLink {
     pub observed: SocketAddr,
     /// The coordinator's NAT probe server.
     pub probe: SocketAddr,
+    /// A probe over this link found our mapping endpoint-independent: the
+    /// NAT will not change its mind while the link lasts, so no punch
+    /// over it probes again.
+    endpoint_independent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PredictionLink {
@@ -59,6 +63,7 @@ impl PredictionLink {
             link: link.handle.clone(),
             observed: link.observed,
             probe: SocketAddr::new(addr.ip(), addr.port().checked_add(1)?),
+            endpoint_independent: link.endpoint_independent.clone(),
         })
     }
 }
@@ -202,7 +207,10 @@ async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
     else {
         return Vec::new();
     };
-    if !crate::punch::predict::worth_probing(local.port(), prediction.observed, known.as_ref()) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if prediction.endpoint_independent.load(Relaxed)
+        || !crate::punch::predict::worth_probing(local.port(), prediction.observed, known.as_ref())
+    {
         return Vec::new();
     }
     let timeout = ctx
@@ -216,6 +224,9 @@ async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
             return Vec::new();
         }
     };
+    if latest == prediction.observed {
+        prediction.endpoint_independent.store(true, Relaxed);
+    }
     let Some(ports) = crate::punch::predict::window(prediction.observed, latest, known.as_ref())
     else {
         return Vec::new();
