@@ -260,6 +260,7 @@ async fn the_punch_driver_fires_no_syn_past_the_budget() {
         },
         requester: "libp2p:mallory".into(),
         late: None,
+        pick_where_peer_speaks: false,
     };
     let err = punch::punch(&port, &router, plan).await.unwrap_err();
     assert_eq!(port.punch_syns(), (4, 20), "SYNs paid and refused");

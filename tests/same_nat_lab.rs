@@ -41,3 +41,25 @@ async fn both_paths_punch_between_two_nodes_behind_one_router_without_hairpinnin
         }
     }
 }
+
+/// With hairpinning, more than one way leads to the peer (its LAN address,
+/// and its public endpoint through the router), so more than one TCP
+/// connection may come up; the responder takes the one the initiator
+/// speaks on, and both sides end up on the same one.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_punch_between_two_nodes_behind_one_hairpinning_router() {
+    require_lab!();
+    let lab = InLab::start_behind_one_nat("home/hairpin".parse().unwrap(), LinkShape::delay_ms(20))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        for path in [PathKind::Native, PathKind::Libp2p] {
+            let record = lab.try_path(path).await;
+            assert!(record.ok, "{}", record.to_json());
+        }
+    }
+}

@@ -296,10 +296,11 @@ impl NatProfile {
 
         line("  chain postrouting { type nat hook postrouting priority srcnat; policy accept;");
         if self.hairpin {
-            // The hairpinned packet must come back from the public endpoint,
-            // or the inside peer would see a private source it never dialed.
+            // The hairpinned packet must come from the sender's public
+            // endpoint (RFC 4787 REQ-9), as an outside peer would see it:
+            // `masquerade` here would give it the router's LAN address.
             line(&format!(
-                "    oifname \"lan\" ip saddr {lan_net}/{lan_len} ct status dnat masquerade"
+                "    oifname \"lan\" ip saddr {lan_net}/{lan_len} ct status dnat snat ip to {public_ip}"
             ));
         }
         match self.mapping {

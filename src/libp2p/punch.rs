@@ -333,6 +333,7 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
         let claims = punch::claim(&ctx.router, &candidates);
         match punch_once(
             ctx,
+            role,
             peer,
             candidates.clone(),
             Instant::from_std(start),
@@ -434,6 +435,7 @@ pub async fn punch_as_a(
                 }
                 match punch_once(
                     ctx,
+                    role,
                     peer,
                     candidates.clone(),
                     Instant::from_std(start),
@@ -496,6 +498,7 @@ pub async fn punch_as_a(
 /// as in DCUtR; the rounds themselves re-synchronise the two sides.
 async fn punch_once(
     ctx: &Libp2pPunchContext,
+    role: SessionRole,
     peer: PeerId,
     candidates: Vec<SocketAddr>,
     start: Instant,
@@ -515,6 +518,7 @@ async fn punch_once(
             config,
             requester: format!("libp2p:{peer}"),
             late: None,
+            pick_where_peer_speaks: role == SessionRole::Responder,
         },
         claims,
     )

@@ -128,6 +128,7 @@ pub async fn execute(
             endpoints: predicted,
             router: ctx.router.clone(),
         }),
+        pick_where_peer_speaks: order.role == PunchRole::Responder,
     };
     let punched = match punch::punch(&ctx.port, &ctx.router, plan).await {
         Ok(p) => p,

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 pub use schedule::{Schedule, ScheduleConfig, Step};
 
+use crate::clock::Later;
 use crate::net::router::Expectation;
 use crate::net::stream::{Counted, Rewound};
 use crate::net::{Router, SharedPort};
@@ -41,6 +42,10 @@ pub struct PunchPlan {
     /// Endpoints that may come while the punch runs: the ports a peer
     /// behind a symmetric NAT predicts for its own punch.
     pub late: Option<LateCandidates>,
+    /// We are the BIP324 responder: of the connections that come up, take
+    /// the one the initiator speaks on first (it may have more than one up
+    /// and uses the first of them).
+    pub pick_where_peer_speaks: bool,
 }
 
 /// Candidates known only after the punch began. Each is claimed and
@@ -136,39 +141,58 @@ pub async fn punch_claimed(
         }
     };
 
+    // Responder only: connections up, waiting for the initiator's first
+    // bytes. With several ways to the peer (its public endpoint through a
+    // hairpinning router and its LAN address, say) more than one TCP
+    // connection can come up, and each side would take its own first one.
+    // The initiator speaks first on the one it took; the responder takes
+    // the one it speaks on, so both end up on the same connection.
+    let mut speaking = FuturesUnordered::new();
+    let mut giving_up_at: Option<Instant> = None;
     loop {
-        let wait_until = match schedule.poll(Instant::now().into_std()) {
-            Step::Dial {
-                attempt,
-                candidates,
-            } => {
-                // A connect still pending from the last attempt is abandoned:
-                // its SYN was lost or dropped, and a fresh one is due now.
-                dials = FuturesUnordered::new();
-                first_syn.get_or_insert_with(Instant::now);
-                for candidate in candidates {
-                    if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
-                        tracing::info!(%candidate, attempt, requester = %plan.requester, reason = %why, "punch: SYN refused by the punch budget");
-                        last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
-                        continue;
+        let wait_until = match giving_up_at {
+            Some(t) => t,
+            None => match schedule.poll(Instant::now().into_std()) {
+                Step::Dial {
+                    attempt,
+                    candidates,
+                } => {
+                    // A connect still pending from the last attempt is
+                    // abandoned: its SYN was lost or dropped, and a fresh one
+                    // is due now.
+                    dials = FuturesUnordered::new();
+                    first_syn.get_or_insert_with(Instant::now);
+                    for candidate in candidates {
+                        if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
+                            tracing::info!(%candidate, attempt, requester = %plan.requester, reason = %why, "punch: SYN refused by the punch budget");
+                            last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
+                            continue;
+                        }
+                        tracing::debug!(%candidate, attempt, "punch: dialing");
+                        syns = syns.saturating_add(1);
+                        let dial = port.dial(candidate);
+                        dials.push(async move { (candidate, dial.await) });
                     }
-                    tracing::debug!(%candidate, attempt, "punch: dialing");
-                    syns = syns.saturating_add(1);
-                    let dial = port.dial(candidate);
-                    dials.push(async move { (candidate, dial.await) });
+                    continue;
                 }
-                continue;
-            }
-            Step::WaitUntil(t) => Instant::from_std(t),
-            Step::GiveUp => {
-                return Err(give_up(
-                    &schedule,
-                    last_error,
-                    first_syn,
-                    &all_candidates,
-                    syns,
-                ))
-            }
+                Step::WaitUntil(t) => Instant::from_std(t),
+                Step::GiveUp if speaking.is_empty() => {
+                    return Err(give_up(
+                        &schedule,
+                        last_error,
+                        first_syn,
+                        &all_candidates,
+                        syns,
+                    ))
+                }
+                Step::GiveUp => {
+                    // A connection is up; give the initiator a moment to
+                    // speak on it.
+                    let t = Instant::now().later(SPEAK_FIRST_GRACE);
+                    giving_up_at = Some(t);
+                    t
+                }
+            },
         };
         let late_pending = late.is_some();
         let next_late = async {
@@ -188,8 +212,13 @@ pub async fn punch_claimed(
                 futures::future::pending().await
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wait_until) => {}
+        let up: Option<Connection> = tokio::select! {
+            _ = tokio::time::sleep_until(wait_until) => {
+                if giving_up_at.is_some() {
+                    return Err(give_up(&schedule, last_error, first_syn, &all_candidates, syns));
+                }
+                None
+            }
             arrived = next_late, if late_pending => {
                 late = None;
                 for candidate in arrived.unwrap_or_default() {
@@ -211,69 +240,116 @@ pub async fn punch_claimed(
                     let dial = port.dial(candidate);
                     held.push(async move { (candidate, dial.await) });
                 }
+                None
             }
             Some((candidate, result)) = dials.next(), if !dials.is_empty() => match result {
-                Ok(stream) => {
-                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn, &all_candidates, syns))?;
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Punched {
-                        stream: Rewound::new(Vec::new(), Counted::new(stream)),
-                        local,
-                        remote: candidate,
-                        won_by: WonBy::Connect,
-                        attempts: schedule.attempts_started(),
-                        first_syn,
-                        established: Instant::now(),
-                        candidates: all_candidates,
-                        syns,
-                    });
-                }
+                Ok(stream) => Connection::dialed(candidate, stream),
                 Err(e) => {
                     tracing::debug!(%candidate, error = %e, "punch: attempt failed");
                     last_error = Some(e.to_string());
+                    None
                 }
             },
             Some((candidate, result)) = held.next(), if !held.is_empty() => match result {
-                Ok(stream) => {
-                    let local = stream.local_addr().map_err(|e| give_up(&schedule, Some(e.to_string()), first_syn, &all_candidates, syns))?;
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Punched {
-                        stream: Rewound::new(Vec::new(), Counted::new(stream)),
-                        local,
-                        remote: candidate,
-                        won_by: WonBy::Connect,
-                        attempts: schedule.attempts_started(),
-                        first_syn,
-                        established: Instant::now(),
-                        candidates: all_candidates,
-                        syns,
-                    });
-                }
+                Ok(stream) => Connection::dialed(candidate, stream),
                 Err(e) => {
                     // A predicted port nobody holds answers with a reset.
                     tracing::debug!(%candidate, error = %e, "punch: predicted port failed");
+                    None
                 }
             },
             arrived = inbound => match arrived {
                 Ok(inbound) => {
-                    return Ok(Punched {
-                        stream: inbound.stream,
-                        local: inbound.local,
-                        remote: inbound.remote,
-                        won_by: WonBy::Accept,
-                        attempts: schedule.attempts_started(),
-                        first_syn,
-                        established: inbound.accepted_at,
-                        candidates: all_candidates,
-                        syns,
-                    });
+                    // A receiver that delivered must not be polled again
+                    // (the loop goes on while the responder waits for the
+                    // initiator to speak).
+                    expectations.retain(|e| !e.inbound.is_terminated());
+                    Some(Connection {
+                    stream: inbound.stream,
+                    local: inbound.local,
+                    remote: inbound.remote,
+                    won_by: WonBy::Accept,
+                    established: inbound.accepted_at,
+                    peer_spoke: false,
+                    })
                 }
                 Err(_) => {
                     // The claim was taken away (a newer punch to the same
                     // endpoint); keep dialing.
                     expectations.retain(|e| !e.inbound.is_terminated());
+                    None
                 }
             },
+            Some((connection, spoke)) = speaking.next(), if !speaking.is_empty() => {
+                if spoke {
+                    Some(connection)
+                } else {
+                    tracing::debug!(remote = %connection.remote, "punch: a connection closed before the peer spoke on it");
+                    None
+                }
+            }
+        };
+        let Some(connection) = up else { continue };
+        let spoken = !connection.stream.pending_prefix().is_empty();
+        if plan.pick_where_peer_speaks && !spoken && !connection.peer_spoke {
+            speaking.push(connection.wait_for_first_bytes());
+            continue;
         }
+        return Ok(Punched {
+            stream: connection.stream,
+            local: connection.local,
+            remote: connection.remote,
+            won_by: connection.won_by,
+            attempts: schedule.attempts_started(),
+            first_syn,
+            established: connection.established,
+            candidates: all_candidates,
+            syns,
+        });
+    }
+}
+
+/// How long a responder whose schedule is over still waits for the
+/// initiator to speak on a connection that is up.
+const SPEAK_FIRST_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A TCP connection to the peer, up, not yet the punch's result.
+struct Connection {
+    stream: PunchedStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    won_by: WonBy,
+    established: Instant,
+    /// Bytes from the peer are waiting on it.
+    peer_spoke: bool,
+}
+
+impl Connection {
+    fn dialed(candidate: SocketAddr, stream: TcpStream) -> Option<Connection> {
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(e) => {
+                tracing::debug!(%candidate, error = %e, "punch: connected socket without a local address");
+                return None;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Some(Connection {
+            stream: Rewound::new(Vec::new(), Counted::new(stream)),
+            local,
+            remote: candidate,
+            won_by: WonBy::Connect,
+            established: Instant::now(),
+            peer_spoke: false,
+        })
+    }
+
+    /// Resolves when the peer's first bytes are readable (true) or the
+    /// connection ended first (false). Nothing is consumed.
+    async fn wait_for_first_bytes(mut self) -> (Connection, bool) {
+        let mut byte = [0u8; 1];
+        let spoke = matches!(self.stream.get_ref().get_ref().peek(&mut byte).await, Ok(n) if n > 0);
+        self.peer_spoke = spoke;
+        (self, spoke)
     }
 }
