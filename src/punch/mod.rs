@@ -42,9 +42,9 @@ pub struct PunchPlan {
     /// Endpoints that may come while the punch runs: the ports a peer
     /// behind a symmetric NAT predicts for its own punch.
     pub late: Option<LateCandidates>,
-    /// We are the BIP324 responder: of the connections that come up, take
-    /// the one the initiator speaks on first (it may have more than one up
-    /// and uses the first of them).
+    /// We are the BIP324 responder: when several candidates are in play,
+    /// take, of the connections that come up, the one the initiator speaks
+    /// on first (it may have more than one up and uses the first of them).
     pub pick_where_peer_speaks: bool,
 }
 
@@ -291,7 +291,12 @@ pub async fn punch_claimed(
         };
         let Some(connection) = up else { continue };
         let spoken = !connection.stream.pending_prefix().is_empty();
-        if plan.pick_where_peer_speaks && !spoken && !connection.peer_spoke {
+        // With one candidate only one connection can come up (our connect
+        // and the peer's are the same 4-tuple): no need to wait, which
+        // would cost the initiator a one-way trip (its key and ours no
+        // longer cross).
+        let several_ways = all_candidates.len() > 1;
+        if plan.pick_where_peer_speaks && several_ways && !spoken && !connection.peer_spoke {
             speaking.push(connection.wait_for_first_bytes());
             continue;
         }
