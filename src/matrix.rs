@@ -58,6 +58,8 @@ pub struct MatrixConfig {
     pub delay_ms: u64,
     /// One-way delay on Bob's NAT's link: asymmetric paths.
     pub bob_delay_ms: Option<u64>,
+    /// Run every cell over IPv6 (the routers are stateful firewalls).
+    pub ipv6: bool,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     pub jitter_ms: u64,
     pub loss_percent: f64,
@@ -116,8 +118,15 @@ pub async fn run(
                 .or_default() += 1;
         }
     }
-    let made_in = |cell: Cell, path: PathKind| {
+    let names = |cell: Cell| {
         let (a, b) = cell.names();
+        match config.ipv6 {
+            true => (format!("{a} (IPv6)"), format!("{b} (IPv6)")),
+            false => (a, b),
+        }
+    };
+    let made_in = |cell: Cell, path: PathKind| {
+        let (a, b) = names(cell);
         made.get(&(a, b, path)).copied().unwrap_or_default()
     };
     let total = (config.cells.len() * config.paths.len()) as u64 * u64::from(config.tries);
@@ -154,6 +163,19 @@ pub async fn run(
             loss_percent: config.loss_percent,
         };
         let lab = match cell {
+            Cell::Apart(nat_alice, nat_bob) if config.ipv6 => {
+                let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
+                scenario::InLab::start_ipv6(
+                    nat_alice,
+                    nat_bob,
+                    shape(config.delay_ms),
+                    shape(bob_delay),
+                )
+                .await?
+            }
+            Cell::SameRouter(_) if config.ipv6 => {
+                anyhow::bail!("--ipv6 runs two routers only (no --same-router cells yet)")
+            }
             Cell::Apart(nat_alice, nat_bob) => {
                 let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
                 scenario::InLab::start_shaped(
@@ -168,7 +190,7 @@ pub async fn run(
                 scenario::InLab::start_behind_one_nat(nat, shape(config.delay_ms)).await?
             }
         };
-        let (nat_alice, nat_bob) = cell.names();
+        let (nat_alice, nat_bob) = names(cell);
         'tries: for try_index in 0..config.tries {
             for &path in &config.paths {
                 if stop.load(Ordering::Relaxed) {
@@ -183,6 +205,7 @@ pub async fn run(
                     nat_bob: nat_bob.clone(),
                     delay_ms: config.delay_ms as f64,
                     bob_delay_ms: config.bob_delay_ms.map(|d| d as f64),
+                    ipv6: config.ipv6,
                     loss_percent: config.loss_percent,
                     jitter_ms: config.jitter_ms as f64,
                     try_index,
@@ -389,6 +412,7 @@ mod tests {
             paths: vec![PathKind::Native],
             delay_ms: 0,
             bob_delay_ms: None,
+            ipv6: false,
             jitter_ms,
             loss_percent: 0.0,
             tries: 2,
@@ -416,6 +440,7 @@ mod tests {
                 nat_bob: nat_bob.into(),
                 delay_ms: 20.0,
                 bob_delay_ms,
+                ipv6: false,
                 loss_percent: 0.0,
                 jitter_ms: 0.0,
                 try_index: 0,
@@ -447,6 +472,7 @@ mod tests {
             nat_bob: "home".into(),
             delay_ms: 0.0,
             bob_delay_ms: None,
+            ipv6: false,
             loss_percent: 0.0,
             jitter_ms: 10.0,
             try_index: 0,

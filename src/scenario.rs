@@ -163,6 +163,8 @@ pub struct Running {
     pub coordinator: crate::native::client::CoordinatorEndpoint,
     pub bob_id: NodeId,
     allow_private: bool,
+    /// Alice binds the family the others listen on (IPv6 in an IPv6 run).
+    ipv6: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -182,9 +184,8 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
     let (relay_place, relay_ip) = places.relay;
     let (relay_tx, relay_rx) = tokio::sync::oneshot::channel();
     tasks.push(relay_place.spawn(async move {
-        let listen: Multiaddr = format!("/ip4/{relay_ip}/tcp/{}", ports.relay)
-            .parse()
-            .expect("valid");
+        let listen =
+            Multiaddr::from(relay_ip).with(::libp2p::multiaddr::Protocol::Tcp(ports.relay));
         match RelayServer::start(
             identity::Keypair::generate_ed25519(),
             listen,
@@ -338,6 +339,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         coordinator,
         bob_id,
         allow_private,
+        ipv6: places.relay.1.is_ipv6(),
         tasks,
     })
 }
@@ -346,12 +348,17 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
 /// does it.
 pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Outcome {
     let allow_private = running.allow_private;
+    let any: IpAddr = if running.ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
     let circuit = running.circuit.clone();
     let stock_circuit = running.stock_circuit.clone();
     let (coordinator, bob_id) = (running.coordinator, running.bob_id);
     alice
         .run(async move {
-            let alice = match node(Ipv4Addr::UNSPECIFIED.into(), 0) {
+            let alice = match node(any, 0) {
                 Ok(n) => n,
                 Err(e) => {
                     return Outcome::failed(
@@ -437,6 +444,22 @@ impl InLab {
             .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
     }
 
+    /// The same over IPv6: every role listens and dials on its IPv6
+    /// address, and the routers are stateful firewalls, not NATs
+    /// (`NatProfile::firewall6`).
+    pub async fn start_ipv6(
+        nat_alice: crate::lab::NatProfile,
+        nat_bob: crate::lab::NatProfile,
+        shape_alice: crate::lab::LinkShape,
+        shape_bob: crate::lab::LinkShape,
+    ) -> Result<InLab> {
+        let (lab, t) =
+            crate::lab::Lab::two_nats_shaped(nat_alice, nat_bob, shape_alice, shape_bob)?;
+        Self::start_family(lab, t, true)
+            .await
+            .with_context(|| format!("starting the IPv6 scenario for {nat_alice} vs {nat_bob}"))
+    }
+
     /// The same with each NAT's link shaped on its own.
     pub async fn start_shaped(
         nat_alice: crate::lab::NatProfile,
@@ -463,6 +486,29 @@ impl InLab {
     }
 
     async fn start_in(lab: crate::lab::Lab, t: crate::lab::TwoNats) -> Result<InLab> {
+        Self::start_family(lab, t, false).await
+    }
+
+    async fn start_family(
+        lab: crate::lab::Lab,
+        t: crate::lab::TwoNats,
+        ipv6: bool,
+    ) -> Result<InLab> {
+        let ip_of = |host: &crate::lab::Host| -> Result<IpAddr> {
+            if !ipv6 {
+                return Ok(host.ip.into());
+            }
+            host.ip6.map(IpAddr::from).with_context(|| {
+                format!("{} has no IPv6 address (behind a carrier NAT?)", host.name)
+            })
+        };
+        let any: IpAddr = if ipv6 {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        ip_of(&t.alice)?;
+        ip_of(&t.bob)?;
         let (relay_rt, coordinator_rt, bob_rt, alice_rt) = (
             lab.runtime(&t.relay)?,
             lab.runtime(&t.coordinator)?,
@@ -470,9 +516,9 @@ impl InLab {
             lab.runtime(&t.alice)?,
         );
         let places = Places {
-            relay: (Place::In(&relay_rt), t.relay.ip.into()),
-            coordinator: (Place::In(&coordinator_rt), t.coordinator.ip.into()),
-            bob: (Place::In(&bob_rt), Ipv4Addr::UNSPECIFIED.into()),
+            relay: (Place::In(&relay_rt), ip_of(&t.relay)?),
+            coordinator: (Place::In(&coordinator_rt), ip_of(&t.coordinator)?),
+            bob: (Place::In(&bob_rt), any),
             alice: Place::In(&alice_rt),
             allow_private: false,
             ports: Ports::FIXED,

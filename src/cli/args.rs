@@ -391,6 +391,10 @@ pub(crate) enum LabCommand {
         /// One-way delay on Bob's NAT's link instead (asymmetric paths), ms.
         #[arg(long, value_name = "MS")]
         bob_delay_ms: Option<u64>,
+        /// Every cell over IPv6: the routers route it through a stateful
+        /// firewall (drop, or reject for `*-rst` profiles) instead of NAT.
+        #[arg(long)]
+        ipv6: bool,
         /// Each packet's delay is drawn from delay ± this, ms (packets may
         /// overtake each other, as with netem).
         #[arg(long, default_value_t = 0)]

@@ -112,6 +112,7 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             path,
             delay_ms,
             bob_delay_ms,
+            ipv6,
             jitter_ms,
             loss,
             tries,
@@ -120,7 +121,7 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
         } => {
             let cells = matrix_cells(alice, bob, same_router);
             let shape = (delay_ms, bob_delay_ms, jitter_ms, loss);
-            run_matrix(cells, path, shape, tries, out, resume).await
+            run_matrix(cells, path, shape, ipv6, tries, out, resume).await
         }
         LabCommand::Scale {
             clients,
@@ -227,6 +228,7 @@ pub(crate) async fn run_matrix(
     cells: Vec<bitpunch::matrix::Cell>,
     paths: Vec<bitpunch::scenario::PathKind>,
     (delay_ms, bob_delay_ms, jitter_ms, loss): (u64, Option<u64>, u64, f64),
+    ipv6: bool,
     tries: u32,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
@@ -250,6 +252,7 @@ pub(crate) async fn run_matrix(
         },
         delay_ms,
         bob_delay_ms,
+        ipv6,
         jitter_ms,
         loss_percent: loss,
         tries: tries.max(1),

@@ -18,7 +18,7 @@ pub mod netns;
 pub mod probe;
 pub mod shape;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -66,6 +66,10 @@ pub struct Host {
     pub name: String,
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address: every lab is dual-stack, and IPv6 crosses the
+    /// routers untranslated, through their stateful firewall
+    /// (`NatProfile::firewall6`). `None` behind a carrier-grade NAT.
+    pub ip6: Option<Ipv6Addr>,
     /// The internet-side interface of the link this host (or its router)
     /// hangs off, for shaping.
     pub link: String,
@@ -77,6 +81,8 @@ pub struct Router {
     pub ns: String,
     pub public_ip: Ipv4Addr,
     pub lan: (Ipv4Addr, u8),
+    /// The LAN's IPv6 /64 (the router is `::1`), when it has one.
+    pub lan6: Option<Ipv6Addr>,
     pub profile: NatProfile,
     pub link: String,
     hosts: u8,
@@ -124,6 +130,7 @@ impl Lab {
         let inet = lab.inet.clone();
         lab.add_namespace(&inet)?;
         lab.sysctl(&inet, "net.ipv4.ip_forward=1")?;
+        lab.sysctl(&inet, "net.ipv6.conf.all.forwarding=1")?;
         lab.apply_link_rules()?;
         Ok(lab)
     }
@@ -167,14 +174,15 @@ impl Lab {
     }
 
     /// Connects `ns` to the internet over a /30 of `subnet` (third octet
-    /// fixed); returns (internet-side dev, the namespace's address).
+    /// fixed) and an IPv6 /64 of its own; returns (internet-side dev, the
+    /// namespace's IPv4 address, its IPv6 address).
     fn attach(
         &mut self,
         ns: &str,
         dev: &str,
         subnet: [u8; 3],
         slot: u8,
-    ) -> Result<(String, Ipv4Addr)> {
+    ) -> Result<(String, Ipv4Addr, Ipv6Addr)> {
         let inet_dev = format!("l{}", self.links.len());
         let [a, b, c] = subnet;
         let gw = Ipv4Addr::new(a, b, c, slot * 4 + 1);
@@ -187,13 +195,46 @@ impl Lab {
         )?;
         self.ip(ns, &["addr", "add", &format!("{addr}/30"), "dev", dev])?;
         self.ip(ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        let link_index = self.links.len() as u16;
+        let gw6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, link_index, 0, 0, 0, 1);
+        let addr6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, link_index, 0, 0, 0, 2);
+        // `nodad`: no duplicate address detection, which would keep the
+        // address tentative (unusable) for a second or two.
+        self.ip(
+            &inet,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                &inet_dev,
+                "nodad",
+            ],
+        )?;
+        self.ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        )?;
+        self.ip(
+            ns,
+            &["-6", "route", "add", "default", "via", &gw6.to_string()],
+        )?;
         self.links.push(Link {
             dev: inet_dev.clone(),
             far: (ns.to_string(), dev.to_string()),
-            queue: self.links.len() as u16,
+            queue: link_index,
             shape: LinkShape::default(),
         });
-        Ok((inet_dev, addr))
+        Ok((inet_dev, addr, addr6))
     }
 
     /// A host with a public address (relay, coordinator, echo server).
@@ -203,12 +244,13 @@ impl Lab {
         }
         let ns = format!("{}{name}", self.prefix);
         self.add_namespace(&ns)?;
-        let (link, ip) = self.attach(&ns, "eth0", [192, 0, 2], self.publics)?;
+        let (link, ip, ip6) = self.attach(&ns, "eth0", [192, 0, 2], self.publics)?;
         self.publics += 1;
         Ok(Host {
             name: name.into(),
             ns,
             ip,
+            ip6: Some(ip6),
             link,
         })
     }
@@ -227,7 +269,7 @@ impl Lab {
         let ns = format!("{}{name}", self.prefix);
         self.add_namespace(&ns)?;
         let index = self.routers;
-        let (link, public_ip) = self.attach(&ns, "wan", [203, 0, 113], index)?;
+        let (link, public_ip, wan6) = self.attach(&ns, "wan", [203, 0, 113], index)?;
         self.routers += 1;
         // A carrier's subscribers are in the shared address space
         // (100.64.0.0/10, RFC 6598), a home's in a private one.
@@ -236,7 +278,48 @@ impl Lab {
         } else {
             Ipv4Addr::new(10, index + 1, 0, 0)
         };
-        self.finish_router(name, public_ip, public_ip, (lan, 24), profile, link)
+        let mut router =
+            self.finish_router(name, public_ip, public_ip, (lan, 24), profile, link)?;
+        // IPv6 is routed, not translated: the LAN gets a /64 of its own,
+        // the internet a route to it, the router a stateful firewall (a
+        // carrier's subscribers get none: see `Host::ip6`).
+        if profile != nat::CARRIER {
+            let lan6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 0);
+            let gateway6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 1);
+            self.ip(
+                &router.ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{gateway6}/64"),
+                    "dev",
+                    "lan",
+                    "nodad",
+                ],
+            )?;
+            self.sysctl(&router.ns, "net.ipv6.conf.all.forwarding=1")?;
+            let inet = self.inet.clone();
+            self.ip(
+                &inet,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{lan6}/64"),
+                    "via",
+                    &wan6.to_string(),
+                ],
+            )?;
+            netns::run_with_input(
+                "ip",
+                &["netns", "exec", &router.ns, "nft", "-f", "-"],
+                Some(&profile.firewall6("bitpunch_fw6")),
+            )
+            .with_context(|| format!("loading the {profile} IPv6 firewall"))?;
+            router.lan6 = Some(lan6);
+        }
+        Ok(router)
     }
 
     /// A NAT router whose WAN is a host on `upstream`'s LAN.
@@ -288,6 +371,7 @@ impl Lab {
             ns: ns.to_string(),
             public_ip,
             lan,
+            lan6: None,
             profile,
             link,
             hosts: 0,
@@ -328,10 +412,44 @@ impl Lab {
         let ns = format!("{}{name}", self.prefix);
         self.add_namespace(&ns)?;
         let ip = self.plug_into(router, &ns, "eth0")?;
+        let ip6 = match router.lan6 {
+            Some(lan6) => {
+                let [a, b, c, d, ..] = lan6.segments();
+                let last = u16::from(ip.octets()[3]);
+                let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, last);
+                self.ip(
+                    &ns,
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{ip6}/64"),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                    ],
+                )?;
+                let gateway6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1);
+                self.ip(
+                    &ns,
+                    &[
+                        "-6",
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &gateway6.to_string(),
+                    ],
+                )?;
+                Some(ip6)
+            }
+            None => None,
+        };
         Ok(Host {
             name: name.into(),
             ns,
             ip,
+            ip6,
             link: router.link.clone(),
         })
     }
@@ -389,7 +507,7 @@ impl Lab {
             .collect();
         // Replace atomically: delete and re-create the table in one transaction.
         let script = format!(
-            "table ip bitpunch_links\ndelete table ip bitpunch_links\n{}",
+            "table inet bitpunch_links\ndelete table inet bitpunch_links\n{}",
             shape::loss_rules(&links)
         );
         netns::run_with_input(
@@ -398,11 +516,15 @@ impl Lab {
             Some(&script),
         )?;
         if self.backend == Some(DelayBackend::Nfqueue) {
-            netns::run_with_input(
-                "ip",
-                &["netns", "exec", &self.inet, "iptables-nft-restore"],
-                Some(&shape::queue_rules(&links)),
-            )?;
+            // The delayer holds packets of either family; each family's
+            // packets are queued by its own table.
+            for restore in ["iptables-nft-restore", "ip6tables-nft-restore"] {
+                netns::run_with_input(
+                    "ip",
+                    &["netns", "exec", &self.inet, restore],
+                    Some(&shape::queue_rules(&links)),
+                )?;
+            }
         }
         Ok(())
     }

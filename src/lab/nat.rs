@@ -257,6 +257,29 @@ impl NatProfile {
         all
     }
 
+    /// The router's IPv6 firewall: IPv6 is routed, not translated, so what
+    /// a home router does to it is stateful filtering (RFC 6092): replies
+    /// and connections the inside opened pass; an unsolicited inbound SYN
+    /// is dropped or refused with an RST, as the profile's `unsolicited`
+    /// says. A profile with endpoint-independent filtering ("full cone")
+    /// lets everything in.
+    pub fn firewall6(&self, table: &str) -> String {
+        let mut r = format!(
+            "table ip6 {table} {{\n  chain forward {{ type filter hook forward priority filter; policy accept;\n"
+        );
+        if self.filtering != Filtering::EndpointIndependent {
+            r.push_str("    iifname \"wan\" ct state established,related accept\n");
+            r.push_str(match self.unsolicited {
+                Unsolicited::Drop => "    iifname \"wan\" ct state new drop\n",
+                Unsolicited::Rst => {
+                    "    iifname \"wan\" meta l4proto tcp ct state new reject with tcp reset\n    iifname \"wan\" ct state new drop\n"
+                }
+            });
+        }
+        r.push_str("  }\n}\n");
+        r
+    }
+
     /// The nftables ruleset for a router whose public address is `public_ip`
     /// on interface `wan` and whose LAN is `lan` on interface `lan`.
     pub fn ruleset(&self, table: &str, public_ip: Ipv4Addr, lan: (Ipv4Addr, u8)) -> String {
@@ -481,5 +504,11 @@ mod tests {
         assert!(rules("symmetric".parse().unwrap()).contains("masquerade random"));
         assert!(rules("symmetric-seq".parse().unwrap()).contains("numgen inc"));
         assert!(rules("home/hairpin".parse().unwrap()).contains("iifname \"lan\""));
+        let home: NatProfile = "home".parse().unwrap();
+        assert!(home.firewall6("f").contains("ct state new drop"));
+        let home_rst: NatProfile = "home-rst".parse().unwrap();
+        assert!(home_rst.firewall6("f").contains("reject with tcp reset"));
+        let open: NatProfile = "full-cone".parse().unwrap();
+        assert!(!open.firewall6("f").contains("ct state"));
     }
 }

@@ -126,7 +126,7 @@ pub fn loss_rules(links: &[(String, u16, LinkShape)]) -> String {
         }
     }
     format!(
-        "table ip bitpunch_links {{\n  chain forward {{ type filter hook forward priority filter; policy accept;\n{forward}  }}\n  chain postrouting {{ type filter hook postrouting priority filter; policy accept;\n{post}  }}\n}}\n"
+        "table inet bitpunch_links {{\n  chain forward {{ type filter hook forward priority filter; policy accept;\n{forward}  }}\n  chain postrouting {{ type filter hook postrouting priority filter; policy accept;\n{post}  }}\n}}\n"
     )
 }
 

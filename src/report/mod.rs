@@ -107,6 +107,9 @@ pub struct LabContext {
     /// Bob's NAT's link, when it differs from Alice's (`--bob-delay-ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bob_delay_ms: Option<f64>,
+    /// The run was over IPv6 (`lab run --ipv6`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
     pub loss_percent: f64,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     #[serde(default)]
