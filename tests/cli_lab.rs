@@ -220,3 +220,53 @@ fn a_small_lab_run_writes_records_a_matching_summary_and_plots() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The cells and conditions added for issue 15, end to end through the
+/// CLI: one router for both nodes, a carrier NAT, asymmetric delays, IPv6.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[test]
+fn lab_run_takes_same_router_carrier_asymmetric_and_ipv6_cells() {
+    require_lab!();
+    let run = |args: &[&str]| {
+        let out = std::env::temp_dir().join(format!(
+            "bitpunch-lab-cells-{}-{}",
+            std::process::id(),
+            args.join("_").replace('/', "-")
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        let status = std::process::Command::new(BIN)
+            .args(["lab", "run", "--tries", "1", "--path", "native", "-q"])
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+        let records =
+            bitpunch::matrix::read_jsonl(&out.join("records.jsonl")).expect("records parse");
+        let _ = std::fs::remove_dir_all(&out);
+        records
+    };
+    let same = run(&["--same-router", "home"]);
+    assert_eq!(same.len(), 1);
+    let lab = same[0].lab.clone().unwrap();
+    assert!(same[0].ok, "{}", same[0].to_json());
+    assert_eq!(lab.nat_bob, bitpunch::matrix::SAME_ROUTER);
+
+    let carrier = run(&["--alice", "cgn", "--bob", "home", "--bob-delay-ms", "5"]);
+    assert_eq!(carrier.len(), 1);
+    let lab = carrier[0].lab.clone().unwrap();
+    assert!(carrier[0].ok, "{}", carrier[0].to_json());
+    assert_eq!(lab.nat_alice, "eim/apdf/drop/cgn");
+    assert_eq!(lab.bob_delay_ms, Some(5.0));
+
+    let v6 = run(&["--alice", "home", "--bob", "home-rst", "--ipv6"]);
+    assert_eq!(v6.len(), 1);
+    let lab = v6[0].lab.clone().unwrap();
+    assert!(v6[0].ok, "{}", v6[0].to_json());
+    assert!(lab.ipv6 && lab.nat_alice.ends_with("(IPv6)"));
+    assert!(v6[0].remote.clone().unwrap_or_default().starts_with('['));
+}
