@@ -116,53 +116,23 @@ impl Libp2pPunchContext {
         let Some(observed) = offer.first().and_then(super::transport::socket_addr) else {
             return Vec::new();
         };
-        let Some(relay) = relay_endpoint(via) else {
-            return Vec::new();
-        };
-        let Some(probe) = relay
-            .port()
-            .checked_add(1)
-            .map(|p| SocketAddr::new(relay.ip(), p))
+        let Some(probe) = relay_endpoint(via)
+            .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))
         else {
             return Vec::new();
         };
-        let known = self
-            .known_nat
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.endpoint_independent.load(Relaxed)
-            || !crate::punch::predict::worth_probing(self.port.port(), observed, known.as_ref())
-        {
-            return Vec::new();
-        }
-        let Some(local) = self
-            .port
-            .local_addrs()
-            .iter()
-            .find(|a| a.is_ipv4() == probe.is_ipv4())
-            .copied()
-        else {
-            return Vec::new();
+        let own = punch::OwnPrediction {
+            port: &self.port,
+            observed,
+            probe,
+            known: &self.known_nat,
+            endpoint_independent: &self.endpoint_independent,
+            timeout: Duration::from_secs(1),
         };
-        // A relay that does not answer probes (not ours) costs at most this,
-        // and only to a node whose NAT changed its port.
-        match crate::nat::observe(local, probe, Duration::from_secs(1)).await {
-            Ok(latest) => {
-                if latest == observed {
-                    self.endpoint_independent.store(true, Relaxed);
-                }
-                let ports = crate::punch::predict::window(observed, latest, known.as_ref())
-                    .unwrap_or_default();
-                tracing::debug!(%latest, ?ports, "port prediction: offering the next ports");
-                ports
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "port prediction: the relay's probe did not answer");
-                Vec::new()
-            }
-        }
+        own.ports()
+            .await
+            .map(|(_, ports)| ports)
+            .unwrap_or_default()
     }
 
     async fn observed_offer(&self) -> Vec<Multiaddr> {

@@ -194,45 +194,20 @@ async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
     let Some(prediction) = &ctx.prediction else {
         return Vec::new();
     };
-    let known = ctx
-        .known_nat
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let Some(local) = ctx
-        .port
-        .local_addrs()
-        .iter()
-        .find(|a| a.is_ipv4() == prediction.probe.is_ipv4())
-        .copied()
-    else {
+    let own = punch::OwnPrediction {
+        port: &ctx.port,
+        observed: prediction.observed,
+        probe: prediction.probe,
+        known: &ctx.known_nat,
+        endpoint_independent: &prediction.endpoint_independent,
+        timeout: ctx
+            .coordinator_rtt
+            .saturating_mul(4)
+            .clamp(Duration::from_millis(300), Duration::from_secs(2)),
+    };
+    let Some((latest, ports)) = own.ports().await else {
         return Vec::new();
     };
-    use std::sync::atomic::Ordering::Relaxed;
-    if prediction.endpoint_independent.load(Relaxed)
-        || !crate::punch::predict::worth_probing(local.port(), prediction.observed, known.as_ref())
-    {
-        return Vec::new();
-    }
-    let timeout = ctx
-        .coordinator_rtt
-        .saturating_mul(4)
-        .clamp(Duration::from_millis(300), Duration::from_secs(2));
-    let latest = match crate::nat::observe(local, prediction.probe, timeout).await {
-        Ok(latest) => latest,
-        Err(e) => {
-            tracing::debug!(error = %e, "port prediction: the probe did not answer");
-            return Vec::new();
-        }
-    };
-    if latest == prediction.observed {
-        prediction.endpoint_independent.store(true, Relaxed);
-    }
-    let Some(ports) = crate::punch::predict::window(prediction.observed, latest, known.as_ref())
-    else {
-        return Vec::new();
-    };
-    tracing::debug!(%latest, ?ports, request = order.request, "port prediction: telling the peer");
     prediction
         .link
         .predict(order.request, latest.ip(), ports.clone())

@@ -48,6 +48,61 @@ pub struct PunchPlan {
     pub pick_where_peer_speaks: bool,
 }
 
+/// What one punch's port prediction works from (crate::punch::predict).
+pub struct OwnPrediction<'a> {
+    /// The shared port the punch leaves from.
+    pub port: &'a SharedPort,
+    /// Where the coordinator or relay sees the shared port.
+    pub observed: SocketAddr,
+    /// A NAT probe server (the coordinator's or relay's port + 1).
+    pub probe: SocketAddr,
+    /// What `bitpunch nat` last found.
+    pub known: &'a crate::nat::NatMemory,
+    /// Set once a probe showed an endpoint-independent mapping: no later
+    /// punch over the same link probes again.
+    pub endpoint_independent: &'a std::sync::atomic::AtomicBool,
+    pub timeout: std::time::Duration,
+}
+
+impl OwnPrediction<'_> {
+    /// The ports our punch will likely get, when we may be behind a
+    /// sequential symmetric NAT: one probe from the shared port shows the
+    /// latest mapping, and the ports that follow it are the prediction.
+    /// `None` when no probe is worth making, the probe fails, or it shows
+    /// no sequence. Make it just before the punch's first SYN.
+    pub async fn ports(&self) -> Option<(SocketAddr, Vec<u16>)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let local = self
+            .port
+            .local_addrs()
+            .iter()
+            .find(|a| a.is_ipv4() == self.probe.is_ipv4())
+            .copied()?;
+        if self.endpoint_independent.load(Relaxed)
+            || !predict::worth_probing(local.port(), self.observed, known.as_ref())
+        {
+            return None;
+        }
+        let latest = match crate::nat::observe(local, self.probe, self.timeout).await {
+            Ok(latest) => latest,
+            Err(e) => {
+                // A probe server that is not there (a relay that is not
+                // bitpunch's) costs at most the timeout, and only to a node
+                // whose NAT changed its port.
+                tracing::debug!(probe = %self.probe, error = %e, "port prediction: no answer from the probe");
+                return None;
+            }
+        };
+        if latest == self.observed {
+            self.endpoint_independent.store(true, Relaxed);
+        }
+        let ports = predict::window(self.observed, latest, known.as_ref())?;
+        tracing::debug!(%latest, ?ports, "port prediction: our punch's likely ports");
+        Some((latest, ports))
+    }
+}
+
 /// Candidates known only after the punch began. Each is claimed and
 /// dialed once when it arrives (not again each attempt: a pending SYN to a
 /// predicted port is the peer's way in whenever its own SYN leaves from
