@@ -94,6 +94,16 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<Outcome>> {
+    if config.ipv6
+        && config
+            .cells
+            .iter()
+            .any(|c| matches!(c, Cell::SameRouter(_)))
+    {
+        anyhow::bail!(
+            "--ipv6 runs cells with two routers only (no --same-router cells over IPv6 yet)"
+        );
+    }
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
     let jsonl_path = config.out_dir.join("records.jsonl");
@@ -163,28 +173,10 @@ pub async fn run(
             loss_percent: config.loss_percent,
         };
         let lab = match cell {
-            Cell::Apart(nat_alice, nat_bob) if config.ipv6 => {
-                let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
-                scenario::InLab::start_ipv6(
-                    nat_alice,
-                    nat_bob,
-                    shape(config.delay_ms),
-                    shape(bob_delay),
-                )
-                .await?
-            }
-            Cell::SameRouter(_) if config.ipv6 => {
-                anyhow::bail!("--ipv6 runs two routers only (no --same-router cells yet)")
-            }
             Cell::Apart(nat_alice, nat_bob) => {
                 let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
-                scenario::InLab::start_shaped(
-                    nat_alice,
-                    nat_bob,
-                    shape(config.delay_ms),
-                    shape(bob_delay),
-                )
-                .await?
+                let shapes = (shape(config.delay_ms), shape(bob_delay));
+                scenario::InLab::start_shaped(nat_alice, nat_bob, shapes, config.ipv6).await?
             }
             Cell::SameRouter(nat) => {
                 scenario::InLab::start_behind_one_nat(nat, shape(config.delay_ms)).await?

@@ -444,34 +444,21 @@ impl InLab {
             .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
     }
 
-    /// The same over IPv6: every role listens and dials on its IPv6
-    /// address, and the routers are stateful firewalls, not NATs
-    /// (`NatProfile::firewall6`).
-    pub async fn start_ipv6(
-        nat_alice: crate::lab::NatProfile,
-        nat_bob: crate::lab::NatProfile,
-        shape_alice: crate::lab::LinkShape,
-        shape_bob: crate::lab::LinkShape,
-    ) -> Result<InLab> {
-        let (lab, t) =
-            crate::lab::Lab::two_nats_shaped(nat_alice, nat_bob, shape_alice, shape_bob)?;
-        Self::start_family(lab, t, true)
-            .await
-            .with_context(|| format!("starting the IPv6 scenario for {nat_alice} vs {nat_bob}"))
-    }
-
-    /// The same with each NAT's link shaped on its own.
+    /// Each NAT's link shaped on its own; over IPv6 when `ipv6` (every
+    /// role listens and dials on its IPv6 address, and the routers are
+    /// stateful firewalls, not NATs: `NatProfile::firewall6`).
     pub async fn start_shaped(
         nat_alice: crate::lab::NatProfile,
         nat_bob: crate::lab::NatProfile,
-        shape_alice: crate::lab::LinkShape,
-        shape_bob: crate::lab::LinkShape,
+        (shape_alice, shape_bob): (crate::lab::LinkShape, crate::lab::LinkShape),
+        ipv6: bool,
     ) -> Result<InLab> {
         let (lab, t) =
             crate::lab::Lab::two_nats_shaped(nat_alice, nat_bob, shape_alice, shape_bob)?;
-        Self::start_in(lab, t)
+        let family = if ipv6 { "IPv6" } else { "IPv4" };
+        Self::start_family(lab, t, ipv6)
             .await
-            .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
+            .with_context(|| format!("starting the {family} scenario for {nat_alice} vs {nat_bob}"))
     }
 
     /// Alice and Bob behind one NAT ([`crate::lab::Lab::one_nat`]).

@@ -20,7 +20,7 @@ async fn both_paths_punch_through_ipv6_firewalls_that_drop_or_refuse() {
     for profile in ["home", "home-rst"] {
         let firewall = profile.parse().unwrap();
         let shape = LinkShape::delay_ms(20);
-        let lab = InLab::start_ipv6(firewall, firewall, shape, shape)
+        let lab = InLab::start_shaped(firewall, firewall, (shape, shape), true)
             .await
             .unwrap();
         let bob = lab.topology.bob.ip6.expect("Bob has an IPv6 address");
