@@ -55,14 +55,14 @@ impl NodeConnector {
                          (--coordinator, or bitpunch.toml), or connect without a running node"
                     );
                 };
-                let mut ctx = PunchContext::over(
+                let ctx = PunchContext::over(
                     self.port.clone(),
                     self.router.clone(),
                     self.key.clone(),
                     self.session.clone(),
                     &link,
+                    self.handle.nat_memory(),
                 );
-                ctx.known_nat = self.handle.nat_memory();
                 let outcome = crate::native::connect_with(&ctx, &link, *peer, asked).await;
                 let adopted = match outcome.session {
                     Some(s) => self.adopt(SessionPath::Native, s).await,
@@ -164,9 +164,9 @@ impl NodeConnector {
                         self.key.clone(),
                         self.session.clone(),
                         &link,
+                        self.handle.nat_memory(),
                     );
                     ctx.ending = ending.clone();
-                    ctx.known_nat = self.handle.nat_memory();
                     let outcome = crate::native::connect_with(&ctx, &link, *id, asked).await;
                     let record = self.settle(outcome.record, outcome.spliced).await;
                     let unknown_here = record.failed_at == Some(Stage::Coordination);

@@ -258,6 +258,7 @@ async fn punches_through_a_registered_node_are_one_request_each() {
                 key,
                 session(),
                 &access,
+                node.handle().nat_memory(),
             );
             let mut records = Vec::new();
             for _ in 0..20 {

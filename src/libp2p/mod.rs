@@ -34,6 +34,16 @@ pub fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
         .last()
 }
 
+/// The relay's own TCP endpoint in a relay or circuit address (what
+/// comes before any `/p2p-circuit`).
+pub fn relay_endpoint(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
+    let relay: Multiaddr = addr
+        .iter()
+        .take_while(|p| !matches!(p, Protocol::P2pCircuit))
+        .collect();
+    transport::socket_addr(&relay)
+}
+
 /// The peer id at the end of a circuit address
 /// (`<relay>/p2p-circuit/p2p/<peer>`), if it is one.
 pub fn circuit_peer(addr: &Multiaddr) -> Option<PeerId> {

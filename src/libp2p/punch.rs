@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::libp2p::multiaddr::Protocol;
 use ::libp2p::{identity, Multiaddr, PeerId};
 use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use tokio::time::Instant;
@@ -116,7 +115,7 @@ impl Libp2pPunchContext {
         let Some(observed) = offer.first().and_then(super::transport::socket_addr) else {
             return Vec::new();
         };
-        let Some(probe) = relay_endpoint(via)
+        let Some(probe) = super::relay_endpoint(via)
             .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))
         else {
             return Vec::new();
@@ -172,20 +171,6 @@ impl Libp2pPunchContext {
             }
         }
         observed
-    }
-}
-
-/// The relay's own endpoint at the front of a circuit address.
-fn relay_endpoint(via: &Multiaddr) -> Option<SocketAddr> {
-    let mut parts = via.iter();
-    let ip: std::net::IpAddr = match parts.next()? {
-        Protocol::Ip4(ip) => ip.into(),
-        Protocol::Ip6(ip) => ip.into(),
-        _ => return None,
-    };
-    match parts.next()? {
-        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
-        _ => None,
     }
 }
 

@@ -31,6 +31,7 @@ impl PunchContext {
         key: Arc<NodeKey>,
         session: SessionConfig,
         link: &LinkAccess,
+        known_nat: crate::nat::NatMemory,
     ) -> Self {
         PunchContext {
             port,
@@ -41,7 +42,7 @@ impl PunchContext {
             coordinator_rtt: link.rtt,
             ending: Default::default(),
             prediction: punch::PredictionLink::of(link),
-            known_nat: Default::default(),
+            known_nat,
         }
     }
 

@@ -104,7 +104,6 @@ pub async fn execute(
     let candidates: Vec<SocketAddr> = std::iter::once(order.peer)
         .chain(order.local.iter().copied())
         .collect();
-    record.candidates = candidates.iter().map(|c| c.to_string()).collect();
     record.t_ms.coordination = ms(received_at);
     // Before our first SYN, so that it takes the port we predict.
     record.predicted_ports = predict_our_ports(ctx, &order).await;

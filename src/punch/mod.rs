@@ -218,15 +218,16 @@ pub async fn punch_claimed(
                     dials = FuturesUnordered::new();
                     first_syn.get_or_insert_with(Instant::now);
                     for candidate in candidates {
-                        if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
-                            tracing::info!(%candidate, attempt, requester = %plan.requester, reason = %why, "punch: SYN refused by the punch budget");
-                            last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
-                            continue;
-                        }
                         tracing::debug!(%candidate, attempt, "punch: dialing");
-                        syns = syns.saturating_add(1);
-                        let dial = port.dial(candidate);
-                        dials.push(async move { (candidate, dial.await) });
+                        if let Some(dial) = charged_dial(
+                            port,
+                            &plan.requester,
+                            candidate,
+                            &mut syns,
+                            &mut last_error,
+                        ) {
+                            dials.push(dial);
+                        }
                     }
                     continue;
                 }
@@ -284,16 +285,13 @@ pub async fn punch_claimed(
                     if let Some(router) = &late_router {
                         expectations.push(router.expect_from(candidate));
                     }
-                    if let Err(why) = port.charge_syn(&plan.requester, candidate.ip()) {
-                        tracing::info!(%candidate, requester = %plan.requester, reason = %why, "punch: SYN to a predicted port refused by the punch budget");
-                        last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
-                        continue;
-                    }
                     tracing::debug!(%candidate, "punch: dialing a predicted port");
                     first_syn.get_or_insert_with(Instant::now);
-                    syns = syns.saturating_add(1);
-                    let dial = port.dial(candidate);
-                    held.push(async move { (candidate, dial.await) });
+                    if let Some(dial) =
+                        charged_dial(port, &plan.requester, candidate, &mut syns, &mut last_error)
+                    {
+                        held.push(dial);
+                    }
                 }
                 None
             }
@@ -319,13 +317,16 @@ pub async fn punch_claimed(
                     // (the loop goes on while the responder waits for the
                     // initiator to speak).
                     expectations.retain(|e| !e.inbound.is_terminated());
+                    // What the accept loop already read is the peer
+                    // speaking.
+                    let peer_spoke = !inbound.stream.pending_prefix().is_empty();
                     Some(Connection {
-                    stream: inbound.stream,
-                    local: inbound.local,
-                    remote: inbound.remote,
-                    won_by: WonBy::Accept,
-                    established: inbound.accepted_at,
-                    peer_spoke: false,
+                        stream: inbound.stream,
+                        local: inbound.local,
+                        remote: inbound.remote,
+                        won_by: WonBy::Accept,
+                        established: inbound.accepted_at,
+                        peer_spoke,
                     })
                 }
                 Err(_) => {
@@ -345,13 +346,12 @@ pub async fn punch_claimed(
             }
         };
         let Some(connection) = up else { continue };
-        let spoken = !connection.stream.pending_prefix().is_empty();
         // With one candidate only one connection can come up (our connect
         // and the peer's are the same 4-tuple): no need to wait, which
         // would cost the initiator a one-way trip (its key and ours no
         // longer cross).
         let several_ways = all_candidates.len() > 1;
-        if plan.pick_where_peer_speaks && several_ways && !spoken && !connection.peer_spoke {
+        if plan.pick_where_peer_speaks && several_ways && !connection.peer_spoke {
             speaking.push(connection.wait_for_first_bytes());
             continue;
         }
@@ -367,6 +367,25 @@ pub async fn punch_claimed(
             syns,
         });
     }
+}
+
+/// Pays for one SYN to `candidate` from the punch budget and dials it;
+/// `None` (with the reason in `last_error`) when the budget refuses.
+fn charged_dial<'a>(
+    port: &'a SharedPort,
+    requester: &str,
+    candidate: SocketAddr,
+    syns: &mut u32,
+    last_error: &mut Option<String>,
+) -> Option<impl std::future::Future<Output = (SocketAddr, std::io::Result<TcpStream>)> + 'a> {
+    if let Err(why) = port.charge_syn(requester, candidate.ip()) {
+        tracing::info!(%candidate, %requester, reason = %why, "punch: SYN refused by the punch budget");
+        *last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
+        return None;
+    }
+    *syns = syns.saturating_add(1);
+    let dial = port.dial(candidate);
+    Some(async move { (candidate, dial.await) })
 }
 
 /// How long a responder whose schedule is over still waits for the
