@@ -32,9 +32,12 @@ pub struct BudgetConfig {
 }
 
 impl Default for BudgetConfig {
-    /// A punch is at most 3 attempts × 8 candidates, and an honest one has
-    /// 1–2 candidates: 24 a minute to one address is eight honest punches
-    /// there, and 300 in all is a hundred one-candidate punches.
+    /// A punch is at most 3 attempts × 8 candidates, plus up to 4 SYNs
+    /// again per attempt to a candidate that answered with a reset (a NAT
+    /// that refuses early SYNs), and an honest one has 1–2 candidates: 24 a
+    /// minute to one address is eight honest punches there (one, when its
+    /// NAT refuses every SYN), and 300 in all is a hundred one-candidate
+    /// punches.
     fn default() -> Self {
         BudgetConfig {
             per_address: 24,
