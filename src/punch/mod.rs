@@ -309,7 +309,7 @@ pub async fn punch_claimed(
                     tracing::debug!(%candidate, error = %e, "punch: attempt failed");
                     last_error = Some(e.to_string());
                     if e.kind() == std::io::ErrorKind::ConnectionRefused && redials_left > 0 {
-                        redials_left -= 1;
+                        redials_left = redials_left.saturating_sub(1);
                         let pause = redial_pause(dialed_at.elapsed(), rand::random());
                         tracing::debug!(%candidate, ?pause, "punch: refused, dialing again");
                         if let Some(dial) = charged_dial(
@@ -451,12 +451,11 @@ const MAX_REDIAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(2
 /// that the peer, often on the same few cores in a lab, is not starved while
 /// we wait (spinning here measured worse: 12 of 20 against 17 of 20 at 0 ms).
 async fn pause_briefly(pause: std::time::Duration) {
-    if pause >= std::time::Duration::from_millis(2) {
-        tokio::time::sleep(pause).await;
-    } else if tokio::task::spawn_blocking(move || std::thread::sleep(pause))
-        .await
-        .is_err()
-    {
+    let blocking_sleep = pause < std::time::Duration::from_millis(2)
+        && tokio::task::spawn_blocking(move || std::thread::sleep(pause))
+            .await
+            .is_ok();
+    if !blocking_sleep {
         tokio::time::sleep(pause).await;
     }
 }
