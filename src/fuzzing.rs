@@ -347,6 +347,11 @@ enum CoordinatorInput {
         conn: u8,
         ms: u16,
     },
+    /// `hpnat`: the class a node states, passed to its peers' orders.
+    Nat {
+        conn: u8,
+        class: u8,
+    },
     Wait {
         secs: u8,
     },
@@ -594,6 +599,21 @@ pub fn coordinator_machine(data: &[u8]) {
                     other => panic!("hpports answered with {other:?}"),
                 }
             }
+            CoordinatorInput::Nat { conn, class } => {
+                let actions = machine.handle(
+                    now,
+                    conn_of(conn),
+                    NativeMessage::Nat {
+                        class: nat_brief(class),
+                    },
+                    challenge,
+                );
+                // Kept, never answered; a sender not registered is closed.
+                assert!(
+                    matches!(&actions[..], [] | [CoordinatorAction::Close(..)]),
+                    "{actions:?}"
+                );
+            }
             CoordinatorInput::Rtt { conn, ms } => {
                 machine.rtt(conn_of(conn), Duration::from_millis(ms.into()));
             }
@@ -634,6 +654,24 @@ fn coordinator_request(
     if !is_connected {
         assert!(actions.is_empty(), "answered a stranger: {actions:?}");
         return false;
+    }
+    // A peer's NAT class goes to a side just before its order (or the
+    // own-network endpoints that precede it), for that request.
+    let mut i = 0;
+    while i < actions.len() {
+        if let Some(CoordinatorAction::Send(to, NativeMessage::PeerNat { request: r, .. })) =
+            actions.get(i)
+        {
+            assert_eq!(*r, u64::from(request));
+            let next = actions.get(i + 1);
+            assert!(
+                matches!(next, Some(CoordinatorAction::Send(next_to, NativeMessage::Punch { request: nr, .. } | NativeMessage::Candidates { request: nr, .. })) if next_to == to && nr == r),
+                "hppeernat not followed by its order: {actions:?}"
+            );
+            actions.remove(i);
+        } else {
+            i += 1;
+        }
     }
     // Own-network endpoints go to a side just before its order, at most
     // four.
@@ -717,6 +755,14 @@ enum ClientInput {
         ip: u8,
         v6: bool,
         ports: Vec<u16>,
+    },
+    PeerNat {
+        request: u8,
+        class: u8,
+    },
+    /// Our own classification, learned or changed.
+    SetNat {
+        class: u8,
     },
     Wait {
         ms: u16,
@@ -864,6 +910,27 @@ pub fn client_machine(data: &[u8]) {
                         .collect(),
                 },
             ),
+            ClientInput::PeerNat { request, class } => {
+                let events = client.handle(
+                    now,
+                    NativeMessage::PeerNat {
+                        request: request.into(),
+                        class: nat_brief(class),
+                    },
+                );
+                assert!(events.is_empty(), "{events:?}");
+                events
+            }
+            ClientInput::SetNat { class } => {
+                let class = nat_brief(class);
+                let told = client.set_nat(class);
+                if let Some(told) = &told {
+                    assert_eq!(told, &NativeMessage::Nat { class });
+                }
+                // Told at most once per class.
+                assert_eq!(client.set_nat(class), None);
+                told.map(ClientEvent::Send).into_iter().collect()
+            }
             ClientInput::Request { request, target } => {
                 let target = keys
                     .get(usize::from(target) % keys.len())
@@ -1064,5 +1131,30 @@ pub fn punch_schedule(data: &[u8]) {
             Step::GiveUp => gave_up = true,
         }
         assert!(dials <= config.attempts);
+    }
+}
+
+/// One of the NAT classes a node can state, picked by `pick`.
+fn nat_brief(pick: u8) -> crate::nat::NatBrief {
+    use crate::nat::{Allocation, MappingBehaviour, NatBrief};
+    let mapping = match pick % 3 {
+        0 => MappingBehaviour::EndpointIndependent,
+        1 => MappingBehaviour::AddressAndPortDependent,
+        _ => MappingBehaviour::None,
+    };
+    let allocation = match (pick / 3) % 3 {
+        0 => Allocation::Preserving,
+        1 => Allocation::Sequential(match pick % 4 {
+            0 => 1,
+            1 => 2,
+            2 => -1,
+            _ => 7,
+        }),
+        _ => Allocation::Random,
+    };
+    NatBrief {
+        mapping,
+        port_preserving: pick & 0x80 != 0,
+        allocation,
     }
 }

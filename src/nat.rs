@@ -139,6 +139,34 @@ impl NatClass {
     }
 }
 
+/// What a node tells its peers about its NAT (through its coordinator) and
+/// what records carry: the class without the observations behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatBrief {
+    pub mapping: MappingBehaviour,
+    pub port_preserving: bool,
+    pub allocation: Allocation,
+}
+
+impl NatClass {
+    pub fn brief(&self) -> NatBrief {
+        NatBrief {
+            mapping: self.mapping,
+            port_preserving: self.port_preserving,
+            allocation: self.allocation,
+        }
+    }
+}
+
+/// The brief of what `memory` holds, if the node has classified its NAT.
+pub fn brief_of(memory: &NatMemory) -> Option<NatBrief> {
+    memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(NatClass::brief)
+}
+
 /// Classifies the NAT in front of `local` (the shared port's address)
 /// from `link_observed` (where the coordinator sees our link) and the
 /// coordinator's probe server `probe` (on the coordinator's address).

@@ -311,6 +311,9 @@ impl NodeHandle {
         )
         .await?;
         *lock(&self.nat) = Some(class.clone());
+        for link in self.links() {
+            link.handle.tell_nat(class.brief());
+        }
         Ok(class)
     }
 
@@ -400,6 +403,9 @@ impl NodeHandle {
         let mut reach = lock(&self.reach);
         match now {
             Some((address, observed, link)) => {
+                if let Some(class) = crate::nat::brief_of(&self.nat) {
+                    link.handle.tell_nat(class);
+                }
                 lock(&self.links).insert(link.coordinator.id, link);
                 reach.coordinators.insert(
                     coordinator.to_string(),

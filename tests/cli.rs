@@ -877,6 +877,16 @@ fn connect_through_a_running_node_is_one_request_and_the_node_keeps_the_session(
     let mut alice_out = BufReader::new(alice.0.stdout.take().unwrap());
     let alice_listens = line_starting(&mut alice_out, "listening ");
     line_starting(&mut alice_out, "reachable as ");
+    // Both know their NAT (here: none), and tell the coordinator, which
+    // tells each side of an order the other's, for the records.
+    for node in ["alice", "bob"] {
+        let nat = bitpunch()
+            .args(["nat", "--data-dir"])
+            .arg(data.join(node))
+            .output()
+            .unwrap();
+        assert!(nat.status.success(), "{node}: {nat:?}");
+    }
 
     let through = connect(
         &bob,
@@ -889,6 +899,13 @@ fn connect_through_a_running_node_is_one_request_and_the_node_keeps_the_session(
     );
     let through: serde_json::Value = serde_json::from_slice(&through.stdout).unwrap();
     assert_eq!(through["path"], "native");
+    for side in ["nat_ours", "nat_peer"] {
+        assert_eq!(through[side]["mapping"], "none", "{side}: {through}");
+        assert_eq!(
+            through[side]["allocation"]["kind"], "preserving",
+            "{through}"
+        );
+    }
     assert_eq!(
         through["local"],
         alice_listens.as_str(),

@@ -187,6 +187,17 @@ fn failed(role: SessionRole, via: &Multiaddr, stage: Stage, error: String) -> Li
 /// B's side: `peer` reached us through the relay at `via`; open the
 /// exchange, punch, and be the BIP324 responder.
 pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -> Libp2pOutcome {
+    with_our_nat(ctx, exchange_as_b(ctx, peer, via).await)
+}
+
+/// Our NAT's class in the record, whatever became of the punch (the peer's
+/// has no field in DCUtR).
+fn with_our_nat(ctx: &Libp2pPunchContext, mut out: Libp2pOutcome) -> Libp2pOutcome {
+    out.record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
+    out
+}
+
+async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -> Libp2pOutcome {
     let asked = Instant::now();
     let role = SessionRole::Responder;
     let mut control = ctx.libp2p.control.clone();
@@ -329,6 +340,16 @@ pub async fn punch_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) 
 /// A's side: we dialed `peer` through `via`; wait for its exchange, punch,
 /// and be the BIP324 initiator. `asked`: when the connection was asked for.
 pub async fn punch_as_a(
+    ctx: &Libp2pPunchContext,
+    peer: PeerId,
+    via: Multiaddr,
+    asked: Instant,
+    stream: ::libp2p::Stream,
+) -> Libp2pOutcome {
+    with_our_nat(ctx, exchange_as_a(ctx, peer, via, asked, stream).await)
+}
+
+async fn exchange_as_a(
     ctx: &Libp2pPunchContext,
     peer: PeerId,
     via: Multiaddr,

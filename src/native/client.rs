@@ -114,6 +114,7 @@ enum Command {
         request: u64,
         result: PunchResult,
     },
+    TellNat(crate::nat::NatBrief),
     Predict {
         request: u64,
         ip: std::net::IpAddr,
@@ -377,6 +378,11 @@ impl CoordinatorLink {
                             let ask = client.request(Instant::now().into_std(), request, target);
                             writer.send(&ask.to_network()).await?;
                         }
+                        Some(Command::TellNat(class)) => {
+                            if let Some(m) = client.set_nat(class) {
+                                writer.send(&m.to_network()).await?;
+                            }
+                        }
                         Some(Command::Predict { request, ip, ports }) => {
                             if let Some(m) = client.predict(request, ip, ports) {
                                 writer.send(&m.to_network()).await?;
@@ -500,6 +506,15 @@ impl LinkHandle {
             .commands
             .send(Command::Predict { request, ip, ports })
             .await;
+    }
+
+    /// Tells the coordinator our NAT's class, now or once registered, for
+    /// the records of our peers. Dropped if the link is busy (it carries
+    /// the next one).
+    pub fn tell_nat(&self, class: crate::nat::NatBrief) {
+        if self.commands.try_send(Command::TellNat(class)).is_err() {
+            tracing::debug!("not telling the coordinator our NAT class: the link is busy or gone");
+        }
     }
 
     /// Tells the coordinator how a punch went.

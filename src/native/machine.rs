@@ -10,10 +10,11 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 
 use super::messages::{
     coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
-    FEATURES, FEATURE_LOCAL_CANDIDATES, FEATURE_PORT_PREDICTION, MAX_LOCAL_ENDPOINTS,
-    MAX_PREDICTED_PORTS, PROTOCOL_VERSION, REGISTER_TAG,
+    FEATURES, FEATURE_LOCAL_CANDIDATES, FEATURE_NAT_CLASS, FEATURE_PORT_PREDICTION,
+    MAX_LOCAL_ENDPOINTS, MAX_PREDICTED_PORTS, PROTOCOL_VERSION, REGISTER_TAG,
 };
 use crate::identity::{self, NodeId, NodeKey};
+use crate::nat::NatBrief;
 use crate::net::NetGroup;
 
 pub type ConnId = u64;
@@ -91,6 +92,8 @@ struct Peer {
     /// Its latest orders that may still carry predicted ports: (request,
     /// the peer's connection, when). One `hpports` each.
     predictable: VecDeque<(u64, ConnId, Instant)>,
+    /// Its NAT's class, as it stated it (`hpnat`): passed to its peers.
+    nat: Option<NatBrief>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +180,7 @@ impl Coordinator {
                 features: 0,
                 local: Vec::new(),
                 predictable: VecDeque::new(),
+                nat: None,
             },
         );
     }
@@ -398,6 +402,14 @@ impl Coordinator {
                 peer.local = endpoints;
                 vec![]
             }
+            NativeMessage::Nat { class } => {
+                if !matches!(peer.state, PeerState::Registered { .. }) {
+                    return vec![Close(conn, "hpnat before registration".into())];
+                }
+                // Fixed size, kept once per peer: a repeated one replaces it.
+                peer.nat = Some(class);
+                vec![]
+            }
             NativeMessage::Ports { ports, .. } if ports.is_empty() => vec![],
             NativeMessage::Ports { request, ip, ports } => {
                 let observed = peer.observed.ip();
@@ -452,7 +464,8 @@ impl Coordinator {
             | NativeMessage::Punch { .. }
             | NativeMessage::Fail { .. }
             | NativeMessage::Auth { .. }
-            | NativeMessage::Candidates { .. }) => {
+            | NativeMessage::Candidates { .. }
+            | NativeMessage::PeerNat { .. }) => {
                 vec![Close(
                     conn,
                     format!("{} is not for a coordinator", other.command()),
@@ -540,6 +553,18 @@ impl Coordinator {
             ),
             None => (None, None),
         };
+        let nat_for = |to: &Peer, of: &Peer| {
+            of.nat
+                .filter(|_| to.features & FEATURE_NAT_CLASS != 0)
+                .map(|class| NativeMessage::PeerNat { request, class })
+        };
+        let (nat_to_requester, nat_to_target) = match self.peers.get(&conn) {
+            Some(requester) => (
+                nat_for(requester, target_peer),
+                nat_for(target_peer, requester),
+            ),
+            None => (None, None),
+        };
         self.sweep_netgroups(now);
         let farthest = rtt_r.max(rtt_t);
         let margin = self.config.margin;
@@ -562,7 +587,10 @@ impl Coordinator {
                 p.predictable.push_back((request, other, now));
             }
         }
-        let mut actions = Vec::with_capacity(4);
+        let mut actions = Vec::with_capacity(6);
+        if let Some(m) = nat_to_requester {
+            actions.push(Send(conn, m));
+        }
         if let Some(endpoints) = to_requester {
             actions.push(Send(conn, NativeMessage::Candidates { request, endpoints }));
         }
@@ -576,6 +604,9 @@ impl Coordinator {
                 delay_ms: delay(rtt_r),
             },
         ));
+        if let Some(m) = nat_to_target {
+            actions.push(Send(target_conn, m));
+        }
         if let Some(endpoints) = to_target {
             actions.push(Send(
                 target_conn,
@@ -670,6 +701,8 @@ pub struct PunchOrder {
     /// The peer's endpoints on the network we share with it (it is behind
     /// our own public address): raced beside `peer`.
     pub local: Vec<SocketAddr>,
+    /// The peer's NAT class, as it told its coordinator: for the record.
+    pub peer_nat: Option<NatBrief>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -741,6 +774,12 @@ pub struct Client {
     /// Orders we follow whose peer may still predict its ports: (request,
     /// the peer's public address, when).
     predictable: VecDeque<(u64, IpAddr, Instant)>,
+    /// Our NAT's class once we know it, and what we last told the
+    /// coordinator.
+    nat: Option<NatBrief>,
+    nat_told: Option<NatBrief>,
+    /// The last `hppeernat`, for the order of the same request that follows.
+    peer_nat: Option<(u64, NatBrief)>,
 }
 
 impl Client {
@@ -758,7 +797,28 @@ impl Client {
             observed: None,
             candidates: None,
             predictable: VecDeque::new(),
+            nat: None,
+            nat_told: None,
+            peer_nat: None,
         }
+    }
+
+    /// Our NAT's class, learned or changed: an `hpnat` to send now when we
+    /// are registered with a coordinator that passes classes on and have
+    /// not told it this one (otherwise it goes out on registration).
+    pub fn set_nat(&mut self, class: NatBrief) -> Option<NativeMessage> {
+        self.nat = Some(class);
+        self.tell_nat()
+    }
+
+    fn tell_nat(&mut self) -> Option<NativeMessage> {
+        let class = self.nat?;
+        let listening = self.coordinator_features & FEATURE_NAT_CLASS != 0;
+        if self.registered.is_none() || !listening || self.nat_told == Some(class) {
+            return None;
+        }
+        self.nat_told = Some(class);
+        Some(NativeMessage::Nat { class })
     }
 
     /// `hpports` for our own order `request`, when the coordinator passes
@@ -924,10 +984,15 @@ impl Client {
                 if self.coordinator_features & FEATURE_LOCAL_CANDIDATES != 0 && !local.is_empty() {
                     events.push(Send(NativeMessage::Local { endpoints: local }));
                 }
+                events.extend(self.tell_nat().map(Send));
                 events
             }
             NativeMessage::Candidates { request, endpoints } => {
                 self.candidates = Some((request, endpoints));
+                vec![]
+            }
+            NativeMessage::PeerNat { request, class } => {
+                self.peer_nat = Some((request, class));
                 vec![]
             }
             NativeMessage::Ports { request, ip, ports } => self.predicted(now, request, ip, ports),
@@ -955,7 +1020,8 @@ impl Client {
             | NativeMessage::Connect { .. }
             | NativeMessage::Result { .. }
             | NativeMessage::Auth { .. }
-            | NativeMessage::Local { .. }) => {
+            | NativeMessage::Local { .. }
+            | NativeMessage::Nat { .. }) => {
                 vec![Close(format!("{} is not for a client", other.command()))]
             }
         }
@@ -1071,6 +1137,11 @@ impl Client {
         }
         self.predictable.push_back((request, peer.ip(), now));
         let local = self.local_candidates(request, peer);
+        let peer_nat = self
+            .peer_nat
+            .take()
+            .filter(|(r, _)| *r == request)
+            .map(|(_, class)| class);
         vec![Punch(PunchOrder {
             request,
             role,
@@ -1078,6 +1149,7 @@ impl Client {
             peer,
             delay,
             local,
+            peer_nat,
         })]
     }
 
@@ -1440,6 +1512,76 @@ mod tests {
         let predict = bob.predict(11, bob_ip, ports).unwrap();
         assert!(coord.handle(late, 2, predict.clone(), [0; 32]).is_empty());
         assert!(alice.handle(late, predict).is_empty());
+    }
+
+    #[test]
+    fn each_side_of_an_order_learns_the_nat_class_the_other_stated() {
+        use crate::nat::{Allocation, MappingBehaviour};
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let (mut alice, mut bob) = (fresh_client(), fresh_client());
+        let symmetric = NatBrief {
+            mapping: MappingBehaviour::AddressAndPortDependent,
+            port_preserving: false,
+            allocation: Allocation::Sequential(1),
+        };
+        let home = NatBrief {
+            mapping: MappingBehaviour::EndpointIndependent,
+            port_preserving: true,
+            allocation: Allocation::Preserving,
+        };
+        coord.connected(1, addr("203.0.113.7:8333"), None, Some(SESSION));
+        coord.connected(2, addr("198.51.100.20:40001"), None, Some(SESSION));
+        // Known before registering: it goes out with the registration.
+        assert_eq!(alice.set_nat(symmetric), None);
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        // Learned after: told at once, and only once.
+        let tell = bob.set_nat(home).unwrap();
+        assert_eq!(tell, NativeMessage::Nat { class: home });
+        assert_eq!(bob.set_nat(home), None);
+        assert!(coord.handle(t0, 2, tell, [0; 32]).is_empty());
+
+        let ask = alice.request(t0, 9, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let (orders, _) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        let peer_nat = |conn: ConnId| {
+            orders
+                .iter()
+                .find(|(to, _)| *to == conn)
+                .map(|(_, order)| order.peer_nat)
+        };
+        assert_eq!(peer_nat(1), Some(Some(home)));
+        assert_eq!(peer_nat(2), Some(Some(symmetric)));
+
+        // A class for another request is not attached to this order.
+        let stray = NativeMessage::PeerNat {
+            request: 77,
+            class: home,
+        };
+        assert!(alice.handle(t0, stray).is_empty());
+        let ask = alice.request(t0, 10, bob_id);
+        let actions: Vec<_> = coord
+            .handle(t0, 1, ask, [0; 32])
+            .into_iter()
+            .filter(|a| !matches!(a, CoordinatorAction::Send(1, NativeMessage::PeerNat { .. })))
+            .collect();
+        let (orders, _) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        assert!(orders
+            .iter()
+            .any(|(to, o)| *to == 1 && o.peer_nat.is_none()));
+
+        // Only a registered node states its class; a client never takes one.
+        coord.connected(3, addr("192.0.2.30:8333"), None, Some(SESSION));
+        let early = NativeMessage::Nat { class: home };
+        assert!(matches!(
+            &coord.handle(t0, 3, early.clone(), [0; 32])[..],
+            [CoordinatorAction::Close(3, _)]
+        ));
+        assert!(matches!(
+            &alice.handle(t0, early)[..],
+            [ClientEvent::Close(_)]
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use bitcoin::p2p::ServiceFlags;
 
 use crate::identity::{NodeId, ID_LEN};
+use crate::nat::{Allocation, MappingBehaviour, NatBrief};
 
 /// The service bit a coordinator sets in its `version`: bit 26, inside the
 /// range 24..31 that BIP 159's successors leave for temporary experiments.
@@ -49,8 +50,13 @@ pub const FEATURE_NAT_PROBE: u64 = 2;
 /// likely give the punch (`hpports`, when it is behind a symmetric NAT),
 /// and the coordinator passes them to the peer, which dials each once.
 pub const FEATURE_PORT_PREDICTION: u64 = 4;
+/// Feature bit: the node tells the coordinator its NAT's class (`hpnat`)
+/// once it knows it, and the coordinator tells each side of an order the
+/// other's (`hppeernat`), so that both records of a punch carry both
+/// classes.
+pub const FEATURE_NAT_CLASS: u64 = 8;
 /// Feature bits of this code. Unknown bits are ignored.
-pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION;
+pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION | FEATURE_NAT_CLASS;
 /// Predicted ports in one `hpports`: each is one SYN of the peer's punch
 /// budget (docs/native-protocol.md, "Port prediction").
 pub const MAX_PREDICTED_PORTS: usize = 16;
@@ -162,6 +168,14 @@ pub enum NativeMessage {
         ip: IpAddr,
         ports: Vec<u16>,
     },
+    /// client → coordinator, after registration, when the coordinator
+    /// announced [`FEATURE_NAT_CLASS`]: the class of the node's NAT, as its
+    /// own classification found it (again when it changes).
+    Nat { class: NatBrief },
+    /// coordinator → client, just before the `Punch` of the same request,
+    /// to a node that announced [`FEATURE_NAT_CLASS`]: the peer's class, as
+    /// the peer stated it (for records; nothing is decided on it).
+    PeerNat { request: u64, class: NatBrief },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -197,6 +211,8 @@ impl NativeMessage {
             NativeMessage::Local { .. } => "hplocal",
             NativeMessage::Candidates { .. } => "hpcands",
             NativeMessage::Ports { .. } => "hpports",
+            NativeMessage::Nat { .. } => "hpnat",
+            NativeMessage::PeerNat { .. } => "hppeernat",
         }
     }
 
@@ -267,6 +283,11 @@ impl NativeMessage {
                 for port in ports {
                     out.extend_from_slice(&port.to_be_bytes());
                 }
+            }
+            NativeMessage::Nat { class } => put_nat(&mut out, class),
+            NativeMessage::PeerNat { request, class } => {
+                out.extend_from_slice(&request.to_le_bytes());
+                put_nat(&mut out, class);
             }
         }
         debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
@@ -378,6 +399,11 @@ impl NativeMessage {
                 ip: r.ip()?,
                 ports: r.ports()?,
             },
+            "hpnat" => NativeMessage::Nat { class: r.nat()? },
+            "hppeernat" => NativeMessage::PeerNat {
+                request: r.u64()?,
+                class: r.nat()?,
+            },
             other => return Err(NativeError::UnknownCommand(other.to_string())),
         };
         r.finish(msg.encode().len())?;
@@ -385,7 +411,7 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 14] = [
+pub const COMMANDS: [&str; 16] = [
     "hphello",
     "hpcoord",
     "hpregister",
@@ -400,6 +426,8 @@ pub const COMMANDS: [&str; 14] = [
     "hplocal",
     "hpcands",
     "hpports",
+    "hpnat",
+    "hppeernat",
 ];
 
 fn static_name(command: &str) -> Result<&'static str, NativeError> {
@@ -408,6 +436,25 @@ fn static_name(command: &str) -> Result<&'static str, NativeError> {
         .find(|c| **c == command)
         .copied()
         .ok_or_else(|| NativeError::UnknownCommand(command.to_string()))
+}
+
+/// mapping (u8: 1 endpoint-independent, 2 address-and-port dependent, 3
+/// none) ‖ port preserving (u8: 0 or 1) ‖ allocation (u8: 1 preserving, 2
+/// sequential, 3 random) ‖ step (i32, 0 unless sequential): 7 bytes.
+fn put_nat(out: &mut Vec<u8>, class: &NatBrief) {
+    out.push(match class.mapping {
+        MappingBehaviour::EndpointIndependent => 1,
+        MappingBehaviour::AddressAndPortDependent => 2,
+        MappingBehaviour::None => 3,
+    });
+    out.push(u8::from(class.port_preserving));
+    let (kind, step) = match class.allocation {
+        Allocation::Preserving => (1u8, 0i32),
+        Allocation::Sequential(step) => (2, step),
+        Allocation::Random => (3, 0),
+    };
+    out.push(kind);
+    out.extend_from_slice(&step.to_le_bytes());
 }
 
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -498,6 +545,35 @@ impl Reader<'_> {
     fn endpoint(&mut self) -> Result<SocketAddr, NativeError> {
         let ip = self.ip()?;
         Ok(SocketAddr::new(ip, self.port()?))
+    }
+
+    fn nat(&mut self) -> Result<NatBrief, NativeError> {
+        let mapping = match self.u8()? {
+            1 => MappingBehaviour::EndpointIndependent,
+            2 => MappingBehaviour::AddressAndPortDependent,
+            3 => MappingBehaviour::None,
+            other => return Err(self.bad(format!("mapping {other}"))),
+        };
+        let port_preserving = match self.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(self.bad(format!("port preserving {other}"))),
+        };
+        let kind = self.u8()?;
+        let step = i32::from_le_bytes(self.array()?);
+        let allocation = match (kind, step) {
+            (1, 0) => Allocation::Preserving,
+            // A step is what a NAT adds per new mapping: nonzero, and
+            // within the port range.
+            (2, step) if step != 0 && step.unsigned_abs() < 65_536 => Allocation::Sequential(step),
+            (3, 0) => Allocation::Random,
+            (kind, step) => return Err(self.bad(format!("allocation {kind} with step {step}"))),
+        };
+        Ok(NatBrief {
+            mapping,
+            port_preserving,
+            allocation,
+        })
     }
 
     /// count (u8, 1 to [`MAX_PREDICTED_PORTS`]) ‖ ports.
@@ -594,6 +670,21 @@ mod tests {
                 ip: v6.ip(),
                 ports: (40_001..40_017).collect(),
             },
+            NativeMessage::Nat {
+                class: NatBrief {
+                    mapping: MappingBehaviour::AddressAndPortDependent,
+                    port_preserving: false,
+                    allocation: Allocation::Sequential(-2),
+                },
+            },
+            NativeMessage::PeerNat {
+                request: 6,
+                class: NatBrief {
+                    mapping: MappingBehaviour::EndpointIndependent,
+                    port_preserving: true,
+                    allocation: Allocation::Preserving,
+                },
+            },
         ]
     }
 
@@ -620,10 +711,11 @@ mod tests {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
         // hello, coord, register, challenge, prove, registered v4/v6,
         // connect, punch v4, fail, result, auth, local (one v4), cands
-        // (four v6), ports (v6, sixteen) (docs/native-protocol.md)
+        // (four v6), ports (v6, sixteen), nat, peernat
+        // (docs/native-protocol.md)
         assert_eq!(
             sizes,
-            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 59]
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 59, 7, 15]
         );
         let ports = |count: u8| {
             let mut bytes = 7u64.to_le_bytes().to_vec();
@@ -651,6 +743,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at most 4"));
+    }
+
+    #[test]
+    fn a_nat_class_that_no_nat_has_is_refused() {
+        let decode = |bytes: &[u8]| NativeMessage::decode("hpnat", bytes);
+        let ok = [2u8, 0, 2, 1, 0, 0, 0];
+        assert!(decode(&ok).is_ok());
+        for bad in [
+            [0u8, 0, 1, 0, 0, 0, 0], // mapping 0
+            [1, 2, 1, 0, 0, 0, 0],   // preserving 2
+            [1, 1, 1, 5, 0, 0, 0],   // preserving with a step
+            [2, 0, 2, 0, 0, 0, 0],   // sequential with step 0
+            [2, 0, 2, 0, 0, 1, 0],   // step 65,536
+            [2, 0, 4, 0, 0, 0, 0],   // allocation 4
+        ] {
+            assert!(decode(&bad).is_err(), "{bad:?}");
+        }
+        assert!(decode(&ok[..6]).is_err());
+        assert!(decode(&[2, 0, 2, 1, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub async fn execute(
         .chain(order.local.iter().copied())
         .collect();
     record.t_ms.coordination = ms(received_at);
+    record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
+    record.nat_peer = order.peer_nat;
     // Before our first SYN, so that it takes the port we predict.
     record.predicted_ports = predict_our_ports(ctx, &order).await;
 
@@ -171,6 +173,8 @@ pub async fn execute(
     upgraded.attempts = attempts;
     upgraded.syns = syns;
     upgraded.predicted_ports = record.predicted_ports;
+    upgraded.nat_ours = record.nat_ours;
+    upgraded.nat_peer = record.nat_peer;
     upgraded.t_ms.coordination = ms(received_at);
     let result = match (upgraded.ok, upgraded.failed_at) {
         (true, _) => PunchResult::Connected,

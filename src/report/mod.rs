@@ -75,6 +75,13 @@ pub struct Outcome {
     /// likely give our punch (crate::punch::predict).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predicted_ports: Vec<u16>,
+    /// Our NAT's class, as our own classification last found it
+    /// (`bitpunch nat`), and the peer's, as it told its coordinator
+    /// (native path only: DCUtR has no field for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ours: Option<crate::nat::NatBrief>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_peer: Option<crate::nat::NatBrief>,
     pub won_by: Option<WonBy>,
     pub t_ms: Timings,
     pub bytes: Bytes,
@@ -134,6 +141,8 @@ impl Outcome {
             attempts: 1,
             syns: 0,
             predicted_ports: Vec::new(),
+            nat_ours: None,
+            nat_peer: None,
             won_by: None,
             t_ms: Timings::default(),
             bytes: Bytes::default(),
