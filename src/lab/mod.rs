@@ -160,6 +160,18 @@ impl Lab {
         netns::run("ip", &all).map(|_| ())
     }
 
+    /// An IPv6 address on `dev`, usable at once: `nodad` skips duplicate
+    /// address detection, which would keep it tentative for a second or two.
+    fn addr6(&self, ns: &str, addr: Ipv6Addr, dev: &str) -> Result<()> {
+        let addr = format!("{addr}/64");
+        self.ip(ns, &["-6", "addr", "add", &addr, "dev", dev, "nodad"])
+    }
+
+    /// An IPv6 route to `to` (`default`, or a prefix) through `via`.
+    fn route6(&self, ns: &str, to: &str, via: Ipv6Addr) -> Result<()> {
+        self.ip(ns, &["-6", "route", "add", to, "via", &via.to_string()])
+    }
+
     /// A veth pair between two namespaces, both ends up.
     fn veth(&self, ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str) -> Result<()> {
         netns::run(
@@ -198,36 +210,9 @@ impl Lab {
         let link_index = self.links.len() as u16;
         let gw6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, link_index, 0, 0, 0, 1);
         let addr6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, link_index, 0, 0, 0, 2);
-        // `nodad`: no duplicate address detection, which would keep the
-        // address tentative (unusable) for a second or two.
-        self.ip(
-            &inet,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{gw6}/64"),
-                "dev",
-                &inet_dev,
-                "nodad",
-            ],
-        )?;
-        self.ip(
-            ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ],
-        )?;
-        self.ip(
-            ns,
-            &["-6", "route", "add", "default", "via", &gw6.to_string()],
-        )?;
+        self.addr6(&inet, gw6, &inet_dev)?;
+        self.addr6(ns, addr6, dev)?;
+        self.route6(ns, "default", gw6)?;
         self.links.push(Link {
             dev: inet_dev.clone(),
             far: (ns.to_string(), dev.to_string()),
@@ -286,31 +271,10 @@ impl Lab {
         if profile != nat::CARRIER {
             let lan6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 0);
             let gateway6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 1);
-            self.ip(
-                &router.ns,
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{gateway6}/64"),
-                    "dev",
-                    "lan",
-                    "nodad",
-                ],
-            )?;
+            self.addr6(&router.ns, gateway6, "lan")?;
             self.sysctl(&router.ns, "net.ipv6.conf.all.forwarding=1")?;
             let inet = self.inet.clone();
-            self.ip(
-                &inet,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    &format!("{lan6}/64"),
-                    "via",
-                    &wan6.to_string(),
-                ],
-            )?;
+            self.route6(&inet, &format!("{lan6}/64"), wan6)?;
             netns::run_with_input(
                 "ip",
                 &["netns", "exec", &router.ns, "nft", "-f", "-"],
@@ -417,30 +381,8 @@ impl Lab {
                 let [a, b, c, d, ..] = lan6.segments();
                 let last = u16::from(ip.octets()[3]);
                 let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, last);
-                self.ip(
-                    &ns,
-                    &[
-                        "-6",
-                        "addr",
-                        "add",
-                        &format!("{ip6}/64"),
-                        "dev",
-                        "eth0",
-                        "nodad",
-                    ],
-                )?;
-                let gateway6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1);
-                self.ip(
-                    &ns,
-                    &[
-                        "-6",
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        &gateway6.to_string(),
-                    ],
-                )?;
+                self.addr6(&ns, ip6, "eth0")?;
+                self.route6(&ns, "default", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1))?;
                 Some(ip6)
             }
             None => None,

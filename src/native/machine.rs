@@ -28,6 +28,44 @@ pub const PREDICTION_WINDOW: Duration = Duration::from_secs(10);
 /// are forgotten first.
 const PREDICTABLE_ORDERS: usize = 4;
 
+/// A side's latest orders that may still get predicted ports, each with
+/// what the prediction is checked against (the coordinator: the peer's
+/// connection; the client: the peer's address). Each is taken once, within
+/// [`PREDICTION_WINDOW`]; the oldest make way past [`PREDICTABLE_ORDERS`].
+#[derive(Debug)]
+struct RecentOrders<T> {
+    orders: VecDeque<(u64, T, Instant)>,
+}
+
+impl<T> Default for RecentOrders<T> {
+    fn default() -> Self {
+        RecentOrders {
+            orders: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> RecentOrders<T> {
+    fn push(&mut self, request: u64, with: T, now: Instant) {
+        if self.orders.len() >= PREDICTABLE_ORDERS {
+            self.orders.pop_front();
+        }
+        self.orders.push_back((request, with, now));
+    }
+
+    /// What order `request` was given with, if it is recent and not taken.
+    fn take(&mut self, request: u64, now: Instant) -> Option<T> {
+        let at = self.orders.iter().position(|(r, _, t)| {
+            *r == request && now.saturating_duration_since(*t) < PREDICTION_WINDOW
+        })?;
+        self.orders.remove(at).map(|(_, with, _)| with)
+    }
+
+    fn holds(&self, request: u64) -> bool {
+        self.orders.iter().any(|(r, _, _)| *r == request)
+    }
+}
+
 // ---------------------------------------------------------------- coordinator
 
 #[derive(Debug, Clone)]
@@ -91,7 +129,7 @@ struct Peer {
     local: Vec<SocketAddr>,
     /// Its latest orders that may still carry predicted ports: (request,
     /// the peer's connection, when). One `hpports` each.
-    predictable: VecDeque<(u64, ConnId, Instant)>,
+    predictable: RecentOrders<ConnId>,
     /// Its NAT's class, as it stated it (`hpnat`): passed to its peers.
     nat: Option<NatBrief>,
 }
@@ -179,7 +217,7 @@ impl Coordinator {
                 requests: VecDeque::new(),
                 features: 0,
                 local: Vec::new(),
-                predictable: VecDeque::new(),
+                predictable: RecentOrders::default(),
                 nat: None,
             },
         );
@@ -413,14 +451,9 @@ impl Coordinator {
             NativeMessage::Ports { ports, .. } if ports.is_empty() => vec![],
             NativeMessage::Ports { request, ip, ports } => {
                 let observed = peer.observed.ip();
-                let Some(at) = peer.predictable.iter().position(|(r, _, t)| {
-                    *r == request && now.saturating_duration_since(*t) < PREDICTION_WINDOW
-                }) else {
+                let Some(other) = peer.predictable.take(request, now) else {
                     // Late, repeated, or for an order never given: the
                     // punch it was for is over or never was.
-                    return vec![];
-                };
-                let Some((_, other, _)) = peer.predictable.remove(at) else {
                     return vec![];
                 };
                 // A node predicts its own NAT's ports: any other address
@@ -581,10 +614,7 @@ impl Coordinator {
         self.open_order_queue.push_back((now, key));
         for (at, other) in [(conn, target_conn), (target_conn, conn)] {
             if let Some(p) = self.peers.get_mut(&at) {
-                if p.predictable.len() >= PREDICTABLE_ORDERS {
-                    p.predictable.pop_front();
-                }
-                p.predictable.push_back((request, other, now));
+                p.predictable.push(request, other, now);
             }
         }
         let mut actions = Vec::with_capacity(6);
@@ -773,7 +803,7 @@ pub struct Client {
     candidates: Option<(u64, Vec<SocketAddr>)>,
     /// Orders we follow whose peer may still predict its ports: (request,
     /// the peer's public address, when).
-    predictable: VecDeque<(u64, IpAddr, Instant)>,
+    predictable: RecentOrders<IpAddr>,
     /// Our NAT's class once we know it, and what we last told the
     /// coordinator.
     nat: Option<NatBrief>,
@@ -796,7 +826,7 @@ impl Client {
             local: Vec::new(),
             observed: None,
             candidates: None,
-            predictable: VecDeque::new(),
+            predictable: RecentOrders::default(),
             nat: None,
             nat_told: None,
             peer_nat: None,
@@ -826,7 +856,7 @@ impl Client {
     /// will likely give our punch (at most [`MAX_PREDICTED_PORTS`]).
     pub fn predict(&self, request: u64, ip: IpAddr, mut ports: Vec<u16>) -> Option<NativeMessage> {
         ports.truncate(MAX_PREDICTED_PORTS);
-        let ours = self.predictable.iter().any(|(r, _, _)| *r == request);
+        let ours = self.predictable.holds(request);
         (ours && !ports.is_empty() && self.coordinator_features & FEATURE_PORT_PREDICTION != 0)
             .then_some(NativeMessage::Ports { request, ip, ports })
     }
@@ -1132,10 +1162,7 @@ impl Client {
             );
         }
         self.orders.push_back((now, target));
-        if self.predictable.len() >= PREDICTABLE_ORDERS {
-            self.predictable.pop_front();
-        }
-        self.predictable.push_back((request, peer.ip(), now));
+        self.predictable.push(request, peer.ip(), now);
         let local = self.local_candidates(request, peer);
         let peer_nat = self
             .peer_nat
@@ -1167,12 +1194,7 @@ impl Client {
         if ports.is_empty() {
             return vec![];
         }
-        let Some(at) = self.predictable.iter().position(|(r, _, t)| {
-            *r == request && now.saturating_duration_since(*t) < PREDICTION_WINDOW
-        }) else {
-            return vec![];
-        };
-        let Some((_, peer_ip, _)) = self.predictable.remove(at) else {
+        let Some(peer_ip) = self.predictable.take(request, now) else {
             return vec![];
         };
         if ip != peer_ip {
