@@ -180,21 +180,20 @@ pub async fn punch_claimed(
     };
     let mut all_candidates = plan.candidates.clone();
     let mut first_syn = None;
-    let mut last_error = None;
-    let mut syns: u32 = 0;
-    let give_up = |schedule: &Schedule,
-                   last_error: Option<String>,
-                   first_syn,
-                   candidates: &[SocketAddr],
-                   syns| {
-        PunchError {
+    let mut spent = Spending {
+        port,
+        requester: &plan.requester,
+        syns: 0,
+        last_error: None,
+    };
+    let give_up =
+        |schedule: &Schedule, spent: Spending, first_syn, candidates: &[SocketAddr]| PunchError {
             attempts: schedule.attempts_started(),
             candidates: candidates.to_vec(),
-            last_error,
+            last_error: spent.last_error,
             first_syn,
-            syns,
-        }
-    };
+            syns: spent.syns,
+        };
 
     // Responder only: connections up, waiting for the initiator's first
     // bytes. With several ways to the peer (its public endpoint through a
@@ -221,28 +220,13 @@ pub async fn punch_claimed(
                     first_syn.get_or_insert_with(Instant::now);
                     for candidate in candidates {
                         tracing::debug!(%candidate, attempt, "punch: dialing");
-                        if let Some(dial) = charged_dial(
-                            port,
-                            &plan.requester,
-                            candidate,
-                            None,
-                            &mut syns,
-                            &mut last_error,
-                        ) {
-                            dials.push(dial);
-                        }
+                        dials.extend(spent.dial(candidate, None));
                     }
                     continue;
                 }
                 Step::WaitUntil(t) => Instant::from_std(t),
                 Step::GiveUp if speaking.is_empty() => {
-                    return Err(give_up(
-                        &schedule,
-                        last_error,
-                        first_syn,
-                        &all_candidates,
-                        syns,
-                    ))
+                    return Err(give_up(&schedule, spent, first_syn, &all_candidates))
                 }
                 Step::GiveUp => {
                     // A connection is up; give the initiator a moment to
@@ -274,7 +258,7 @@ pub async fn punch_claimed(
         let up: Option<Connection> = tokio::select! {
             _ = sleep_precisely_until(wait_until) => {
                 if giving_up_at.is_some() {
-                    return Err(give_up(&schedule, last_error, first_syn, &all_candidates, syns));
+                    return Err(give_up(&schedule, spent, first_syn, &all_candidates));
                 }
                 None
             }
@@ -290,16 +274,7 @@ pub async fn punch_claimed(
                     }
                     tracing::debug!(%candidate, "punch: dialing a predicted port");
                     first_syn.get_or_insert_with(Instant::now);
-                    if let Some(dial) = charged_dial(
-                        port,
-                        &plan.requester,
-                        candidate,
-                        None,
-                        &mut syns,
-                        &mut last_error,
-                    ) {
-                        held.push(dial);
-                    }
+                    held.extend(spent.dial(candidate, None));
                 }
                 None
             }
@@ -307,21 +282,12 @@ pub async fn punch_claimed(
                 Ok(stream) => Connection::dialed(candidate, stream),
                 Err(e) => {
                     tracing::debug!(%candidate, error = %e, "punch: attempt failed");
-                    last_error = Some(e.to_string());
+                    spent.last_error = Some(e.to_string());
                     if e.kind() == std::io::ErrorKind::ConnectionRefused && redials_left > 0 {
                         redials_left = redials_left.saturating_sub(1);
                         let pause = redial_pause(dialed_at.elapsed(), rand::random());
                         tracing::debug!(%candidate, ?pause, "punch: refused, dialing again");
-                        if let Some(dial) = charged_dial(
-                            port,
-                            &plan.requester,
-                            candidate,
-                            Some(pause),
-                            &mut syns,
-                            &mut last_error,
-                        ) {
-                            dials.push(dial);
-                        }
+                        dials.extend(spent.dial(candidate, Some(pause)));
                     }
                     None
                 }
@@ -387,36 +353,48 @@ pub async fn punch_claimed(
             first_syn,
             established: connection.established,
             candidates: all_candidates,
-            syns,
+            syns: spent.syns,
         });
     }
 }
 
-/// Pays for one SYN to `candidate` from the punch budget and dials it (after
-/// `pause`, or now); `None` (with the reason in `last_error`) when the budget
-/// refuses. The dial resolves with the instant its SYN left.
-fn charged_dial<'a>(
+/// What a punch has spent so far, and where it pays from.
+struct Spending<'a> {
     port: &'a SharedPort,
-    requester: &str,
-    candidate: SocketAddr,
-    pause: Option<std::time::Duration>,
-    syns: &mut u32,
-    last_error: &mut Option<String>,
-) -> Option<impl std::future::Future<Output = (SocketAddr, Instant, std::io::Result<TcpStream>)> + 'a>
-{
-    if let Err(why) = port.charge_syn(requester, candidate.ip()) {
-        tracing::info!(%candidate, %requester, reason = %why, "punch: SYN refused by the punch budget");
-        *last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
-        return None;
-    }
-    *syns = syns.saturating_add(1);
-    Some(async move {
-        if let Some(pause) = pause {
-            pause_briefly(pause).await;
+    requester: &'a str,
+    /// SYNs paid for.
+    syns: u32,
+    /// Why the last dial failed, or was not made.
+    last_error: Option<String>,
+}
+
+impl<'a> Spending<'a> {
+    /// Pays for one SYN to `candidate` from the punch budget and dials it
+    /// (after `pause`, or now); `None` (with the reason in `last_error`)
+    /// when the budget refuses. The dial resolves with the instant its SYN
+    /// left.
+    fn dial(
+        &mut self,
+        candidate: SocketAddr,
+        pause: Option<std::time::Duration>,
+    ) -> Option<
+        impl std::future::Future<Output = (SocketAddr, Instant, std::io::Result<TcpStream>)> + 'a,
+    > {
+        if let Err(why) = self.port.charge_syn(self.requester, candidate.ip()) {
+            tracing::info!(%candidate, requester = %self.requester, reason = %why, "punch: SYN refused by the punch budget");
+            self.last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
+            return None;
         }
-        let dialed_at = Instant::now();
-        (candidate, dialed_at, port.dial(candidate).await)
-    })
+        self.syns = self.syns.saturating_add(1);
+        let port = self.port;
+        Some(async move {
+            if let Some(pause) = pause {
+                pause_briefly(pause).await;
+            }
+            let dialed_at = Instant::now();
+            (candidate, dialed_at, port.dial(candidate).await)
+        })
+    }
 }
 
 /// SYNs an attempt may fire again at a candidate that refused one: with
