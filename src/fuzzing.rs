@@ -1065,13 +1065,24 @@ pub fn exchange_machines(data: &[u8]) {
         .flatten()
         {
             for step in steps {
-                if let exchange::Step::Punch { candidates, .. } = step {
+                if let exchange::Step::Punch {
+                    candidates,
+                    guesses,
+                    ..
+                } = step
+                {
                     punches += 1;
                     assert!(
                         candidates.len() <= MAX_CANDIDATES,
                         "{} candidates",
                         candidates.len()
                     );
+                    // Guesses: once each, only at the first candidate's
+                    // IPv4 address, never one of the candidates.
+                    assert!(guesses.len() <= crate::punch::predict::BIRTHDAY_PORTS);
+                    assert!(guesses.iter().all(|g| g.is_ipv4()
+                        && Some(g.ip()) == candidates.first().map(|c| c.ip())
+                        && !candidates.contains(g)));
                 }
             }
         }

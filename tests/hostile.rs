@@ -260,6 +260,7 @@ async fn the_punch_driver_fires_no_syn_past_the_budget() {
         },
         requester: "libp2p:mallory".into(),
         late: None,
+        birthday_mappings: false,
         pick_where_peer_speaks: false,
     };
     let err = punch::punch(&port, &router, plan).await.unwrap_err();
@@ -273,4 +274,62 @@ async fn the_punch_driver_fires_no_syn_past_the_budget() {
             .contains("punch budget"),
         "{err}"
     );
+}
+
+/// A birthday (hundreds of SYNs to one address) is paid whole from its own
+/// allowance, one a minute: a peer that tells 300 ports gets 256 dialed
+/// once each, and a second birthday in the same minute, from either side,
+/// is refused whole without a single SYN.
+#[tokio::test]
+async fn a_birthday_is_paid_whole_and_refused_whole_past_its_allowance() {
+    use bitpunch::punch::predict::BIRTHDAY_PORTS;
+    use bitpunch::punch::{self, LateCandidates, PunchPlan, ScheduleConfig};
+    let port = bitpunch::net::SharedPort::bind(Some(LOOPBACK), 0).unwrap();
+    let router =
+        bitpunch::net::Router::new(Network::Regtest.magic().to_bytes(), Duration::from_secs(5));
+    // Closed ports on loopback: each SYN is answered with an RST at once.
+    let closed: Vec<std::net::SocketAddr> = {
+        let listeners: Vec<std::net::TcpListener> = (0..301)
+            .map(|_| std::net::TcpListener::bind((LOOPBACK, 0)).unwrap())
+            .collect();
+        listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    };
+    let plan = |birthday_mappings: bool, told: Vec<std::net::SocketAddr>| {
+        let (tell, endpoints) = tokio::sync::oneshot::channel();
+        tell.send(told).unwrap();
+        PunchPlan {
+            candidates: vec![closed[0]],
+            start: Instant::now(),
+            config: ScheduleConfig {
+                attempts: 1,
+                interval: Duration::from_millis(100),
+            },
+            requester: "native:mallory".into(),
+            late: Some(LateCandidates {
+                endpoints,
+                router: router.clone(),
+            }),
+            birthday_mappings,
+            pick_where_peer_speaks: false,
+        }
+    };
+    // The peer's 300 guesses: 256 dialed, once each.
+    let err = punch::punch(&port, &router, plan(false, closed[1..].to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.birthday_ports as usize, BIRTHDAY_PORTS, "{err}");
+    let (paid, refused) = port.punch_syns();
+    // The one candidate: a SYN and up to 4 again after its resets.
+    let to_candidate = paid - BIRTHDAY_PORTS as u64;
+    assert!((1..=5).contains(&to_candidate), "{paid} paid");
+    assert_eq!(refused, 0);
+    assert_eq!(u64::from(err.syns), paid);
+    // Our own mappings in the same minute: refused whole.
+    let err = punch::punch(&port, &router, plan(true, Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.birthday_ports, 0, "{err}");
+    let (paid_again, refused) = port.punch_syns();
+    assert!(paid_again - paid <= 5, "{paid_again} paid");
+    assert_eq!(refused, BIRTHDAY_PORTS as u64);
 }

@@ -175,6 +175,11 @@ pub(crate) struct NodeArgs {
     /// SYNs per minute in all.
     #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().global)]
     pub(crate) punch_syns_per_minute: usize,
+    /// Birthday punches per minute (a random symmetric NAT, ours or the
+    /// peer's: 256 SYNs to one address each, paid whole instead of from
+    /// the SYN limits); 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = BudgetConfig::default().birthdays)]
+    pub(crate) punch_birthdays_per_minute: usize,
     /// Serve Prometheus metrics on this address (GET /metrics), e.g.
     /// 127.0.0.1:9333; prints `metrics listening ADDR`.
     #[arg(long = "metrics", value_name = "ADDR")]

@@ -35,6 +35,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         punch_syns_per_address,
         punch_syns_per_netgroup,
         punch_syns_per_requester,
+        punch_birthdays_per_minute,
         punch_syns_per_minute,
         metrics_addr,
         bitcoind,
@@ -78,6 +79,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         per_netgroup: punch_syns_per_netgroup,
         per_requester: punch_syns_per_requester,
         global: punch_syns_per_minute,
+        birthdays: punch_birthdays_per_minute,
     };
     config.bitcoind = bitcoind;
     let node = Node::start(config).with_context(|| {

@@ -169,9 +169,11 @@ pub fn punchable(addr: &Multiaddr, allow_private: bool) -> Option<SocketAddr> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Send(ExchangeMessage),
-    /// Punch now-ish: first SYN at `start`, to `candidates`.
+    /// Punch now-ish: first SYN at `start`, to `candidates`, and once to
+    /// each of `guesses`.
     Punch {
         candidates: Vec<SocketAddr>,
+        guesses: Vec<SocketAddr>,
         start: Instant,
         rtt: Option<Duration>,
     },
@@ -229,10 +231,12 @@ impl SideB {
         };
         let rtt = now.saturating_duration_since(sent);
         let candidates = candidates(theirs, &self.ours, self.allow_private);
+        let guesses = guesses(theirs, &candidates, self.allow_private);
         Ok(vec![
             Step::Send(ExchangeMessage::Sync),
             Step::Punch {
                 candidates,
+                guesses,
                 start: now.later(rtt.checked_div(2).unwrap_or_default()),
                 rtt: Some(rtt),
             },
@@ -282,6 +286,34 @@ pub fn candidates(
     out
 }
 
+/// The peer's addresses beyond its candidates, at the IPv4 address of its
+/// first (its public one), distinct, at most
+/// [`crate::punch::predict::BIRTHDAY_PORTS`]: ports to dial once each.
+/// A peer behind a symmetric NAT offers them: a few are the ports it
+/// predicts its NAT will give it, many are a birthday's guesses at its
+/// mappings (docs/native-protocol.md, "Port prediction"); the punch pays
+/// for a birthday from its own allowance. Another address is never
+/// guessed at, and an IPv6 peer has no NAT to guess about.
+pub fn guesses(
+    theirs: &[Multiaddr],
+    candidates: &[SocketAddr],
+    allow_private: bool,
+) -> Vec<SocketAddr> {
+    let Some(public) = candidates.first().map(|c| c.ip()).filter(|ip| ip.is_ipv4()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for addr in theirs.iter().filter_map(|a| punchable(a, allow_private)) {
+        if out.len() >= crate::punch::predict::BIRTHDAY_PORTS {
+            break;
+        }
+        if addr.ip() == public && !candidates.contains(&addr) && !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out
+}
+
 /// DCUtR's A, the node that reached B through the relay: it answers
 /// CONNECT and dials on SYNC; it is the BIP324 initiator (it asked for the
 /// connection). Without I/O.
@@ -289,7 +321,8 @@ pub fn candidates(
 pub struct SideA {
     ours: Vec<Multiaddr>,
     allow_private: bool,
-    theirs: Option<Vec<SocketAddr>>,
+    /// The peer's candidates and guesses, from its CONNECT.
+    theirs: Option<(Vec<SocketAddr>, Vec<SocketAddr>)>,
     /// CONNECTs answered: each is a round, and a peer gets [`MAX_ROUNDS`].
     rounds: u32,
 }
@@ -319,14 +352,17 @@ impl SideA {
             }
             (ExchangeMessage::Connect(theirs), None) => {
                 self.rounds = self.rounds.saturating_add(1);
-                self.theirs = Some(candidates(&theirs, &self.ours, self.allow_private));
+                let candidates = candidates(&theirs, &self.ours, self.allow_private);
+                let guesses = guesses(&theirs, &candidates, self.allow_private);
+                self.theirs = Some((candidates, guesses));
                 Ok(vec![
                     Step::Send(ExchangeMessage::Connect(self.ours.clone())),
                     Step::Receive,
                 ])
             }
-            (ExchangeMessage::Sync, Some(candidates)) => Ok(vec![Step::Punch {
+            (ExchangeMessage::Sync, Some((candidates, guesses))) => Ok(vec![Step::Punch {
                 candidates,
+                guesses,
                 start: now,
                 rtt: None,
             }]),
@@ -374,6 +410,36 @@ mod tests {
     }
 
     #[test]
+    fn a_birthday_offer_is_candidates_then_guesses_at_the_public_address() {
+        let ours = [addr("/ip4/203.0.113.7/tcp/18444")];
+        let mut theirs = vec![addr("/ip4/198.51.100.4/tcp/40002")];
+        theirs.extend((0..300).map(|i| addr(&format!("/ip4/198.51.100.4/tcp/{}", 2000 + i))));
+        theirs.push(addr("/ip4/192.0.2.9/tcp/3000"));
+        let candidates = candidates(&theirs, &ours, false);
+        assert_eq!(candidates.len(), MAX_CANDIDATES);
+        let guesses = guesses(&theirs, &candidates, false);
+        assert_eq!(guesses.len(), crate::punch::predict::BIRTHDAY_PORTS);
+        assert!(guesses
+            .iter()
+            .all(|g| g.ip() == candidates[0].ip() && !candidates.contains(g)));
+        // The whole offer fits one DCUtR message.
+        let connect =
+            ExchangeMessage::Connect(theirs[..=crate::punch::predict::BIRTHDAY_PORTS + 1].to_vec());
+        assert!(
+            connect.encode().len() < MAX_MESSAGE,
+            "{} bytes",
+            connect.encode().len()
+        );
+        // An IPv6 peer is never guessed at.
+        let v6 = [
+            addr("/ip6/2001:db8::4/tcp/40002"),
+            addr("/ip6/2001:db8::4/tcp/40003"),
+        ];
+        let v6_candidates = super::candidates(&v6, &ours, true);
+        assert!(super::guesses(&v6, &v6_candidates[..1], true).is_empty());
+    }
+
+    #[test]
     fn a_connect_with_400_addresses_yields_8_routable_candidates_at_most() {
         let mut theirs = vec![
             addr("/ip6/::ffff:10.0.0.1/tcp/1"),
@@ -392,13 +458,21 @@ mod tests {
             .on_message(now, ExchangeMessage::Connect(theirs.clone()))
             .unwrap();
         let steps = responder.on_message(now, ExchangeMessage::Sync).unwrap();
-        let [Step::Punch { candidates, .. }] = &steps[..] else {
+        let [Step::Punch {
+            candidates,
+            guesses,
+            ..
+        }] = &steps[..]
+        else {
             panic!("{steps:?}")
         };
         assert_eq!(candidates.len(), MAX_CANDIDATES);
         assert!(candidates
             .iter()
             .all(|c| c.ip().to_string().starts_with("198.51.100.")));
+        // Guesses only at the first candidate's address: 198.51.100.0 is
+        // offered twice (ports 1000 and 1250), and the first is a candidate.
+        assert_eq!(guesses, &vec!["198.51.100.0:1250".parse().unwrap()]);
         // IPv4-mapped public addresses are dialed as IPv4.
         assert_eq!(
             punchable(&addr("/ip6/::ffff:203.0.113.9/tcp/7"), false),
@@ -495,6 +569,7 @@ mod tests {
             steps[1],
             Step::Punch {
                 candidates: vec!["203.0.113.2:1".parse().unwrap()],
+                guesses: vec![],
                 start: t1 + Duration::from_millis(40),
                 rtt: Some(Duration::from_millis(80)),
             }
@@ -505,6 +580,7 @@ mod tests {
             a.on_message(t2, ExchangeMessage::Sync).unwrap(),
             vec![Step::Punch {
                 candidates: vec!["203.0.113.6:2".parse().unwrap()],
+                guesses: vec![],
                 start: t2,
                 rtt: None
             }]

@@ -14,6 +14,7 @@ use super::exchange::{self, ExchangeError, SideA, SideB, Step};
 use super::swarm::Libp2pNode;
 use crate::clock::Later;
 use crate::net::{Router, SharedPort};
+use crate::punch::predict::{self, OwnPorts};
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{ms_since, Outcome, Path};
 use crate::wire::{Session, SessionConfig, SessionRole, Stage};
@@ -84,42 +85,40 @@ impl Libp2pPunchContext {
     }
 
     /// Our observed addresses worth offering, waiting a little for identify
-    /// if none is known yet; behind a symmetric NAT, the ports our punch
-    /// will likely get after them (returned too, for the record).
-    async fn offer(&self, via: &Multiaddr) -> (Vec<Multiaddr>, Vec<u16>) {
+    /// if none is known yet; behind a symmetric NAT, after them the ports
+    /// the peer should dial once (a sequence's prediction or a birthday's
+    /// guesses: returned too, for the punch and the record).
+    async fn offer(&self, via: &Multiaddr) -> (Vec<Multiaddr>, Option<OwnPorts>) {
         if let Some(offer) = &self.hostile_offer {
-            return (offer.clone(), Vec::new());
+            return (offer.clone(), None);
         }
         let mut offer = self.observed_offer().await;
-        let predicted = self.predict(&offer, via).await;
-        if let Some(ip) = offer
-            .first()
-            .and_then(super::transport::socket_addr)
-            .map(|a| a.ip())
-        {
-            for port in &predicted {
+        let own_ports = self.predict(&offer, via).await;
+        if let (Some(ip), Some(own_ports)) = (
+            offer
+                .first()
+                .and_then(super::transport::socket_addr)
+                .map(|a| a.ip()),
+            &own_ports,
+        ) {
+            for port in own_ports.ports() {
                 let addr = super::transport::multiaddr(SocketAddr::new(ip, *port));
                 if !offer.contains(&addr) {
                     offer.push(addr);
                 }
             }
         }
-        (offer, predicted)
+        (offer, own_ports)
     }
 
     /// Port prediction (crate::punch::predict) through the relay's NAT
     /// probes (a bitpunch relay answers on its port + 1): the peer takes at
     /// most [`exchange::MAX_CANDIDATES`] addresses, so the ports come
     /// after our observed and own-network ones.
-    async fn predict(&self, offer: &[Multiaddr], via: &Multiaddr) -> Vec<u16> {
-        let Some(observed) = offer.first().and_then(super::transport::socket_addr) else {
-            return Vec::new();
-        };
-        let Some(probe) = super::relay_endpoint(via)
-            .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))
-        else {
-            return Vec::new();
-        };
+    async fn predict(&self, offer: &[Multiaddr], via: &Multiaddr) -> Option<OwnPorts> {
+        let observed = offer.first().and_then(super::transport::socket_addr)?;
+        let probe = super::relay_endpoint(via)
+            .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))?;
         let own = punch::OwnPrediction {
             port: &self.port,
             observed,
@@ -128,10 +127,7 @@ impl Libp2pPunchContext {
             endpoint_independent: &self.endpoint_independent,
             timeout: Duration::from_secs(1),
         };
-        own.ports()
-            .await
-            .map(|(_, ports)| ports)
-            .unwrap_or_default()
+        own.ports().await.map(|(_, own_ports)| own_ports)
     }
 
     async fn observed_offer(&self) -> Vec<Multiaddr> {
@@ -225,13 +221,13 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             )
         }
     };
-    let (ours, predicted) = ctx.offer(&via).await;
+    let (ours, own_ports) = ctx.offer(&via).await;
     let mut machine = SideB::new(ours, ctx.allow_private);
     let mut bytes: u64 = 0;
     let mut last_error = String::new();
     let mut first_syn = None;
     // SYNs of the rounds that failed; the winning round adds its own.
-    let mut syns: u32 = 0;
+    let mut spent = Spent::default();
     let timeout = ctx.session.handshake_timeout;
     let punched = loop {
         let step = match machine.start_round(Instant::now().into_std()) {
@@ -239,7 +235,7 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             Err(e) => {
                 let mut out = failed(role, &via, Stage::Punch, format!("{e} ({last_error})"));
                 out.record.attempts = machine.round();
-                out.record.syns = syns;
+                spent.fill(&mut out.record);
                 out.record.bytes.coordination = bytes;
                 out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 ctx.libp2p.disconnect(peer).await;
@@ -264,9 +260,17 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
                     }
                     Step::Punch {
                         candidates,
+                        guesses,
                         start,
                         rtt,
-                    } => plan = Some((candidates, start, rtt)),
+                    } => {
+                        plan = Some(Round {
+                            candidates,
+                            guesses,
+                            start: Instant::from_std(start),
+                            rtt: rtt.unwrap_or_default(),
+                        })
+                    }
                     Step::Receive => {}
                 }
             }
@@ -276,8 +280,8 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             })
         }
         .await;
-        let (candidates, start, rtt) = match result {
-            Ok(plan) => plan,
+        let round = match result {
+            Ok(round) => round,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "closing the exchange stream");
                 ctx.libp2p.disconnect(peer).await;
@@ -286,7 +290,7 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
                 return out;
             }
         };
-        if candidates.is_empty() {
+        if round.candidates.is_empty() {
             ctx.libp2p.disconnect(peer).await;
             return failed(
                 role,
@@ -296,22 +300,14 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             );
         }
         let coordinated = Instant::now();
-        let claims = punch::claim(&ctx.router, &candidates);
-        match punch_once(
-            ctx,
-            role,
-            peer,
-            candidates.clone(),
-            Instant::from_std(start),
-            rtt.unwrap_or_default(),
-            claims,
-        )
-        .await
-        {
+        let claims = punch::claim(&ctx.router, &round.candidates);
+        let candidates = round.candidates.clone();
+        let first = machine.round() == 1;
+        match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
             Ok(p) => break (p, candidates, coordinated),
             Err(e) => {
                 first_syn = first_syn.or(e.first_syn);
-                syns = syns.saturating_add(e.syns);
+                spent.add(e.syns, e.birthday_ports);
                 last_error = e.to_string();
             }
         }
@@ -330,8 +326,8 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             rounds: attempts,
             done_at: coordinated,
             bytes,
-            predicted,
-            syns,
+            predicted: predicted_of(&own_ports),
+            spent,
         },
     )
     .await
@@ -358,7 +354,7 @@ async fn exchange_as_a(
 ) -> Libp2pOutcome {
     let role = SessionRole::Initiator;
     let mut stream = stream;
-    let (ours, predicted) = ctx.offer(&via).await;
+    let (ours, own_ports) = ctx.offer(&via).await;
     let ours_offered = ours.clone();
     let mut machine = SideA::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
@@ -366,11 +362,11 @@ async fn exchange_as_a(
     let mut rounds: u32 = 0;
     let mut first_syn = None;
     // SYNs of the rounds that failed; the winning round adds its own.
-    let mut syns: u32 = 0;
+    let mut spent = Spent::default();
     let mut last_error = String::from("the peer gave up");
     let timeout = ctx.session.handshake_timeout;
     let punched = loop {
-        let plan: Result<Option<(Vec<SocketAddr>, _)>, ExchangeError> = async {
+        let plan: Result<Option<Round>, ExchangeError> = async {
             let (msg, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
                 .await
                 .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
@@ -386,8 +382,18 @@ async fn exchange_as_a(
                         bytes = bytes.saturating_add(n as u64);
                     }
                     Step::Punch {
-                        candidates, start, ..
-                    } => return Ok(Some((candidates, start))),
+                        candidates,
+                        guesses,
+                        start,
+                        ..
+                    } => {
+                        return Ok(Some(Round {
+                            candidates,
+                            guesses,
+                            start: Instant::from_std(start),
+                            rtt: Duration::ZERO,
+                        }))
+                    }
                     Step::Receive => {}
                 }
             }
@@ -402,28 +408,21 @@ async fn exchange_as_a(
         .await;
         match plan {
             Ok(None) => continue,
-            Ok(Some((candidates, start))) => {
+            Ok(Some(round)) => {
                 rounds = rounds.saturating_add(1);
                 let coordinated = Instant::now();
-                if candidates.is_empty() {
+                if round.candidates.is_empty() {
                     last_error = format!("{peer} offered no address to punch to");
                     continue;
                 }
-                match punch_once(
-                    ctx,
-                    role,
-                    peer,
-                    candidates.clone(),
-                    Instant::from_std(start),
-                    Duration::ZERO,
-                    std::mem::take(&mut claims),
-                )
-                .await
-                {
+                let candidates = round.candidates.clone();
+                let first = rounds == 1;
+                let claims = std::mem::take(&mut claims);
+                match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
                     Ok(p) => break (p, candidates, coordinated),
                     Err(e) => {
                         first_syn = first_syn.or(e.first_syn);
-                        syns = syns.saturating_add(e.syns);
+                        spent.add(e.syns, e.birthday_ports);
                         last_error = e.to_string();
                     }
                 }
@@ -443,7 +442,7 @@ async fn exchange_as_a(
                 ctx.libp2p.disconnect(peer).await;
                 let mut out = failed(role, &via, stage, reason);
                 out.record.attempts = rounds;
-                out.record.syns = syns;
+                spent.fill(&mut out.record);
                 out.record.bytes.coordination = bytes;
                 out.record.t_ms.first_syn = first_syn.map(|t| ms_since(asked, t));
                 return out;
@@ -463,11 +462,43 @@ async fn exchange_as_a(
             rounds,
             done_at: coordinated,
             bytes,
-            predicted,
-            syns,
+            predicted: predicted_of(&own_ports),
+            spent,
         },
     )
     .await
+}
+
+/// One exchange round's plan.
+struct Round {
+    candidates: Vec<SocketAddr>,
+    /// The peer's ports to dial once (its prediction or birthday guesses).
+    guesses: Vec<SocketAddr>,
+    start: Instant,
+    rtt: Duration,
+}
+
+impl Round {
+    /// What this round's punch does. A birthday (our mappings, or our
+    /// dials to the peer's guesses) belongs to the first round only: it
+    /// is paid whole once per punch, and a second one is as likely to miss.
+    fn once(self, first_round: bool, own_ports: &Option<OwnPorts>) -> OneRound {
+        let birthday = first_round && matches!(own_ports, Some(OwnPorts::Birthday(_)));
+        let guesses = if first_round || self.guesses.len() <= predict::MAX_SEQUENCE_PORTS {
+            self.guesses
+        } else {
+            Vec::new()
+        };
+        OneRound {
+            round: Round { guesses, ..self },
+            birthday_mappings: birthday,
+        }
+    }
+}
+
+struct OneRound {
+    round: Round,
+    birthday_mappings: bool,
 }
 
 /// One attempt of the punch engine: each exchange round is one attempt,
@@ -476,29 +507,68 @@ async fn punch_once(
     ctx: &Libp2pPunchContext,
     role: SessionRole,
     peer: PeerId,
-    candidates: Vec<SocketAddr>,
-    start: Instant,
-    rtt: Duration,
+    plan: OneRound,
     claims: Vec<crate::net::router::Expectation>,
 ) -> Result<punch::Punched, punch::PunchError> {
+    let OneRound {
+        round,
+        birthday_mappings,
+    } = plan;
     let config = ScheduleConfig {
         attempts: 1,
-        ..ScheduleConfig::for_rtt(rtt)
+        ..ScheduleConfig::for_rtt(round.rtt)
     };
-    let start = start.later(ctx.dial_delay);
+    let start = round.start.later(ctx.dial_delay);
+    let late = (!round.guesses.is_empty()).then(|| {
+        let (told, endpoints) = tokio::sync::oneshot::channel();
+        let _ = told.send(round.guesses);
+        punch::LateCandidates {
+            endpoints,
+            router: ctx.router.clone(),
+        }
+    });
     punch::punch_claimed(
         &ctx.port,
         PunchPlan {
-            candidates,
+            candidates: round.candidates,
             start,
             config,
             requester: format!("libp2p:{peer}"),
-            late: None,
+            late,
+            birthday_mappings,
             pick_where_peer_speaks: role == SessionRole::Responder,
         },
         claims,
     )
     .await
+}
+
+/// SYNs of the rounds so far.
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    syns: u32,
+    birthday_ports: u32,
+}
+
+impl Spent {
+    fn add(&mut self, syns: u32, birthday_ports: u32) {
+        self.syns = self.syns.saturating_add(syns);
+        self.birthday_ports = self.birthday_ports.saturating_add(birthday_ports);
+    }
+
+    fn fill(self, record: &mut Outcome) {
+        record.syns = self.syns;
+        record.birthday_ports = self.birthday_ports;
+    }
+}
+
+/// The ports we predicted, for the record (a birthday's guesses are
+/// counted, not listed).
+fn predicted_of(own_ports: &Option<OwnPorts>) -> Vec<u16> {
+    match own_ports {
+        Some(OwnPorts::Predicted(ports)) => ports.clone(),
+        _ => Vec::new(),
+    }
 }
 
 /// What the exchange did before the punch, for the record.
@@ -514,7 +584,7 @@ struct Coordination {
     /// The ports we predicted for our punch (behind a symmetric NAT).
     predicted: Vec<u16>,
     /// SYNs of the rounds before the winning one.
-    syns: u32,
+    spent: Spent,
 }
 
 /// The shared pipeline ([`crate::punch::upgrade`]) with the libp2p
@@ -532,7 +602,8 @@ async fn finish(
         role,
         peer,
     };
-    let syns = coordination.syns.saturating_add(punched.syns);
+    let mut spent = coordination.spent;
+    spent.add(punched.syns, punched.birthday_ports);
     let crate::punch::upgrade::Finished {
         mut record,
         session,
@@ -555,7 +626,7 @@ async fn finish(
         .collect();
     record.attempts = coordination.rounds;
     record.predicted_ports = coordination.predicted;
-    record.syns = syns;
+    spent.fill(&mut record);
     record.t_ms.coordination = Some(ms_since(asked, coordination.done_at));
     record.bytes.coordination = coordination.bytes;
     // The relayed connection has done its job, whatever became of the

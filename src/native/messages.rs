@@ -23,8 +23,9 @@ pub fn node_punch_coordinator() -> ServiceFlags {
     ServiceFlags::from(NODE_PUNCH_COORDINATOR_BIT)
 }
 
-/// No native message is larger than this.
-pub const MAX_NATIVE_PAYLOAD: usize = 128;
+/// No native message is larger than this: `hpports` with a birthday's 256
+/// ports at an IPv6 address (8 + 18 + 2 + 512 bytes).
+pub const MAX_NATIVE_PAYLOAD: usize = 540;
 
 /// Tags of the things a node key signs.
 pub const REGISTER_TAG: &str = "bitpunch/register/v1";
@@ -57,9 +58,10 @@ pub const FEATURE_PORT_PREDICTION: u64 = 4;
 pub const FEATURE_NAT_CLASS: u64 = 8;
 /// Feature bits of this code. Unknown bits are ignored.
 pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION | FEATURE_NAT_CLASS;
-/// Predicted ports in one `hpports`: each is one SYN of the peer's punch
-/// budget (docs/native-protocol.md, "Port prediction").
-pub const MAX_PREDICTED_PORTS: usize = 16;
+/// Ports in one `hpports`: a sequence's prediction (each one SYN of the
+/// peer's punch budget) or a birthday's guesses (paid whole from its
+/// birthday allowance); docs/native-protocol.md, "Port prediction".
+pub const MAX_PREDICTED_PORTS: usize = crate::punch::predict::BIRTHDAY_PORTS;
 /// Own-network endpoints in one `hplocal` or `hpcands`.
 pub const MAX_LOCAL_ENDPOINTS: usize = 4;
 
@@ -279,7 +281,7 @@ impl NativeMessage {
                 out.extend_from_slice(&request.to_le_bytes());
                 put_ip(&mut out, *ip);
                 let ports = ports.get(..MAX_PREDICTED_PORTS).unwrap_or(ports);
-                out.push(u8::try_from(ports.len()).unwrap_or(0));
+                out.extend_from_slice(&u16::try_from(ports.len()).unwrap_or(0).to_le_bytes());
                 for port in ports {
                     out.extend_from_slice(&port.to_be_bytes());
                 }
@@ -576,9 +578,9 @@ impl Reader<'_> {
         })
     }
 
-    /// count (u8, 1 to [`MAX_PREDICTED_PORTS`]) ‖ ports.
+    /// count (u16 LE, 1 to [`MAX_PREDICTED_PORTS`]) ‖ ports.
     fn ports(&mut self) -> Result<Vec<u16>, NativeError> {
-        let count = usize::from(self.u8()?);
+        let count = usize::from(u16::from_le_bytes([self.u8()?, self.u8()?]));
         if count == 0 || count > MAX_PREDICTED_PORTS {
             return Err(self.bad(format!("{count} ports, 1 to {MAX_PREDICTED_PORTS} allowed")));
         }
@@ -670,6 +672,12 @@ mod tests {
                 ip: v6.ip(),
                 ports: (40_001..40_017).collect(),
             },
+            // A birthday's guesses: the most one message carries.
+            NativeMessage::Ports {
+                request: 6,
+                ip: "203.0.113.9".parse().unwrap(),
+                ports: (2_000..2_256).collect(),
+            },
             NativeMessage::Nat {
                 class: NatBrief {
                     mapping: MappingBehaviour::AddressAndPortDependent,
@@ -711,27 +719,30 @@ mod tests {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
         // hello, coord, register, challenge, prove, registered v4/v6,
         // connect, punch v4, fail, result, auth, local (one v4), cands
-        // (four v6), ports (v6, sixteen), nat, peernat
+        // (four v6), ports (v6, sixteen; v4, 256), nat, peernat
         // (docs/native-protocol.md)
         assert_eq!(
             sizes,
-            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 59, 7, 15]
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 60, 528, 7, 15]
         );
-        let ports = |count: u8| {
+        let ports = |count: u16, given: u16| {
             let mut bytes = 7u64.to_le_bytes().to_vec();
-            bytes.extend_from_slice(&[1, 4, 203, 0, 113, 9, count]);
-            for _ in 0..count {
+            bytes.extend_from_slice(&[1, 4, 203, 0, 113, 9]);
+            bytes.extend_from_slice(&count.to_le_bytes());
+            for _ in 0..given {
                 bytes.extend_from_slice(&40_000u16.to_be_bytes());
             }
             NativeMessage::decode("hpports", &bytes)
         };
-        assert!(ports(16).is_ok());
-        for count in [0, 17] {
-            assert!(ports(count)
+        assert!(ports(256, 256).is_ok());
+        for count in [0, 257, u16::MAX] {
+            assert!(ports(count, count.min(300))
                 .unwrap_err()
                 .to_string()
-                .contains("1 to 16 allowed"));
+                .contains("1 to 256 allowed"));
         }
+        // A count the bytes do not back is refused, not allocated.
+        assert!(ports(200, 3).is_err());
         let five = NativeMessage::Local {
             endpoints: vec!["10.0.0.5:8333".parse().unwrap(); 4],
         }

@@ -13,6 +13,7 @@ use super::messages::{NativeMessage, PunchResult, PunchRole, SESSION_TAG, SPLICE
 use crate::clock::Later;
 use crate::identity::{self, NodeId, NodeKey};
 use crate::net::{Router, SharedPort};
+use crate::punch::predict::OwnPorts;
 use crate::punch::{self, PunchPlan, PunchedStream, ScheduleConfig};
 use crate::report::{Outcome, Path};
 use crate::wire::{Session, SessionConfig, SessionRole, Stage};
@@ -108,10 +109,13 @@ pub async fn execute(
     record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
     record.nat_peer = order.peer_nat;
     // Before our first SYN, so that it takes the port we predict.
-    record.predicted_ports = predict_our_ports(ctx, &order).await;
+    let own_ports = predict_our_ports(ctx, &order).await;
+    if let Some(OwnPorts::Predicted(ports)) = &own_ports {
+        record.predicted_ports = ports.clone();
+    }
 
     let mut start = received_at.later(order.delay);
-    if !record.predicted_ports.is_empty() {
+    if own_ports.is_some() {
         // Our SYN should meet the peer's SYNs to the predicted ports, not
         // arrive before the peer has heard of them: a SYN that finds the
         // peer's NAT closed is lost (or, where stale state from an earlier
@@ -129,6 +133,7 @@ pub async fn execute(
             endpoints: predicted,
             router: ctx.router.clone(),
         }),
+        birthday_mappings: matches!(own_ports, Some(OwnPorts::Birthday(_))),
         pick_where_peer_speaks: order.role == PunchRole::Responder,
     };
     let punched = match punch::punch(&ctx.port, &ctx.router, plan).await {
@@ -137,6 +142,7 @@ pub async fn execute(
             record.error = Some(e.to_string());
             record.attempts = e.attempts;
             record.syns = e.syns;
+            record.birthday_ports = e.birthday_ports;
             record.candidates = e.candidates.iter().map(|c| c.to_string()).collect();
             record.t_ms.first_syn = e.first_syn.and_then(ms);
             return PunchOutcome {
@@ -149,6 +155,7 @@ pub async fn execute(
     };
     let attempts = punched.attempts;
     let syns = punched.syns;
+    let birthday_ports = punched.birthday_ports;
     record.candidates = punched.candidates.iter().map(|c| c.to_string()).collect();
     let proof = NodeKeyProof {
         key: &ctx.key,
@@ -172,6 +179,7 @@ pub async fn execute(
     upgraded.candidates = record.candidates;
     upgraded.attempts = attempts;
     upgraded.syns = syns;
+    upgraded.birthday_ports = birthday_ports;
     upgraded.predicted_ports = record.predicted_ports;
     upgraded.nat_ours = record.nat_ours;
     upgraded.nat_peer = record.nat_peer;
@@ -191,12 +199,13 @@ pub async fn execute(
 
 /// Behind a symmetric NAT the coordinator's view of our port is useless
 /// to the peer: ask the probe server where our latest connection appears,
-/// and tell the peer (through the coordinator) the ports that follow. The
-/// punch's own connections take them next. Returns the ports told.
-async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
-    let Some(prediction) = &ctx.prediction else {
-        return Vec::new();
-    };
+/// and tell the peer (through the coordinator) the ports that follow (the
+/// punch's own connections take them next), or, for a NAT that allocates
+/// at random, a birthday's guesses. No birthday toward a peer that said
+/// its own NAT maps each destination apart: its SYNs would not come from
+/// the endpoint our mappings point at.
+async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Option<OwnPorts> {
+    let prediction = ctx.prediction.as_ref()?;
     let own = punch::OwnPrediction {
         port: &ctx.port,
         observed: prediction.observed,
@@ -208,14 +217,22 @@ async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Vec<u16> {
             .saturating_mul(4)
             .clamp(Duration::from_millis(300), Duration::from_secs(2)),
     };
-    let Some((latest, ports)) = own.ports().await else {
-        return Vec::new();
-    };
+    let (ip, ours) = own.ports().await?;
+    let peer_maps_apart = order
+        .peer_nat
+        .is_some_and(|peer| peer.mapping != crate::nat::MappingBehaviour::EndpointIndependent);
+    if matches!(ours, OwnPorts::Birthday(_)) && peer_maps_apart {
+        tracing::info!(
+            request = order.request,
+            "no birthday punch: the peer's NAT maps each destination apart too"
+        );
+        return None;
+    }
     prediction
         .link
-        .predict(order.request, latest.ip(), ports.clone())
+        .predict(order.request, ip, ours.ports().to_vec())
         .await;
-    ports
+    Some(ours)
 }
 
 fn signed_data(session_id: &[u8; 32], role: PunchRole, request: u64) -> Vec<u8> {

@@ -146,6 +146,12 @@ impl SharedPort {
             .charge(std::time::Instant::now(), requester, target)
     }
 
+    /// Pays for one birthday punch of `syns` SYNs (crate::punch::predict).
+    pub fn charge_birthday(&self, syns: usize) -> Result<(), crate::punch::budget::BudgetRefusal> {
+        self.lock_budget()
+            .charge_birthday(std::time::Instant::now(), syns)
+    }
+
     /// SYNs paid and refused so far.
     pub fn punch_syns(&self) -> (u64, u64) {
         let budget = self.lock_budget();
@@ -170,6 +176,19 @@ impl SharedPort {
             ));
         }
         dial_from(SocketAddr::new(local_ip, self.port), remote).await
+    }
+
+    /// Opens a TCP connection to `remote` from a fresh ephemeral port, not
+    /// the shared one: a birthday punch's new NAT mappings.
+    pub async fn dial_fresh(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        let socket = match remote {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = self.bind_ip {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(remote).await
     }
 
     /// Starts the accept loop: every inbound connection goes to `router`.

@@ -29,6 +29,10 @@ pub struct BudgetConfig {
     pub per_requester: usize,
     /// SYNs per minute in all.
     pub global: usize,
+    /// Birthday punches per minute in all (each up to
+    /// [`crate::punch::predict::BIRTHDAY_PORTS`] SYNs to one address,
+    /// paid from this allowance instead of the SYN limits above).
+    pub birthdays: usize,
 }
 
 impl Default for BudgetConfig {
@@ -38,12 +42,20 @@ impl Default for BudgetConfig {
     /// minute to one address is eight honest punches there (one, when its
     /// NAT refuses every SYN), and 300 in all is a hundred one-candidate
     /// punches.
+    ///
+    /// A birthday punch (a random symmetric NAT against an endpoint-
+    /// independent one) needs hundreds of SYNs to one address at once,
+    /// which no per-SYN limit fit for everything else allows; it is paid
+    /// whole, from its own allowance: one a minute, so that the most a
+    /// coordinator can make a node fire at one host is 256 SYNs a minute
+    /// (about four a second).
     fn default() -> Self {
         BudgetConfig {
             per_address: 24,
             per_netgroup: 48,
             per_requester: 48,
             global: 300,
+            birthdays: 1,
         }
     }
 }
@@ -57,6 +69,7 @@ impl BudgetConfig {
         per_netgroup: usize::MAX,
         per_requester: usize::MAX,
         global: usize::MAX,
+        birthdays: usize::MAX,
     };
 }
 
@@ -67,6 +80,7 @@ enum Key {
     Address(IpAddr),
     Netgroup(IpAddr),
     Requester(String),
+    Birthdays,
 }
 
 /// Why a SYN was not fired.
@@ -80,6 +94,8 @@ pub enum BudgetRefusal {
     Requester { requester: String, limit: usize },
     #[error("{limit} SYNs a minute in all already spent")]
     Global { limit: usize },
+    #[error("{limit} birthday punches a minute already made")]
+    Birthdays { limit: usize },
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +187,7 @@ impl PunchBudget {
                         requester: r.clone(),
                         limit: *limit,
                     },
+                    Key::Birthdays => BudgetRefusal::Birthdays { limit: *limit },
                 })
             })
         };
@@ -191,6 +208,23 @@ impl PunchBudget {
                 !times.is_empty()
             });
         }
+        Ok(())
+    }
+
+    /// Pays for one birthday punch of `syns` SYNs, all to one address, or
+    /// says why not. Its SYNs count as spent, but not against the per-SYN
+    /// limits, which they would exhaust for a minute.
+    pub fn charge_birthday(&mut self, now: Instant, syns: usize) -> Result<(), BudgetRefusal> {
+        let times = self.by_key.entry(Key::Birthdays).or_default();
+        prune(times, now);
+        if times.len() >= self.config.birthdays {
+            self.refused = self.refused.saturating_add(syns as u64);
+            return Err(BudgetRefusal::Birthdays {
+                limit: self.config.birthdays,
+            });
+        }
+        times.push_back(now);
+        self.spent = self.spent.saturating_add(syns as u64);
         Ok(())
     }
 
@@ -217,6 +251,7 @@ mod tests {
             per_netgroup: 5,
             per_requester: 100,
             global: 100,
+            birthdays: 0,
         });
         for i in 1..=3 {
             budget
@@ -259,6 +294,7 @@ mod tests {
             per_netgroup: 100,
             per_requester: 2,
             global: 3,
+            birthdays: 0,
         });
         budget.charge(t0, "mallory", ip("198.51.100.1")).unwrap();
         budget.charge(t0, "mallory", ip("203.0.113.1")).unwrap();
@@ -271,6 +307,30 @@ mod tests {
             budget.charge(t0, "bob", ip("192.0.2.2")),
             Err(BudgetRefusal::Global { limit: 3 })
         ));
+    }
+
+    #[test]
+    fn a_birthday_is_paid_whole_from_its_own_allowance() {
+        let t0 = Instant::now();
+        let mut budget = PunchBudget::new(BudgetConfig {
+            per_address: 2,
+            ..Default::default()
+        });
+        budget.charge_birthday(t0, 256).unwrap();
+        // The per-SYN limits are untouched by it...
+        budget.charge(t0, "a", ip("198.51.100.1")).unwrap();
+        // ...and a second birthday in the same minute is refused, whole.
+        assert_eq!(
+            budget.charge_birthday(t0, 256),
+            Err(BudgetRefusal::Birthdays { limit: 1 })
+        );
+        assert_eq!((budget.spent, budget.refused), (257, 256));
+        budget.charge_birthday(t0 + WINDOW, 256).unwrap();
+        let mut none = PunchBudget::new(BudgetConfig {
+            birthdays: 0,
+            ..Default::default()
+        });
+        assert!(none.charge_birthday(t0, 1).is_err());
     }
 
     #[test]

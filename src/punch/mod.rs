@@ -42,6 +42,10 @@ pub struct PunchPlan {
     /// Endpoints that may come while the punch runs: the ports a peer
     /// behind a symmetric NAT predicts for its own punch.
     pub late: Option<LateCandidates>,
+    /// We are behind a random symmetric NAT and the peer guesses at our
+    /// ports: open [`predict::BIRTHDAY_PORTS`] connections from fresh
+    /// ports to the first candidate at the first attempt.
+    pub birthday_mappings: bool,
     /// We are the BIP324 responder: when several candidates are in play,
     /// take, of the connections that come up, the one the initiator speaks
     /// on first (it may have more than one up and uses the first of them).
@@ -65,14 +69,20 @@ pub struct OwnPrediction<'a> {
 }
 
 impl OwnPrediction<'_> {
-    /// The ports our punch will likely get, when we may be behind a
-    /// sequential symmetric NAT: one probe from the shared port shows the
-    /// latest mapping, and the ports that follow it are the prediction.
-    /// `None` when no probe is worth making, the probe fails, or it shows
-    /// no sequence. Make it just before the punch's first SYN.
-    pub async fn ports(&self) -> Option<(SocketAddr, Vec<u16>)> {
+    /// What the peer should dial once each, at which address, when we may
+    /// be behind a symmetric NAT: one probe from the shared port shows the
+    /// latest mapping, and the ports that follow it are the prediction; a
+    /// NAT known or seen to allocate at random gets a birthday instead.
+    /// `None` when no probe is worth making, the probe fails, or the
+    /// mapping is endpoint-independent. Make it just before the punch's
+    /// first SYN.
+    pub async fn ports(&self) -> Option<(std::net::IpAddr, predict::OwnPorts)> {
         use std::sync::atomic::Ordering::Relaxed;
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if predict::known_random(self.observed, known.as_ref()) {
+            let guesses = predict::birthday_guesses(&mut rand::thread_rng());
+            return Some((self.observed.ip(), predict::OwnPorts::Birthday(guesses)));
+        }
         let local = self
             .port
             .local_addrs()
@@ -97,16 +107,27 @@ impl OwnPrediction<'_> {
         if latest == self.observed {
             self.endpoint_independent.store(true, Relaxed);
         }
-        let ports = predict::window(self.observed, latest, known.as_ref())?;
-        tracing::debug!(%latest, ?ports, "port prediction: our punch's likely ports");
-        Some((latest, ports))
+        let own = predict::after_probe(self.observed, latest, known.as_ref())?;
+        match &own {
+            predict::OwnPorts::Predicted(ports) => {
+                tracing::debug!(%latest, ?ports, "port prediction: our punch's likely ports")
+            }
+            predict::OwnPorts::Birthday(_) => tracing::debug!(
+                %latest, observed = %self.observed,
+                "port prediction: no sequence, a birthday punch"
+            ),
+        }
+        Some((latest.ip(), own))
     }
 }
 
 /// Candidates known only after the punch began. Each is claimed and
-/// dialed once when it arrives (not again each attempt: a pending SYN to a
-/// predicted port is the peer's way in whenever its own SYN leaves from
-/// that port) and kept pending until the punch ends.
+/// dialed once when it arrives, or at the first attempt if it arrives
+/// earlier (not again each attempt: a pending SYN to a predicted port is
+/// the peer's way in whenever its own SYN leaves from that port), and kept
+/// pending until the punch ends. More than [`predict::MAX_SEQUENCE_PORTS`]
+/// are a birthday's guesses: paid whole, neither claimed nor recorded one
+/// by one, and closed before the kernel would send their SYNs again.
 pub struct LateCandidates {
     pub endpoints: oneshot::Receiver<Vec<SocketAddr>>,
     pub router: Arc<Router>,
@@ -132,6 +153,8 @@ pub struct Punched {
     /// SYNs this punch fired (connects started; the kernel's own
     /// retransmissions not counted).
     pub syns: u32,
+    /// Of those, a birthday's: mappings opened or guesses dialed.
+    pub birthday_ports: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +165,7 @@ pub struct PunchError {
     pub last_error: Option<String>,
     pub first_syn: Option<Instant>,
     pub syns: u32,
+    pub birthday_ports: u32,
 }
 
 /// Carries out `plan` from `port`, with `router` (the accept loop of the same
@@ -184,6 +208,7 @@ pub async fn punch_claimed(
         port,
         requester: &plan.requester,
         syns: 0,
+        birthday_ports: 0,
         last_error: None,
     };
     let give_up =
@@ -193,6 +218,7 @@ pub async fn punch_claimed(
             last_error: spent.last_error,
             first_syn,
             syns: spent.syns,
+            birthday_ports: spent.birthday_ports,
         };
 
     // Responder only: connections up, waiting for the initiator's first
@@ -204,39 +230,77 @@ pub async fn punch_claimed(
     let mut speaking = FuturesUnordered::new();
     let mut giving_up_at: Option<Instant> = None;
     let mut redials_left = 0;
+    // Candidates the peer told us during the punch, dialed once each from
+    // the first attempt on (before it, the peer is not dialing yet).
+    let mut told: Vec<SocketAddr> = Vec::new();
+    let mut started = false;
+    // A birthday's connections: mappings we open, or guesses we dial.
+    let mut birthday = FuturesUnordered::new();
     loop {
-        let wait_until = match giving_up_at {
-            Some(t) => t,
-            None => match schedule.poll(Instant::now().into_std()) {
-                Step::Dial {
-                    attempt,
-                    candidates,
-                } => {
-                    // A connect still pending from the last attempt is
-                    // abandoned: its SYN was lost or dropped, and a fresh one
-                    // is due now.
-                    dials = FuturesUnordered::new();
-                    redials_left = REDIALS_AFTER_REFUSAL;
-                    first_syn.get_or_insert_with(Instant::now);
-                    for candidate in candidates {
-                        tracing::debug!(%candidate, attempt, "punch: dialing");
-                        dials.extend(spent.dial(candidate, None));
+        if started && !told.is_empty() {
+            let told = std::mem::take(&mut told);
+            if told.len() > predict::MAX_SEQUENCE_PORTS {
+                first_syn.get_or_insert_with(Instant::now);
+                birthday.extend(spent.birthday(told, Birthday::Guesses));
+            } else {
+                for candidate in told {
+                    if all_candidates.contains(&candidate) {
+                        continue;
                     }
-                    continue;
+                    all_candidates.push(candidate);
+                    if let Some(router) = &late_router {
+                        expectations.push(router.expect_from(candidate));
+                    }
+                    tracing::debug!(%candidate, "punch: dialing a predicted port");
+                    first_syn.get_or_insert_with(Instant::now);
+                    held.extend(spent.dial(candidate, None));
                 }
-                Step::WaitUntil(t) => Instant::from_std(t),
-                Step::GiveUp if speaking.is_empty() => {
-                    return Err(give_up(&schedule, spent, first_syn, &all_candidates))
-                }
-                Step::GiveUp => {
-                    // A connection is up; give the initiator a moment to
-                    // speak on it.
-                    let t = Instant::now().later(SPEAK_FIRST_GRACE);
-                    giving_up_at = Some(t);
-                    t
-                }
-            },
-        };
+            }
+        }
+        let wait_until =
+            match giving_up_at {
+                Some(t) => t,
+                None => match schedule.poll(Instant::now().into_std()) {
+                    Step::Dial {
+                        attempt,
+                        candidates,
+                    } => {
+                        // A connect still pending from the last attempt is
+                        // abandoned: its SYN was lost or dropped, and a fresh one
+                        // is due now.
+                        dials = FuturesUnordered::new();
+                        redials_left = REDIALS_AFTER_REFUSAL;
+                        first_syn.get_or_insert_with(Instant::now);
+                        for candidate in candidates {
+                            tracing::debug!(%candidate, attempt, "punch: dialing");
+                            dials.extend(spent.dial(candidate, None));
+                        }
+                        if !started {
+                            started = true;
+                            if let Some(&peer) =
+                                plan.candidates.first().filter(|_| plan.birthday_mappings)
+                            {
+                                birthday.extend(spent.birthday(
+                                    vec![peer; predict::BIRTHDAY_PORTS],
+                                    Birthday::Mappings,
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    Step::WaitUntil(t) => Instant::from_std(t),
+                    Step::GiveUp if speaking.is_empty() => {
+                        return Err(give_up(&schedule, spent, first_syn, &all_candidates))
+                    }
+                    Step::GiveUp => {
+                        // A connection is up; give the initiator a moment to
+                        // speak on it.
+                        let t = Instant::now().later(SPEAK_FIRST_GRACE);
+                        giving_up_at = Some(t);
+                        t
+                    }
+                },
+            };
         let late_pending = late.is_some();
         let next_late = async {
             match late.as_mut() {
@@ -264,18 +328,7 @@ pub async fn punch_claimed(
             }
             arrived = next_late, if late_pending => {
                 late = None;
-                for candidate in arrived.unwrap_or_default() {
-                    if all_candidates.contains(&candidate) {
-                        continue;
-                    }
-                    all_candidates.push(candidate);
-                    if let Some(router) = &late_router {
-                        expectations.push(router.expect_from(candidate));
-                    }
-                    tracing::debug!(%candidate, "punch: dialing a predicted port");
-                    first_syn.get_or_insert_with(Instant::now);
-                    held.extend(spent.dial(candidate, None));
-                }
+                told.extend(arrived.unwrap_or_default());
                 None
             }
             Some((candidate, dialed_at, result)) = dials.next(), if !dials.is_empty() => match result {
@@ -289,6 +342,16 @@ pub async fn punch_claimed(
                         tracing::debug!(%candidate, ?pause, "punch: refused, dialing again");
                         dials.extend(spent.dial(candidate, Some(pause)));
                     }
+                    None
+                }
+            },
+            Some((candidate, result)) = birthday.next(), if !birthday.is_empty() => match result {
+                Ok(stream) => {
+                    tracing::debug!(%candidate, "punch: a birthday connection is up");
+                    Connection::dialed(candidate, stream)
+                }
+                Err(e) => {
+                    tracing::trace!(%candidate, error = %e, "punch: a birthday connection failed");
                     None
                 }
             },
@@ -339,7 +402,7 @@ pub async fn punch_claimed(
         // and the peer's are the same 4-tuple): no need to wait, which
         // would cost the initiator a one-way trip (its key and ours no
         // longer cross).
-        let several_ways = all_candidates.len() > 1;
+        let several_ways = all_candidates.len() > 1 || spent.birthday_ports > 0;
         if plan.pick_where_peer_speaks && several_ways && !connection.peer_spoke {
             speaking.push(connection.wait_for_first_bytes());
             continue;
@@ -354,6 +417,7 @@ pub async fn punch_claimed(
             established: connection.established,
             candidates: all_candidates,
             syns: spent.syns,
+            birthday_ports: spent.birthday_ports,
         });
     }
 }
@@ -364,8 +428,20 @@ struct Spending<'a> {
     requester: &'a str,
     /// SYNs paid for.
     syns: u32,
+    /// Of those, a birthday's.
+    birthday_ports: u32,
     /// Why the last dial failed, or was not made.
     last_error: Option<String>,
+}
+
+/// Which side of a birthday punch we are.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Birthday {
+    /// Behind the random NAT: connections from fresh ports, each a new
+    /// mapping, all to the peer's one endpoint.
+    Mappings,
+    /// The peer's guesses at those mappings, from the shared port.
+    Guesses,
 }
 
 impl<'a> Spending<'a> {
@@ -396,6 +472,56 @@ impl<'a> Spending<'a> {
         })
     }
 }
+
+impl<'a> Spending<'a> {
+    /// Pays for a birthday's connections (to `targets`, at most
+    /// [`predict::BIRTHDAY_PORTS`]) as a whole from the budget's birthday
+    /// allowance, and dials them; none when it refuses. Each connect is
+    /// abandoned before the kernel would send its SYN again: a second SYN
+    /// of the same connection meets the same mappings, no new chance.
+    fn birthday(
+        &mut self,
+        mut targets: Vec<SocketAddr>,
+        side: Birthday,
+    ) -> Vec<impl std::future::Future<Output = (SocketAddr, std::io::Result<TcpStream>)> + 'a> {
+        if side == Birthday::Guesses {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        targets.truncate(predict::BIRTHDAY_PORTS);
+        if let Err(why) = self.port.charge_birthday(targets.len()) {
+            tracing::info!(requester = %self.requester, reason = %why, ?side, "punch: birthday refused by the punch budget");
+            self.last_error = Some(format!("{}: {why}", budget::REFUSED_BY_BUDGET));
+            return Vec::new();
+        }
+        let n = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+        self.syns = self.syns.saturating_add(n);
+        self.birthday_ports = self.birthday_ports.saturating_add(n);
+        tracing::debug!(?side, ports = n, "punch: birthday");
+        let port = self.port;
+        targets
+            .into_iter()
+            .map(|target| async move {
+                let dial = async {
+                    match side {
+                        Birthday::Mappings => port.dial_fresh(target).await,
+                        Birthday::Guesses => port.dial(target).await,
+                    }
+                };
+                match tokio::time::timeout(BIRTHDAY_HOLD, dial).await {
+                    Ok(result) => (target, result),
+                    Err(_) => (target, Err(std::io::ErrorKind::TimedOut.into())),
+                }
+            })
+            .collect()
+    }
+}
+
+/// How long a birthday's connects stay pending: under the kernel's first
+/// SYN retransmission (1 s), so that each costs exactly one SYN, and long
+/// enough for the other side's SYNs to arrive across any path a punch
+/// works over.
+const BIRTHDAY_HOLD: std::time::Duration = std::time::Duration::from_millis(900);
 
 /// SYNs an attempt may fire again at a candidate that refused one: with
 /// three attempts, at most 15 SYNs to one candidate in a punch.

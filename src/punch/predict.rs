@@ -5,7 +5,17 @@
 //! latest port plus its step. Just before punching, the node asks a probe
 //! server where its latest connection appears (one TCP connection, crate::
 //! nat) and tells the peer the next few ports; the peer dials each of them
-//! once (docs/native-protocol.md, "Port prediction"). Without I/O.
+//! once (docs/native-protocol.md, "Port prediction").
+//!
+//! A NAT that allocates at random cannot be predicted, only met by chance:
+//! the birthday punch. The node behind it opens [`BIRTHDAY_PORTS`]
+//! connections toward the peer's one endpoint from fresh local ports (each
+//! a new mapping at a random port of its NAT) and tells the peer as many
+//! random ports to dial once each; one of the peer's SYNs lands on one of
+//! the mappings with probability about 1 - exp(-k²/N) (k = 256 of the
+//! N = 64,512 ports a Linux NAT draws from: 64 %). It needs a peer whose
+//! own mapping is endpoint-independent (its SYNs must all come from the
+//! endpoint the mappings point at). Without I/O.
 
 use std::net::SocketAddr;
 
@@ -15,6 +25,80 @@ use crate::nat::{Allocation, MappingBehaviour, NatClass};
 /// takes a new port on a symmetric NAT) and some traffic of other hosts
 /// behind the same NAT in between. Each is one SYN of the peer's budget.
 pub const PREDICTED_PORTS: usize = 8;
+
+/// Mappings a birthday punch opens, and guesses the peer dials: 256 each
+/// give even odds with room to spare against a NAT drawing from all
+/// 64,512 unprivileged ports (1 - exp(-256²/64,512) ≈ 64 %), for 256 SYNs
+/// on each side, once per punch and paid from the budget's birthday
+/// allowance. Fewer is a poor bargain (128: 22 %).
+pub const BIRTHDAY_PORTS: usize = 256;
+
+/// More ports than this, told by the peer to dial once each, are a
+/// birthday's guesses (paid whole from the birthday allowance), not a
+/// sequence's prediction (paid SYN by SYN).
+pub const MAX_SEQUENCE_PORTS: usize = 2 * PREDICTED_PORTS;
+
+/// The ports a Linux NAT draws from for a connection from an
+/// unprivileged port (the kernel's range when none is configured).
+const NAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// What our punch does about a NAT that gives each destination its own
+/// port, and what it tells the peer to dial once each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnPorts {
+    /// A sequential NAT: the ports the punch will likely get next.
+    Predicted(Vec<u16>),
+    /// A random NAT: the punch opens [`BIRTHDAY_PORTS`] mappings toward
+    /// the peer, and the peer guesses at these ports.
+    Birthday(Vec<u16>),
+}
+
+impl OwnPorts {
+    /// The ports the peer dials once each.
+    pub fn ports(&self) -> &[u16] {
+        match self {
+            OwnPorts::Predicted(ports) | OwnPorts::Birthday(ports) => ports,
+        }
+    }
+}
+
+/// A NAT we already know to map each destination apart, at random: no
+/// probe tells more, a birthday is the only way through.
+pub fn known_random(link_observed: SocketAddr, known: Option<&NatClass>) -> bool {
+    link_observed.is_ipv4()
+        && known.is_some_and(|c| {
+            c.mapping != MappingBehaviour::EndpointIndependent && c.allocation == Allocation::Random
+        })
+}
+
+/// What a probe's `latest` view of our newest mapping says our punch
+/// should do: continue a sequence, or, when the ports show none (on the
+/// same public IPv4 address: a pool of addresses or IPv6 is another
+/// matter), a birthday. `None` when the mapping is endpoint-independent.
+pub fn after_probe(
+    link_observed: SocketAddr,
+    latest: SocketAddr,
+    known: Option<&NatClass>,
+) -> Option<OwnPorts> {
+    if let Some(ports) = window(link_observed, latest, known) {
+        return Some(OwnPorts::Predicted(ports));
+    }
+    let random = link_observed.is_ipv4()
+        && latest.ip() == link_observed.ip()
+        && latest.port() != link_observed.port();
+    random.then(|| OwnPorts::Birthday(birthday_guesses(&mut rand::thread_rng())))
+}
+
+/// [`BIRTHDAY_PORTS`] distinct ports, uniformly from the NAT's range: where
+/// the peer guesses our mappings are.
+pub fn birthday_guesses(rng: &mut impl rand::Rng) -> Vec<u16> {
+    let first = *NAT_PORTS.start();
+    let size = NAT_PORTS.len();
+    rand::seq::index::sample(rng, size, BIRTHDAY_PORTS)
+        .into_iter()
+        .filter_map(|i| u16::try_from(i).ok()?.checked_add(first))
+        .collect()
+}
 
 /// A step larger than this is not a sequence but chance.
 const MAX_STEP: i32 = 64;
@@ -146,6 +230,50 @@ mod tests {
             window(addr("203.0.113.5:65530"), addr("203.0.113.5:65533"), None),
             Some(vec![65_534, 65_535])
         );
+    }
+
+    #[test]
+    fn a_random_nat_gets_a_birthday_and_its_guesses_are_distinct_unprivileged_ports() {
+        let link = addr("203.0.113.5:40000");
+        let Some(OwnPorts::Birthday(guesses)) = after_probe(link, addr("203.0.113.5:52000"), None)
+        else {
+            panic!("no birthday for a random NAT");
+        };
+        assert_eq!(guesses.len(), BIRTHDAY_PORTS);
+        let distinct: std::collections::HashSet<u16> = guesses.iter().copied().collect();
+        assert_eq!(distinct.len(), BIRTHDAY_PORTS);
+        assert!(guesses.iter().all(|p| *p >= 1024));
+        // A sequence is still predicted, an endpoint-independent mapping
+        // needs nothing, and neither does an address pool or IPv6.
+        assert!(matches!(
+            after_probe(link, addr("203.0.113.5:40002"), None),
+            Some(OwnPorts::Predicted(_))
+        ));
+        assert_eq!(after_probe(link, link, None), None);
+        assert_eq!(after_probe(link, addr("203.0.113.6:52000"), None), None);
+        let v6 = addr("[2001:db8::5]:40000");
+        assert_eq!(after_probe(v6, addr("[2001:db8::5]:52000"), None), None);
+        // Known random: no probe needed; known sequential or
+        // endpoint-independent: never a birthday.
+        let random = class(
+            MappingBehaviour::AddressAndPortDependent,
+            Allocation::Random,
+        );
+        assert!(known_random(link, Some(&random)));
+        assert!(!known_random(v6, Some(&random)));
+        let eim = class(MappingBehaviour::EndpointIndependent, Allocation::Random);
+        assert!(!known_random(link, Some(&eim)));
+        assert!(!known_random(link, None));
+    }
+
+    #[test]
+    fn birthday_guesses_spread_over_the_whole_range() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let guesses = birthday_guesses(&mut rng);
+        let high = guesses.iter().filter(|p| **p > 33_000).count();
+        // Half the range is above 33,000: 128 expected, far from 0 or 256.
+        assert!((80..=176).contains(&high), "{high} of 256 high");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Outcome {
     /// likely give our punch (crate::punch::predict).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predicted_ports: Vec<u16>,
+    /// Of `syns`, a birthday punch's (a random symmetric NAT, ours or the
+    /// peer's): the mappings we opened or the guesses we dialed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub birthday_ports: u32,
     /// Our NAT's class, as our own classification last found it
     /// (`bitpunch nat`), and the peer's, as it told its coordinator
     /// (native path only: DCUtR has no field for it).
@@ -141,6 +145,7 @@ impl Outcome {
             attempts: 1,
             syns: 0,
             predicted_ports: Vec::new(),
+            birthday_ports: 0,
             nat_ours: None,
             nat_peer: None,
             won_by: None,
@@ -219,4 +224,8 @@ impl Outcome {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("outcome records always serialize")
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
