@@ -240,8 +240,15 @@ pub async fn punch_claimed(
         if started && !told.is_empty() {
             let told = std::mem::take(&mut told);
             if told.len() > predict::MAX_SEQUENCE_PORTS {
-                first_syn.get_or_insert_with(Instant::now);
-                birthday.extend(spent.birthday(told, Birthday::Guesses));
+                // Guessing from behind a random NAT of our own would send
+                // every guess from a port the peer's mappings do not point
+                // at: two random NATs do not meet, whoever guesses.
+                if plan.birthday_mappings {
+                    tracing::debug!("punch: no guesses at the peer's birthday, ours is under way");
+                } else {
+                    first_syn.get_or_insert_with(Instant::now);
+                    birthday.extend(spent.birthday(told, Birthday::Guesses));
+                }
             } else {
                 for candidate in told {
                     if all_candidates.contains(&candidate) {
