@@ -45,8 +45,8 @@ async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_on_both_path
     for _ in 0..2 {
         // Native: the order's endpoint and the eight predicted ports.
         // libp2p: Bob's CONNECT, his observed address and seven predicted
-        // ones (a peer takes at most eight addresses).
-        for (path, candidates) in [(PathKind::Native, 9), (PathKind::Libp2p, 8)] {
+        // ones dialed every round, the eighth once.
+        for (path, candidates) in [(PathKind::Native, 9), (PathKind::Libp2p, 9)] {
             let record = lab.try_path(path).await;
             let json = record.to_json();
             assert!(record.ok, "{json}");
@@ -56,6 +56,24 @@ async fn a_node_behind_a_sequential_symmetric_nat_predicts_its_port_on_both_path
             let remote = record.remote.clone().unwrap_or_default();
             assert!(record.candidates[1..].contains(&remote), "{json}");
             assert!(record.syns >= candidates as u32, "{json}");
+        }
+    }
+
+    drop(lab);
+
+    // Both behind one: each dials the other's observed endpoint first, then
+    // the other's list in order, and the k-th connections of the two sides
+    // meet (before the list began at its second port: 0 of 20).
+    let lab = InLab::start(symmetric, symmetric, LinkShape::delay_ms(20))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        for path in [PathKind::Native, PathKind::Libp2p] {
+            let record = lab.try_path(path).await;
+            let json = record.to_json();
+            assert!(record.ok, "{json}");
+            assert_eq!(record.predicted_ports.len(), 8, "{json}");
+            assert_eq!(record.candidates.len(), 9, "{json}");
         }
     }
 }

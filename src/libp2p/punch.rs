@@ -301,10 +301,9 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
         }
         let coordinated = Instant::now();
         let claims = punch::claim(&ctx.router, &round.candidates);
-        let candidates = round.candidates.clone();
         let first = machine.round() == 1;
         match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
-            Ok(p) => break (p, candidates, coordinated),
+            Ok(p) => break (p, coordinated),
             Err(e) => {
                 first_syn = first_syn.or(e.first_syn);
                 spent.add(e.syns, e.birthday_ports);
@@ -312,7 +311,7 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             }
         }
     };
-    let (punched, candidates, coordinated) = punched;
+    let (punched, coordinated) = punched;
     let attempts = machine.round();
     finish(
         ctx,
@@ -322,7 +321,6 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
         asked,
         Coordination {
             via,
-            candidates,
             rounds: attempts,
             done_at: coordinated,
             bytes,
@@ -415,11 +413,10 @@ async fn exchange_as_a(
                     last_error = format!("{peer} offered no address to punch to");
                     continue;
                 }
-                let candidates = round.candidates.clone();
                 let first = rounds == 1;
                 let claims = std::mem::take(&mut claims);
                 match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
-                    Ok(p) => break (p, candidates, coordinated),
+                    Ok(p) => break (p, coordinated),
                     Err(e) => {
                         first_syn = first_syn.or(e.first_syn);
                         spent.add(e.syns, e.birthday_ports);
@@ -449,7 +446,7 @@ async fn exchange_as_a(
             }
         }
     };
-    let (punched, candidates, coordinated) = punched;
+    let (punched, coordinated) = punched;
     finish(
         ctx,
         punched,
@@ -458,7 +455,6 @@ async fn exchange_as_a(
         asked,
         Coordination {
             via,
-            candidates,
             rounds,
             done_at: coordinated,
             bytes,
@@ -574,7 +570,6 @@ fn predicted_of(own_ports: &Option<OwnPorts>) -> Vec<u16> {
 /// What the exchange did before the punch, for the record.
 struct Coordination {
     via: Multiaddr,
-    candidates: Vec<SocketAddr>,
     /// Exchange rounds (each one punch attempt).
     rounds: u32,
     /// When the last round's plan was known.
@@ -604,6 +599,9 @@ async fn finish(
     };
     let mut spent = coordination.spent;
     spent.add(punched.syns, punched.birthday_ports);
+    // The round's candidates and the peer's predicted ports (a birthday's
+    // guesses are counted, not listed).
+    let candidates = punched.candidates.iter().map(|c| c.to_string()).collect();
     let crate::punch::upgrade::Finished {
         mut record,
         session,
@@ -619,11 +617,7 @@ async fn finish(
     )
     .await;
     record.via = Some(coordination.via.to_string());
-    record.candidates = coordination
-        .candidates
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    record.candidates = candidates;
     record.attempts = coordination.rounds;
     record.predicted_ports = coordination.predicted;
     spent.fill(&mut record);

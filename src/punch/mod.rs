@@ -327,6 +327,11 @@ pub async fn punch_claimed(
             }
         };
         let up: Option<Connection> = tokio::select! {
+            // In this order: a new attempt's dials issue their connects
+            // before the predicted ports' (a sequential NAT gives them
+            // ports in the order they leave, and the peer's prediction
+            // counts on it).
+            biased;
             _ = sleep_precisely_until(wait_until) => {
                 if giving_up_at.is_some() {
                     return Err(give_up(&schedule, spent, first_syn, &all_candidates));

@@ -152,7 +152,15 @@ pub fn window(
     if step == 0 || step.unsigned_abs() > MAX_STEP.unsigned_abs() {
         return None;
     }
-    let ports: Vec<u16> = (1..=PREDICTED_PORTS as i32)
+    // The punch's first connection (to the peer's observed endpoint) takes
+    // the first port, its dials to the peer's predicted ports the ports
+    // after it, in order. A peer behind another sequential NAT dials our
+    // ports in the order given, each from its own next port: listing the
+    // second port first pairs our k-th connection with its k-th (both dial
+    // each other's observed endpoint first, then each other's list). The
+    // first port, for a peer with one port, comes last.
+    let order = (2..=PREDICTED_PORTS as i32).chain(std::iter::once(1));
+    let ports: Vec<u16> = order
         .filter_map(|i| {
             u16::try_from(i32::from(latest.port()).checked_add(i.checked_mul(step)?)?).ok()
         })
@@ -209,9 +217,11 @@ mod tests {
     #[test]
     fn a_sequence_continues_from_the_latest_port() {
         let link = addr("203.0.113.5:40000");
+        // The second port first: the first goes to the peer's observed
+        // endpoint; it comes last, for a peer with one port.
         assert_eq!(
             window(link, addr("203.0.113.5:40003"), None),
-            Some((40_004..40_012).collect())
+            Some((40_005..40_012).chain([40_004]).collect())
         );
         let seq = class(
             MappingBehaviour::AddressAndPortDependent,
@@ -219,16 +229,16 @@ mod tests {
         );
         assert_eq!(
             window(link, addr("203.0.113.5:40003"), Some(&seq)),
-            Some((1..=8).map(|i| 40_003 + 2 * i).collect())
+            Some((2..=8).chain([1]).map(|i| 40_003 + 2 * i).collect())
         );
         // Downward sequences, and the end of the port range.
         assert_eq!(
             window(link, addr("203.0.113.5:39990"), None).unwrap()[0],
-            39_989
+            39_988
         );
         assert_eq!(
             window(addr("203.0.113.5:65530"), addr("203.0.113.5:65533"), None),
-            Some(vec![65_534, 65_535])
+            Some(vec![65_535, 65_534])
         );
     }
 
