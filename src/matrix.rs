@@ -19,6 +19,8 @@ use crate::scenario::{self, PathKind};
 
 /// What a record's `lab.nat_bob` says when Bob sits behind Alice's router.
 pub const SAME_ROUTER: &str = "same-router";
+/// How an IPv6 run's records name their NATs: the profile and this.
+const IPV6_SUFFIX: &str = " (IPv6)";
 
 /// Where Alice and Bob sit in one cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,16 +96,6 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<Outcome>> {
-    if config.ipv6
-        && config
-            .cells
-            .iter()
-            .any(|c| matches!(c, Cell::SameRouter(_)))
-    {
-        anyhow::bail!(
-            "--ipv6 runs cells with two routers only (no --same-router cells over IPv6 yet)"
-        );
-    }
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
     let jsonl_path = config.out_dir.join("records.jsonl");
@@ -131,7 +123,7 @@ pub async fn run(
     let names = |cell: Cell| {
         let (a, b) = cell.names();
         match config.ipv6 {
-            true => (format!("{a} (IPv6)"), format!("{b} (IPv6)")),
+            true => (format!("{a}{IPV6_SUFFIX}"), format!("{b}{IPV6_SUFFIX}")),
             false => (a, b),
         }
     };
@@ -179,7 +171,8 @@ pub async fn run(
                 scenario::InLab::start_shaped(nat_alice, nat_bob, shapes, config.ipv6).await?
             }
             Cell::SameRouter(nat) => {
-                scenario::InLab::start_behind_one_nat(nat, shape(config.delay_ms)).await?
+                scenario::InLab::start_behind_one_router(nat, shape(config.delay_ms), config.ipv6)
+                    .await?
             }
         };
         let (nat_alice, nat_bob) = names(cell);
@@ -292,7 +285,8 @@ pub fn summarize(records: &[Outcome]) -> BTreeMap<(String, String, PathKind), Ce
                 .unwrap_or_default();
             // Behind one router the punched connection never crosses the
             // delayed link.
-            let direct = if key.1 == SAME_ROUTER { 0.0 } else { d_a + d_b };
+            let same_router = key.1.trim_end_matches(IPV6_SUFFIX) == SAME_ROUTER;
+            let direct = if same_router { 0.0 } else { d_a + d_b };
             let summary = summarize_group(&rs, lower_bound_with_direct(key.2, d_a, d_b, direct));
             (key, summary)
         })
@@ -443,6 +437,7 @@ mod tests {
         // Registration and request over the 20 ms link (9 d + d), the
         // punch and handshake on the LAN (no delay).
         assert_eq!(bound(record(SAME_ROUTER, None)), 200.0);
+        assert_eq!(bound(record("same-router (IPv6)", None)), 200.0);
         assert_eq!(bound(record("eim/apdf/drop", None)), 400.0);
         // Asymmetric: Bob's link 60 ms.
         assert_eq!(bound(record("eim/apdf/drop", Some(60.0))), 240.0 + 400.0);

@@ -439,7 +439,7 @@ impl InLab {
         shape: crate::lab::LinkShape,
     ) -> Result<InLab> {
         let (lab, t) = crate::lab::Lab::two_nats(nat_alice, nat_bob, shape)?;
-        Self::start_in(lab, t)
+        Self::start_family(lab, t, false)
             .await
             .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
     }
@@ -466,14 +466,21 @@ impl InLab {
         nat: crate::lab::NatProfile,
         shape: crate::lab::LinkShape,
     ) -> Result<InLab> {
-        let (lab, t) = crate::lab::Lab::one_nat(nat, shape)?;
-        Self::start_in(lab, t)
-            .await
-            .with_context(|| format!("starting the scenario behind one {nat}"))
+        Self::start_behind_one_router(nat, shape, false).await
     }
 
-    async fn start_in(lab: crate::lab::Lab, t: crate::lab::TwoNats) -> Result<InLab> {
-        Self::start_family(lab, t, false).await
+    /// Alice and Bob behind one router, over IPv4 (its NAT) or IPv6 (its
+    /// firewall; both hosts in one /64).
+    pub async fn start_behind_one_router(
+        nat: crate::lab::NatProfile,
+        shape: crate::lab::LinkShape,
+        ipv6: bool,
+    ) -> Result<InLab> {
+        let (lab, t) = crate::lab::Lab::one_nat(nat, shape)?;
+        let family = if ipv6 { "IPv6" } else { "IPv4" };
+        Self::start_family(lab, t, ipv6)
+            .await
+            .with_context(|| format!("starting the {family} scenario behind one {nat}"))
     }
 
     async fn start_family(

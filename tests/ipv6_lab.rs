@@ -37,3 +37,41 @@ async fn both_paths_punch_through_ipv6_firewalls_that_drop_or_refuse() {
         }
     }
 }
+
+/// Behind a carrier (IPv4 double NAT, IPv6 routed through the carrier to
+/// the home router's firewall), and two hosts behind one router (one /64:
+/// the session runs on the LAN, no firewall in between).
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_punch_over_ipv6_behind_a_carrier_and_behind_one_router() {
+    require_lab!();
+    let shape = LinkShape::delay_ms(20);
+    let (cgn, home) = ("cgn".parse().unwrap(), "home".parse().unwrap());
+    let lab = InLab::start_shaped(cgn, home, (shape, shape), true)
+        .await
+        .unwrap();
+    let bob = lab.topology.bob.ip6.expect("Bob has an IPv6 address");
+    for path in [PathKind::Native, PathKind::Libp2p] {
+        let record = lab.try_path(path).await;
+        let json = record.to_json();
+        assert!(record.ok, "cgn: {json}");
+        let remote = record.remote.clone().unwrap_or_default();
+        assert_eq!(remote, format!("[{bob}]:18444"), "cgn: {json}");
+    }
+    drop(lab);
+
+    let lab = InLab::start_behind_one_router(home, shape, true)
+        .await
+        .unwrap();
+    let bob = lab.topology.bob.ip6.expect("Bob has an IPv6 address");
+    for path in [PathKind::Native, PathKind::Libp2p] {
+        let record = lab.try_path(path).await;
+        let json = record.to_json();
+        assert!(record.ok, "one router: {json}");
+        let remote = record.remote.clone().unwrap_or_default();
+        assert_eq!(remote, format!("[{bob}]:18444"), "one router: {json}");
+    }
+}

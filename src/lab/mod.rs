@@ -267,23 +267,31 @@ impl Lab {
             self.finish_router(name, public_ip, public_ip, (lan, 24), profile, link)?;
         // IPv6 is routed, not translated: the LAN gets a /64 of its own,
         // the internet a route to it, the router a stateful firewall (a
-        // carrier's subscribers get none: see `Host::ip6`).
-        if profile != nat::CARRIER {
-            let lan6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 0);
-            let gateway6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 1);
-            self.addr6(&router.ns, gateway6, "lan")?;
-            self.sysctl(&router.ns, "net.ipv6.conf.all.forwarding=1")?;
-            let inet = self.inet.clone();
-            self.route6(&inet, &format!("{lan6}/64"), wan6)?;
+        // carrier routes its subscribers' IPv6 without one).
+        let inet = self.inet.clone();
+        self.route6(&inet, &format!("{}/64", lan6_of(index)), wan6)?;
+        self.routed6(&mut router, index, profile != nat::CARRIER)?;
+        Ok(router)
+    }
+
+    /// The router's LAN /64 (the router is `::1` on it), forwarding, and,
+    /// with `firewall`, its profile's stateful IPv6 firewall.
+    fn routed6(&mut self, router: &mut Router, index: u8, firewall: bool) -> Result<()> {
+        let lan6 = lan6_of(index);
+        let [a, b, c, d, ..] = lan6.segments();
+        self.addr6(&router.ns, Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1), "lan")?;
+        self.sysctl(&router.ns, "net.ipv6.conf.all.forwarding=1")?;
+        if firewall {
+            let profile = router.profile;
             netns::run_with_input(
                 "ip",
                 &["netns", "exec", &router.ns, "nft", "-f", "-"],
                 Some(&profile.firewall6("bitpunch_fw6")),
             )
             .with_context(|| format!("loading the {profile} IPv6 firewall"))?;
-            router.lan6 = Some(lan6);
         }
-        Ok(router)
+        router.lan6 = Some(lan6);
+        Ok(())
     }
 
     /// A NAT router whose WAN is a host on `upstream`'s LAN.
@@ -300,7 +308,42 @@ impl Lab {
         self.routers += 1;
         let lan = (Ipv4Addr::new(10, index + 1, 0, 0), 24);
         let link = upstream.link.clone();
-        self.finish_router(name, wan_ip, upstream.public_ip, lan, profile, link)
+        let mut router =
+            self.finish_router(name, wan_ip, upstream.public_ip, lan, profile, link)?;
+        // IPv6 through the carrier: routed to this router's WAN address on
+        // the carrier's LAN, and on to this router's own /64.
+        if let Some(up6) = upstream.lan6 {
+            let [a, b, c, d, ..] = up6.segments();
+            let wan6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, u16::from(wan_ip.octets()[3]));
+            self.addr6(&ns, wan6, "wan")?;
+            self.route6(&ns, "default", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1))?;
+            let own = format!("{}/64", lan6_of(index));
+            self.route6(&upstream.ns, &own, wan6)?;
+            let inet = self.inet.clone();
+            let carrier_wan6 = self.wan6_of(&upstream.ns)?;
+            self.route6(&inet, &own, carrier_wan6)?;
+            self.routed6(&mut router, index, true)?;
+        }
+        Ok(router)
+    }
+
+    /// The internet-side IPv6 address `attach` gave `ns`.
+    fn wan6_of(&self, ns: &str) -> Result<Ipv6Addr> {
+        let slot = self
+            .links
+            .iter()
+            .position(|l| l.far.0 == ns)
+            .with_context(|| format!("{ns} is not on the internet"))?;
+        Ok(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xffff,
+            slot as u16,
+            0,
+            0,
+            0,
+            2,
+        ))
     }
 
     /// The router's LAN bridge, forwarding and its NAT rules (on `wan_ip`,
@@ -645,6 +688,11 @@ pub fn cleanup(all: bool) -> Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+/// The IPv6 /64 of router `index`'s LAN.
+fn lan6_of(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, u16::from(index) + 1, 0, 0, 0, 0, 0)
 }
 
 #[cfg(test)]
