@@ -112,9 +112,10 @@ impl Libp2pPunchContext {
     }
 
     /// Port prediction (crate::punch::predict) through the relay's NAT
-    /// probes (a bitpunch relay answers on its port + 1): the peer takes at
-    /// most [`exchange::MAX_CANDIDATES`] addresses, so the ports come
-    /// after our observed and own-network ones.
+    /// probes (a bitpunch relay answers on its port + 1). The ports come
+    /// after our observed and own-network addresses: the peer dials
+    /// [`exchange::MAX_CANDIDATES`] of the offer every round and the rest
+    /// at our address once ([`exchange::guesses`]).
     async fn predict(&self, offer: &[Multiaddr], via: &Multiaddr) -> Option<OwnPorts> {
         let observed = offer.first().and_then(super::transport::socket_addr)?;
         let probe = super::relay_endpoint(via)
