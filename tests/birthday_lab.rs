@@ -29,11 +29,21 @@ async fn a_random_symmetric_nat_meets_a_home_router_by_birthday_on_both_paths() 
     .await
     .unwrap();
     let mut punched = 0;
+    let mut looked_sequential = 0;
     for path in [PathKind::Native, PathKind::Libp2p] {
         for _ in 0..TRIES {
             // Alice's record: the side behind the symmetric NAT.
             let record = lab.try_path(path).await;
             let json = record.to_json();
+            // Two probes that land within a step of each other make a
+            // random NAT look sequential (about one try in 500): allowed
+            // once, since a second time in eight means the probes lie.
+            if record.birthday_ports == 0 && !record.predicted_ports.is_empty() {
+                eprintln!("chance looked like a sequence: {json}");
+                looked_sequential += 1;
+                assert!(looked_sequential <= 1, "{json}");
+                continue;
+            }
             // Every mapping opened, paid once for the whole punch (not per
             // attempt or round), and few SYNs besides.
             assert_eq!(record.birthday_ports as usize, BIRTHDAY_PORTS, "{json}");

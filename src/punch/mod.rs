@@ -94,7 +94,24 @@ impl OwnPrediction<'_> {
         {
             return None;
         }
-        let latest = match crate::nat::observe(local, self.probe, self.timeout).await {
+        // Not knowing our NAT, a second probe from a fresh port, issued
+        // right after the first (its SYN leaves second, so a sequential NAT
+        // gives it the next port), tells a sequence from chance.
+        let fresh_probe = async {
+            match known {
+                Some(_) => None,
+                None => {
+                    crate::nat::observe(SocketAddr::new(local.ip(), 0), self.probe, self.timeout)
+                        .await
+                        .ok()
+                }
+            }
+        };
+        let (shared, fresh) = tokio::join!(
+            crate::nat::observe(local, self.probe, self.timeout),
+            fresh_probe
+        );
+        let latest = match shared {
             Ok(latest) => latest,
             Err(e) => {
                 // A probe server that is not there (a relay that is not
@@ -107,13 +124,13 @@ impl OwnPrediction<'_> {
         if latest == self.observed {
             self.endpoint_independent.store(true, Relaxed);
         }
-        let own = predict::after_probe(self.observed, latest, known.as_ref())?;
+        let own = predict::after_probe(self.observed, latest, fresh, known.as_ref())?;
         match &own {
             predict::OwnPorts::Predicted(ports) => {
-                tracing::debug!(%latest, ?ports, "port prediction: our punch's likely ports")
+                tracing::debug!(%latest, ?fresh, ?ports, "port prediction: our punch's likely ports")
             }
             predict::OwnPorts::Birthday(_) => tracing::debug!(
-                %latest, observed = %self.observed,
+                %latest, ?fresh, observed = %self.observed,
                 "port prediction: no sequence, a birthday punch"
             ),
         }

@@ -4,8 +4,10 @@
 //! a NAT that allocates ports in sequence gives the next connection the
 //! latest port plus its step. Just before punching, the node asks a probe
 //! server where its latest connection appears (one TCP connection, crate::
-//! nat) and tells the peer the next few ports; the peer dials each of them
-//! once (docs/native-protocol.md, "Port prediction").
+//! nat; a second from a fresh port beside it when the node does not know
+//! its NAT: the two show the step, or that there is none) and tells the
+//! peer the next few ports; the peer dials each of them once
+//! (docs/native-protocol.md, "Port prediction").
 //!
 //! A NAT that allocates at random cannot be predicted, only met by chance:
 //! the birthday punch. The node behind it opens [`BIRTHDAY_PORTS`]
@@ -71,22 +73,47 @@ pub fn known_random(link_observed: SocketAddr, known: Option<&NatClass>) -> bool
         })
 }
 
-/// What a probe's `latest` view of our newest mapping says our punch
-/// should do: continue a sequence, or, when the ports show none (on the
-/// same public IPv4 address: a pool of addresses or IPv6 is another
-/// matter), a birthday. `None` when the mapping is endpoint-independent.
+/// What the probes' views of our newest mappings say our punch should
+/// do: continue a sequence, or, when the ports show none (on the same
+/// public IPv4 address: a pool of addresses or IPv6 is another matter), a
+/// birthday. `None` when the mapping is endpoint-independent.
+///
+/// `shared` is where a probe from the shared port appears. `fresh`, made
+/// from a fresh port right after it when our NAT's class is unknown, is
+/// the next mapping: a sequential NAT puts it a step away, a random one
+/// anywhere. Without it, the distance from the link's old mapping has to
+/// decide, and a random NAT lands within a sequence's reach of it about
+/// one time in sixty (that is how a CI run once took one for a sequence).
 pub fn after_probe(
     link_observed: SocketAddr,
-    latest: SocketAddr,
+    shared: SocketAddr,
+    fresh: Option<SocketAddr>,
     known: Option<&NatClass>,
 ) -> Option<OwnPorts> {
-    if let Some(ports) = window(link_observed, latest, known) {
-        return Some(OwnPorts::Predicted(ports));
+    if shared.ip() != link_observed.ip() || shared.port() == link_observed.port() {
+        return None;
     }
-    let random = link_observed.is_ipv4()
-        && latest.ip() == link_observed.ip()
-        && latest.port() != link_observed.port();
-    random.then(|| OwnPorts::Birthday(birthday_guesses(&mut rand::thread_rng())))
+    let birthday = || {
+        link_observed
+            .is_ipv4()
+            .then(|| OwnPorts::Birthday(birthday_guesses(&mut rand::thread_rng())))
+    };
+    match (known, fresh) {
+        (None, Some(fresh)) => {
+            if fresh.ip() != shared.ip() {
+                return None;
+            }
+            let step = i32::from(fresh.port()) - i32::from(shared.port());
+            if step == 0 || step.unsigned_abs() > MAX_STEP.unsigned_abs() {
+                return birthday();
+            }
+            sequence(fresh.port(), step).map(OwnPorts::Predicted)
+        }
+        _ => match window(link_observed, shared, known) {
+            Some(ports) => Some(OwnPorts::Predicted(ports)),
+            None => birthday(),
+        },
+    }
 }
 
 /// [`BIRTHDAY_PORTS`] distinct ports, uniformly from the NAT's range: where
@@ -152,6 +179,12 @@ pub fn window(
     if step == 0 || step.unsigned_abs() > MAX_STEP.unsigned_abs() {
         return None;
     }
+    sequence(latest.port(), step)
+}
+
+/// The ports after `latest` in steps of `step`, in the order the peer
+/// should dial them.
+fn sequence(latest: u16, step: i32) -> Option<Vec<u16>> {
     // The punch's first connection (to the peer's observed endpoint) takes
     // the first port, its dials to the peer's predicted ports the ports
     // after it, in order. A peer behind another sequential NAT dials our
@@ -161,9 +194,7 @@ pub fn window(
     // first port, for a peer with one port, comes last.
     let order = (2..=PREDICTED_PORTS as i32).chain(std::iter::once(1));
     let ports: Vec<u16> = order
-        .filter_map(|i| {
-            u16::try_from(i32::from(latest.port()).checked_add(i.checked_mul(step)?)?).ok()
-        })
+        .filter_map(|i| u16::try_from(i32::from(latest).checked_add(i.checked_mul(step)?)?).ok())
         .filter(|p| *p != 0)
         .collect();
     (!ports.is_empty()).then_some(ports)
@@ -245,7 +276,8 @@ mod tests {
     #[test]
     fn a_random_nat_gets_a_birthday_and_its_guesses_are_distinct_unprivileged_ports() {
         let link = addr("203.0.113.5:40000");
-        let Some(OwnPorts::Birthday(guesses)) = after_probe(link, addr("203.0.113.5:52000"), None)
+        let Some(OwnPorts::Birthday(guesses)) =
+            after_probe(link, addr("203.0.113.5:52000"), None, None)
         else {
             panic!("no birthday for a random NAT");
         };
@@ -256,13 +288,19 @@ mod tests {
         // A sequence is still predicted, an endpoint-independent mapping
         // needs nothing, and neither does an address pool or IPv6.
         assert!(matches!(
-            after_probe(link, addr("203.0.113.5:40002"), None),
+            after_probe(link, addr("203.0.113.5:40002"), None, None),
             Some(OwnPorts::Predicted(_))
         ));
-        assert_eq!(after_probe(link, link, None), None);
-        assert_eq!(after_probe(link, addr("203.0.113.6:52000"), None), None);
+        assert_eq!(after_probe(link, link, None, None), None);
+        assert_eq!(
+            after_probe(link, addr("203.0.113.6:52000"), None, None),
+            None
+        );
         let v6 = addr("[2001:db8::5]:40000");
-        assert_eq!(after_probe(v6, addr("[2001:db8::5]:52000"), None), None);
+        assert_eq!(
+            after_probe(v6, addr("[2001:db8::5]:52000"), None, None),
+            None
+        );
         // Known random: no probe needed; known sequential or
         // endpoint-independent: never a birthday.
         let random = class(
@@ -274,6 +312,56 @@ mod tests {
         let eim = class(MappingBehaviour::EndpointIndependent, Allocation::Random);
         assert!(!known_random(link, Some(&eim)));
         assert!(!known_random(link, None));
+    }
+
+    #[test]
+    fn a_second_probe_from_a_fresh_port_tells_a_sequence_from_chance() {
+        let link = addr("203.0.113.5:12000");
+        // A random NAT whose shared-port probe happens to land near the
+        // link's old mapping: alone it looks like a sequence; the fresh
+        // probe, far from it, shows chance.
+        let near = addr("203.0.113.5:12336");
+        assert!(matches!(
+            after_probe(link, near, None, None),
+            Some(OwnPorts::Predicted(_))
+        ));
+        assert!(matches!(
+            after_probe(link, near, Some(addr("203.0.113.5:50111")), None),
+            Some(OwnPorts::Birthday(_))
+        ));
+        // A busy sequential NAT, thousands of mappings since the link was
+        // made: alone it looks random; the fresh probe gives the sequence
+        // and its step, and the window continues from the fresh mapping.
+        let far = addr("203.0.113.5:30000");
+        assert!(matches!(
+            after_probe(link, far, None, None),
+            Some(OwnPorts::Birthday(_))
+        ));
+        assert_eq!(
+            after_probe(link, far, Some(addr("203.0.113.5:30002")), None),
+            Some(OwnPorts::Predicted(
+                (2..=8).chain([1]).map(|i| 30_002 + 2 * i).collect()
+            ))
+        );
+        assert_eq!(
+            after_probe(link, far, Some(addr("203.0.113.5:29999")), None).map(|o| o.ports()[0]),
+            Some(29_997)
+        );
+        // The fresh probe at another address (a pool), or on the same
+        // port: nothing to continue, nothing to guess at.
+        assert_eq!(
+            after_probe(link, far, Some(addr("203.0.113.6:30001")), None),
+            None
+        );
+        assert!(matches!(
+            after_probe(link, far, Some(far), None),
+            Some(OwnPorts::Birthday(_))
+        ));
+        // An endpoint-independent mapping needs neither probe's opinion.
+        assert_eq!(
+            after_probe(link, link, Some(addr("203.0.113.5:30001")), None),
+            None
+        );
     }
 
     #[test]
