@@ -26,8 +26,9 @@ pub async fn run(config: &DemoConfig, mut each: impl FnMut(&Outcome)) -> Result<
             let places = Places {
                 relay: (Place::Here, here),
                 coordinator: (Place::Here, here),
-                bob: (Place::Here, here),
+                bob: (Place::Here, Some(here)),
                 alice: Place::Here,
+                also: None,
                 allow_private: true,
                 ports: Ports::ANY,
             };

@@ -21,6 +21,8 @@ use crate::scenario::{self, PathKind};
 pub const SAME_ROUTER: &str = "same-router";
 /// How an IPv6 run's records name their NATs: the profile and this.
 const IPV6_SUFFIX: &str = " (IPv6)";
+/// And a dual-stack run's.
+const DUAL_STACK_SUFFIX: &str = " (dual stack)";
 
 /// Where Alice and Bob sit in one cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +62,9 @@ pub struct MatrixConfig {
     pub delay_ms: u64,
     /// One-way delay on Bob's NAT's link: asymmetric paths.
     pub bob_delay_ms: Option<u64>,
-    /// Run every cell over IPv6 (the routers are stateful firewalls).
-    pub ipv6: bool,
+    /// Run every cell over IPv6 (the routers are stateful firewalls), or
+    /// dual-stack (nodes race both families).
+    pub family: scenario::Family,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     pub jitter_ms: u64,
     pub loss_percent: f64,
@@ -122,10 +125,12 @@ pub async fn run(
     }
     let names = |cell: Cell| {
         let (a, b) = cell.names();
-        match config.ipv6 {
-            true => (format!("{a}{IPV6_SUFFIX}"), format!("{b}{IPV6_SUFFIX}")),
-            false => (a, b),
-        }
+        let suffix = match config.family {
+            scenario::Family::Ipv4 => "",
+            scenario::Family::Ipv6 => IPV6_SUFFIX,
+            scenario::Family::DualStack => DUAL_STACK_SUFFIX,
+        };
+        (format!("{a}{suffix}"), format!("{b}{suffix}"))
     };
     let made_in = |cell: Cell, path: PathKind| {
         let (a, b) = names(cell);
@@ -168,10 +173,10 @@ pub async fn run(
             Cell::Apart(nat_alice, nat_bob) => {
                 let bob_delay = config.bob_delay_ms.unwrap_or(config.delay_ms);
                 let shapes = (shape(config.delay_ms), shape(bob_delay));
-                scenario::InLab::start_shaped(nat_alice, nat_bob, shapes, config.ipv6).await?
+                scenario::InLab::start_shaped(nat_alice, nat_bob, shapes, config.family).await?
             }
             Cell::SameRouter(nat) => {
-                scenario::InLab::start_behind_one_router(nat, shape(config.delay_ms), config.ipv6)
+                scenario::InLab::start_behind_one_router(nat, shape(config.delay_ms), config.family)
                     .await?
             }
         };
@@ -190,7 +195,8 @@ pub async fn run(
                     nat_bob: nat_bob.clone(),
                     delay_ms: config.delay_ms as f64,
                     bob_delay_ms: config.bob_delay_ms.map(|d| d as f64),
-                    ipv6: config.ipv6,
+                    ipv6: config.family == scenario::Family::Ipv6,
+                    dual_stack: config.family == scenario::Family::DualStack,
                     loss_percent: config.loss_percent,
                     jitter_ms: config.jitter_ms as f64,
                     try_index,
@@ -285,7 +291,11 @@ pub fn summarize(records: &[Outcome]) -> BTreeMap<(String, String, PathKind), Ce
                 .unwrap_or_default();
             // Behind one router the punched connection never crosses the
             // delayed link.
-            let same_router = key.1.trim_end_matches(IPV6_SUFFIX) == SAME_ROUTER;
+            let same_router = key
+                .1
+                .trim_end_matches(IPV6_SUFFIX)
+                .trim_end_matches(DUAL_STACK_SUFFIX)
+                == SAME_ROUTER;
             let direct = if same_router { 0.0 } else { d_a + d_b };
             let summary = summarize_group(&rs, lower_bound_with_direct(key.2, d_a, d_b, direct));
             (key, summary)
@@ -398,7 +408,7 @@ mod tests {
             paths: vec![PathKind::Native],
             delay_ms: 0,
             bob_delay_ms: None,
-            ipv6: false,
+            family: scenario::Family::Ipv4,
             jitter_ms,
             loss_percent: 0.0,
             tries: 2,
@@ -427,6 +437,7 @@ mod tests {
                 delay_ms: 20.0,
                 bob_delay_ms,
                 ipv6: false,
+                dual_stack: false,
                 loss_percent: 0.0,
                 jitter_ms: 0.0,
                 try_index: 0,
@@ -460,6 +471,7 @@ mod tests {
             delay_ms: 0.0,
             bob_delay_ms: None,
             ipv6: false,
+            dual_stack: false,
             loss_percent: 0.0,
             jitter_ms: 10.0,
             try_index: 0,

@@ -425,6 +425,28 @@ impl NodeHandle {
         }
     }
 
+    /// The node's registration over its other address family with a
+    /// coordinator it is registered with (dual stack): shown beside the
+    /// first, under its own `label`; requests keep going over the first.
+    pub fn set_other_family_registration(&self, label: &str, now: Option<(String, SocketAddr)>) {
+        let mut reach = lock(&self.reach);
+        match now {
+            Some((address, observed)) => {
+                reach.coordinators.insert(
+                    label.to_string(),
+                    Reachable {
+                        address,
+                        observed: Some(observed),
+                        since: unix_now(),
+                    },
+                );
+            }
+            None => {
+                reach.coordinators.remove(label);
+            }
+        }
+    }
+
     /// Where the node's coordinator links count the orders they refuse.
     pub fn order_refusals(&self) -> Arc<crate::native::client::OrderRefusals> {
         self.refusals.clone()

@@ -4,7 +4,7 @@
 //! It runs the three paths — libp2p, native, stock DCUtR — and returns their
 //! outcome records. `bitpunch demo` and `bitpunch lab run` are built on it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,14 +105,41 @@ impl Place<'_> {
     }
 }
 
+/// Which address families a scenario's roles speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    /// Every role listens and dials on its IPv6 address.
+    Ipv6,
+    /// The relay and the coordinator listen on both families and are named
+    /// by their IPv4 address, as a user would give them; the nodes bind
+    /// both families and learn their IPv6 address themselves.
+    DualStack,
+}
+
 pub struct Places<'a> {
+    /// Where the relay runs and the address nodes are given; with
+    /// `also`, its address in the other family (a dual-stack scenario:
+    /// it listens on both).
     pub relay: (Place<'a>, IpAddr),
     pub coordinator: (Place<'a>, IpAddr),
-    pub bob: (Place<'a>, IpAddr),
+    /// Bob's bind address: `None` binds both families.
+    pub bob: (Place<'a>, Option<IpAddr>),
     pub alice: Place<'a>,
+    /// The relay's and the coordinator's addresses in the other family,
+    /// for a dual-stack scenario.
+    pub also: Option<OtherFamily>,
     /// Offer loopback and private addresses (the loopback demo).
     pub allow_private: bool,
     pub ports: Ports,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OtherFamily {
+    pub relay: IpAddr,
+    pub coordinator: IpAddr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,13 +173,17 @@ fn session() -> SessionConfig {
     s
 }
 
-fn node(ip: IpAddr, port: u16) -> Result<Node> {
+/// A node on `port` of `ip`, or of both families' wildcards.
+fn node(ip: Option<IpAddr>, port: u16) -> Result<Node> {
     let mut config = NodeConfig::new(session());
-    config.bind_ip = Some(ip);
+    config.bind_ip = ip;
     config.port = port;
     // One peer is punched many times a minute: the budget would refuse.
     config.punch_budget = crate::punch::budget::BudgetConfig::UNLIMITED;
-    Node::start(config).with_context(|| format!("binding {ip}:{port}"))
+    Node::start(config).with_context(|| match ip {
+        Some(ip) => format!("binding {ip}:{port}"),
+        None => format!("binding port {port} on both families"),
+    })
 }
 
 /// The running infrastructure: the addresses Alice uses, and the tasks that
@@ -161,10 +192,12 @@ pub struct Running {
     pub circuit: Multiaddr,
     pub stock_circuit: Multiaddr,
     pub coordinator: crate::native::client::CoordinatorEndpoint,
+    /// The coordinator's address in the other family (dual stack).
+    pub coordinator_also: Option<SocketAddr>,
     pub bob_id: NodeId,
     allow_private: bool,
-    /// Alice binds the family the others listen on (IPv6 in an IPv6 run).
-    ipv6: bool,
+    /// What Alice binds: the family the others listen on, or both.
+    alice_bind: Option<IpAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -182,14 +215,19 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
     let mut tasks = Vec::new();
     let ports = places.ports;
     let (relay_place, relay_ip) = places.relay;
+    let relay_also = places.also.map(|a| a.relay);
     let (relay_tx, relay_rx) = tokio::sync::oneshot::channel();
     tasks.push(relay_place.spawn(async move {
-        let listen =
-            Multiaddr::from(relay_ip).with(::libp2p::multiaddr::Protocol::Tcp(ports.relay));
+        let at =
+            |ip: IpAddr| Multiaddr::from(ip).with(::libp2p::multiaddr::Protocol::Tcp(ports.relay));
+        let mut listen = vec![at(relay_ip)];
+        listen.extend(relay_also.map(at));
+        // Named by the first family's address; the other is only listed.
+        let external = relay_also.map(|_| at(relay_ip));
         match RelayServer::start(
             identity::Keypair::generate_ed25519(),
-            listen,
-            None,
+            &listen,
+            external,
             RelayLimits {
                 // Nodes behind symmetric NATs predict their ports with the
                 // probes.
@@ -212,13 +250,18 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
     let relay = relay_rx.await.context("relay task died")??;
 
     let (coord_place, coord_ip) = places.coordinator;
+    let coordinator_bind = match places.also {
+        Some(_) => None,
+        None => Some(coord_ip),
+    };
     let (coord_tx, coord_rx) = tokio::sync::oneshot::channel();
     tasks.push(coord_place.spawn(async move {
         let mut config = CoordinatorServerConfig::new(session(), NodeKey::generate());
         // Alice asks for Bob many times a minute from one address.
         config.machine.requests_per_netgroup_per_minute = usize::MAX;
         config.machine.orders_per_netgroup_per_target = usize::MAX;
-        config.bind_ip = Some(coord_ip);
+        // Dual stack: both wildcards.
+        config.bind_ip = coordinator_bind;
         config.port = ports.coordinator;
         // Nodes behind symmetric NATs predict their ports with the probes.
         config.nat_probe = true;
@@ -226,7 +269,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
             Ok(server) => {
                 let _ = coord_tx.send(Ok(crate::native::client::CoordinatorEndpoint {
                     id: server.id(),
-                    addr: server.local_addrs()[0],
+                    addr: SocketAddr::new(coord_ip, server.local_addrs()[0].port()),
                 }));
                 std::future::pending::<()>().await;
                 drop(server);
@@ -237,8 +280,12 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         }
     }));
     let coordinator = coord_rx.await.context("coordinator task died")??;
+    let coordinator_also = places
+        .also
+        .map(|a| SocketAddr::new(a.coordinator, coordinator.addr.port()));
 
     let (bob_place, bob_ip) = places.bob;
+    let dual_stack = places.also.is_some();
     let allow_private = places.allow_private;
     let (bob_tx, bob_rx) = tokio::sync::oneshot::channel::<Result<(Multiaddr, NodeId)>>();
     let relay_for_bob = relay.clone();
@@ -264,10 +311,24 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
                 ping_interval: crate::native::client::LINK_PING_INTERVAL,
                 refusals: None,
             };
-            let link = crate::native::register(&bob, coordinator, &key, link_config).await?;
-            anyhow::Ok((bob, libp2p, ctx, key, link))
+            let link =
+                crate::native::register(&bob, coordinator, &key, link_config.clone()).await?;
+            // Dual stack: the same key over the other family, beside it.
+            let second = match crate::native::other_family_of(&bob, coordinator, coordinator_also) {
+                Some(addr) => {
+                    let endpoint = crate::native::client::CoordinatorEndpoint {
+                        addr,
+                        ..coordinator
+                    };
+                    let mut config = link_config;
+                    config.client.second_family = true;
+                    Some(crate::native::register(&bob, endpoint, &key, config).await?)
+                }
+                None => None,
+            };
+            anyhow::Ok((bob, libp2p, ctx, key, link, second))
         };
-        let (bob, libp2p, ctx, key, mut link) = match started.await {
+        let (bob, libp2p, ctx, key, mut link, second) = match started.await {
             Ok(s) => s,
             Err(e) => {
                 let _ = bob_tx.send(Err(e));
@@ -276,6 +337,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         };
         let id = link.id;
         let (circuit_tx, mut circuit_rx) = tokio::sync::mpsc::channel(1);
+        let bob_libp2p = libp2p.clone();
         let keep = tokio::spawn(crate::libp2p::keep_reservation(
             libp2p,
             relay_for_bob,
@@ -285,6 +347,15 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         ));
         match tokio::time::timeout(Duration::from_secs(20), circuit_rx.recv()).await {
             Ok(Some(circuit)) => {
+                // A dual-stack Bob is ready once it knows its address in
+                // both families, as a node that has been up a while does
+                // (a fresh lab's first IPv6 connection takes a second).
+                if dual_stack && !learned_ipv6(&bob_libp2p).await {
+                    let _ = bob_tx.send(Err(anyhow::anyhow!(
+                        "dual-stack Bob learned no IPv6 address from the relay"
+                    )));
+                    return;
+                }
                 let _ = bob_tx.send(Ok((circuit, id)));
             }
             _ => {
@@ -293,9 +364,19 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
             }
         }
         let idle = Duration::from_secs(60);
+        let key = Arc::new(key);
+        // Orders come over the first registration; the second takes its
+        // place should the first go.
+        let serve_second = async {
+            if let Some(mut second) = second {
+                crate::native::serve_orders(&bob, &mut second, key.clone(), session(), idle, None)
+                    .await;
+            }
+        };
         tokio::join!(
             crate::libp2p::serve_relayed(ctx, idle, None),
-            crate::native::serve_orders(&bob, &mut link, Arc::new(key), session(), idle, None),
+            crate::native::serve_orders(&bob, &mut link, key.clone(), session(), idle, None),
+            serve_second,
         );
         keep.abort();
     }));
@@ -337,25 +418,41 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         circuit,
         stock_circuit,
         coordinator,
+        coordinator_also,
         bob_id,
         allow_private,
-        ipv6: places.relay.1.is_ipv6(),
+        alice_bind: match places.also {
+            Some(_) => None,
+            None if places.relay.1.is_ipv6() => Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+            None => Some(Ipv4Addr::UNSPECIFIED.into()),
+        },
         tasks,
     })
+}
+
+/// Waits up to 10 s for identify to tell `libp2p` an IPv6 address of its.
+async fn learned_ipv6(libp2p: &Libp2pNode) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let ipv6 =
+            |a: &Multiaddr| matches!(a.iter().next(), Some(::libp2p::multiaddr::Protocol::Ip6(_)));
+        if libp2p.observed().iter().any(ipv6) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// One try of `path` from Alice, from a fresh port, as `bitpunch connect`
 /// does it.
 pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Outcome {
     let allow_private = running.allow_private;
-    let any: IpAddr = if running.ipv6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        Ipv4Addr::UNSPECIFIED.into()
-    };
+    let any = running.alice_bind;
     let circuit = running.circuit.clone();
     let stock_circuit = running.stock_circuit.clone();
     let (coordinator, bob_id) = (running.coordinator, running.bob_id);
+    let coordinator_also = running.coordinator_also;
     alice
         .run(async move {
             let alice = match node(any, 0) {
@@ -405,7 +502,7 @@ pub async fn try_path(running: &Running, alice: Place<'_>, path: PathKind) -> Ou
                     let key = Arc::new(NodeKey::generate());
                     crate::native::connect(
                         &alice,
-                        coordinator,
+                        (coordinator, coordinator_also),
                         key,
                         session(),
                         bob_id,
@@ -439,26 +536,25 @@ impl InLab {
         shape: crate::lab::LinkShape,
     ) -> Result<InLab> {
         let (lab, t) = crate::lab::Lab::two_nats(nat_alice, nat_bob, shape)?;
-        Self::start_family(lab, t, false)
+        Self::start_family(lab, t, Family::Ipv4)
             .await
             .with_context(|| format!("starting the scenario for {nat_alice} vs {nat_bob}"))
     }
 
-    /// Each NAT's link shaped on its own; over IPv6 when `ipv6` (every
+    /// Each NAT's link shaped on its own, over `family` (over IPv6 every
     /// role listens and dials on its IPv6 address, and the routers are
     /// stateful firewalls, not NATs: `NatProfile::firewall6`).
     pub async fn start_shaped(
         nat_alice: crate::lab::NatProfile,
         nat_bob: crate::lab::NatProfile,
         (shape_alice, shape_bob): (crate::lab::LinkShape, crate::lab::LinkShape),
-        ipv6: bool,
+        family: Family,
     ) -> Result<InLab> {
         let (lab, t) =
             crate::lab::Lab::two_nats_shaped(nat_alice, nat_bob, shape_alice, shape_bob)?;
-        let family = if ipv6 { "IPv6" } else { "IPv4" };
-        Self::start_family(lab, t, ipv6)
-            .await
-            .with_context(|| format!("starting the {family} scenario for {nat_alice} vs {nat_bob}"))
+        Self::start_family(lab, t, family).await.with_context(|| {
+            format!("starting the {family:?} scenario for {nat_alice} vs {nat_bob}")
+        })
     }
 
     /// Alice and Bob behind one NAT ([`crate::lab::Lab::one_nat`]).
@@ -466,7 +562,7 @@ impl InLab {
         nat: crate::lab::NatProfile,
         shape: crate::lab::LinkShape,
     ) -> Result<InLab> {
-        Self::start_behind_one_router(nat, shape, false).await
+        Self::start_behind_one_router(nat, shape, Family::Ipv4).await
     }
 
     /// Alice and Bob behind one router, over IPv4 (its NAT) or IPv6 (its
@@ -474,35 +570,46 @@ impl InLab {
     pub async fn start_behind_one_router(
         nat: crate::lab::NatProfile,
         shape: crate::lab::LinkShape,
-        ipv6: bool,
+        family: Family,
     ) -> Result<InLab> {
         let (lab, t) = crate::lab::Lab::one_nat(nat, shape)?;
-        let family = if ipv6 { "IPv6" } else { "IPv4" };
-        Self::start_family(lab, t, ipv6)
+        Self::start_family(lab, t, family)
             .await
-            .with_context(|| format!("starting the {family} scenario behind one {nat}"))
+            .with_context(|| format!("starting the {family:?} scenario behind one {nat}"))
     }
 
     async fn start_family(
         lab: crate::lab::Lab,
         t: crate::lab::TwoNats,
-        ipv6: bool,
+        family: Family,
     ) -> Result<InLab> {
-        let ip_of = |host: &crate::lab::Host| -> Result<IpAddr> {
-            if !ipv6 {
-                return Ok(host.ip.into());
-            }
+        let ip6_of = |host: &crate::lab::Host| -> Result<IpAddr> {
             host.ip6.map(IpAddr::from).with_context(|| {
                 format!("{} has no IPv6 address (behind a carrier NAT?)", host.name)
             })
         };
-        let any: IpAddr = if ipv6 {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
+        let ip_of = |host: &crate::lab::Host| -> Result<IpAddr> {
+            match family {
+                Family::Ipv6 => ip6_of(host),
+                Family::Ipv4 | Family::DualStack => Ok(host.ip.into()),
+            }
         };
-        ip_of(&t.alice)?;
-        ip_of(&t.bob)?;
+        let bind: Option<IpAddr> = match family {
+            Family::Ipv4 => Some(Ipv4Addr::UNSPECIFIED.into()),
+            Family::Ipv6 => Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+            Family::DualStack => None,
+        };
+        if family != Family::Ipv4 {
+            ip6_of(&t.alice)?;
+            ip6_of(&t.bob)?;
+        }
+        let also = match family {
+            Family::DualStack => Some(OtherFamily {
+                relay: ip6_of(&t.relay)?,
+                coordinator: ip6_of(&t.coordinator)?,
+            }),
+            Family::Ipv4 | Family::Ipv6 => None,
+        };
         let (relay_rt, coordinator_rt, bob_rt, alice_rt) = (
             lab.runtime(&t.relay)?,
             lab.runtime(&t.coordinator)?,
@@ -512,8 +619,9 @@ impl InLab {
         let places = Places {
             relay: (Place::In(&relay_rt), ip_of(&t.relay)?),
             coordinator: (Place::In(&coordinator_rt), ip_of(&t.coordinator)?),
-            bob: (Place::In(&bob_rt), any),
+            bob: (Place::In(&bob_rt), bind),
             alice: Place::In(&alice_rt),
+            also,
             allow_private: false,
             ports: Ports::FIXED,
         };

@@ -228,7 +228,7 @@ fn a_small_lab_run_writes_records_a_matching_summary_and_plots() {
     ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
 )]
 #[test]
-fn lab_run_takes_same_router_carrier_asymmetric_and_ipv6_cells() {
+fn lab_run_takes_same_router_carrier_asymmetric_ipv6_and_dual_stack_cells() {
     require_lab!();
     let run = |args: &[&str]| {
         let out = std::env::temp_dir().join(format!(
@@ -269,4 +269,12 @@ fn lab_run_takes_same_router_carrier_asymmetric_and_ipv6_cells() {
     assert!(v6[0].ok, "{}", v6[0].to_json());
     assert!(lab.ipv6 && lab.nat_alice.ends_with("(IPv6)"));
     assert!(v6[0].remote.clone().unwrap_or_default().starts_with('['));
+
+    let dual = run(&["--alice", "home", "--bob", "home", "--dual-stack"]);
+    assert_eq!(dual.len(), 1);
+    let lab = dual[0].lab.clone().unwrap();
+    assert!(dual[0].ok, "{}", dual[0].to_json());
+    assert!(lab.dual_stack && !lab.ipv6 && lab.nat_bob.ends_with("(dual stack)"));
+    // Bob's public IPv4 endpoint and his IPv6 one, raced.
+    assert_eq!(dual[0].candidates.len(), 2, "{}", dual[0].to_json());
 }

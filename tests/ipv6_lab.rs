@@ -8,7 +8,7 @@
 mod common;
 
 use bitpunch::lab::LinkShape;
-use bitpunch::scenario::{InLab, PathKind};
+use bitpunch::scenario::{Family, InLab, PathKind};
 
 #[cfg_attr(
     bitpunch_no_lab,
@@ -20,7 +20,7 @@ async fn both_paths_punch_through_ipv6_firewalls_that_drop_or_refuse() {
     for profile in ["home", "home-rst"] {
         let firewall = profile.parse().unwrap();
         let shape = LinkShape::delay_ms(20);
-        let lab = InLab::start_shaped(firewall, firewall, (shape, shape), true)
+        let lab = InLab::start_shaped(firewall, firewall, (shape, shape), Family::Ipv6)
             .await
             .unwrap();
         let bob = lab.topology.bob.ip6.expect("Bob has an IPv6 address");
@@ -50,12 +50,12 @@ async fn both_paths_punch_over_ipv6_behind_a_carrier_and_behind_one_router() {
     require_lab!();
     let shape = LinkShape::delay_ms(20);
     let (cgn, home) = ("cgn".parse().unwrap(), "home".parse().unwrap());
-    let lab = InLab::start_shaped(cgn, home, (shape, shape), true)
+    let lab = InLab::start_shaped(cgn, home, (shape, shape), Family::Ipv6)
         .await
         .unwrap();
     punch_once_per_path_to_bobs_own_address(&lab, "cgn").await;
     drop(lab);
-    let lab = InLab::start_behind_one_router(home, shape, true)
+    let lab = InLab::start_behind_one_router(home, shape, Family::Ipv6)
         .await
         .unwrap();
     punch_once_per_path_to_bobs_own_address(&lab, "one router").await;

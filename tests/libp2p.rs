@@ -40,7 +40,7 @@ fn context(node: &Node) -> Libp2pPunchContext {
 async fn relay() -> RelayServer {
     RelayServer::start(
         identity::Keypair::generate_ed25519(),
-        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        &["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         None,
         RelayLimits::default(),
     )
@@ -185,8 +185,8 @@ async fn a_node_re_reserves_when_its_relay_comes_back() {
         .unwrap()
         .port();
     let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let start_relay =
-        || RelayServer::start(key.clone(), listen.clone(), None, RelayLimits::default());
+    let listen = [listen];
+    let start_relay = || RelayServer::start(key.clone(), &listen, None, RelayLimits::default());
     let relay = start_relay().await.unwrap();
 
     let bob = node();

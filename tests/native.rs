@@ -233,6 +233,7 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 // On the same schedule as everyone: the coordinator's margin.
                 delay: Duration::from_millis(20),
                 local: vec![],
+                other_family: None,
                 peer_nat: None,
             };
             let now = tokio::time::Instant::now();

@@ -400,6 +400,11 @@ pub(crate) enum LabCommand {
         /// firewall (drop, or reject for `*-rst` profiles) instead of NAT.
         #[arg(long)]
         ipv6: bool,
+        /// Every cell dual-stack: relay and coordinator listen on both
+        /// families and are named by their IPv4 address; the nodes bind
+        /// both, learn their IPv6 address themselves and race the two.
+        #[arg(long, conflicts_with = "ipv6")]
+        dual_stack: bool,
         /// Each packet's delay is drawn from delay ± this, ms (packets may
         /// overtake each other, as with netem).
         #[arg(long, default_value_t = 0)]
@@ -461,9 +466,11 @@ pub(crate) struct RelayArgs {
     /// relay, swarm, identify and ping metrics.
     #[arg(long = "metrics", value_name = "ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
-    /// Where to listen.
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
-    pub(crate) listen: Multiaddr,
+    /// Where to listen (repeatable). The default is both families, so
+    /// that dual-stack nodes learn their address in each; without IPv6 on
+    /// the host, IPv4 alone.
+    #[arg(long, default_values = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"])]
+    pub(crate) listen: Vec<Multiaddr>,
     /// The address nodes dial (default: the listen address, when it is
     /// not a wildcard).
     #[arg(long)]

@@ -97,10 +97,13 @@ pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
 }
 
 /// The first address `coordinator` resolves to, with the id it must prove.
+/// The coordinator at its first address, and its first address of the
+/// other family if its name has one (a dual-stack node registers over
+/// both).
 pub(crate) async fn resolve_coordinator(
     coordinator: &CoordinatorAddress,
     default_port: u16,
-) -> anyhow::Result<CoordinatorEndpoint> {
+) -> anyhow::Result<(CoordinatorEndpoint, Option<std::net::SocketAddr>)> {
     let resolved = coordinator
         .resolve(default_port)
         .await
@@ -109,8 +112,15 @@ pub(crate) async fn resolve_coordinator(
         .first()
         .copied()
         .with_context(|| format!("{coordinator} resolved to no address"))?;
-    Ok(CoordinatorEndpoint {
-        id: coordinator.id,
-        addr,
-    })
+    let also = resolved
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() != addr.is_ipv4());
+    Ok((
+        CoordinatorEndpoint {
+            id: coordinator.id,
+            addr,
+        },
+        also,
+    ))
 }

@@ -176,7 +176,7 @@ pub(crate) async fn connect_libp2p(
 /// A punch through `coordinator` to `peer`, from local port `port`.
 pub(crate) async fn connect_native(
     peer: NodeId,
-    coordinator: CoordinatorEndpoint,
+    (coordinator, also): (CoordinatorEndpoint, Option<std::net::SocketAddr>),
     session: SessionConfig,
     port: u16,
     data: DataArgs,
@@ -190,7 +190,15 @@ pub(crate) async fn connect_native(
     let mut config = NodeConfig::new(session.clone());
     config.port = port;
     let node = Node::start(config).with_context(|| format!("cannot bind local port {port}"))?;
-    Ok(native::connect(&node, coordinator, key, session, peer, allow_private).await)
+    Ok(native::connect(
+        &node,
+        (coordinator, also),
+        key,
+        session,
+        peer,
+        allow_private,
+    )
+    .await)
 }
 
 pub(crate) fn print_summary(r: &Outcome) {

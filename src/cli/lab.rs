@@ -113,6 +113,7 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             delay_ms,
             bob_delay_ms,
             ipv6,
+            dual_stack,
             jitter_ms,
             loss,
             tries,
@@ -121,7 +122,12 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
         } => {
             let cells = matrix_cells(alice, bob, same_router);
             let shape = (delay_ms, bob_delay_ms, jitter_ms, loss);
-            run_matrix(cells, path, shape, ipv6, tries, out, resume).await
+            let family = match (ipv6, dual_stack) {
+                (true, _) => bitpunch::scenario::Family::Ipv6,
+                (false, true) => bitpunch::scenario::Family::DualStack,
+                (false, false) => bitpunch::scenario::Family::Ipv4,
+            };
+            run_matrix(cells, path, shape, family, tries, out, resume).await
         }
         LabCommand::Scale {
             clients,
@@ -228,7 +234,7 @@ pub(crate) async fn run_matrix(
     cells: Vec<bitpunch::matrix::Cell>,
     paths: Vec<bitpunch::scenario::PathKind>,
     (delay_ms, bob_delay_ms, jitter_ms, loss): (u64, Option<u64>, u64, f64),
-    ipv6: bool,
+    family: bitpunch::scenario::Family,
     tries: u32,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
@@ -252,7 +258,7 @@ pub(crate) async fn run_matrix(
         },
         delay_ms,
         bob_delay_ms,
-        ipv6,
+        family,
         jitter_ms,
         loss_percent: loss,
         tries: tries.max(1),

@@ -228,7 +228,62 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     // The node asks once what NAT it is behind, after its first
     // registration (`bitpunch status` shows it; `bitpunch nat` asks again).
     let nat_asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let registrations = coordinators.into_iter().map(|(coordinator, typed)| {
+    // Dual stack: the same key over the coordinator's other family, where
+    // its name has one and so does our port; peers then race both.
+    let second_family: Vec<(native::client::CoordinatorEndpoint, String)> = coordinators
+        .iter()
+        .filter_map(|((coordinator, also), typed)| {
+            let addr = native::other_family_of(&node, *coordinator, *also)?;
+            Some((
+                native::client::CoordinatorEndpoint {
+                    addr,
+                    ..*coordinator
+                },
+                typed.to_string(),
+            ))
+        })
+        .collect();
+    let second_registrations = second_family.into_iter().map(|(coordinator, typed)| {
+        let link_config = LinkConfig {
+            session: session.clone(),
+            client: machine::ClientConfig {
+                second_family: true,
+                ..order_limits.clone()
+            },
+            ping_interval: native::client::LINK_PING_INTERVAL,
+            refusals: Some(handle.order_refusals()),
+        };
+        let handle = handle.clone();
+        let family = if coordinator.addr.is_ipv6() {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        let label = format!("{typed} over {family}");
+        native::stay_registered(
+            &node,
+            coordinator,
+            key.clone(),
+            link_config,
+            Duration::from_secs(20 * 60),
+            records.clone(),
+            move |event| match event {
+                native::RegistrationEvent::Registered { id, observed, .. } => {
+                    handle.set_other_family_registration(
+                        &label,
+                        Some((format!("{id}@{typed}"), observed)),
+                    );
+                    say!("reachable over {family} too, seen at {observed}");
+                }
+                native::RegistrationEvent::Lost { .. }
+                | native::RegistrationEvent::Displaced { .. } => {
+                    handle.set_other_family_registration(&label, None);
+                }
+                native::RegistrationEvent::Failed { .. } => {}
+            },
+        )
+    });
+    let registrations = coordinators.into_iter().map(|((coordinator, _), typed)| {
         let nat_asked = nat_asked.clone();
         let link_config = LinkConfig {
             session: session.clone(),
@@ -272,7 +327,10 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     // Displaced (the key registered from elsewhere), the node stops asking
     // that coordinator but keeps serving everything else.
     let serve = async {
-        futures::future::join_all(registrations).await;
+        tokio::join!(
+            futures::future::join_all(registrations),
+            futures::future::join_all(second_registrations)
+        );
         std::future::pending::<()>().await
     };
     tokio::select! {

@@ -66,7 +66,7 @@ pub(crate) async fn run_relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let keypair = relay::load_or_create_keypair(&key)?;
-    let server = relay::RelayServer::start(keypair, listen, external, limits).await?;
+    let server = relay::RelayServer::start(keypair, &listen, external, limits).await?;
     say!("relay listening {}", server.address);
     tracing::info!(address = %server.address, "relay listening");
     if let Some(addr) = metrics_addr {

@@ -92,23 +92,17 @@ impl Libp2pPunchContext {
         if let Some(offer) = &self.hostile_offer {
             return (offer.clone(), None);
         }
-        let mut offer = self.observed_offer().await;
-        let own_ports = self.predict(&offer, via).await;
-        if let (Some(ip), Some(own_ports)) = (
-            offer
-                .first()
-                .and_then(super::transport::socket_addr)
-                .map(|a| a.ip()),
-            &own_ports,
-        ) {
+        let mut offer = self.observed_offer(via).await;
+        let predicted = self.predict(&offer, via).await;
+        if let Some((ip, own_ports)) = &predicted {
             for port in own_ports.ports() {
-                let addr = super::transport::multiaddr(SocketAddr::new(ip, *port));
+                let addr = super::transport::multiaddr(SocketAddr::new(*ip, *port));
                 if !offer.contains(&addr) {
                     offer.push(addr);
                 }
             }
         }
-        (offer, own_ports)
+        (offer, predicted.map(|(_, own_ports)| own_ports))
     }
 
     /// Port prediction (crate::punch::predict) through the relay's NAT
@@ -116,10 +110,18 @@ impl Libp2pPunchContext {
     /// after our observed and own-network addresses: the peer dials
     /// [`exchange::MAX_CANDIDATES`] of the offer every round and the rest
     /// at our address once ([`exchange::guesses`]).
-    async fn predict(&self, offer: &[Multiaddr], via: &Multiaddr) -> Option<OwnPorts> {
-        let observed = offer.first().and_then(super::transport::socket_addr)?;
+    async fn predict(
+        &self,
+        offer: &[Multiaddr],
+        via: &Multiaddr,
+    ) -> Option<(std::net::IpAddr, OwnPorts)> {
         let probe = super::relay_endpoint(via)
             .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))?;
+        // The relay's probe sees the family we reach the relay over.
+        let observed = offer
+            .iter()
+            .filter_map(super::transport::socket_addr)
+            .find(|a| a.is_ipv4() == probe.is_ipv4())?;
         let own = punch::OwnPrediction {
             port: &self.port,
             observed,
@@ -128,23 +130,42 @@ impl Libp2pPunchContext {
             endpoint_independent: &self.endpoint_independent,
             timeout: Duration::from_secs(1),
         };
-        own.ports().await.map(|(_, own_ports)| own_ports)
+        own.ports().await
     }
 
-    async fn observed_offer(&self) -> Vec<Multiaddr> {
+    /// Our observed addresses, the family we reach the relay over first
+    /// (the peer guesses at the first one's address, and our prediction is
+    /// for it). A dual-stack node that is still learning its address in the
+    /// other family waits for it a little: an offer without it would leave
+    /// the peer's firewall closed to that family.
+    async fn observed_offer(&self, via: &Multiaddr) -> Vec<Multiaddr> {
+        let via_is_ipv6 = super::relay_endpoint(via).is_some_and(|r| r.is_ipv6());
         let mut events = self.libp2p.events();
         let deadline = Instant::now().later(Duration::from_secs(5));
+        let mut second_family_deadline = None;
         loop {
-            let ours: Vec<Multiaddr> = self
+            let mut ours: Vec<Multiaddr> = self
                 .libp2p
                 .observed()
                 .into_iter()
                 .filter(|a| exchange::punchable(a, self.allow_private).is_some())
                 .collect();
-            if !ours.is_empty() || Instant::now() >= deadline {
+            // Stable: newest first within each family.
+            ours.sort_by_key(|a| {
+                exchange::punchable(a, self.allow_private).map(|s| s.is_ipv6() != via_is_ipv6)
+            });
+            let now = Instant::now();
+            let waiting_for_second = !ours.is_empty()
+                && self.libp2p.second_family_pending()
+                && now < *second_family_deadline.get_or_insert(now.later(SECOND_FAMILY_GRACE));
+            if (!ours.is_empty() && !waiting_for_second) || now >= deadline {
                 return self.with_own_network(ours);
             }
-            let _ = tokio::time::timeout_at(deadline, events.recv()).await;
+            let until = match second_family_deadline {
+                Some(d) if !ours.is_empty() => d.min(deadline),
+                _ => deadline,
+            };
+            let _ = tokio::time::timeout_at(until, events.recv()).await;
         }
     }
 }
@@ -170,6 +191,12 @@ impl Libp2pPunchContext {
         observed
     }
 }
+
+/// How long an offer waits, once it has one family, for a connection
+/// still learning the other: about two round trips to a distant relay (the
+/// connection, then identify), not the 5 s a node with no address at all
+/// waits.
+const SECOND_FAMILY_GRACE: Duration = Duration::from_millis(1500);
 
 fn failed(role: SessionRole, via: &Multiaddr, stage: Stage, error: String) -> Libp2pOutcome {
     let mut record = Outcome::failed(Path::Libp2p, role, stage, error);

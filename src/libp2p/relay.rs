@@ -163,13 +163,17 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+fn is_ipv6_wildcard(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip6(ip)) if ip.is_unspecified())
+}
+
 impl RelayServer {
     /// Listens on `listen` and announces `external` (default: the listen
     /// address, which must then be a specific one). rust-libp2p's relay
     /// refuses every reservation until it has a confirmed external address.
     pub async fn start(
         keypair: identity::Keypair,
-        listen: Multiaddr,
+        listen: &[Multiaddr],
         external: Option<Multiaddr>,
         limits: RelayLimits,
     ) -> Result<RelayServer> {
@@ -193,9 +197,20 @@ impl RelayServer {
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
-        swarm
-            .listen_on(listen.clone())
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        // Both families where asked (the default), so that a dual-stack
+        // node learns how each sees it. A host without IPv6 still relays
+        // over IPv4: only the IPv6 wildcard may fail quietly.
+        let mut listening = false;
+        for addr in listen {
+            match swarm.listen_on(addr.clone()) {
+                Ok(_) => listening = true,
+                Err(e) if is_ipv6_wildcard(addr) => {
+                    tracing::warn!(%addr, error = %e, "relay: no IPv6 listener")
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+            }
+        }
+        anyhow::ensure!(listening, "no address to listen on");
         // The actual addresses (port 0 resolved; one per interface for a
         // wildcard) come as events, all at once.
         let mut bound = Vec::new();

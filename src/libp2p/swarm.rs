@@ -10,6 +10,7 @@ use ::libp2p::core::upgrade::Version;
 use ::libp2p::core::{ConnectedPoint, Transport};
 use ::libp2p::multiaddr::Protocol;
 use ::libp2p::swarm::behaviour::toggle::Toggle;
+use ::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use ::libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use ::libp2p::{
     dcutr, identify, identity, noise, ping, relay, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
@@ -103,6 +104,9 @@ pub enum Libp2pEvent {
     RelayedInbound { peer: PeerId, via: Multiaddr },
     /// A relay (or anyone) told us where it sees us.
     Observed { addr: Multiaddr },
+    /// A connection made to learn our address in the other family failed
+    /// before telling it.
+    SecondFamilySettled,
     /// Any libp2p connection came up (stock DCUtR mode watches for the
     /// direct one).
     Connected {
@@ -140,6 +144,10 @@ enum Command {
 #[derive(Default)]
 struct Shared {
     observed: Vec<Multiaddr>,
+    /// Connections opened to learn how the other family sees us (dual
+    /// stack) whose identify has not come yet: an offer made now would
+    /// lack that family.
+    second_family_pending: std::collections::HashSet<ConnectionId>,
     /// Exchanges we wait for, by the peer that should open them.
     awaited: HashMap<PeerId, oneshot::Sender<::libp2p::Stream>>,
 }
@@ -181,6 +189,7 @@ impl Libp2pNode {
         options: Libp2pOptions,
     ) -> anyhow::Result<Libp2pNode> {
         let stock_dcutr = options.stock_dcutr;
+        let families = Families::of(port.local_addrs().iter().map(|a| a.is_ipv6()));
         let metrics = options.metrics.clone();
         let counters: Arc<ByteCounters> = Arc::default();
         let inbound = router.subscribe(Route::Libp2p, 64);
@@ -251,7 +260,14 @@ impl Libp2pNode {
                 }
             };
             tokio::join!(
-                drive(swarm, command_rx, events_for_task, shared_for_task, metrics),
+                drive(
+                    swarm,
+                    command_rx,
+                    events_for_task,
+                    shared_for_task,
+                    metrics,
+                    families
+                ),
                 accept
             );
         });
@@ -281,6 +297,17 @@ impl Libp2pNode {
 
     pub fn events(&self) -> broadcast::Receiver<Libp2pEvent> {
         self.events.subscribe()
+    }
+
+    /// Whether a connection made to learn our address in the other family
+    /// has not told it yet.
+    pub fn second_family_pending(&self) -> bool {
+        !self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .second_family_pending
+            .is_empty()
     }
 
     /// The addresses identify has reported for us, newest first.
@@ -333,6 +360,7 @@ async fn drive(
     events: broadcast::Sender<Libp2pEvent>,
     shared: Arc<Mutex<Shared>>,
     metrics: Option<Arc<::libp2p::metrics::Metrics>>,
+    ours: Families,
 ) {
     let mut dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
     // Consecutive ping failures per connection: libp2p's ping reports them
@@ -340,6 +368,9 @@ async fn drive(
     // hold our reservation's connection (and our belief that we are
     // reachable) forever.
     let mut ping_failures: HashMap<ConnectionId, u32> = HashMap::new();
+    // Peers we dialed a second time, over the family we lacked (dual stack).
+    let mut second_family_dialed: std::collections::HashSet<(PeerId, bool)> =
+        std::collections::HashSet::new();
     // Relay listeners: listener id -> the address we listened on.
     let mut relay_listeners: HashMap<::libp2p::core::transport::ListenerId, Multiaddr> =
         HashMap::new();
@@ -401,6 +432,12 @@ async fn drive(
                         }
                     }
                 }
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. }
+                    if settle_second_family(&shared, connection_id) =>
+                {
+                    tracing::debug!(error = %error, "no second-family connection");
+                    let _ = events.send(Libp2pEvent::SecondFamilySettled);
+                }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                     for reply in dials.remove(&peer).unwrap_or_default() {
                         let _ = reply.send(Err(error.to_string()));
@@ -427,12 +464,39 @@ async fn drive(
                         let _ = events.send(Libp2pEvent::Reserved { relay: relay_peer_id, circuit, renewal });
                     }
                 }
-                SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { connection_id, peer_id, info })) => {
                     tracing::debug!(%peer_id, observed = %info.observed_addr, agent = %info.agent_version, "identify");
                     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                     s.observed.retain(|a| a != &info.observed_addr);
                     s.observed.insert(0, info.observed_addr.clone());
                     s.observed.truncate(8);
+                    s.second_family_pending.remove(&connection_id);
+                    let missing = ours.without(Families::of(
+                        s.observed.iter().filter(|a| !is_relayed(a)).map(addr_is_ipv6),
+                    ));
+                    // Dual stack: a peer we reach directly over one family
+                    // that listens in the other tells us, over a second
+                    // connection, how that family sees us too: the offer
+                    // then carries both and the punch races them. Once per
+                    // peer and family.
+                    let second = (!is_relayed(&info.observed_addr))
+                        .then(|| other_family_listen_addr(&info, missing))
+                        .flatten()
+                        .filter(|addr| second_family_dialed.insert((peer_id, addr_is_ipv6(addr))));
+                    if let Some(addr) = second {
+                        let opts = DialOpts::peer_id(peer_id)
+                            .addresses(vec![addr.clone()])
+                            .condition(PeerCondition::Always)
+                            .build();
+                        let connection = opts.connection_id();
+                        match swarm.dial(opts) {
+                            Ok(()) => {
+                                tracing::debug!(%peer_id, %addr, "learning our address in the other family");
+                                s.second_family_pending.insert(connection);
+                            }
+                            Err(e) => tracing::debug!(%peer_id, %addr, error = %e, "no second-family connection"),
+                        }
+                    }
                     drop(s);
                     let _ = events.send(Libp2pEvent::Observed { addr: info.observed_addr });
                 }
@@ -457,6 +521,9 @@ async fn drive(
                 }
                 SwarmEvent::ConnectionClosed { connection_id, .. } => {
                     ping_failures.remove(&connection_id);
+                    if settle_second_family(&shared, connection_id) {
+                        let _ = events.send(Libp2pEvent::SecondFamilySettled);
+                    }
                 }
                 _ => {}
             }
@@ -493,4 +560,58 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = e.source();
     }
     text
+}
+
+/// Which address families (IPv4, IPv6) a set of addresses covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    fn of(is_ipv6: impl Iterator<Item = bool>) -> Families {
+        is_ipv6.fold(Families::default(), |f, v6| Families {
+            v4: f.v4 || !v6,
+            v6: f.v6 || v6,
+        })
+    }
+
+    /// The families in `self` that `other` lacks.
+    fn without(self, other: Families) -> Families {
+        Families {
+            v4: self.v4 && !other.v4,
+            v6: self.v6 && !other.v6,
+        }
+    }
+}
+
+fn addr_is_ipv6(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip6(_)))
+}
+
+/// A routable TCP listen address of the peer in a family `missing` holds
+/// (one our shared port has and no observed address of ours covers).
+fn other_family_listen_addr(info: &identify::Info, missing: Families) -> Option<Multiaddr> {
+    info.listen_addrs
+        .iter()
+        .filter(|a| !is_relayed(a))
+        .filter(|a| {
+            if addr_is_ipv6(a) {
+                missing.v6
+            } else {
+                missing.v4
+            }
+        })
+        .find(|a| super::exchange::punchable(a, false).is_some())
+        .cloned()
+}
+
+/// Forgets a second-family connection that failed; whether it was one.
+fn settle_second_family(shared: &Mutex<Shared>, connection: ConnectionId) -> bool {
+    shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .second_family_pending
+        .remove(&connection)
 }

@@ -10,8 +10,9 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 
 use super::messages::{
     coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
-    FEATURES, FEATURE_LOCAL_CANDIDATES, FEATURE_NAT_CLASS, FEATURE_PORT_PREDICTION,
-    MAX_LOCAL_ENDPOINTS, MAX_PREDICTED_PORTS, PROTOCOL_VERSION, REGISTER_TAG,
+    FEATURES, FEATURE_DUAL_STACK, FEATURE_LOCAL_CANDIDATES, FEATURE_NAT_CLASS,
+    FEATURE_PORT_PREDICTION, MAX_LOCAL_ENDPOINTS, MAX_PREDICTED_PORTS, PROTOCOL_VERSION,
+    REGISTER_TAG,
 };
 use crate::identity::{self, NodeId, NodeKey};
 use crate::nat::NatBrief;
@@ -153,6 +154,10 @@ pub struct Coordinator {
     key: NodeKey,
     peers: HashMap<ConnId, Peer>,
     by_id: HashMap<NodeId, ConnId>,
+    /// A node's second registration, over its other address family (dual
+    /// stack): orders go to its first, and its peers learn both endpoints.
+    /// It takes the first's place when the first goes.
+    other_family: HashMap<NodeId, ConnId>,
     /// Orders sent to targets and not yet reported on, by (target's
     /// connection, request): who asked, and when. A target that refuses
     /// its order is reported to the requester, so that it stops punching.
@@ -182,6 +187,7 @@ impl Coordinator {
             key,
             peers: HashMap::new(),
             by_id: HashMap::new(),
+            other_family: HashMap::new(),
             open_orders: HashMap::new(),
             open_order_queue: VecDeque::new(),
             by_netgroup: HashMap::new(),
@@ -235,10 +241,44 @@ impl Coordinator {
             ..
         }) = self.peers.remove(&conn)
         {
-            if self.by_id.get(&id) == Some(&conn) {
-                self.by_id.remove(&id);
-            }
+            self.unindex(id, conn);
         }
+    }
+
+    /// Takes `conn` out of the id indexes. A node's registration over its
+    /// other family takes the place of its first when the first goes.
+    fn unindex(&mut self, id: NodeId, conn: ConnId) {
+        if self.by_id.get(&id) == Some(&conn) {
+            self.by_id.remove(&id);
+            if let Some(second) = self.other_family.remove(&id) {
+                self.by_id.insert(id, second);
+            }
+        } else if self.other_family.get(&id) == Some(&conn) {
+            self.other_family.remove(&id);
+        }
+    }
+
+    /// Whether a registration seen at `observed` with `features` is the
+    /// same node's over its other family, beside its registration on
+    /// `first`: both speak of dual stack, and the families differ.
+    fn is_other_family(&self, first: ConnId, observed: SocketAddr, features: u64) -> bool {
+        let family = |a: SocketAddr| crate::net::admission::unmapped(a.ip()).is_ipv4();
+        self.config.features & features & FEATURE_DUAL_STACK != 0
+            && self.peers.get(&first).is_some_and(|p| {
+                p.features & FEATURE_DUAL_STACK != 0 && family(p.observed) != family(observed)
+            })
+    }
+
+    /// Where `id` is seen in the other family than `seen_at`, if it
+    /// registered over both.
+    fn other_family_endpoint(&self, id: NodeId, seen_at: SocketAddr) -> Option<SocketAddr> {
+        let family = |a: SocketAddr| crate::net::admission::unmapped(a.ip()).is_ipv4();
+        [self.by_id.get(&id), self.other_family.get(&id)]
+            .into_iter()
+            .flatten()
+            .filter_map(|conn| self.peers.get(conn))
+            .map(|p| p.observed)
+            .find(|a| family(*a) != family(seen_at))
     }
 
     pub fn registered(&self) -> usize {
@@ -254,16 +294,31 @@ impl Coordinator {
     /// exactly the registered connections, and nothing grows past what the
     /// request limits allow. The fuzzers call this after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, conn) in &self.by_id {
+        for (id, conn) in self.by_id.iter().chain(&self.other_family) {
             match self.peers.get(conn).map(|p| &p.state) {
                 Some(PeerState::Registered { id: got, .. }) if got == id => {}
-                other => return Err(format!("by_id {id} -> {conn} points at {other:?}")),
+                other => return Err(format!("index {id} -> {conn} points at {other:?}")),
+            }
+        }
+        for (id, conn) in &self.other_family {
+            let Some(first) = self.by_id.get(id) else {
+                return Err(format!(
+                    "{id} has a second registration ({conn}) and no first"
+                ));
+            };
+            let family = |c: &ConnId| self.peers.get(c).map(|p| p.observed.is_ipv4());
+            if first == conn || family(first) == family(conn) {
+                return Err(format!(
+                    "{id}'s two registrations {first}, {conn} share a family"
+                ));
             }
         }
         for (conn, peer) in &self.peers {
             if let PeerState::Registered { id, .. } = peer.state {
-                if self.by_id.get(&id) != Some(conn) {
-                    return Err(format!("registered {conn} ({id}) missing from by_id"));
+                if self.by_id.get(&id) != Some(conn) && self.other_family.get(&id) != Some(conn) {
+                    return Err(format!(
+                        "registered {conn} ({id}) missing from the id indexes"
+                    ));
                 }
             }
             if peer.requests.len() > self.config.requests_per_minute {
@@ -383,15 +438,17 @@ impl Coordinator {
                     // A registered connection that starts over gives up its
                     // registration now, so that the index never names a
                     // connection that is not registered under that id.
-                    if let PeerState::Registered { id, .. } = peer.state {
-                        if self.by_id.get(&id) == Some(&conn) {
-                            self.by_id.remove(&id);
-                        }
-                    }
+                    let registered = match peer.state {
+                        PeerState::Registered { id, .. } => Some(id),
+                        _ => None,
+                    };
                     peer.state = PeerState::Challenged {
                         key,
                         nonce: challenge,
                     };
+                    if let Some(id) = registered {
+                        self.unindex(id, conn);
+                    }
                     vec![Send(conn, NativeMessage::Challenge { nonce: challenge })]
                 }
                 Err(e) => vec![Close(conn, format!("hpregister: {e}"))],
@@ -405,29 +462,51 @@ impl Coordinator {
                 }
                 let id = NodeId::of(&key);
                 peer.state = PeerState::Registered { key, id };
-                let observed = peer.observed;
+                let (observed, features) = (peer.observed, peer.features);
                 let mut actions = vec![Send(conn, NativeMessage::Registered { id, observed })];
                 // The newest proof of a key wins: an older connection with
                 // the same id is a stale one of the same node, or the same
                 // key in a second process. It is told why and closed, so
-                // that it does not believe itself reachable.
-                if let Some(older) = self.by_id.insert(id, conn) {
-                    if older != conn {
-                        if let Some(p) = self.peers.get_mut(&older) {
-                            p.state = PeerState::Greeted;
-                        }
-                        actions.push(Send(
-                            older,
-                            NativeMessage::Fail {
-                                request: 0,
-                                reason: FailReason::Displaced,
-                            },
-                        ));
-                        actions.push(Close(
-                            older,
-                            format!("displaced: {id} registered again from {observed}"),
-                        ));
+                // that it does not believe itself reachable. A dual-stack
+                // node's registration over its other family displaces only
+                // an older one of that family.
+                let displaced: Vec<ConnId> = match self.by_id.get(&id).copied() {
+                    Some(first)
+                        if first != conn && self.is_other_family(first, observed, features) =>
+                    {
+                        self.other_family.insert(id, conn).into_iter().collect()
                     }
+                    _ => {
+                        let mut gone: Vec<ConnId> =
+                            self.by_id.insert(id, conn).into_iter().collect();
+                        // A second registration stays only beside a first
+                        // of the other family that speaks of dual stack.
+                        let second = self.other_family.get(&id).copied();
+                        let kept = second
+                            .and_then(|c| self.peers.get(&c))
+                            .is_some_and(|p| self.is_other_family(conn, p.observed, p.features));
+                        if let (Some(second), false) = (second, kept) {
+                            self.other_family.remove(&id);
+                            gone.push(second);
+                        }
+                        gone
+                    }
+                };
+                for older in displaced.into_iter().filter(|older| *older != conn) {
+                    if let Some(p) = self.peers.get_mut(&older) {
+                        p.state = PeerState::Greeted;
+                    }
+                    actions.push(Send(
+                        older,
+                        NativeMessage::Fail {
+                            request: 0,
+                            reason: FailReason::Displaced,
+                        },
+                    ));
+                    actions.push(Close(
+                        older,
+                        format!("displaced: {id} registered again from {observed}"),
+                    ));
                 }
                 actions
             }
@@ -575,14 +654,25 @@ impl Coordinator {
         // each other through it (many routers do not hairpin): each is told
         // where the other is on their network, if both speak of it.
         let same_nat = requester_addr.ip() == target_addr.ip();
-        let local_for = |to: &Peer, of: &Peer| {
-            (same_nat && to.features & FEATURE_LOCAL_CANDIDATES != 0 && !of.local.is_empty())
-                .then(|| of.local.clone())
+        // A dual-stack node registered over both families: its peer races
+        // the endpoint of the other family too.
+        let requester_other = self.other_family_endpoint(requester_id, requester_addr);
+        let target_other = self.other_family_endpoint(target_id, target_addr);
+        let candidates_for = |to: &Peer, of: &Peer, of_other: Option<SocketAddr>| {
+            let mut endpoints = Vec::new();
+            if same_nat && to.features & FEATURE_LOCAL_CANDIDATES != 0 {
+                endpoints.extend(of.local.iter().copied());
+            }
+            if let Some(other) = of_other.filter(|_| to.features & FEATURE_DUAL_STACK != 0) {
+                endpoints.truncate(MAX_LOCAL_ENDPOINTS.saturating_sub(1));
+                endpoints.push(other);
+            }
+            (!endpoints.is_empty()).then_some(endpoints)
         };
         let (to_requester, to_target) = match self.peers.get(&conn) {
             Some(requester) => (
-                local_for(requester, target_peer),
-                local_for(target_peer, requester),
+                candidates_for(requester, target_peer, target_other),
+                candidates_for(target_peer, requester, requester_other),
             ),
             None => (None, None),
         };
@@ -677,6 +767,10 @@ pub struct ClientConfig {
     /// machine). Off, only globally routable peers are punched
     /// (`net::routable`), whatever the coordinator says.
     pub allow_private: bool,
+    /// This link registers the node's key a second time, over its other
+    /// address family (dual stack): only with a coordinator that speaks of
+    /// it, since any other would displace the first registration.
+    pub second_family: bool,
 }
 
 impl Default for ClientConfig {
@@ -686,6 +780,7 @@ impl Default for ClientConfig {
             orders_per_minute: 30,
             max_delay: Duration::from_secs(5),
             allow_private: false,
+            second_family: false,
         }
     }
 }
@@ -731,6 +826,9 @@ pub struct PunchOrder {
     /// The peer's endpoints on the network we share with it (it is behind
     /// our own public address): raced beside `peer`.
     pub local: Vec<SocketAddr>,
+    /// The peer's endpoint in the other address family than `peer` (it
+    /// registered over both): raced beside `peer` too.
+    pub other_family: Option<SocketAddr>,
     /// The peer's NAT class, as it told its coordinator: for the record.
     pub peer_nat: Option<NatBrief>,
 }
@@ -920,6 +1018,12 @@ impl Client {
         }
         if version == 0 {
             return vec![Close("hpcoord: version 0".into())];
+        }
+        if self.config.second_family && features & FEATURE_DUAL_STACK == 0 {
+            return vec![Close(format!(
+                "coordinator {id} does not speak of dual stack: registering over a second \
+                 family would displace the first registration"
+            ))];
         }
         let version = version.min(PROTOCOL_VERSION);
         self.verified = Some(version);
@@ -1163,7 +1267,7 @@ impl Client {
         }
         self.orders.push_back((now, target));
         self.predictable.push(request, peer.ip(), now);
-        let local = self.local_candidates(request, peer);
+        let (local, other_family) = self.extra_candidates(request, peer);
         let peer_nat = self
             .peer_nat
             .take()
@@ -1176,6 +1280,7 @@ impl Client {
             peer,
             delay,
             local,
+            other_family,
             peer_nat,
         })]
     }
@@ -1216,22 +1321,43 @@ impl Client {
     /// if it is behind our own public address (as the coordinator sees
     /// us): so that nobody, the coordinator included, can point our SYNs
     /// into our network for a peer elsewhere. Only own-network addresses
-    /// of the peer's family pass; each SYN is paid from the punch budget.
-    fn local_candidates(&mut self, request: u64, peer: SocketAddr) -> Vec<SocketAddr> {
+    /// of the peer's family pass. And, from a coordinator that speaks of
+    /// dual stack, one punchable endpoint of the other family: no more
+    /// than the order itself could name. Each SYN is paid from the punch
+    /// budget.
+    fn extra_candidates(
+        &mut self,
+        request: u64,
+        peer: SocketAddr,
+    ) -> (Vec<SocketAddr>, Option<SocketAddr>) {
         let Some((for_request, endpoints)) = self.candidates.take() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
-        let behind_our_nat = self.observed.is_some_and(|o| o.ip() == peer.ip());
-        if for_request != request || !behind_our_nat {
-            return Vec::new();
+        if for_request != request {
+            return (Vec::new(), None);
         }
-        endpoints
-            .into_iter()
+        let behind_our_nat = self.observed.is_some_and(|o| o.ip() == peer.ip());
+        let local = endpoints
+            .iter()
+            .copied()
             .filter(|e| {
-                e.is_ipv4() == peer.is_ipv4() && crate::net::routable::is_own_network(e.ip())
+                behind_our_nat
+                    && e.is_ipv4() == peer.is_ipv4()
+                    && crate::net::routable::is_own_network(e.ip())
             })
             .take(MAX_LOCAL_ENDPOINTS)
-            .collect()
+            .collect();
+        let dual_stack = self.coordinator_features & FEATURE_DUAL_STACK != 0;
+        let allow_private = self.config.allow_private;
+        let other_family = endpoints
+            .iter()
+            .filter(|_| dual_stack)
+            .filter_map(|e| match allow_private {
+                true => Some(*e),
+                false => crate::net::routable::routable_target(*e).ok(),
+            })
+            .find(|e| e.is_ipv4() != peer.is_ipv4());
+        (local, other_family)
     }
 }
 
@@ -1673,6 +1799,188 @@ mod tests {
             panic!("{events:?}")
         };
         assert!(order.local.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_node_registers_over_both_families_and_its_peers_race_both() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        // One key per node, one link per family; the second link says so.
+        let link = |secret: u8, second_family: bool| {
+            Client::new(
+                ClientConfig {
+                    second_family,
+                    ..Default::default()
+                },
+                NodeKey::from_secret(&[secret; 32]).unwrap(),
+                expected_coordinator(),
+            )
+        };
+        let (mut alice4, mut alice6) = (link(1, false), link(1, true));
+        let (mut bob4, mut bob6) = (link(2, false), link(2, true));
+        let (alice_v6, bob_v6) = (addr("[2001:db8:1::a]:8333"), addr("[2001:db8:2::a]:8333"));
+        coord.connected(1, addr("203.0.113.7:40001"), None, Some(SESSION));
+        coord.connected(2, alice_v6, None, Some(SESSION));
+        coord.connected(3, addr("198.51.100.20:40003"), None, Some(SESSION));
+        coord.connected(4, bob_v6, None, Some(SESSION));
+        // `register` asserts that nobody else was touched: no displacing.
+        let alice_id = register(&mut coord, 1, &mut alice4, t0);
+        assert_eq!(register(&mut coord, 2, &mut alice6, t0), alice_id);
+        let bob_id = register(&mut coord, 3, &mut bob4, t0);
+        assert_eq!(register(&mut coord, 4, &mut bob6, t0), bob_id);
+        assert_eq!(coord.registered(), 2);
+        coord.check_invariants().unwrap();
+
+        // Alice asks over IPv4: each side also gets the other's IPv6.
+        let ask = alice4.request(t0, 1, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let (orders, cands) = deliver(actions, &mut [(1, &mut alice4), (3, &mut bob4)], t0);
+        assert_eq!((orders.len(), cands), (2, 2));
+        let other_of = |orders: &[(ConnId, PunchOrder)], conn| {
+            orders
+                .iter()
+                .find(|(c, _)| *c == conn)
+                .map(|(_, o)| (o.peer, o.other_family))
+                .unwrap()
+        };
+        assert_eq!(
+            other_of(&orders, 1),
+            (addr("198.51.100.20:40003"), Some(bob_v6))
+        );
+        assert_eq!(
+            other_of(&orders, 3),
+            (addr("203.0.113.7:40001"), Some(alice_v6))
+        );
+
+        // Bob's IPv4 link goes: his IPv6 one takes its place and gets the
+        // orders; Alice learns nothing of a family Bob no longer has.
+        coord.disconnected(3);
+        coord.check_invariants().unwrap();
+        assert_eq!(coord.registered(), 2);
+        let ask = alice4.request(t0, 2, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        let (orders, _) = deliver(actions, &mut [(1, &mut alice4), (4, &mut bob6)], t0);
+        assert_eq!(other_of(&orders, 1), (bob_v6, None));
+        assert_eq!(
+            other_of(&orders, 4),
+            (addr("203.0.113.7:40001"), Some(alice_v6))
+        );
+
+        // Alice again over IPv6 (a new address): only her older IPv6 link
+        // is displaced, her IPv4 one stays.
+        let mut alice6b = link(1, true);
+        coord.connected(5, addr("[2001:db8:1::b]:8333"), None, Some(SESSION));
+        let (_, others) = register_seeing_others(&mut coord, 5, &mut alice6b, t0);
+        let closed: Vec<ConnId> = others
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorAction::Close(conn, _) => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![2]);
+        coord.check_invariants().unwrap();
+
+        // A node that does not speak of dual stack from another family
+        // displaces as before, both of Alice's links with it.
+        let key = NodeKey::from_secret(&[1; 32]).unwrap();
+        let public = key.public().serialize();
+        coord.connected(6, addr("[2001:db8:1::c]:8333"), None, Some(SESSION));
+        let hello = NativeMessage::Hello {
+            version: PROTOCOL_VERSION,
+            features: FEATURES & !FEATURE_DUAL_STACK,
+        };
+        let _coord = coord.handle(t0, 6, hello, [0; 32]);
+        let nonce = [6; 32];
+        let _challenge = coord.handle(t0, 6, NativeMessage::Register { key: public }, nonce);
+        let signature = key.sign(REGISTER_TAG, &[&nonce, &public]);
+        let others = coord.handle(t0, 6, NativeMessage::Prove { signature }, [0; 32]);
+        let mut closed: Vec<ConnId> = others
+            .iter()
+            .filter_map(|a| match a {
+                CoordinatorAction::Close(conn, _) => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        closed.sort();
+        assert_eq!(closed, vec![1, 5]);
+        coord.check_invariants().unwrap();
+
+        // A second-family link does not register with a coordinator that
+        // would take it for a displacement.
+        let features = FEATURES & !FEATURE_DUAL_STACK;
+        let key = test_coordinator_key();
+        let data = coordinator_proof_data(&SESSION, 1, features);
+        let old = NativeMessage::Coordinator {
+            version: 1,
+            features,
+            key: key.public().serialize(),
+            signature: key.sign(COORDINATOR_TAG, &[&data]),
+        };
+        let mut second = link(3, true);
+        let _hello = second.start();
+        assert!(closes(&second.handle(t0, old.clone()), "dual stack"));
+        let mut first = link(3, false);
+        let _hello = first.start();
+        assert!(matches!(
+            &first.handle(t0, old)[..],
+            [
+                ClientEvent::CoordinatorVerified { .. },
+                ClientEvent::Send(NativeMessage::Register { .. })
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_dual_stack_client_takes_one_punchable_endpoint_of_the_other_family() {
+        let t0 = Instant::now();
+        let mut alice = fresh_client();
+        alice.verified = Some(PROTOCOL_VERSION);
+        alice.coordinator_features = FEATURES;
+        alice.registered = Some(alice.key().id());
+        alice.observed = Some(addr("203.0.113.7:40001"));
+        let bob = NodeKey::generate();
+        let order = |client: &mut Client, request: u64, endpoints: Vec<SocketAddr>| {
+            let _ = client.handle(t0, NativeMessage::Candidates { request, endpoints });
+            let events = client.handle(
+                t0,
+                NativeMessage::Punch {
+                    request,
+                    role: PunchRole::Responder,
+                    peer_key: bob.public().serialize(),
+                    peer: addr("198.51.100.20:40003"),
+                    delay_ms: 10,
+                },
+            );
+            match &events[..] {
+                [ClientEvent::Punch(order)] => (order.local.clone(), order.other_family),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Loopback, a LAN, an IPv4 address hidden in IPv6: none is taken;
+        // the first punchable IPv6 endpoint is, and only one.
+        let offered = vec![
+            addr("[::1]:8333"),
+            addr("[fd00::5]:8333"),
+            addr("[::ffff:198.51.100.9]:8333"),
+            addr("[2001:db8:2::a]:8333"),
+        ];
+        assert_eq!(
+            order(&mut alice, 1, offered),
+            (vec![], Some(addr("[2001:db8:2::a]:8333")))
+        );
+        // Same family as the order's endpoint: not an other-family one
+        // (nor, the peer not being behind our address, an own-network one).
+        assert_eq!(
+            order(&mut alice, 2, vec![addr("192.0.2.9:8333")]),
+            (vec![], None)
+        );
+        // A coordinator that did not announce dual stack gets none through.
+        alice.coordinator_features = FEATURES & !FEATURE_DUAL_STACK;
+        assert_eq!(
+            order(&mut alice, 3, vec![addr("[2001:db8:2::a]:8333")]),
+            (vec![], None)
+        );
     }
 
     #[test]

@@ -56,8 +56,15 @@ pub const FEATURE_PORT_PREDICTION: u64 = 4;
 /// other's (`hppeernat`), so that both records of a punch carry both
 /// classes.
 pub const FEATURE_NAT_CLASS: u64 = 8;
+/// Feature bit: dual stack. A node may register its key a second time
+/// over its other address family (IPv4 and IPv6) without displacing the
+/// first registration, and the coordinator passes the endpoint it observes
+/// there to the peer of each order (`hpcands`), which races it beside the
+/// order's endpoint.
+pub const FEATURE_DUAL_STACK: u64 = 16;
 /// Feature bits of this code. Unknown bits are ignored.
-pub const FEATURES: u64 = FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION | FEATURE_NAT_CLASS;
+pub const FEATURES: u64 =
+    FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION | FEATURE_NAT_CLASS | FEATURE_DUAL_STACK;
 /// Ports in one `hpports`: a sequence's prediction (each one SYN of the
 /// peer's punch budget) or a birthday's guesses (paid whole from its
 /// birthday allowance); docs/native-protocol.md, "Port prediction".
@@ -153,9 +160,11 @@ pub enum NativeMessage {
     /// announced [`FEATURE_LOCAL_CANDIDATES`]: where the node's shared port
     /// is on its own network (at most [`MAX_LOCAL_ENDPOINTS`]).
     Local { endpoints: Vec<SocketAddr> },
-    /// coordinator → client, just before the `Punch` of the same request,
-    /// when both nodes are seen at the same public address: the peer's
-    /// own-network endpoints, to race beside its public one.
+    /// coordinator → client, just before the `Punch` of the same request:
+    /// the peer's own-network endpoints when both nodes are seen at the
+    /// same public address, and its endpoint in the other address family
+    /// when it registered over both ([`FEATURE_DUAL_STACK`]): to race
+    /// beside its public one (at most [`MAX_LOCAL_ENDPOINTS`] in all).
     Candidates {
         request: u64,
         endpoints: Vec<SocketAddr>,

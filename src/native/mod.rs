@@ -8,6 +8,7 @@ pub mod machine;
 pub mod messages;
 pub mod punch;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +69,13 @@ impl PunchContext {
 
 /// `bitpunch connect NODE_ID@COORDINATOR`: register with `coordinator` from
 /// `node`'s shared port, then `connect_via`. Times count from before the
-/// registration, so the path pays for reaching its third party.
+/// registration, so the path pays for reaching its third party. `also`,
+/// the coordinator's address in the other family, is registered at the
+/// same time when the node has that family (dual stack): the peer then
+/// races both.
 pub async fn connect(
     node: &Node,
-    coordinator: CoordinatorEndpoint,
+    (coordinator, also): (CoordinatorEndpoint, Option<SocketAddr>),
     key: Arc<NodeKey>,
     session: SessionConfig,
     target: NodeId,
@@ -87,12 +91,32 @@ pub async fn connect(
         ping_interval: crate::native::client::LINK_PING_INTERVAL,
         refusals: None,
     };
-    match register(node, coordinator, &key, link_config).await {
+    let mut second_config = link_config.clone();
+    second_config.client.second_family = true;
+    let second_key = key.clone();
+    let second = async move {
+        let addr = other_family_of(node, coordinator, also)?;
+        let endpoint = CoordinatorEndpoint {
+            addr,
+            ..coordinator
+        };
+        register(node, endpoint, &second_key, second_config)
+            .await
+            .inspect_err(|e| tracing::debug!(error = %format!("{e:#}"), "no registration over the other family"))
+            .ok()
+    };
+    let (first, second) =
+        first_and_second(register(node, coordinator, &key, link_config), second).await;
+    match first {
         Ok(link) => {
-            tracing::info!(id = %link.id, observed = %link.observed, "registered; asking for {target}");
-            connect_via(node, &link, key, session, target, asked)
-                .await
-                .record
+            tracing::info!(
+                id = %link.id, observed = %link.observed,
+                other_family = ?second.as_ref().map(|l| l.observed),
+                "registered; asking for {target}"
+            );
+            let outcome = connect_via(node, &link, key, session, target, asked).await;
+            drop(second);
+            outcome.record
         }
         Err(e) => {
             let mut record = Outcome::failed(
@@ -314,6 +338,42 @@ pub async fn stay_registered(
             }
         }
         backoff.wait().await;
+    }
+}
+
+/// `also`, if it is of the other family than `coordinator`'s address and
+/// the node's shared port has that family.
+pub fn other_family_of(
+    node: &Node,
+    coordinator: CoordinatorEndpoint,
+    also: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    also.filter(|a| {
+        a.is_ipv4() != coordinator.addr.is_ipv4()
+            && node
+                .shared_port()
+                .local_addrs()
+                .iter()
+                .any(|l| l.is_ipv4() == a.is_ipv4())
+    })
+}
+
+/// Both registrations, the second given as long again as the first took
+/// (at least 200 ms): a family that does not answer costs one
+/// registration's time, not a timeout.
+async fn first_and_second<A, B>(
+    first: impl std::future::Future<Output = A>,
+    second: impl std::future::Future<Output = Option<B>>,
+) -> (A, Option<B>) {
+    let started = Instant::now();
+    tokio::pin!(first);
+    tokio::pin!(second);
+    tokio::select! {
+        a = &mut first => {
+            let grace = started.elapsed().max(Duration::from_millis(200));
+            (a, tokio::time::timeout(grace, second).await.ok().flatten())
+        }
+        b = &mut second => (first.await, b),
     }
 }
 

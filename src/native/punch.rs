@@ -100,16 +100,27 @@ pub async fn execute(
     let ms = |t: Instant| Some(crate::report::ms_since(asked_at, t));
     let mut record = Outcome::failed(Path::Native, role, Stage::Punch, String::new());
     record.via = Some(ctx.coordinator.to_string());
-    // The peer's public endpoint, and where it is on the network we share
-    // with it when it is behind our own NAT (no hairpinning needed).
+    // The peer's public endpoint, where it is on the network we share with
+    // it when it is behind our own NAT (no hairpinning needed), and its
+    // endpoint in the other family when we can dial that family: all raced
+    // at once (a punch's SYNs must cross, so no family waits for the other).
+    let our_families: Vec<bool> = ctx.port.local_addrs().iter().map(|a| a.is_ipv4()).collect();
     let candidates: Vec<SocketAddr> = std::iter::once(order.peer)
         .chain(order.local.iter().copied())
+        .chain(
+            order
+                .other_family
+                .filter(|other| our_families.contains(&other.is_ipv4())),
+        )
         .collect();
     record.t_ms.coordination = ms(received_at);
     record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
     record.nat_peer = order.peer_nat;
     // Before our first SYN, so that it takes the port we predict.
-    let own_ports = predict_our_ports(ctx, &order).await;
+    let racing_other_family = order
+        .other_family
+        .is_some_and(|other| our_families.contains(&other.is_ipv4()));
+    let own_ports = predict_our_ports(ctx, &order, racing_other_family).await;
     if let Some(OwnPorts::Predicted(ports)) = &own_ports {
         record.predicted_ports = ports.clone();
     }
@@ -204,7 +215,11 @@ pub async fn execute(
 /// at random, a birthday's guesses. No birthday toward a peer that said
 /// its own NAT maps each destination apart: its SYNs would not come from
 /// the endpoint our mappings point at.
-async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Option<OwnPorts> {
+async fn predict_our_ports(
+    ctx: &PunchContext,
+    order: &PunchOrder,
+    racing_other_family: bool,
+) -> Option<OwnPorts> {
     let prediction = ctx.prediction.as_ref()?;
     let own = punch::OwnPrediction {
         port: &ctx.port,
@@ -225,6 +240,16 @@ async fn predict_our_ports(ctx: &PunchContext, order: &PunchOrder) -> Option<Own
         tracing::info!(
             request = order.request,
             "no birthday punch: the peer's NAT maps each destination apart too"
+        );
+        return None;
+    }
+    // Dual stack: the other family (IPv6 behind stateful firewalls, most
+    // often) punches with one SYN a side; a birthday's 256 are not spent
+    // beside it. The peer, given our endpoint there too, decides the same.
+    if matches!(ours, OwnPorts::Birthday(_)) && racing_other_family {
+        tracing::info!(
+            request = order.request,
+            "no birthday punch: we race the peer's other address family instead"
         );
         return None;
     }

@@ -103,7 +103,8 @@ pub fn after_probe(
             if fresh.ip() != shared.ip() {
                 return None;
             }
-            let step = i32::from(fresh.port()) - i32::from(shared.port());
+            // Two u16s: the difference always fits.
+            let step = i32::from(fresh.port()).wrapping_sub(i32::from(shared.port()));
             if step == 0 || step.unsigned_abs() > MAX_STEP.unsigned_abs() {
                 return birthday();
             }

@@ -121,6 +121,10 @@ pub struct LabContext {
     /// The run was over IPv6 (`lab run --ipv6`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ipv6: bool,
+    /// The run was dual-stack (`lab run --dual-stack`): relay and
+    /// coordinator named by IPv4, everything listening on both families.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dual_stack: bool,
     pub loss_percent: f64,
     /// Each packet's delay is drawn from `delay_ms ± jitter_ms`.
     #[serde(default)]

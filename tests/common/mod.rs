@@ -132,7 +132,7 @@ pub async fn start_relay(
     rt.run(async move {
         let server = RelayServer::start(
             libp2p::identity::Keypair::generate_ed25519(),
-            "/ip4/0.0.0.0/tcp/4001".parse().unwrap(),
+            &["/ip4/0.0.0.0/tcp/4001".parse().unwrap()],
             Some(external),
             RelayLimits::default(),
         )
