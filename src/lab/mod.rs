@@ -81,8 +81,10 @@ pub struct Router {
     pub ns: String,
     pub public_ip: Ipv4Addr,
     pub lan: (Ipv4Addr, u8),
-    /// The LAN's IPv6 /64 (the router is `::1`), when it has one.
+    /// The LAN's IPv6 /64 (the router is `::1` on it), when it has one.
     pub lan6: Option<Ipv6Addr>,
+    /// Its WAN's IPv6 address, where the LAN's /64 is routed to.
+    wan6: Option<Ipv6Addr>,
     pub profile: NatProfile,
     pub link: String,
     hosts: u8,
@@ -270,6 +272,7 @@ impl Lab {
         // carrier routes its subscribers' IPv6 without one).
         let inet = self.inet.clone();
         self.route6(&inet, &format!("{}/64", lan6_of(index)), wan6)?;
+        router.wan6 = Some(wan6);
         self.routed6(&mut router, index, profile != nat::CARRIER)?;
         Ok(router)
     }
@@ -312,38 +315,27 @@ impl Lab {
             self.finish_router(name, wan_ip, upstream.public_ip, lan, profile, link)?;
         // IPv6 through the carrier: routed to this router's WAN address on
         // the carrier's LAN, and on to this router's own /64.
-        if let Some(up6) = upstream.lan6 {
-            let [a, b, c, d, ..] = up6.segments();
-            let wan6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, u16::from(wan_ip.octets()[3]));
-            self.addr6(&ns, wan6, "wan")?;
-            self.route6(&ns, "default", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1))?;
+        if let (Some(up6), Some(carrier_wan6)) = (upstream.lan6, upstream.wan6) {
+            let wan6 = self.plug6(&ns, "wan", up6, wan_ip)?;
             let own = format!("{}/64", lan6_of(index));
             self.route6(&upstream.ns, &own, wan6)?;
             let inet = self.inet.clone();
-            let carrier_wan6 = self.wan6_of(&upstream.ns)?;
             self.route6(&inet, &own, carrier_wan6)?;
+            router.wan6 = Some(wan6);
             self.routed6(&mut router, index, true)?;
         }
         Ok(router)
     }
 
-    /// The internet-side IPv6 address `attach` gave `ns`.
-    fn wan6_of(&self, ns: &str) -> Result<Ipv6Addr> {
-        let slot = self
-            .links
-            .iter()
-            .position(|l| l.far.0 == ns)
-            .with_context(|| format!("{ns} is not on the internet"))?;
-        Ok(Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0xffff,
-            slot as u16,
-            0,
-            0,
-            0,
-            2,
-        ))
+    /// Gives `ns`'s `dev`, plugged into a LAN at IPv4 `ip`, the address with
+    /// the same last number in the LAN's /64 `lan6`, and the router (`::1`)
+    /// as its IPv6 default route.
+    fn plug6(&mut self, ns: &str, dev: &str, lan6: Ipv6Addr, ip: Ipv4Addr) -> Result<Ipv6Addr> {
+        let [a, b, c, d, ..] = lan6.segments();
+        let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, u16::from(ip.octets()[3]));
+        self.addr6(ns, ip6, dev)?;
+        self.route6(ns, "default", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1))?;
+        Ok(ip6)
     }
 
     /// The router's LAN bridge, forwarding and its NAT rules (on `wan_ip`,
@@ -379,6 +371,7 @@ impl Lab {
             public_ip,
             lan,
             lan6: None,
+            wan6: None,
             profile,
             link,
             hosts: 0,
@@ -420,14 +413,7 @@ impl Lab {
         self.add_namespace(&ns)?;
         let ip = self.plug_into(router, &ns, "eth0")?;
         let ip6 = match router.lan6 {
-            Some(lan6) => {
-                let [a, b, c, d, ..] = lan6.segments();
-                let last = u16::from(ip.octets()[3]);
-                let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, last);
-                self.addr6(&ns, ip6, "eth0")?;
-                self.route6(&ns, "default", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 1))?;
-                Some(ip6)
-            }
+            Some(lan6) => Some(self.plug6(&ns, "eth0", lan6, ip)?),
             None => None,
         };
         Ok(Host {

@@ -352,7 +352,7 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
             rounds: attempts,
             done_at: coordinated,
             bytes,
-            predicted: predicted_of(&own_ports),
+            predicted: OwnPorts::predicted(&own_ports),
             spent,
         },
     )
@@ -486,7 +486,7 @@ async fn exchange_as_a(
             rounds,
             done_at: coordinated,
             bytes,
-            predicted: predicted_of(&own_ports),
+            predicted: OwnPorts::predicted(&own_ports),
             spent,
         },
     )
@@ -583,15 +583,6 @@ impl Spent {
     fn fill(self, record: &mut Outcome) {
         record.syns = self.syns;
         record.birthday_ports = self.birthday_ports;
-    }
-}
-
-/// The ports we predicted, for the record (a birthday's guesses are
-/// counted, not listed).
-fn predicted_of(own_ports: &Option<OwnPorts>) -> Vec<u16> {
-    match own_ports {
-        Some(OwnPorts::Predicted(ports)) => ports.clone(),
-        _ => Vec::new(),
     }
 }
 

@@ -121,9 +121,7 @@ pub async fn execute(
         .other_family
         .is_some_and(|other| our_families.contains(&other.is_ipv4()));
     let own_ports = predict_our_ports(ctx, &order, racing_other_family).await;
-    if let Some(OwnPorts::Predicted(ports)) = &own_ports {
-        record.predicted_ports = ports.clone();
-    }
+    record.predicted_ports = OwnPorts::predicted(&own_ports);
 
     let mut start = received_at.later(order.delay);
     if own_ports.is_some() {

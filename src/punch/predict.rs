@@ -56,6 +56,15 @@ pub enum OwnPorts {
 }
 
 impl OwnPorts {
+    /// The ports a sequence predicted, for records (a birthday's guesses
+    /// are counted, not listed).
+    pub fn predicted(own: &Option<OwnPorts>) -> Vec<u16> {
+        match own {
+            Some(OwnPorts::Predicted(ports)) => ports.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The ports the peer dials once each.
     pub fn ports(&self) -> &[u16] {
         match self {
