@@ -189,7 +189,12 @@ impl Libp2pNode {
         options: Libp2pOptions,
     ) -> anyhow::Result<Libp2pNode> {
         let stock_dcutr = options.stock_dcutr;
-        let families = Families::of(port.local_addrs().iter().map(|a| a.is_ipv6()));
+        // Stock DCUtR mode stays what rust-libp2p does by itself: it learns
+        // only the family it reached the relay over.
+        let families = match stock_dcutr {
+            true => Families::default(),
+            false => Families::of(port.local_addrs().iter().map(|a| a.is_ipv6())),
+        };
         let metrics = options.metrics.clone();
         let counters: Arc<ByteCounters> = Arc::default();
         let inbound = router.subscribe(Route::Libp2p, 64);
