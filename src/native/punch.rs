@@ -162,9 +162,9 @@ pub async fn execute(
             };
         }
     };
-    let attempts = punched.attempts;
-    let syns = punched.syns;
-    let birthday_ports = punched.birthday_ports;
+    record.attempts = punched.attempts;
+    record.syns = punched.syns;
+    record.birthday_ports = punched.birthday_ports;
     record.candidates = punched.candidates.iter().map(|c| c.to_string()).collect();
     let proof = NodeKeyProof {
         key: &ctx.key,
@@ -184,15 +184,7 @@ pub async fn execute(
         &ctx.ending,
     )
     .await;
-    upgraded.via = record.via;
-    upgraded.candidates = record.candidates;
-    upgraded.attempts = attempts;
-    upgraded.syns = syns;
-    upgraded.birthday_ports = birthday_ports;
-    upgraded.predicted_ports = record.predicted_ports;
-    upgraded.nat_ours = record.nat_ours;
-    upgraded.nat_peer = record.nat_peer;
-    upgraded.t_ms.coordination = ms(received_at);
+    carry_punch_fields(record, &mut upgraded);
     let result = match (upgraded.ok, upgraded.failed_at) {
         (true, _) => PunchResult::Connected,
         (false, Some(Stage::Auth)) => PunchResult::AuthFailed,
@@ -204,6 +196,20 @@ pub async fn execute(
         spliced,
         result,
     }
+}
+
+/// What the record says about the coordination and the punch itself (the
+/// upgrade's record knows only the connection): onto the upgraded record.
+fn carry_punch_fields(punch: Outcome, upgraded: &mut Outcome) {
+    upgraded.via = punch.via;
+    upgraded.candidates = punch.candidates;
+    upgraded.attempts = punch.attempts;
+    upgraded.syns = punch.syns;
+    upgraded.birthday_ports = punch.birthday_ports;
+    upgraded.predicted_ports = punch.predicted_ports;
+    upgraded.nat_ours = punch.nat_ours;
+    upgraded.nat_peer = punch.nat_peer;
+    upgraded.t_ms.coordination = punch.t_ms.coordination;
 }
 
 /// Behind a symmetric NAT the coordinator's view of our port is useless
