@@ -279,12 +279,16 @@ fn endpoint(ip: u8, port: u16, v6: bool) -> SocketAddr {
 }
 
 /// An endpoint a node may call its own network's, or (odd `kind`) one it
-/// may not: public, loopback.
+/// may not: public, loopback; or (`kind` 4, 6) a public or loopback IPv6
+/// one, what a dual-stack peer's other family looks like and what it must
+/// not be.
 fn own_network_endpoint(ip: u8, port: u16, kind: u8) -> SocketAddr {
-    let ip = match kind % 4 {
+    let ip = match kind % 8 {
         0 => IpAddr::V4(Ipv4Addr::new(192, 168, 1, ip)),
-        1 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, ip)),
+        1 | 5 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, ip)),
         2 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip))),
+        4 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, u16::from(ip))),
+        6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
         _ => IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip)),
     };
     SocketAddr::new(ip, port.max(1))
@@ -397,9 +401,14 @@ pub fn coordinator_machine(data: &[u8]) {
                 );
                 // Every client that follows the spec says hello first; the
                 // coordinator must answer with its proof.
+                // Own-network candidates and dual stack, each on or off.
+                let dual_stack = match port & 2 {
+                    0 => 0,
+                    _ => crate::native::messages::FEATURE_DUAL_STACK,
+                };
                 let hello = NativeMessage::Hello {
                     version: 1,
-                    features: u64::from(port % 2),
+                    features: u64::from(port % 2) | dual_stack,
                 };
                 let actions = machine.handle(now, conn_of(conn), hello, challenge);
                 assert!(
@@ -795,12 +804,18 @@ pub fn client_machine(data: &[u8]) {
     );
     // The coordinator proves its key first; everything below is what a
     // coordinator that did so may send.
-    let proof = crate::native::messages::coordinator_proof_data(&session_id, 1, 0);
+    // An old coordinator or one that speaks of every feature (dual stack
+    // lets `hpcands` carry an other-family endpoint).
+    let features = match data.first() {
+        Some(b) if b % 2 == 1 => crate::native::messages::FEATURES,
+        _ => 0,
+    };
+    let proof = crate::native::messages::coordinator_proof_data(&session_id, 1, features);
     let verified = client.handle(
         Instant::now(),
         NativeMessage::Coordinator {
             version: 1,
-            features: 0,
+            features,
             key: coordinator.public().serialize(),
             signature: coordinator.sign(crate::native::messages::COORDINATOR_TAG, &[&proof]),
         },
@@ -959,6 +974,11 @@ pub fn client_machine(data: &[u8]) {
                         .all(|l| crate::net::routable::is_own_network(l.ip())),
                     "{order:?}"
                 );
+                // Dual stack: one punchable endpoint of the other family.
+                if let Some(other) = order.other_family {
+                    assert_ne!(other.is_ipv4(), order.peer.is_ipv4(), "{order:?}");
+                    assert!(crate::net::routable::is_routable(other.ip()), "{order:?}");
+                }
                 punches.push((now, order.peer.ip()));
                 ordered
                     .entry(order.request)
