@@ -330,7 +330,15 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
         let coordinated = Instant::now();
         let claims = punch::claim(&ctx.router, &round.candidates);
         let first = machine.round() == 1;
-        match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
+        match punch_once(
+            ctx,
+            role,
+            peer,
+            round.once(first, &own_ports, &ctx.port),
+            claims,
+        )
+        .await
+        {
             Ok(p) => break (p, coordinated),
             Err(e) => {
                 first_syn = first_syn.or(e.first_syn);
@@ -443,7 +451,15 @@ async fn exchange_as_a(
                 }
                 let first = rounds == 1;
                 let claims = std::mem::take(&mut claims);
-                match punch_once(ctx, role, peer, round.once(first, &own_ports), claims).await {
+                match punch_once(
+                    ctx,
+                    role,
+                    peer,
+                    round.once(first, &own_ports, &ctx.port),
+                    claims,
+                )
+                .await
+                {
                     Ok(p) => break (p, coordinated),
                     Err(e) => {
                         first_syn = first_syn.or(e.first_syn);
@@ -506,9 +522,25 @@ impl Round {
     /// What this round's punch does. A birthday (our mappings, or our
     /// dials to the peer's guesses) belongs to the first round only: it
     /// is paid whole once per punch, and a second one is as likely to miss.
-    fn once(self, first_round: bool, own_ports: &Option<OwnPorts>) -> OneRound {
-        let birthday = first_round && matches!(own_ports, Some(OwnPorts::Birthday(_)));
-        let guesses = if first_round || self.guesses.len() <= predict::MAX_SEQUENCE_PORTS {
+    ///
+    /// Nor is there a birthday beside a candidate of the other address
+    /// family that our shared port can dial (dual stack: IPv6 behind
+    /// stateful firewalls, most often, punches with one SYN a side). Both
+    /// sides see both offers by now and decide alike, so neither opens
+    /// mappings or dials guesses for nothing.
+    fn once(self, first_round: bool, own_ports: &Option<OwnPorts>, port: &SharedPort) -> OneRound {
+        let first_family = self.candidates.first().map(SocketAddr::is_ipv4);
+        let racing_other_family = self.candidates.iter().any(|c| {
+            Some(c.is_ipv4()) != first_family
+                && port
+                    .local_addrs()
+                    .iter()
+                    .any(|l| l.is_ipv4() == c.is_ipv4())
+        });
+        let birthday =
+            first_round && !racing_other_family && matches!(own_ports, Some(OwnPorts::Birthday(_)));
+        let birthday_guesses = self.guesses.len() > predict::MAX_SEQUENCE_PORTS;
+        let guesses = if !birthday_guesses || (first_round && !racing_other_family) {
             self.guesses
         } else {
             Vec::new()
