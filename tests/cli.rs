@@ -1103,3 +1103,103 @@ fn nat_tells_a_node_on_loopback_that_it_is_behind_no_nat() {
     assert_eq!(status["nat"]["mapping"], "none", "{status}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A dual-stack node: one coordinator named once per family registers
+/// the node's key over both, the second without displacing the first, and
+/// `status` shows both registrations. The same coordinator named twice in
+/// one family is refused before anything binds.
+#[test]
+fn a_node_registers_over_both_families_with_a_coordinator_named_once_per_family() {
+    let data = std::env::temp_dir().join(format!("bitpunch-cli-dual-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    // Without --bind the coordinator listens on both loopbacks.
+    let mut coordinator = Running(
+        bitpunch()
+            .args(["coordinator", "--port", "0", "--network", "regtest", "-q"])
+            .arg("--data-dir")
+            .arg(data.join("coordinator"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(coordinator.0.stdout.take().unwrap());
+    let id = line_starting(&mut out, "coordinator id ");
+    let port = line_starting(&mut out, "coordinator listening ")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (v4, v6) = (
+        format!("{id}@127.0.0.1:{port}"),
+        format!("{id}@[::1]:{port}"),
+    );
+
+    let twice = bitpunch()
+        .args(["node", "--port", "0", "--network", "regtest", "-q"])
+        .args(["--coordinator", &v4, "--coordinator", &v4, "--data-dir"])
+        .arg(data.join("twice"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(!twice.status.success(), "{stderr}");
+    assert!(stderr.contains("is named twice"), "{stderr}");
+
+    let mut node = Running(
+        bitpunch()
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--network",
+                "regtest",
+                "--allow-private-addrs",
+            ])
+            .args(["--coordinator", &v4, "--coordinator", &v6, "--data-dir"])
+            .arg(data.join("node"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data.join("node.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The two registrations race: their lines come in either order.
+    let lines = common::lines(&mut node.0);
+    let (mut address, mut seen6) = (None, None);
+    while address.is_none() || seen6.is_none() {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("both registrations within 20 s");
+        if let Some(rest) = line.strip_prefix("reachable as ") {
+            address = Some(rest.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("reachable over IPv6 too, seen at ") {
+            seen6 = Some(rest.to_string());
+        }
+    }
+    let (address, seen6) = (address.unwrap(), seen6.unwrap());
+    assert!(seen6.starts_with("[::1]:"), "{seen6}");
+    let status = bitpunch()
+        .args(["status", "--json", "--data-dir"])
+        .arg(data.join("node"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["coordinators"][v4.as_str()]["address"],
+        address.as_str(),
+        "{status}"
+    );
+    let over6 = format!("{v4} over IPv6");
+    assert_eq!(
+        status["coordinators"][over6.as_str()]["address"],
+        address.as_str(),
+        "{status}"
+    );
+    // Neither registration displaced the other.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let log = std::fs::read_to_string(data.join("node.log")).unwrap();
+    assert!(!log.contains("displaced"), "{log}");
+    drop(node);
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -60,11 +60,33 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     let session = session_config(&net, timeout)?;
     // Parse everything the user typed before binding anything.
-    let mut coordinators = Vec::new();
+    let mut coordinators: Vec<(
+        (
+            native::client::CoordinatorEndpoint,
+            Option<std::net::SocketAddr>,
+        ),
+        CoordinatorAddress,
+    )> = Vec::new();
     for typed in &coordinator {
         let typed: CoordinatorAddress = typed.parse()?;
-        let endpoint = resolve_coordinator(&typed, net.network.default_port()).await?;
-        coordinators.push((endpoint, typed));
+        let (endpoint, also) = resolve_coordinator(&typed, net.network.default_port()).await?;
+        // One coordinator named once per family (IPv4 and IPv6 literals):
+        // one registration over each, as for a name that resolves to both.
+        let named_before = coordinators
+            .iter_mut()
+            .find(|((earlier, _), _)| earlier.id == endpoint.id);
+        if let Some(((earlier, earlier_also), _)) = named_before {
+            let other_family = earlier.addr.is_ipv4() != endpoint.addr.is_ipv4();
+            anyhow::ensure!(
+                other_family && earlier_also.is_none(),
+                "--coordinator {typed}: coordinator {} is named twice; name it once, or once \
+                 per address family (ID@IPv4:PORT and ID@[IPv6]:PORT)",
+                endpoint.id
+            );
+            *earlier_also = Some(endpoint.addr);
+            continue;
+        }
+        coordinators.push(((endpoint, also), typed));
     }
     // The data directory is this process's until it ends: its keys, and the
     // control socket `bitpunch status|peers|disconnect` talk to.
@@ -243,16 +265,17 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             ))
         })
         .collect();
+    let link_config = |second_family: bool| LinkConfig {
+        session: session.clone(),
+        client: machine::ClientConfig {
+            second_family,
+            ..order_limits.clone()
+        },
+        ping_interval: native::client::LINK_PING_INTERVAL,
+        refusals: Some(handle.order_refusals()),
+    };
     let second_registrations = second_family.into_iter().map(|(coordinator, typed)| {
-        let link_config = LinkConfig {
-            session: session.clone(),
-            client: machine::ClientConfig {
-                second_family: true,
-                ..order_limits.clone()
-            },
-            ping_interval: native::client::LINK_PING_INTERVAL,
-            refusals: Some(handle.order_refusals()),
-        };
+        let link_config = link_config(true);
         let handle = handle.clone();
         let family = if coordinator.addr.is_ipv6() {
             "IPv6"
@@ -285,12 +308,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     });
     let registrations = coordinators.into_iter().map(|((coordinator, _), typed)| {
         let nat_asked = nat_asked.clone();
-        let link_config = LinkConfig {
-            session: session.clone(),
-            client: order_limits.clone(),
-            ping_interval: native::client::LINK_PING_INTERVAL,
-            refusals: Some(handle.order_refusals()),
-        };
+        let link_config = link_config(false);
         let handle = handle.clone();
         let typed = typed.to_string();
         native::stay_registered(
