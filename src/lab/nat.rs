@@ -371,7 +371,14 @@ impl NatProfile {
     }
 }
 
-const PORT_POOL: u16 = 512;
+/// Ports the lab's own-choice mappings draw from. A mapping here is a hash
+/// (or a counter) onto the pool with no fallback, unlike a real NAT's
+/// allocator: a new connection whose port is still held by an earlier one
+/// toward the same destination (120 s in TIME_WAIT) is dropped. With 512
+/// ports that hit the NAT probes of busy `/cgn` cells (a probe in 10 or so
+/// unanswered, its punch's round a second late); with 8,192 a collision
+/// needs hundreds of recent connections to one server.
+const PORT_POOL: u16 = 8192;
 const PORT_BASE_EIM: u16 = 20000;
 const PORT_BASE_SEQ: u16 = 40000;
 
