@@ -269,7 +269,13 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
             Ok(server) => {
                 let _ = coord_tx.send(Ok(crate::native::client::CoordinatorEndpoint {
                     id: server.id(),
-                    addr: SocketAddr::new(coord_ip, server.local_addrs()[0].port()),
+                    addr: SocketAddr::new(
+                        coord_ip,
+                        server
+                            .local_addrs()
+                            .first()
+                            .map_or(ports.coordinator, |a| a.port()),
+                    ),
                 }));
                 std::future::pending::<()>().await;
                 drop(server);
