@@ -75,3 +75,54 @@ async fn alice_predicts_and_punches(lab: &InLab, candidates: usize) {
         }
     }
 }
+
+/// A relay whose NAT-probe port drops SYNs (a firewall, or a relay that is
+/// not bitpunch's) must not hold back Alice's reply to Bob's CONNECT: Bob
+/// times his dial by how long the reply took, so a reply a probe's timeout
+/// (1 s) late skews the round (seen as a 5-8 s second round). Alice sits
+/// behind a NAT that changes her port, so she probes before she offers.
+#[cfg_attr(
+    bitpunch_no_lab,
+    ignore = "needs root and the NAT lab tools (scripts/setup); CI runs it"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_server_that_drops_syns_does_not_hold_back_the_libp2p_reply() {
+    require_lab!();
+    let lab = InLab::start(
+        "port-restricted-rp".parse().unwrap(),
+        "home".parse().unwrap(),
+        LinkShape::delay_ms(20),
+    )
+    .await
+    .unwrap();
+    let before = lab.try_path(PathKind::Libp2p).await;
+    assert!(before.ok && before.attempts == 1, "{}", before.to_json());
+    // The relay's probe port (4002) drops every SYN from now on. The rule
+    // goes with the relay's namespace when the lab ends.
+    let rules = "table inet bitpunch_test_probe_drop {\n  chain input { type filter hook input priority filter; policy accept;\n    tcp dport 4002 drop\n  }\n}\n";
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.topology.relay.ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    let after = lab.try_path(PathKind::Libp2p).await;
+    let json = after.to_json();
+    assert!(after.ok && after.attempts == 1, "{json}");
+    let (c0, c1) = (
+        before.t_ms.coordination.unwrap_or_default(),
+        after.t_ms.coordination.unwrap_or_default(),
+    );
+    // Waiting out the probe would add its whole second; the reply waits
+    // 100 ms past the CONNECT at most.
+    assert!(
+        c1 < c0 + 600.0,
+        "{c0} ms before, {c1} ms with the probe dropped: {json}"
+    );
+}

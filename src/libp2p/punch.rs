@@ -139,21 +139,11 @@ impl Libp2pPunchContext {
     /// other family waits for it a little: an offer without it would leave
     /// the peer's firewall closed to that family.
     async fn observed_offer(&self, via: &Multiaddr) -> Vec<Multiaddr> {
-        let via_is_ipv6 = super::relay_endpoint(via).is_some_and(|r| r.is_ipv6());
         let mut events = self.libp2p.events();
         let deadline = Instant::now().later(Duration::from_secs(5));
         let mut second_family_deadline = None;
         loop {
-            let mut ours: Vec<Multiaddr> = self
-                .libp2p
-                .observed()
-                .into_iter()
-                .filter(|a| exchange::punchable(a, self.allow_private).is_some())
-                .collect();
-            // Stable: newest first within each family.
-            ours.sort_by_key(|a| {
-                exchange::punchable(a, self.allow_private).map(|s| s.is_ipv6() != via_is_ipv6)
-            });
+            let ours = self.observed_punchable(via);
             let now = Instant::now();
             let waiting_for_second = !ours.is_empty()
                 && self.libp2p.second_family_pending()
@@ -171,6 +161,27 @@ impl Libp2pPunchContext {
 }
 
 impl Libp2pPunchContext {
+    /// Our punchable observed addresses as identify has told them so far,
+    /// the family we reach the relay over first (newest first within each).
+    fn observed_punchable(&self, via: &Multiaddr) -> Vec<Multiaddr> {
+        let via_is_ipv6 = super::relay_endpoint(via).is_some_and(|r| r.is_ipv6());
+        let mut ours: Vec<Multiaddr> = self
+            .libp2p
+            .observed()
+            .into_iter()
+            .filter(|a| exchange::punchable(a, self.allow_private).is_some())
+            .collect();
+        ours.sort_by_key(|a| {
+            exchange::punchable(a, self.allow_private).map(|s| s.is_ipv6() != via_is_ipv6)
+        });
+        ours
+    }
+
+    /// The offer without waiting for anything: what we know now.
+    fn observed_now(&self, via: &Multiaddr) -> Vec<Multiaddr> {
+        self.with_own_network(self.observed_punchable(via))
+    }
+
     /// `observed`, and after it where our shared port is on our own network
     /// when we are behind a NAT: a peer behind the same NAT races it (the
     /// peer only does so when it sees our public address is its own).
@@ -191,6 +202,10 @@ impl Libp2pPunchContext {
         observed
     }
 }
+
+/// How long A's offer may still take once the peer's CONNECT is here: the
+/// peer's RTT measure, and so the round's timing, is off by half of it.
+const OFFER_GRACE: Duration = Duration::from_millis(100);
 
 /// How long an offer waits, once it has one family, for a connection
 /// still learning the other: about two round trips to a distant relay (the
@@ -388,7 +403,37 @@ async fn exchange_as_a(
 ) -> Libp2pOutcome {
     let role = SessionRole::Initiator;
     let mut stream = stream;
-    let (ours, own_ports) = ctx.offer(&via).await;
+    let timeout = ctx.session.handshake_timeout;
+    // Our offer (a NAT probe, maybe) is made while the peer's CONNECT is on
+    // its way. The peer times its dial by how long our reply took: should
+    // the CONNECT come first, the offer gets a moment more and is then sent
+    // without its prediction, rather than a probe's timeout late (a probe
+    // server that drops SYNs, or a lost SYN, cost the round: the dials
+    // missed each other by half a second).
+    let (mut first, (ours, own_ports)) = {
+        let offer = ctx.offer(&via);
+        let read_first = tokio::time::timeout(timeout, exchange::read_message(&mut stream));
+        tokio::pin!(offer, read_first);
+        let mut made = None;
+        let first = loop {
+            tokio::select! {
+                o = &mut offer, if made.is_none() => made = Some(o),
+                m = &mut read_first => break m,
+            }
+        };
+        let made = match made {
+            Some(made) => made,
+            None => match tokio::time::timeout(OFFER_GRACE, &mut offer).await {
+                Ok(made) => made,
+                Err(_) => {
+                    tracing::debug!(%peer, "the peer's CONNECT came before our prediction: offering without it");
+                    (ctx.observed_now(&via), None)
+                }
+            },
+        };
+        let first = first.map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()));
+        (Some(first), made)
+    };
     let ours_offered = ours.clone();
     let mut machine = SideA::new(ours, ctx.allow_private);
     let mut claims: Vec<crate::net::router::Expectation> = Vec::new();
@@ -398,12 +443,14 @@ async fn exchange_as_a(
     // SYNs of the rounds that failed; the winning round adds its own.
     let mut spent = Spent::default();
     let mut last_error = String::from("the peer gave up");
-    let timeout = ctx.session.handshake_timeout;
     let punched = loop {
         let plan: Result<Option<Round>, ExchangeError> = async {
-            let (msg, n) = tokio::time::timeout(timeout, exchange::read_message(&mut stream))
-                .await
-                .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            let (msg, n) = match first.take() {
+                Some(first) => first??,
+                None => tokio::time::timeout(timeout, exchange::read_message(&mut stream))
+                    .await
+                    .map_err(|_| ExchangeError::Io(std::io::ErrorKind::TimedOut.into()))??,
+            };
             bytes = bytes.saturating_add(n as u64);
             let connect = match &msg {
                 exchange::ExchangeMessage::Connect(addrs) => Some(addrs.clone()),
