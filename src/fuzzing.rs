@@ -401,14 +401,19 @@ pub fn coordinator_machine(data: &[u8]) {
                 );
                 // Every client that follows the spec says hello first; the
                 // coordinator must answer with its proof.
-                // Own-network candidates and dual stack, each on or off.
+                // Own-network candidates, dual stack and a second-family
+                // link, each on or off.
                 let dual_stack = match port & 2 {
                     0 => 0,
                     _ => crate::native::messages::FEATURE_DUAL_STACK,
                 };
+                let second_family = match port & 4 {
+                    0 => 0,
+                    _ => crate::native::messages::FEATURE_SECOND_FAMILY,
+                };
                 let hello = NativeMessage::Hello {
                     version: 1,
-                    features: u64::from(port % 2) | dual_stack,
+                    features: u64::from(port % 2) | dual_stack | second_family,
                 };
                 let actions = machine.handle(now, conn_of(conn), hello, challenge);
                 assert!(

@@ -11,8 +11,8 @@ use bitcoin::secp256k1::XOnlyPublicKey;
 use super::messages::{
     coordinator_proof_data, FailReason, NativeMessage, PunchResult, PunchRole, COORDINATOR_TAG,
     FEATURES, FEATURE_DUAL_STACK, FEATURE_LOCAL_CANDIDATES, FEATURE_NAT_CLASS,
-    FEATURE_PORT_PREDICTION, MAX_LOCAL_ENDPOINTS, MAX_PREDICTED_PORTS, PROTOCOL_VERSION,
-    REGISTER_TAG,
+    FEATURE_PORT_PREDICTION, FEATURE_SECOND_FAMILY, MAX_LOCAL_ENDPOINTS, MAX_PREDICTED_PORTS,
+    PROTOCOL_VERSION, REGISTER_TAG,
 };
 use crate::identity::{self, NodeId, NodeKey};
 use crate::nat::NatBrief;
@@ -258,15 +258,15 @@ impl Coordinator {
         }
     }
 
-    /// Whether a registration seen at `observed` with `features` is the
-    /// same node's over its other family, beside its registration on
-    /// `first`: both speak of dual stack, and the families differ.
-    fn is_other_family(&self, first: ConnId, observed: SocketAddr, features: u64) -> bool {
+    /// Whether a registration seen at `observed` whose link said
+    /// `features` stands beside the same key's registration seen at
+    /// `first_at`: it declared itself the node's second family, of the
+    /// other family, and we speak of dual stack.
+    fn stands_beside(&self, features: u64, observed: SocketAddr, first_at: SocketAddr) -> bool {
         let family = |a: SocketAddr| crate::net::admission::unmapped(a.ip()).is_ipv4();
-        self.config.features & features & FEATURE_DUAL_STACK != 0
-            && self.peers.get(&first).is_some_and(|p| {
-                p.features & FEATURE_DUAL_STACK != 0 && family(p.observed) != family(observed)
-            })
+        self.config.features & FEATURE_DUAL_STACK != 0
+            && features & FEATURE_SECOND_FAMILY != 0
+            && family(observed) != family(first_at)
     }
 
     /// Where `id` is seen in the other family than `seen_at`, if it
@@ -470,21 +470,33 @@ impl Coordinator {
                 // that it does not believe itself reachable. A dual-stack
                 // node's registration over its other family displaces only
                 // an older one of that family.
-                let displaced: Vec<ConnId> = match self.by_id.get(&id).copied() {
-                    Some(first)
-                        if first != conn && self.is_other_family(first, observed, features) =>
+                let first = self.by_id.get(&id).copied().filter(|f| *f != conn);
+                let first_seen = first
+                    .and_then(|f| self.peers.get(&f))
+                    .map(|p| (p.observed, p.features));
+                let displaced: Vec<ConnId> = match (first, first_seen) {
+                    // The node's second family, beside its first.
+                    (Some(_), Some((first_at, _)))
+                        if self.stands_beside(features, observed, first_at) =>
                     {
                         self.other_family.insert(id, conn).into_iter().collect()
+                    }
+                    // Its second family got here first: it moves aside.
+                    (Some(first), Some((first_at, first_features)))
+                        if self.stands_beside(first_features, first_at, observed) =>
+                    {
+                        self.by_id.insert(id, conn);
+                        self.other_family.insert(id, first).into_iter().collect()
                     }
                     _ => {
                         let mut gone: Vec<ConnId> =
                             self.by_id.insert(id, conn).into_iter().collect();
                         // A second registration stays only beside a first
-                        // of the other family that speaks of dual stack.
+                        // of the other family.
                         let second = self.other_family.get(&id).copied();
                         let kept = second
                             .and_then(|c| self.peers.get(&c))
-                            .is_some_and(|p| self.is_other_family(conn, p.observed, p.features));
+                            .is_some_and(|p| self.stands_beside(p.features, p.observed, observed));
                         if let (Some(second), false) = (second, kept) {
                             self.other_family.remove(&id);
                             gone.push(second);
@@ -974,9 +986,13 @@ impl Client {
     /// The first message: our version. Registration waits for the
     /// coordinator's proof.
     pub fn start(&self) -> NativeMessage {
+        let second = match self.config.second_family {
+            true => FEATURE_SECOND_FAMILY,
+            false => 0,
+        };
         NativeMessage::Hello {
             version: PROTOCOL_VERSION,
-            features: FEATURES,
+            features: FEATURES | second,
         }
     }
 
@@ -1929,6 +1945,54 @@ mod tests {
                 ClientEvent::Send(NativeMessage::Register { .. })
             ]
         ));
+    }
+
+    #[test]
+    fn a_node_that_moved_families_displaces_and_a_second_family_that_came_first_moves_aside() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let link = |secret: u8, second_family: bool| {
+            Client::new(
+                ClientConfig {
+                    second_family,
+                    ..Default::default()
+                },
+                NodeKey::from_secret(&[secret; 32]).unwrap(),
+                expected_coordinator(),
+            )
+        };
+        let closed = |actions: &[CoordinatorAction]| -> Vec<ConnId> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    CoordinatorAction::Close(conn, _) => Some(*conn),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Registered over IPv4, the same key from IPv6 on a link that does
+        // not say it is the second family: the node moved; the stale IPv4
+        // registration goes at once.
+        let (mut before, mut after) = (link(1, false), link(1, false));
+        coord.connected(1, addr("203.0.113.7:40001"), None, Some(SESSION));
+        coord.connected(2, addr("[2001:db8:1::a]:8333"), None, Some(SESSION));
+        register(&mut coord, 1, &mut before, t0);
+        let (_, others) = register_seeing_others(&mut coord, 2, &mut after, t0);
+        assert_eq!(closed(&others), vec![1]);
+        coord.check_invariants().unwrap();
+
+        // Both links of a dual-stack node race; the second-family one
+        // proves first. The first then takes the first place, and the
+        // second stands beside it: nobody is displaced, orders go to the
+        // first.
+        let (mut first, mut second) = (link(2, false), link(2, true));
+        coord.connected(3, addr("[2001:db8:2::a]:8333"), None, Some(SESSION));
+        coord.connected(4, addr("198.51.100.20:40003"), None, Some(SESSION));
+        let id = register(&mut coord, 3, &mut second, t0);
+        assert_eq!(register(&mut coord, 4, &mut first, t0), id);
+        coord.check_invariants().unwrap();
+        assert_eq!(coord.by_id.get(&id), Some(&4));
+        assert_eq!(coord.other_family.get(&id), Some(&3));
     }
 
     #[test]

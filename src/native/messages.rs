@@ -62,6 +62,11 @@ pub const FEATURE_NAT_CLASS: u64 = 8;
 /// there to the peer of each order (`hpcands`), which races it beside the
 /// order's endpoint.
 pub const FEATURE_DUAL_STACK: u64 = 16;
+/// Feature bit, in a link's `hphello` only: this link registers a key the
+/// node has registered over its other address family already, to stand
+/// beside that registration ([`FEATURE_DUAL_STACK`]). Without it, the same
+/// key from the other family is a node that moved, and displaces the first.
+pub const FEATURE_SECOND_FAMILY: u64 = 32;
 /// Feature bits of this code. Unknown bits are ignored.
 pub const FEATURES: u64 =
     FEATURE_LOCAL_CANDIDATES | FEATURE_PORT_PREDICTION | FEATURE_NAT_CLASS | FEATURE_DUAL_STACK;
