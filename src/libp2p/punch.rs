@@ -577,13 +577,10 @@ impl Round {
     /// mappings or dials guesses for nothing.
     fn once(self, first_round: bool, own_ports: &Option<OwnPorts>, port: &SharedPort) -> OneRound {
         let first_family = self.candidates.first().map(SocketAddr::is_ipv4);
-        let racing_other_family = self.candidates.iter().any(|c| {
-            Some(c.is_ipv4()) != first_family
-                && port
-                    .local_addrs()
-                    .iter()
-                    .any(|l| l.is_ipv4() == c.is_ipv4())
-        });
+        let racing_other_family = self
+            .candidates
+            .iter()
+            .any(|c| Some(c.is_ipv4()) != first_family && port.has_family_of(*c));
         let birthday =
             first_round && !racing_other_family && matches!(own_ports, Some(OwnPorts::Birthday(_)));
         let birthday_guesses = self.guesses.len() > predict::MAX_SEQUENCE_PORTS;

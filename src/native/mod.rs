@@ -349,12 +349,7 @@ pub fn other_family_of(
     also: Option<SocketAddr>,
 ) -> Option<SocketAddr> {
     also.filter(|a| {
-        a.is_ipv4() != coordinator.addr.is_ipv4()
-            && node
-                .shared_port()
-                .local_addrs()
-                .iter()
-                .any(|l| l.is_ipv4() == a.is_ipv4())
+        a.is_ipv4() != coordinator.addr.is_ipv4() && node.shared_port().has_family_of(*a)
     })
 }
 

@@ -104,23 +104,18 @@ pub async fn execute(
     // it when it is behind our own NAT (no hairpinning needed), and its
     // endpoint in the other family when we can dial that family: all raced
     // at once (a punch's SYNs must cross, so no family waits for the other).
-    let our_families: Vec<bool> = ctx.port.local_addrs().iter().map(|a| a.is_ipv4()).collect();
+    let other_family = order
+        .other_family
+        .filter(|other| ctx.port.has_family_of(*other));
     let candidates: Vec<SocketAddr> = std::iter::once(order.peer)
         .chain(order.local.iter().copied())
-        .chain(
-            order
-                .other_family
-                .filter(|other| our_families.contains(&other.is_ipv4())),
-        )
+        .chain(other_family)
         .collect();
     record.t_ms.coordination = ms(received_at);
     record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
     record.nat_peer = order.peer_nat;
     // Before our first SYN, so that it takes the port we predict.
-    let racing_other_family = order
-        .other_family
-        .is_some_and(|other| our_families.contains(&other.is_ipv4()));
-    let own_ports = predict_our_ports(ctx, &order, racing_other_family).await;
+    let own_ports = predict_our_ports(ctx, &order, other_family.is_some()).await;
     record.predicted_ports = OwnPorts::predicted(&own_ports);
 
     let mut start = received_at.later(order.delay);

@@ -162,6 +162,14 @@ impl SharedPort {
         &self.local_addrs
     }
 
+    /// Whether this port is bound in `addr`'s address family, so that it
+    /// can dial it (a dual-stack port is bound in both).
+    pub fn has_family_of(&self, addr: SocketAddr) -> bool {
+        self.local_addrs
+            .iter()
+            .any(|l| l.is_ipv4() == addr.is_ipv4())
+    }
+
     /// Opens a TCP connection to `remote` from this port.
     pub async fn dial(&self, remote: SocketAddr) -> io::Result<TcpStream> {
         let local_ip = match (self.bind_ip, remote) {
