@@ -175,6 +175,12 @@ pub struct Coordinator {
 
 const MIN_SWEEP: usize = 1024;
 
+/// An endpoint's address family for dual stack, an IPv4-mapped IPv6
+/// endpoint counting as the IPv4 one it is.
+fn is_ipv4_family(endpoint: SocketAddr) -> bool {
+    crate::net::admission::unmapped(endpoint.ip()).is_ipv4()
+}
+
 /// Drops times a minute old or older; true when none are left.
 fn expire(times: &mut VecDeque<Instant>, now: Instant) -> bool {
     crate::clock::expire_window(times, now, ORDER_LIFETIME)
@@ -263,22 +269,20 @@ impl Coordinator {
     /// `first_at`: it declared itself the node's second family, of the
     /// other family, and we speak of dual stack.
     fn stands_beside(&self, features: u64, observed: SocketAddr, first_at: SocketAddr) -> bool {
-        let family = |a: SocketAddr| crate::net::admission::unmapped(a.ip()).is_ipv4();
         self.config.features & FEATURE_DUAL_STACK != 0
             && features & FEATURE_SECOND_FAMILY != 0
-            && family(observed) != family(first_at)
+            && is_ipv4_family(observed) != is_ipv4_family(first_at)
     }
 
     /// Where `id` is seen in the other family than `seen_at`, if it
     /// registered over both.
     fn other_family_endpoint(&self, id: NodeId, seen_at: SocketAddr) -> Option<SocketAddr> {
-        let family = |a: SocketAddr| crate::net::admission::unmapped(a.ip()).is_ipv4();
         [self.by_id.get(&id), self.other_family.get(&id)]
             .into_iter()
             .flatten()
             .filter_map(|conn| self.peers.get(conn))
             .map(|p| p.observed)
-            .find(|a| family(*a) != family(seen_at))
+            .find(|a| is_ipv4_family(*a) != is_ipv4_family(seen_at))
     }
 
     pub fn registered(&self) -> usize {
@@ -306,7 +310,7 @@ impl Coordinator {
                     "{id} has a second registration ({conn}) and no first"
                 ));
             };
-            let family = |c: &ConnId| self.peers.get(c).map(|p| p.observed.is_ipv4());
+            let family = |c: &ConnId| self.peers.get(c).map(|p| is_ipv4_family(p.observed));
             if first == conn || family(first) == family(conn) {
                 return Err(format!(
                     "{id}'s two registrations {first}, {conn} share a family"
