@@ -440,9 +440,11 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
 async fn learned_ipv6(libp2p: &Libp2pNode) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        let ipv6 =
-            |a: &Multiaddr| matches!(a.iter().next(), Some(::libp2p::multiaddr::Protocol::Ip6(_)));
-        if libp2p.observed().iter().any(ipv6) {
+        if libp2p
+            .observed()
+            .iter()
+            .any(crate::libp2p::swarm::addr_is_ipv6)
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -591,7 +591,7 @@ impl Families {
     }
 }
 
-fn addr_is_ipv6(addr: &Multiaddr) -> bool {
+pub(crate) fn addr_is_ipv6(addr: &Multiaddr) -> bool {
     matches!(addr.iter().next(), Some(Protocol::Ip6(_)))
 }
 
