@@ -1821,21 +1821,24 @@ mod tests {
         assert!(order.local.is_empty());
     }
 
+    /// A link of the node with key `[secret; 32]`, expecting the test
+    /// coordinator; `second_family`: it registers the node's second family.
+    fn link(secret: u8, second_family: bool) -> Client {
+        Client::new(
+            ClientConfig {
+                second_family,
+                ..Default::default()
+            },
+            NodeKey::from_secret(&[secret; 32]).unwrap(),
+            expected_coordinator(),
+        )
+    }
+
     #[test]
     fn a_dual_stack_node_registers_over_both_families_and_its_peers_race_both() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
         // One key per node, one link per family; the second link says so.
-        let link = |secret: u8, second_family: bool| {
-            Client::new(
-                ClientConfig {
-                    second_family,
-                    ..Default::default()
-                },
-                NodeKey::from_secret(&[secret; 32]).unwrap(),
-                expected_coordinator(),
-            )
-        };
         let (mut alice4, mut alice6) = (link(1, false), link(1, true));
         let (mut bob4, mut bob6) = (link(2, false), link(2, true));
         let (alice_v6, bob_v6) = (addr("[2001:db8:1::a]:8333"), addr("[2001:db8:2::a]:8333"));
@@ -1955,16 +1958,6 @@ mod tests {
     fn a_node_that_moved_families_displaces_and_a_second_family_that_came_first_moves_aside() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
-        let link = |secret: u8, second_family: bool| {
-            Client::new(
-                ClientConfig {
-                    second_family,
-                    ..Default::default()
-                },
-                NodeKey::from_secret(&[secret; 32]).unwrap(),
-                expected_coordinator(),
-            )
-        };
         let closed = |actions: &[CoordinatorAction]| -> Vec<ConnId> {
             actions
                 .iter()
