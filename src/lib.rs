@@ -10,6 +10,7 @@
 //! is the node's own view of its NAT.
 
 pub mod address;
+pub mod addrman;
 pub mod clock;
 pub mod config;
 pub mod connect;

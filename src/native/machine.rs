@@ -593,7 +593,8 @@ impl Coordinator {
             | NativeMessage::Fail { .. }
             | NativeMessage::Auth { .. }
             | NativeMessage::Candidates { .. }
-            | NativeMessage::PeerNat { .. }) => {
+            | NativeMessage::PeerNat { .. }
+            | NativeMessage::Reach { .. }) => {
                 vec![Close(
                     conn,
                     format!("{} is not for a coordinator", other.command()),
@@ -1175,7 +1176,8 @@ impl Client {
             | NativeMessage::Result { .. }
             | NativeMessage::Auth { .. }
             | NativeMessage::Local { .. }
-            | NativeMessage::Nat { .. }) => {
+            | NativeMessage::Nat { .. }
+            | NativeMessage::Reach { .. }) => {
                 vec![Close(format!("{} is not for a client", other.command()))]
             }
         }

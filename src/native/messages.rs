@@ -12,6 +12,7 @@ use bitcoin::p2p::address::AddrV2;
 use bitcoin::p2p::message::{CommandString, NetworkMessage};
 use bitcoin::p2p::ServiceFlags;
 
+use super::reach::{ReachRecord, MAX_REACH_RECORDS};
 use crate::identity::{NodeId, ID_LEN};
 use crate::nat::{Allocation, MappingBehaviour, NatBrief};
 
@@ -23,9 +24,21 @@ pub fn node_punch_coordinator() -> ServiceFlags {
     ServiceFlags::from(NODE_PUNCH_COORDINATOR_BIT)
 }
 
-/// No native message is larger than this: `hpports` with a birthday's 256
-/// ports at an IPv6 address (8 + 18 + 2 + 512 bytes).
-pub const MAX_NATIVE_PAYLOAD: usize = 540;
+/// The service bit of a node that stores and relays reachability records
+/// (`hpreach`): bit 25. A node sends `hpreach` only to peers that set it,
+/// so an ordinary Bitcoin node never sees one.
+pub const NODE_PUNCH_REACH_BIT: u64 = 1 << 25;
+
+/// The service bit of a node that takes handed-off connectors: when a
+/// reachable node it is an inbound peer of has no inbound slot left, that
+/// node may coordinate a punch between it and the newcomer instead
+/// (docs/native-protocol.md, "Handoff"): bit 27.
+pub const NODE_PUNCH_HANDOFF_BIT: u64 = 1 << 27;
+
+/// No native message is larger than this: `hpreach` with its most records
+/// (1 + 8 × 136 bytes; the largest coordination message, `hpports` with a
+/// birthday's 256 ports at an IPv6 address, has 540).
+pub const MAX_NATIVE_PAYLOAD: usize = 1 + MAX_REACH_RECORDS * super::reach::MAX_REACH_RECORD_LEN;
 
 /// Tags of the things a node key signs.
 pub const REGISTER_TAG: &str = "bitpunch/register/v1";
@@ -192,6 +205,11 @@ pub enum NativeMessage {
     /// to a node that announced [`FEATURE_NAT_CLASS`]: the peer's class, as
     /// the peer stated it (for records; nothing is decided on it).
     PeerNat { request: u64, class: NatBrief },
+    /// Node → node, on any session between two nodes that set
+    /// [`NODE_PUNCH_REACH_BIT`]: reachability records to store and relay
+    /// (1 to [`MAX_REACH_RECORDS`]; docs/native-protocol.md,
+    /// "Reachability records"). Never part of a coordinator link.
+    Reach { records: Vec<ReachRecord> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -229,6 +247,7 @@ impl NativeMessage {
             NativeMessage::Ports { .. } => "hpports",
             NativeMessage::Nat { .. } => "hpnat",
             NativeMessage::PeerNat { .. } => "hppeernat",
+            NativeMessage::Reach { .. } => "hpreach",
         }
     }
 
@@ -304,6 +323,17 @@ impl NativeMessage {
             NativeMessage::PeerNat { request, class } => {
                 out.extend_from_slice(&request.to_le_bytes());
                 put_nat(&mut out, class);
+            }
+            NativeMessage::Reach { records } => {
+                let records = records.get(..MAX_REACH_RECORDS).unwrap_or(records);
+                out.push(u8::try_from(records.len()).unwrap_or(0));
+                for record in records {
+                    out.extend_from_slice(&record.key);
+                    out.extend_from_slice(&record.coordinator.0);
+                    put_endpoint(&mut out, &record.coordinator_at);
+                    out.extend_from_slice(&record.since.to_le_bytes());
+                    out.extend_from_slice(&record.signature);
+                }
             }
         }
         debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
@@ -420,6 +450,9 @@ impl NativeMessage {
                 request: r.u64()?,
                 class: r.nat()?,
             },
+            "hpreach" => NativeMessage::Reach {
+                records: r.reach_records()?,
+            },
             other => return Err(NativeError::UnknownCommand(other.to_string())),
         };
         r.finish(msg.encode().len())?;
@@ -427,7 +460,7 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 16] = [
+pub const COMMANDS: [&str; 17] = [
     "hphello",
     "hpcoord",
     "hpregister",
@@ -444,6 +477,7 @@ pub const COMMANDS: [&str; 16] = [
     "hpports",
     "hpnat",
     "hppeernat",
+    "hpreach",
 ];
 
 fn static_name(command: &str) -> Result<&'static str, NativeError> {
@@ -609,6 +643,26 @@ impl Reader<'_> {
         (0..count).map(|_| self.endpoint()).collect()
     }
 
+    /// count (u8, 1 to [`MAX_REACH_RECORDS`]) ‖ records. Read, not
+    /// verified: that takes the reader's clock.
+    fn reach_records(&mut self) -> Result<Vec<ReachRecord>, NativeError> {
+        let count = usize::from(self.u8()?);
+        if count == 0 || count > MAX_REACH_RECORDS {
+            return Err(self.bad(format!("{count} records, 1 to {MAX_REACH_RECORDS} allowed")));
+        }
+        (0..count)
+            .map(|_| {
+                Ok(ReachRecord {
+                    key: self.array()?,
+                    coordinator: NodeId(self.array::<ID_LEN>()?),
+                    coordinator_at: self.endpoint()?,
+                    since: self.u64()?,
+                    signature: self.array()?,
+                })
+            })
+            .collect()
+    }
+
     fn finish(&self, expected: usize) -> Result<(), NativeError> {
         let len = self.cursor.get_ref().len();
         if len != expected {
@@ -707,6 +761,22 @@ mod tests {
                     allocation: Allocation::Preserving,
                 },
             },
+            NativeMessage::Reach {
+                records: vec![
+                    ReachRecord::sign(
+                        &crate::identity::NodeKey::from_secret(&[3; 32]).unwrap(),
+                        NodeId([9; ID_LEN]),
+                        v4,
+                        1_800_000_000,
+                    ),
+                    ReachRecord::sign(
+                        &crate::identity::NodeKey::from_secret(&[4; 32]).unwrap(),
+                        NodeId([8; ID_LEN]),
+                        "[2001:db8::9]:8333".parse().unwrap(),
+                        1_800_000_001,
+                    ),
+                ],
+            },
         ]
     }
 
@@ -733,11 +803,11 @@ mod tests {
         let sizes: Vec<usize> = samples().iter().map(|m| m.encode().len()).collect();
         // hello, coord, register, challenge, prove, registered v4/v6,
         // connect, punch v4, fail, result, auth, local (one v4), cands
-        // (four v6), ports (v6, sixteen; v4, 256), nat, peernat
-        // (docs/native-protocol.md)
+        // (four v6), ports (v6, sixteen; v4, 256), nat, peernat, reach
+        // (a v4 and a v6 coordinator) (docs/native-protocol.md)
         assert_eq!(
             sizes,
-            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 60, 528, 7, 15]
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 60, 528, 7, 15, 261]
         );
         let ports = |count: u16, given: u16| {
             let mut bytes = 7u64.to_le_bytes().to_vec();

@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod machine;
 pub mod messages;
 pub mod punch;
+pub mod reach;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
