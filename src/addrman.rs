@@ -295,20 +295,31 @@ impl AddrMan {
     }
 
     fn new_position(&self, key: &AddrKey, group: Netgroup, source: Netgroup) -> (usize, usize) {
-        let per_source =
-            self.hash(&[b"new", &group.bytes(), &source.bytes()]) % NEW_BUCKETS_PER_SOURCE;
-        let bucket =
-            self.hash(&[b"new", &source.bytes(), &per_source.to_le_bytes()]) % NEW_BUCKETS as u64;
-        let slot = self.hash(&[b"slot", &bucket.to_le_bytes(), &key.bytes()]) % BUCKET_SIZE as u64;
-        (bucket as usize, slot as usize)
+        let per_source = self.hash(&[b"new", &group.bytes(), &source.bytes()]);
+        let per_source = (per_source % NEW_BUCKETS_PER_SOURCE).to_le_bytes();
+        let bucket = below(
+            self.hash(&[b"new", &source.bytes(), &per_source]),
+            NEW_BUCKETS,
+        );
+        let slot = below(
+            self.hash(&[b"slot", &bucket.to_le_bytes(), &key.bytes()]),
+            BUCKET_SIZE,
+        );
+        (bucket, slot)
     }
 
     fn tried_position(&self, key: &AddrKey, group: Netgroup) -> (usize, usize) {
-        let per_group = self.hash(&[b"tried", &key.bytes()]) % TRIED_BUCKETS_PER_GROUP;
-        let bucket =
-            self.hash(&[b"tried", &group.bytes(), &per_group.to_le_bytes()]) % TRIED_BUCKETS as u64;
-        let slot = self.hash(&[b"tslot", &bucket.to_le_bytes(), &key.bytes()]) % BUCKET_SIZE as u64;
-        (bucket as usize, slot as usize)
+        let per_group = self.hash(&[b"tried", &key.bytes()]);
+        let per_group = (per_group % TRIED_BUCKETS_PER_GROUP).to_le_bytes();
+        let bucket = below(
+            self.hash(&[b"tried", &group.bytes(), &per_group]),
+            TRIED_BUCKETS,
+        );
+        let slot = below(
+            self.hash(&[b"tslot", &bucket.to_le_bytes(), &key.bytes()]),
+            BUCKET_SIZE,
+        );
+        (bucket, slot)
     }
 
     fn slot(
@@ -664,6 +675,11 @@ impl StoredEntry {
             tried: self.tried,
         })
     }
+}
+
+/// `hash` reduced to `0..n` (`n` is a table dimension, never 0).
+fn below(hash: u64, n: usize) -> usize {
+    usize::try_from(hash.checked_rem(n as u64).unwrap_or(0)).unwrap_or(0)
 }
 
 fn source_text(group: Netgroup) -> String {

@@ -10,7 +10,6 @@
 //! is the node's own view of its NAT.
 
 pub mod address;
-pub mod addrman;
 pub mod clock;
 pub mod config;
 pub mod connect;
@@ -31,6 +30,18 @@ pub mod scenario;
 // and act on it: nothing reachable from the network may panic or overflow
 // (docs/security.md). The same lints on each; CI's clippy run enforces
 // them; tests may.
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod addrman;
 #[cfg_attr(
     not(test),
     deny(
@@ -79,6 +90,18 @@ pub mod native;
     )
 )]
 pub mod net;
+#[cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::arithmetic_side_effects,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
+pub mod peers;
 #[cfg_attr(
     not(test),
     deny(

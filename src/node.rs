@@ -34,6 +34,10 @@ pub struct NodeConfig {
     /// for us, and ordinary inbound Bitcoin peers of the shared port, are
     /// spliced to it instead of served by us ([`crate::sidecar`]).
     pub bitcoind: Option<SocketAddr>,
+    /// The address book: with one, every session the node serves trades
+    /// addresses and reachability records ([`crate::peers`]); without,
+    /// sessions only answer pings.
+    pub addresses: Option<Arc<crate::peers::PeerBook>>,
 }
 
 impl NodeConfig {
@@ -47,6 +51,7 @@ impl NodeConfig {
             admission: AdmissionConfig::NODE,
             punch_budget: BudgetConfig::default(),
             bitcoind: None,
+            addresses: None,
         }
     }
 }
@@ -186,12 +191,15 @@ fn unix_now() -> u64 {
 /// long as the coordinator link or relay reservation that set them up, and
 /// show in `bitpunch peers`.
 #[derive(Clone)]
-pub struct SessionOwner(mpsc::Sender<(SessionInfo, SessionTask)>);
+pub struct SessionOwner {
+    adopted: mpsc::Sender<(SessionInfo, SessionTask)>,
+    addresses: Option<Arc<crate::peers::PeerBook>>,
+}
 
 impl SessionOwner {
     /// `false` when the node has stopped (the session is dropped).
     pub async fn adopt(&self, info: SessionInfo, task: SessionTask) -> bool {
-        self.0.send((info, task)).await.is_ok()
+        self.adopted.send((info, task)).await.is_ok()
     }
 
     /// Adopts `session`, which came by `path`: the node serves it (answers
@@ -207,10 +215,11 @@ impl SessionOwner {
     {
         let info = SessionInfo::of(path, &session.report);
         let remote = info.remote;
+        let addresses = self.addresses.clone();
         self.adopt(
             info,
             Box::pin(async move {
-                let ended = session.serve(idle).await;
+                let ended = serve_session(session, addresses, idle).await;
                 tracing::info!(%remote, ?path, reason = %ended, "session closed");
             }),
         )
@@ -540,7 +549,10 @@ impl Node {
         let (events, _) = broadcast::channel(1024);
         let mut bitcoin = router.subscribe(Route::Bitcoin, 64);
         let (adopt_tx, mut adopted) = mpsc::channel::<(SessionInfo, SessionTask)>(64);
-        let owner = SessionOwner(adopt_tx);
+        let owner = SessionOwner {
+            adopted: adopt_tx,
+            addresses: config.addresses.clone(),
+        };
         let accept = shared.spawn_accept_loop(router.clone());
         let serve_events = events.clone();
         let budget = config.punch_budget;
@@ -683,7 +695,8 @@ async fn serve_inbound(
         .adopt(
             info,
             Box::pin(async move {
-                let ended = session.serve(config.idle_timeout).await;
+                let ended =
+                    serve_session(session, config.addresses.clone(), config.idle_timeout).await;
                 tracing::info!(%remote, reason = %ended, "session closed");
                 let _ = events.send(NodeEvent::Closed {
                     remote,
@@ -738,6 +751,21 @@ async fn forward_inbound(
             )),
         )
         .await;
+}
+
+/// Serves a session: with the address book when the node keeps one.
+async fn serve_session<S>(
+    session: crate::wire::Session<S>,
+    addresses: Option<Arc<crate::peers::PeerBook>>,
+    idle: Duration,
+) -> SessionError
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match addresses {
+        Some(book) => crate::peers::serve(session, book, idle).await,
+        None => session.serve(idle).await,
+    }
 }
 
 fn report_failure(events: &broadcast::Sender<NodeEvent>, remote: SocketAddr, e: &SessionError) {
