@@ -65,7 +65,7 @@ impl NodeConnector {
                 );
                 let outcome = crate::native::connect_with(&ctx, &link, *peer, asked).await;
                 let adopted = match outcome.session {
-                    Some(s) => self.adopt(SessionPath::Native, s).await,
+                    Some(s) => self.adopt(SessionPath::Native, s, Some(*peer)).await,
                     None => true,
                 };
                 (outcome.record, adopted)
@@ -84,7 +84,7 @@ impl NodeConnector {
                         let mut record = Outcome::from_session(Path::Direct, &s.report);
                         record.bytes.direct = outcome.bytes_total;
                         record.attempts = outcome.attempts;
-                        (record, self.adopt(SessionPath::Outbound, s).await)
+                        (record, self.adopt(SessionPath::Outbound, s, None).await)
                     }
                     Err(e) => (
                         Outcome::from_error(
@@ -105,7 +105,7 @@ impl NodeConnector {
                 };
                 let outcome = crate::libp2p::connect_circuit(ctx, circuit.clone()).await;
                 let adopted = match outcome.session {
-                    Some(s) => self.adopt(SessionPath::Libp2p, s).await,
+                    Some(s) => self.adopt(SessionPath::Libp2p, s, None).await,
                     None => true,
                 };
                 (outcome.record, adopted)
@@ -212,10 +212,17 @@ impl NodeConnector {
         last.context("nobody was asked")
     }
 
-    async fn adopt<S>(&self, path: SessionPath, session: wire::Session<S>) -> bool
+    async fn adopt<S>(
+        &self,
+        path: SessionPath,
+        session: wire::Session<S>,
+        node: Option<crate::identity::NodeId>,
+    ) -> bool
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.owner.adopt_session(path, session, self.idle).await
+        self.owner
+            .adopt_session(path, session, self.idle, node)
+            .await
     }
 }

@@ -22,6 +22,7 @@ pub mod lab;
 pub mod matrix;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod report;
 pub mod scale;
 pub mod scenario;

@@ -93,6 +93,8 @@ pub struct SessionInfo {
     pub counters: Arc<ByteCounters>,
     /// A sidecar's session: the local Bitcoin node it is spliced to.
     pub spliced_to: Option<SocketAddr>,
+    /// The peer's node id, when a punch proved its key.
+    pub node: Option<crate::identity::NodeId>,
 }
 
 impl SessionInfo {
@@ -106,6 +108,7 @@ impl SessionInfo {
             user_agent: report.peer.user_agent.clone(),
             counters: report.counters.clone(),
             spliced_to: None,
+            node: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl SessionInfo {
             user_agent: String::new(),
             counters,
             spliced_to: Some(to),
+            node: None,
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct PeerRow {
     /// BIP324 session is that node's; `session_id` is then empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spliced_to: Option<SocketAddr>,
+    /// The peer's node id, when a punch proved its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 struct Served {
@@ -202,18 +209,21 @@ impl SessionOwner {
         self.adopted.send((info, task)).await.is_ok()
     }
 
-    /// Adopts `session`, which came by `path`: the node serves it (answers
-    /// pings, drops it after `idle` of silence) and logs why it ended.
+    /// Adopts `session`, which came by `path` (with `node`, the peer's
+    /// node id, when a punch proved it): the node serves it (answers pings,
+    /// drops it after `idle` of silence) and logs why it ended.
     pub async fn adopt_session<S>(
         &self,
         path: SessionPath,
         session: crate::wire::Session<S>,
         idle: Duration,
+        node: Option<crate::identity::NodeId>,
     ) -> bool
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let info = SessionInfo::of(path, &session.report);
+        let mut info = SessionInfo::of(path, &session.report);
+        info.node = node;
         let remote = info.remote;
         let addresses = self.addresses.clone();
         self.adopt(
@@ -259,6 +269,9 @@ pub struct NodeStatus {
     pub punch_budget: BudgetStatus,
     /// What `bitpunch nat` last found.
     pub nat: Option<crate::nat::NatClass>,
+    /// The sessions the node keeps by itself, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<crate::outbound::OutboundStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -285,6 +298,8 @@ pub struct NodeHandle {
     budget: BudgetConfig,
     /// The last classification of our NAT (`bitpunch nat`).
     nat: crate::nat::NatMemory,
+    /// Set by the daemon when it keeps outbound sessions of its own.
+    outbound: Arc<Mutex<Option<Arc<crate::outbound::OutboundState>>>>,
 }
 
 impl NodeHandle {
@@ -348,6 +363,7 @@ impl NodeHandle {
                 bytes_sent: s.info.counters.sent(),
                 bytes_received: s.info.counters.received(),
                 spliced_to: s.info.spliced_to,
+                node: s.info.node.map(|n| n.to_string()),
             })
             .collect();
         rows.sort_by_key(|r| r.id);
@@ -399,7 +415,13 @@ impl NodeHandle {
                 syns_refused,
             },
             nat: lock(&self.nat).clone(),
+            outbound: lock(&self.outbound).as_ref().map(|o| o.status()),
         }
+    }
+
+    /// The outbound manager whose state `status` shows.
+    pub fn set_outbound(&self, state: Arc<crate::outbound::OutboundState>) {
+        *lock(&self.outbound) = Some(state);
     }
 
     /// Records a registration (`address`: how others reach us) at
@@ -604,6 +626,7 @@ impl Node {
             local_addrs: local_addrs.clone(),
             budget,
             nat: Arc::default(),
+            outbound: Arc::default(),
         };
         Ok(Node {
             bitcoind,

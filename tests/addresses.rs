@@ -65,7 +65,7 @@ async fn connect(from: &Peer, to: &Peer) {
     assert!(
         from.node
             .session_owner()
-            .adopt_session(SessionPath::Outbound, s, Duration::from_secs(60))
+            .adopt_session(SessionPath::Outbound, s, Duration::from_secs(60), None)
             .await
     );
 }

@@ -196,6 +196,17 @@ pub(crate) struct NodeArgs {
     /// is connected directly. Prints `socks5 listening ADDR`.
     #[arg(long, value_name = "ADDR")]
     pub(crate) socks5: Option<std::net::SocketAddr>,
+    /// An address to learn others from (HOST:PORT, repeatable): it goes
+    /// into the node's address book (`<data-dir>/peers.json`), and the
+    /// outbound manager connects to it and asks it for addresses.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) seednode: Vec<String>,
+    /// Outbound sessions the node keeps by itself, picked from its address
+    /// book (direct, or punched via the coordinator an address names), at
+    /// most one per netgroup; 0 makes none. Not with --bitcoind (Bitcoin
+    /// Core picks its own peers).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub(crate) outbound: usize,
     /// Settings file: every flag of this command without `--` (TOML);
     /// flags given here win. Default: <data-dir>/bitpunch.toml if present.
     #[arg(long, value_name = "FILE")]

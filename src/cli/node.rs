@@ -7,11 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use bitpunch::address::CoordinatorAddress;
+use bitpunch::addrman::AddrMan;
 use bitpunch::libp2p::{self as p2p, punch::Libp2pPunchContext, swarm::Libp2pNode};
 use bitpunch::native::client::LinkConfig;
 use bitpunch::native::{self, machine};
 use bitpunch::net::AdmissionConfig;
 use bitpunch::node::{Node, NodeConfig};
+use bitpunch::peers::PeerBook;
 use bitpunch::punch::budget::BudgetConfig;
 
 use super::args::*;
@@ -40,6 +42,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         metrics_addr,
         bitcoind,
         socks5,
+        seednode,
+        outbound,
         config: _,
         p2p: p2p_args,
         data,
@@ -58,7 +62,14 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--relay {relay}: the relay address needs its /p2p/<relay id>");
         }
     }
-    let session = session_config(&net, timeout)?;
+    let mut session = session_config(&net, timeout)?;
+    // Beside Bitcoin Core the node is Core's transport, not a peer: Core
+    // keeps its own addresses and picks its own peers.
+    let keeps_addresses = bitcoind.is_none();
+    if keeps_addresses {
+        session.services |=
+            bitcoin::p2p::ServiceFlags::from(native::messages::NODE_PUNCH_REACH_BIT);
+    }
     // Parse everything the user typed before binding anything.
     let mut coordinators: Vec<(
         (
@@ -88,9 +99,27 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         coordinators.push(((endpoint, also), typed));
     }
+    let mut seeds = Vec::new();
+    for typed in &seednode {
+        seeds.push(resolve_seed(typed, net.network.default_port()).await?);
+    }
     // The data directory is this process's until it ends: its keys, and the
     // control socket `bitpunch status|peers|disconnect` talk to.
     let data = data.open()?;
+    let key = Arc::new(data.node_key()?);
+    let book = if keeps_addresses {
+        let book = PeerBook::load(
+            key.id(),
+            AddrMan::path_in(data.path()),
+            p2p_args.allow_private_addrs,
+        )?;
+        for seed in &seeds {
+            book.seed(*seed);
+        }
+        Some(Arc::new(book))
+    } else {
+        None
+    };
     let mut config = NodeConfig::new(session.clone());
     config.port = port.unwrap_or(net.network.default_port());
     config.bind_ip = bind;
@@ -104,6 +133,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         birthdays: punch_birthdays_per_minute,
     };
     config.bitcoind = bitcoind;
+    config.addresses = book.clone();
     let node = Node::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",
@@ -207,7 +237,6 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         };
         tokio::join!(reservations, answer);
     };
-    let key = Arc::new(data.node_key()?);
     // `bitpunch connect` on this machine goes through this node.
     let connector = bitpunch::connect::NodeConnector {
         port: node.shared_port().clone(),
@@ -239,7 +268,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             Some(bitpunch::native::AbortOnDrop(
                 tokio::spawn(bitpunch::sidecar::socks::serve(
                     listener,
-                    connector,
+                    connector.clone(),
                     Default::default(),
                 ))
                 .abort_handle(),
@@ -306,11 +335,15 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             },
         )
     });
-    let registrations = coordinators.into_iter().map(|((coordinator, _), typed)| {
+    // A registration, configured or made on demand for an outbound
+    // address that names a coordinator: what others reach us as there is
+    // shown by `status` and, with an address book, told to our peers.
+    let register_with = |coordinator: native::client::CoordinatorEndpoint, typed: String| {
         let nat_asked = nat_asked.clone();
         let link_config = link_config(false);
         let handle = handle.clone();
-        let typed = typed.to_string();
+        let book = book.clone();
+        let key_for_records = key.clone();
         native::stay_registered(
             &node,
             coordinator,
@@ -323,13 +356,18 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                     let address = format!("{id}@{typed}");
                     // The state first: whoever reads the line may ask for it.
                     handle.set_registration(&typed, Some((address.clone(), observed, link)));
+                    if let Some(book) = &book {
+                        book.advertise(&key_for_records, coordinator.id, Some(coordinator.addr));
+                    }
                     say!("reachable as {address}");
                     if !nat_asked.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         let handle = handle.clone();
                         tokio::spawn(async move {
                             match handle.nat().await {
                                 Ok(class) => tracing::info!(nat = ?class, "classified our NAT"),
-                                Err(e) => tracing::info!(error = %format!("{e:#}"), "could not classify our NAT"),
+                                Err(e) => {
+                                    tracing::info!(error = %format!("{e:#}"), "could not classify our NAT")
+                                }
                             }
                         });
                     }
@@ -337,11 +375,84 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 native::RegistrationEvent::Lost { .. }
                 | native::RegistrationEvent::Displaced { .. } => {
                     handle.set_registration(&typed, None);
+                    if let Some(book) = &book {
+                        book.advertise(&key_for_records, coordinator.id, None);
+                    }
                 }
                 native::RegistrationEvent::Failed { .. } => {}
             },
         )
-    });
+    };
+    let configured: std::collections::HashSet<_> =
+        coordinators.iter().map(|((c, _), _)| c.id).collect();
+    let registrations: Vec<_> = coordinators
+        .into_iter()
+        .map(|((coordinator, _), typed)| register_with(coordinator, typed.to_string()))
+        .collect();
+    // Coordinators that outbound addresses name, registered with when the
+    // outbound manager first needs one (a bounded number).
+    let (register_tx, mut register_rx) = tokio::sync::mpsc::channel(8);
+    let on_demand = async {
+        use futures::StreamExt;
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut known = configured;
+        loop {
+            tokio::select! {
+                Some(coordinator) = register_rx.recv() => {
+                    let coordinator: native::client::CoordinatorEndpoint = coordinator;
+                    if known.len() >= MAX_COORDINATORS || !known.insert(coordinator.id) {
+                        continue;
+                    }
+                    tracing::info!(%coordinator, "registering with a coordinator an outbound address names");
+                    running.push(register_with(coordinator, coordinator.to_string()));
+                }
+                Some(()) = running.next(), if !running.is_empty() => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let outbound_state = Arc::new(bitpunch::outbound::OutboundState::default());
+    let manage_outbound = async {
+        match &book {
+            Some(book) if outbound > 0 => {
+                handle.set_outbound(outbound_state.clone());
+                bitpunch::outbound::run(
+                    bitpunch::outbound::OutboundConfig {
+                        target: outbound,
+                        ..Default::default()
+                    },
+                    book.clone(),
+                    connector.clone(),
+                    register_tx,
+                    outbound_state.clone(),
+                    key.id(),
+                )
+                .await
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    // The book is saved every minute (and at the end), and our records
+    // signed again before they expire.
+    let upkeep = async {
+        let Some(book) = &book else {
+            return std::future::pending::<()>().await;
+        };
+        let mut minute = tokio::time::interval(Duration::from_secs(60));
+        let refresh = Duration::from_secs(native::reach::REACH_REFRESH_SECS);
+        let mut refreshed = tokio::time::Instant::now();
+        loop {
+            minute.tick().await;
+            book.with_addrman(|m| m.expire(bitpunch::peers::unix_now()));
+            if let Err(e) = book.save() {
+                tracing::warn!(error = %format!("{e:#}"), "could not save the address book");
+            }
+            if refreshed.elapsed() >= refresh {
+                book.refresh(&key);
+                refreshed = tokio::time::Instant::now();
+            }
+        }
+    };
     // Displaced (the key registered from elsewhere), the node stops asking
     // that coordinator but keeps serving everything else.
     let serve = async {
@@ -356,6 +467,14 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         () = serve => {}
         () = relayed => {}
         () = print_records => {}
+        () = on_demand => {}
+        () = manage_outbound => {}
+        () = upkeep => {}
+    }
+    if let Some(book) = &book {
+        if let Err(e) = book.save() {
+            tracing::warn!(error = %format!("{e:#}"), "could not save the address book");
+        }
     }
     // Every session ends with the reason in the log; dropping the node and
     // its links then closes the coordinator links (an RST: the coordinator
@@ -364,6 +483,29 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let closed = handle.close_all("the node is shutting down");
     tracing::info!(sessions = closed, "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Coordinators the node registers with in all, configured and on demand:
+/// addresses naming more are not connected to.
+const MAX_COORDINATORS: usize = 8;
+
+/// A `--seednode`: a direct address, resolved.
+async fn resolve_seed(typed: &str, default_port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    let parsed: bitpunch::address::PeerAddress = typed
+        .parse()
+        .with_context(|| format!("--seednode {typed}"))?;
+    anyhow::ensure!(
+        matches!(parsed, bitpunch::address::PeerAddress::Direct { .. }),
+        "--seednode {typed}: a seed is connected to directly: HOST:PORT or [IPv6]:PORT"
+    );
+    let resolved = parsed
+        .resolve(default_port)
+        .await
+        .with_context(|| format!("--seednode {typed}: cannot resolve it"))?;
+    resolved
+        .first()
+        .copied()
+        .with_context(|| format!("--seednode {typed} resolved to no address"))
 }
 
 /// What stock DCUtR did, on stdout for scripts and the interop tests: every

@@ -137,7 +137,7 @@ pub async fn serve_relayed(
                         // The session belongs to the node from here: it
                         // outlives the relay and shows in `bitpunch peers`.
                         if let Some(session) = out.session {
-                            ctx.owner.adopt_session(crate::node::SessionPath::Libp2p, session, idle).await;
+                            ctx.owner.adopt_session(crate::node::SessionPath::Libp2p, session, idle, None).await;
                         }
                         if let Some(spliced) = out.spliced {
                             ctx.owner.adopt(spliced.info, spliced.task).await;

@@ -241,6 +241,7 @@ pub async fn serve_orders(
                 punches.spawn(async move {
                     let request = order.request;
                     let peer = order.peer;
+                    let peer_node = Some(NodeId::of(&order.peer_key));
                     let outcome = punch::execute(&ctx, order, predicted, received, received).await;
                     handle.report(request, outcome.result).await;
                     let record = outcome.record;
@@ -254,7 +255,7 @@ pub async fn serve_orders(
                     // The session belongs to the node from here: it survives
                     // this link, whose punches are aborted when it ends.
                     if let Some(session) = outcome.session {
-                        owner.adopt_session(crate::node::SessionPath::Native, session, idle).await;
+                        owner.adopt_session(crate::node::SessionPath::Native, session, idle, peer_node).await;
                     }
                     if let Some(spliced) = outcome.spliced {
                         owner.adopt(spliced.info, spliced.task).await;
