@@ -229,6 +229,50 @@ pub fn render_status(status: &Value) -> String {
             number(budget, "syns_refused")
         );
     }
+    if let Some(book) = status.get("addresses") {
+        let _ = writeln!(
+            out,
+            "addresses     {} new, {} tried; {} inbound sessions",
+            number(book, "new"),
+            number(book, "tried"),
+            number(book, "inbound_sessions")
+        );
+        let _ = writeln!(
+            out,
+            "handoffs      {} given, {} received",
+            number(book, "handoffs_given"),
+            number(book, "handoffs_received")
+        );
+    }
+    if let Some(outbound) = status.get("outbound") {
+        let sessions = outbound
+            .get("sessions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "outbound      {} of {} ({} attempts, {} failed)",
+            sessions.len(),
+            number(outbound, "target"),
+            number(outbound, "attempts"),
+            number(outbound, "failures")
+        );
+        for s in &sessions {
+            let handed = if s.get("handed_off").and_then(Value::as_bool) == Some(true) {
+                ", handed off"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {} ({}, {}{handed})",
+                text(s, "address"),
+                text(s, "path"),
+                text(s, "netgroup")
+            );
+        }
+    }
     let nat = status
         .get("nat")
         .and_then(|n| serde_json::from_value::<crate::nat::NatClass>(n.clone()).ok());

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// addresses and reachability records ([`crate::peers`]); without,
     /// sessions only answer pings.
     pub addresses: Option<Arc<crate::peers::PeerBook>>,
+    /// With an address book: inbound sessions served at most; a newcomer
+    /// beyond is handed to an inbound peer that takes handoffs, or closed.
+    pub inbound_slots: Option<usize>,
 }
 
 impl NodeConfig {
@@ -52,6 +55,7 @@ impl NodeConfig {
             punch_budget: BudgetConfig::default(),
             bitcoind: None,
             addresses: None,
+            inbound_slots: None,
         }
     }
 }
@@ -229,7 +233,7 @@ impl SessionOwner {
         self.adopt(
             info,
             Box::pin(async move {
-                let ended = serve_session(session, addresses, idle).await;
+                let ended = serve_session(session, addresses, path, idle).await;
                 tracing::info!(%remote, ?path, reason = %ended, "session closed");
             }),
         )
@@ -272,6 +276,9 @@ pub struct NodeStatus {
     /// The sessions the node keeps by itself, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound: Option<crate::outbound::OutboundStatus>,
+    /// The address book, when the node keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<crate::peers::BookStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,6 +307,7 @@ pub struct NodeHandle {
     nat: crate::nat::NatMemory,
     /// Set by the daemon when it keeps outbound sessions of its own.
     outbound: Arc<Mutex<Option<Arc<crate::outbound::OutboundState>>>>,
+    addresses: Option<Arc<crate::peers::PeerBook>>,
 }
 
 impl NodeHandle {
@@ -416,6 +424,7 @@ impl NodeHandle {
             },
             nat: lock(&self.nat).clone(),
             outbound: lock(&self.outbound).as_ref().map(|o| o.status()),
+            addresses: self.addresses.as_ref().map(|b| b.status()),
         }
     }
 
@@ -579,6 +588,7 @@ impl Node {
         let serve_events = events.clone();
         let budget = config.punch_budget;
         let bitcoind = config.bitcoind;
+        let addresses = config.addresses.clone();
         let config = Arc::new(config);
         let table: Arc<Mutex<SessionTable>> = Arc::default();
         let served = table.clone();
@@ -627,6 +637,7 @@ impl Node {
             budget,
             nat: Arc::default(),
             outbound: Arc::default(),
+            addresses: addresses.clone(),
         };
         Ok(Node {
             bitcoind,
@@ -712,14 +723,27 @@ async fn serve_inbound(
         "session established"
     );
     let _ = events.send(NodeEvent::Established(Box::new(r.clone())));
+    if let (Some(book), Some(slots)) = (&config.addresses, config.inbound_slots) {
+        if book.inbound_sessions() >= slots {
+            let reason = crate::peers::hand_off_or_close(session, book).await;
+            tracing::info!(%remote, %reason, "session closed");
+            let _ = events.send(NodeEvent::Closed { remote, reason });
+            return;
+        }
+    }
     let info = SessionInfo::of(SessionPath::Inbound, r);
     // Served as one of the node's sessions, listed and disconnectable.
     owner
         .adopt(
             info,
             Box::pin(async move {
-                let ended =
-                    serve_session(session, config.addresses.clone(), config.idle_timeout).await;
+                let ended = serve_session(
+                    session,
+                    config.addresses.clone(),
+                    SessionPath::Inbound,
+                    config.idle_timeout,
+                )
+                .await;
                 tracing::info!(%remote, reason = %ended, "session closed");
                 let _ = events.send(NodeEvent::Closed {
                     remote,
@@ -780,13 +804,14 @@ async fn forward_inbound(
 async fn serve_session<S>(
     session: crate::wire::Session<S>,
     addresses: Option<Arc<crate::peers::PeerBook>>,
+    path: SessionPath,
     idle: Duration,
 ) -> SessionError
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match addresses {
-        Some(book) => crate::peers::serve(session, book, idle).await,
+        Some(book) => crate::peers::serve(session, book, path, idle).await,
         None => session.serve(idle).await,
     }
 }

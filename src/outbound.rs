@@ -22,7 +22,7 @@ use crate::connect::NodeConnector;
 use crate::identity::NodeId;
 use crate::native::client::CoordinatorEndpoint;
 use crate::node::SessionPath;
-use crate::peers::{unix_now, PeerBook};
+use crate::peers::{unix_now, HandedOff, PeerBook};
 
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
@@ -52,14 +52,18 @@ pub struct OutboundSession {
     pub address: String,
     pub netgroup: String,
     pub path: SessionPath,
+    /// Made because the node we connected to handed us to this one.
+    pub handed_off: bool,
     /// Unix seconds.
     pub since: u64,
     #[serde(skip)]
     key: Option<AddrKey>,
     #[serde(skip)]
     group: Option<Netgroup>,
+    /// The BIP324 session id (or, for v1, the remote address) that finds
+    /// it among the node's sessions.
     #[serde(skip)]
-    session_id: String,
+    session: String,
 }
 
 /// What `bitpunch status` shows of the manager.
@@ -69,11 +73,10 @@ pub struct OutboundStatus {
     pub sessions: Vec<OutboundSession>,
     /// The most sessions held in one netgroup (1 unless something broke).
     pub max_per_group: usize,
-    /// Addresses known: heard of, and connected to before.
-    pub addresses_new: usize,
-    pub addresses_tried: usize,
     pub attempts: u64,
     pub failures: u64,
+    /// Handoffs received that ended in a session.
+    pub handoffs_followed: u64,
 }
 
 /// The manager's state, shared with the control interface.
@@ -101,31 +104,58 @@ pub async fn run(
     own_id: NodeId,
 ) {
     state.update(|s| s.target = config.target);
-    let mut asked_to_register: HashMap<NodeId, u64> = HashMap::new();
-    let mut ticker = tokio::time::interval(config.tick);
+    let mut handoffs = book.take_handoffs();
+    let mut manager = Manager {
+        config,
+        book,
+        connector,
+        register,
+        state,
+        own_id,
+        asked_to_register: HashMap::new(),
+    };
+    let mut ticker = tokio::time::interval(manager.config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        forget_ended(&state, &connector);
-        let held = state.status();
-        let (new, tried) = book.with_addrman(|m| (m.count(false), m.count(true)));
-        state.update(|s| {
-            s.addresses_new = new;
-            s.addresses_tried = tried;
-        });
-        if held.sessions.len() >= config.target {
-            continue;
+        tokio::select! {
+            _ = ticker.tick() => manager.fill_a_slot().await,
+            Some(handed) = handoffs.recv() => manager.follow(handed).await,
         }
-        let used_groups: Vec<Netgroup> = held.sessions.iter().filter_map(|s| s.group).collect();
-        let used_keys: Vec<AddrKey> = held.sessions.iter().filter_map(|s| s.key).collect();
-        // Nodes we hold a session with already, whoever asked for it.
-        let connected: Vec<NodeId> = connector
+    }
+}
+
+struct Manager {
+    config: OutboundConfig,
+    book: Arc<PeerBook>,
+    connector: NodeConnector,
+    register: mpsc::Sender<CoordinatorEndpoint>,
+    state: Arc<OutboundState>,
+    own_id: NodeId,
+    asked_to_register: HashMap<NodeId, u64>,
+}
+
+impl Manager {
+    /// Nodes we hold a session with already, whoever asked for it.
+    fn connected_nodes(&self) -> Vec<NodeId> {
+        self.connector
             .handle
             .peers()
             .iter()
             .filter_map(|p| p.node.as_deref()?.parse().ok())
-            .collect();
-        let picked = book.with_addrman(|m| {
+            .collect()
+    }
+
+    async fn fill_a_slot(&mut self) {
+        forget_ended(&self.state, &self.connector);
+        let held = self.state.status();
+        if held.sessions.len() >= self.config.target {
+            return;
+        }
+        let used_groups: Vec<Netgroup> = held.sessions.iter().filter_map(|s| s.group).collect();
+        let used_keys: Vec<AddrKey> = held.sessions.iter().filter_map(|s| s.key).collect();
+        let connected = self.connected_nodes();
+        let own_id = self.own_id;
+        let picked = self.book.with_addrman(|m| {
             m.select(unix_now(), &mut rand::thread_rng(), |e| {
                 let node = match &e.addr {
                     PeerAddr::Via(r) => r.node().ok(),
@@ -137,79 +167,136 @@ pub async fn run(
             })
             .map(|e| e.addr.clone())
         });
-        let Some(addr) = picked else { continue };
-        let Some(key) = addr.key() else { continue };
-        book.with_addrman(|m| m.attempt(&key, unix_now()));
-        state.update(|s| s.attempts = s.attempts.saturating_add(1));
+        if let Some(addr) = picked {
+            let group = addr.netgroup();
+            self.connect(addr, group, false).await;
+        }
+    }
+
+    /// A node we connected to had no slot and sent us to one of its
+    /// inbound peers: that peer takes the slot of the node that chose it,
+    /// in its netgroup.
+    async fn follow(&mut self, handed: HandedOff) {
+        let group = Netgroup::of_ip(handed.from.ip());
+        let from = AddrKey::Direct(handed.from);
+        self.state.update(|s| {
+            s.sessions.retain(|held| held.key != Some(from));
+            s.max_per_group = max_per_group(&s.sessions);
+        });
+        let node = handed.record.node().ok();
+        if node.is_none_or(|n| n == self.own_id || self.connected_nodes().contains(&n)) {
+            return;
+        }
+        let taken = self
+            .state
+            .status()
+            .sessions
+            .iter()
+            .any(|s| s.group == Some(group));
+        if taken {
+            return;
+        }
+        let addr = PeerAddr::Via(handed.record);
+        // Known from now on, like any address a peer told us.
+        self.book
+            .with_addrman(|m| m.add(addr.clone(), group, unix_now()));
+        self.connect(addr, group, true).await;
+    }
+
+    async fn connect(&mut self, addr: PeerAddr, group: Netgroup, handed_off: bool) {
+        let Some(key) = addr.key() else { return };
+        self.book.with_addrman(|m| m.attempt(&key, unix_now()));
+        self.state
+            .update(|s| s.attempts = s.attempts.saturating_add(1));
         if let PeerAddr::Via(record) = &addr {
-            let linked = connector.handle.link_to(record.coordinator).is_some();
-            if !linked
-                && !registered_in_time(
-                    &config,
-                    &connector,
-                    &register,
-                    &mut asked_to_register,
-                    CoordinatorEndpoint {
-                        id: record.coordinator,
-                        addr: record.coordinator_at,
-                    },
-                )
-                .await
-            {
-                book.with_addrman(|m| m.failed(&key, unix_now()));
-                state.update(|s| s.failures = s.failures.saturating_add(1));
-                continue;
+            let coordinator = CoordinatorEndpoint {
+                id: record.coordinator,
+                addr: record.coordinator_at,
+            };
+            if !self.linked_to(coordinator).await {
+                self.failed(&key, "could not register with its coordinator");
+                return;
             }
         }
         let address = addr.to_address_string();
-        let outcome = connector.connect(&address).await;
-        match outcome {
+        match self.connector.connect(&address).await {
             Ok(record) if record.ok => {
-                book.with_addrman(|m| m.good(&key, unix_now()));
+                self.book.with_addrman(|m| m.good(&key, unix_now()));
                 let path = match addr {
                     PeerAddr::Direct(_) => SessionPath::Outbound,
                     PeerAddr::Via(_) => SessionPath::Native,
                 };
-                let group = addr.netgroup();
-                tracing::info!(%address, netgroup = %group, ?path, "outbound session");
-                state.update(|s| {
+                tracing::info!(%address, netgroup = %group, ?path, handed_off, "outbound session");
+                self.state.update(|s| {
                     s.sessions.push(OutboundSession {
                         address,
                         netgroup: group.to_string(),
                         path,
+                        handed_off,
                         since: unix_now(),
                         key: Some(key),
                         group: Some(group),
-                        session_id: record.session_id.unwrap_or_default(),
+                        session: record.session_id.or(record.remote).unwrap_or_default(),
                     });
                     s.max_per_group = max_per_group(&s.sessions);
+                    if handed_off {
+                        s.handoffs_followed = s.handoffs_followed.saturating_add(1);
+                    }
                 });
             }
-            Ok(record) => {
-                tracing::info!(%address, error = record.error.as_deref().unwrap_or("-"), "outbound attempt failed");
-                book.with_addrman(|m| m.failed(&key, unix_now()));
-                state.update(|s| s.failures = s.failures.saturating_add(1));
-            }
-            Err(e) => {
-                tracing::info!(%address, error = %format!("{e:#}"), "outbound attempt failed");
-                book.with_addrman(|m| m.failed(&key, unix_now()));
-                state.update(|s| s.failures = s.failures.saturating_add(1));
+            Ok(record) => self.failed(&key, record.error.as_deref().unwrap_or("-")),
+            Err(e) => self.failed(&key, &format!("{e:#}")),
+        }
+    }
+
+    fn failed(&self, key: &AddrKey, why: &str) {
+        tracing::info!(?key, %why, "outbound attempt failed");
+        self.book.with_addrman(|m| m.failed(key, unix_now()));
+        self.state
+            .update(|s| s.failures = s.failures.saturating_add(1));
+    }
+
+    /// Registered with `coordinator` already, or asks the node to register
+    /// (once a minute at most) and waits for the link.
+    async fn linked_to(&mut self, coordinator: CoordinatorEndpoint) -> bool {
+        let handle = &self.connector.handle;
+        if handle.link_to(coordinator.id).is_some() {
+            return true;
+        }
+        let now = unix_now();
+        let recently = self
+            .asked_to_register
+            .get(&coordinator.id)
+            .is_some_and(|t| now.saturating_sub(*t) < 60);
+        if !recently {
+            self.asked_to_register.insert(coordinator.id, now);
+            if self.register.send(coordinator).await.is_err() {
+                return false;
             }
         }
+        let deadline = tokio::time::Instant::now() + self.config.register_timeout;
+        while tokio::time::Instant::now() < deadline {
+            if handle.link_to(coordinator.id).is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 }
 
 /// Drops the sessions that ended from the manager's list (their slots
 /// are then filled again).
 fn forget_ended(state: &OutboundState, connector: &NodeConnector) {
-    let live: Vec<String> = connector
-        .handle
-        .peers()
-        .into_iter()
-        .filter_map(|p| p.session_id)
-        .collect();
+    let peers = connector.handle.peers();
+    let live = |held: &OutboundSession| {
+        peers.iter().any(|p| {
+            p.session_id.as_deref() == Some(held.session.as_str())
+                || p.remote.to_string() == held.session
+        })
+    };
     state.update(|s| {
-        s.sessions.retain(|held| live.contains(&held.session_id));
+        s.sessions.retain(live);
         s.max_per_group = max_per_group(&s.sessions);
     });
 }
@@ -221,33 +308,4 @@ fn max_per_group(sessions: &[OutboundSession]) -> usize {
         *c = c.saturating_add(1);
     }
     counts.values().copied().max().unwrap_or(0)
-}
-
-/// Asks the node to register with `coordinator` (once a minute at most)
-/// and waits for the link.
-async fn registered_in_time(
-    config: &OutboundConfig,
-    connector: &NodeConnector,
-    register: &mpsc::Sender<CoordinatorEndpoint>,
-    asked: &mut HashMap<NodeId, u64>,
-    coordinator: CoordinatorEndpoint,
-) -> bool {
-    let now = unix_now();
-    let recently = asked
-        .get(&coordinator.id)
-        .is_some_and(|t| now.saturating_sub(*t) < 60);
-    if !recently {
-        asked.insert(coordinator.id, now);
-        if register.send(coordinator).await.is_err() {
-            return false;
-        }
-    }
-    let deadline = tokio::time::Instant::now() + config.register_timeout;
-    while tokio::time::Instant::now() < deadline {
-        if connector.handle.link_to(coordinator.id).is_some() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

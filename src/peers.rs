@@ -32,8 +32,9 @@ use tokio::time::Instant;
 
 use crate::addrman::{Added, AddrKey, AddrMan, Netgroup, PeerAddr};
 use crate::identity::NodeId;
-use crate::native::messages::{NativeMessage, NODE_PUNCH_REACH_BIT};
+use crate::native::messages::{NativeMessage, NODE_PUNCH_HANDOFF_BIT, NODE_PUNCH_REACH_BIT};
 use crate::native::reach::{ReachRecord, MAX_REACH_RECORDS};
+use crate::node::SessionPath;
 use crate::wire::{Session, SessionError, SessionRole, Stage, WireError};
 
 /// Addresses a `getaddr` answer holds at most (Core: 1,000, and 23 % of
@@ -53,6 +54,8 @@ const RECORD_BURST: f64 = 64.0;
 const GETADDR_ALLOWANCE: f64 = 1_000.0;
 /// Peers a new record is passed on to.
 const RELAY_FANOUT: usize = 2;
+/// How long a full node keeps a newcomer it handed off before closing.
+const HANDOFF_LINGER: Duration = Duration::from_secs(1);
 /// Messages queued for one peer's writer; beyond, relays are dropped.
 const PEER_QUEUE: usize = 64;
 
@@ -105,6 +108,92 @@ impl TokenBucket {
 struct PeerLink {
     queue: mpsc::Sender<NetworkMessage>,
     relays_records: bool,
+    /// It connected to us (not a punch, not our outbound).
+    inbound: bool,
+    /// It set [`NODE_PUNCH_HANDOFF_BIT`]: newcomers may be sent to it.
+    takes_handoffs: bool,
+    /// The first record it sent that verified: how it said it can be
+    /// reached, and where newcomers handed to it go.
+    record: Option<ReachRecord>,
+}
+
+/// The address book in `bitpunch status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BookStatus {
+    /// Addresses heard of, and addresses connected to before.
+    pub new: usize,
+    pub tried: usize,
+    /// The coordinators our records name (what we tell peers).
+    pub reachable_via: Vec<SocketAddr>,
+    pub inbound_sessions: usize,
+    /// Newcomers handed to our inbound peers while our slots were full,
+    /// and handoffs we received.
+    pub handoffs_given: u64,
+    pub handoffs_received: u64,
+}
+
+/// A handoff the node received: connect to `record`'s node instead of
+/// `from`, in `from`'s netgroup (the party that chose the peer).
+#[derive(Debug, Clone)]
+pub struct HandedOff {
+    pub from: SocketAddr,
+    pub record: ReachRecord,
+}
+
+/// Handoffs a reachable node gives per minute: to one connector (by IP),
+/// to one inbound peer, and in all.
+#[derive(Debug, Clone, Copy)]
+pub struct HandoffLimits {
+    pub per_connector: u32,
+    pub per_peer: u32,
+    pub total: u32,
+}
+
+impl Default for HandoffLimits {
+    fn default() -> Self {
+        HandoffLimits {
+            per_connector: 2,
+            per_peer: 6,
+            total: 60,
+        }
+    }
+}
+
+/// Counts per key within the current minute.
+#[derive(Debug)]
+struct MinuteCounts<K> {
+    window: Option<Instant>,
+    counts: HashMap<K, u32>,
+}
+
+impl<K> Default for MinuteCounts<K> {
+    fn default() -> Self {
+        MinuteCounts {
+            window: None,
+            counts: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> MinuteCounts<K> {
+    fn roll(&mut self, now: Instant) {
+        let stale = self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(60));
+        if stale {
+            self.window = Some(now);
+            self.counts.clear();
+        }
+    }
+
+    fn get(&self, key: &K) -> u32 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
+    fn bump(&mut self, key: K) {
+        let c = self.counts.entry(key).or_default();
+        *c = c.saturating_add(1);
+    }
 }
 
 struct BookState {
@@ -113,6 +202,13 @@ struct BookState {
     next_link: u64,
     /// The node's own records, one per coordinator it is registered with.
     own: HashMap<NodeId, ReachRecord>,
+    given_to_connector: MinuteCounts<std::net::IpAddr>,
+    given_to_peer: MinuteCounts<NodeId>,
+    given: MinuteCounts<()>,
+    handoffs_given: u64,
+    handoffs_taken: u64,
+    /// Where received handoffs go (the outbound manager), if anywhere.
+    handoffs: Option<mpsc::Sender<HandedOff>>,
 }
 
 /// The node's addresses and its live sessions' relay queues.
@@ -121,6 +217,7 @@ pub struct PeerBook {
     own_id: NodeId,
     /// Lab networks live on private addresses; elsewhere they are refused.
     allow_private: bool,
+    pub handoff_limits: HandoffLimits,
     /// Where the address manager is saved, if anywhere.
     path: Option<PathBuf>,
 }
@@ -159,9 +256,16 @@ impl PeerBook {
                 links: HashMap::new(),
                 next_link: 0,
                 own: HashMap::new(),
+                given_to_connector: MinuteCounts::default(),
+                given_to_peer: MinuteCounts::default(),
+                given: MinuteCounts::default(),
+                handoffs_given: 0,
+                handoffs_taken: 0,
+                handoffs: None,
             }),
             own_id,
             allow_private,
+            handoff_limits: HandoffLimits::default(),
             path: None,
         }
     }
@@ -245,18 +349,92 @@ impl PeerBook {
         lock(&self.state).own.values().cloned().collect()
     }
 
-    fn join(&self, queue: mpsc::Sender<NetworkMessage>, relays_records: bool) -> u64 {
+    fn join(&self, link: PeerLink) -> u64 {
         let mut state = lock(&self.state);
         let id = state.next_link;
         state.next_link = state.next_link.wrapping_add(1);
-        state.links.insert(
-            id,
-            PeerLink {
-                queue,
-                relays_records,
-            },
-        );
+        state.links.insert(id, link);
         id
+    }
+
+    /// Sessions served that peers opened to us.
+    pub fn inbound_sessions(&self) -> usize {
+        lock(&self.state)
+            .links
+            .values()
+            .filter(|l| l.inbound)
+            .count()
+    }
+
+    /// What `bitpunch status` shows of the book.
+    pub fn status(&self) -> BookStatus {
+        let state = lock(&self.state);
+        BookStatus {
+            new: state.addrman.count(false),
+            tried: state.addrman.count(true),
+            reachable_via: state.own.values().map(|r| r.coordinator_at).collect(),
+            inbound_sessions: state.links.values().filter(|l| l.inbound).count(),
+            handoffs_given: state.handoffs_given,
+            handoffs_received: state.handoffs_taken,
+        }
+    }
+
+    /// Handoffs received from now on go to the returned receiver (the
+    /// outbound manager's).
+    pub fn take_handoffs(&self) -> mpsc::Receiver<HandedOff> {
+        let (tx, rx) = mpsc::channel(16);
+        lock(&self.state).handoffs = Some(tx);
+        rx
+    }
+
+    /// The inbound peer a newcomer from `connector` is handed to, if one
+    /// takes handoffs and the limits allow: the one handed the fewest this
+    /// minute. Counted as given.
+    pub fn handoff_target(&self, connector: std::net::IpAddr) -> Option<ReachRecord> {
+        let now = Instant::now();
+        let unix = unix_now();
+        let limits = self.handoff_limits;
+        let mut state = lock(&self.state);
+        state.given_to_connector.roll(now);
+        state.given_to_peer.roll(now);
+        state.given.roll(now);
+        if state.given.get(&()) >= limits.total
+            || state.given_to_connector.get(&connector) >= limits.per_connector
+        {
+            return None;
+        }
+        let candidates: Vec<(NodeId, ReachRecord)> = state
+            .links
+            .values()
+            .filter(|l| l.inbound && l.takes_handoffs)
+            .filter_map(|l| l.record.clone())
+            .filter_map(|r| Some((r.verify(unix, self.allow_private).ok()?, r)))
+            .filter(|(node, _)| state.given_to_peer.get(node) < limits.per_peer)
+            .collect();
+        let (node, record) = candidates
+            .into_iter()
+            .min_by_key(|(node, _)| (state.given_to_peer.get(node), rand::random::<u16>()))?;
+        state.given_to_connector.bump(connector);
+        state.given_to_peer.bump(node);
+        state.given.bump(());
+        state.handoffs_given = state.handoffs_given.saturating_add(1);
+        Some(record)
+    }
+
+    fn note_record_of(&self, link: u64, record: &ReachRecord) {
+        if let Some(l) = lock(&self.state).links.get_mut(&link) {
+            if l.record.is_none() {
+                l.record = Some(record.clone());
+            }
+        }
+    }
+
+    fn handed_off(&self, from: SocketAddr, record: ReachRecord) {
+        let mut state = lock(&self.state);
+        state.handoffs_taken = state.handoffs_taken.saturating_add(1);
+        if let Some(tx) = &state.handoffs {
+            let _ = tx.try_send(HandedOff { from, record });
+        }
     }
 
     fn leave(&self, id: u64) {
@@ -362,7 +540,12 @@ impl PeerBook {
 
 /// Serves `session` with the node's address book until the peer leaves,
 /// is silent for `idle`, or breaks the rules. Returns why it ended.
-pub async fn serve<S>(session: Session<S>, book: Arc<PeerBook>, idle: Duration) -> SessionError
+pub async fn serve<S>(
+    session: Session<S>,
+    book: Arc<PeerBook>,
+    path: SessionPath,
+    idle: Duration,
+) -> SessionError
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -372,7 +555,13 @@ where
     let relays_records = report.peer.services & NODE_PUNCH_REACH_BIT != 0;
     let asked_for_it = report.role == SessionRole::Initiator;
     let (queue, mut outgoing) = mpsc::channel::<NetworkMessage>(PEER_QUEUE);
-    let link = book.join(queue.clone(), relays_records);
+    let link = book.join(PeerLink {
+        queue: queue.clone(),
+        relays_records,
+        inbound: path == SessionPath::Inbound,
+        takes_handoffs: report.peer.services & NODE_PUNCH_HANDOFF_BIT != 0,
+        record: None,
+    });
     let write = tokio::spawn(async move {
         while let Some(msg) = outgoing.recv().await {
             if let Err(e) = writer.send(&msg).await {
@@ -400,6 +589,7 @@ where
         }
     }
     let mut answered_getaddr = false;
+    let mut handed_off = false;
     let mut heard = Heard::default();
     let ended = loop {
         let next = tokio::time::timeout(idle, reader.recv()).await;
@@ -453,12 +643,28 @@ where
                             heard.over_rate = heard.over_rate.saturating_add(1);
                             continue;
                         }
-                        match book.take_record(record, source, link) {
-                            Ok(()) => heard.records = heard.records.saturating_add(1),
+                        match book.take_record(record.clone(), source, link) {
+                            Ok(()) => {
+                                book.note_record_of(link, &record);
+                                heard.records = heard.records.saturating_add(1)
+                            }
                             Err(why) => {
                                 heard.refused = heard.refused.saturating_add(1);
                                 tracing::debug!(%remote, %why, "reachability record refused");
                             }
+                        }
+                    }
+                }
+                // Only a node we connected to may send us on, once.
+                Ok(Some(NativeMessage::Handoff { record })) if asked_for_it && !handed_off => {
+                    handed_off = true;
+                    match record.verify(unix_now(), book.allow_private) {
+                        Ok(node) => {
+                            tracing::info!(%remote, to = %node, via = %record.coordinator_at, "handed off");
+                            book.handed_off(remote, record);
+                        }
+                        Err(why) => {
+                            tracing::info!(%remote, %why, "handoff to a record that does not verify ignored")
                         }
                     }
                 }
@@ -483,6 +689,45 @@ where
     write.abort();
     tracing::debug!(%remote, ?heard, "address relay of the session");
     ended
+}
+
+/// A newcomer that found the node's inbound slots full: handed to an
+/// inbound peer that takes handoffs (when it understands `hphandoff` and
+/// the limits allow), then closed either way. Returns the reason logged.
+pub async fn hand_off_or_close<S>(mut session: Session<S>, book: &PeerBook) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let remote = session.report.remote;
+    let understands = session.report.peer.services & NODE_PUNCH_REACH_BIT != 0;
+    let target = if understands {
+        book.handoff_target(remote.ip())
+    } else {
+        None
+    };
+    let Some(record) = target else {
+        return "inbound slots full, nobody to hand off to".into();
+    };
+    let to = record.address().unwrap_or_default();
+    let sent = session
+        .send_message(&NativeMessage::Handoff { record }.to_network())
+        .await;
+    match sent {
+        // What the peer sends meanwhile is read and dropped for a second,
+        // so that our close is a FIN behind the message, not an RST that
+        // could overtake it; we close first, so the TIME_WAIT is ours and
+        // the peer's shared port may come back to us at once.
+        Ok(()) => {
+            let until = Instant::now() + HANDOFF_LINGER;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                if session.recv_message(left).await.is_err() {
+                    break;
+                }
+            }
+            format!("inbound slots full, handed off to {to}")
+        }
+        Err(e) => format!("inbound slots full; the handoff could not be sent: {e}"),
+    }
 }
 
 fn take_address(

@@ -10,7 +10,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use bitpunch::addrman::{AddrKey, AddrMan, Netgroup, PeerAddr};
 use bitpunch::identity::NodeKey;
-use bitpunch::native::messages::{NativeMessage, NODE_PUNCH_REACH_BIT};
+use bitpunch::native::messages::{NativeMessage, NODE_PUNCH_HANDOFF_BIT, NODE_PUNCH_REACH_BIT};
 use bitpunch::native::reach::ReachRecord;
 use bitpunch::node::{Node, NodeConfig, SessionPath};
 use bitpunch::peers::{unix_now, PeerBook};
@@ -22,7 +22,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 fn session(relays_records: bool) -> SessionConfig {
     let mut c = SessionConfig::new(Network::Regtest);
     if relays_records {
-        c.services = ServiceFlags::from(NODE_PUNCH_REACH_BIT);
+        c.services = ServiceFlags::from(NODE_PUNCH_REACH_BIT | NODE_PUNCH_HANDOFF_BIT);
     }
     c
 }
@@ -35,6 +35,10 @@ struct Peer {
 }
 
 fn peer() -> Peer {
+    peer_with_slots(None)
+}
+
+fn peer_with_slots(inbound_slots: Option<usize>) -> Peer {
     let key = NodeKey::generate();
     // Loopback is no internet: the book must be told to take it.
     let book = Arc::new(PeerBook::new(key.id(), AddrMan::new(), true));
@@ -42,6 +46,7 @@ fn peer() -> Peer {
     config.bind_ip = Some(LOOPBACK);
     config.port = 0;
     config.addresses = Some(book.clone());
+    config.inbound_slots = inbound_slots;
     let node = Node::start(config).expect("bind loopback");
     let addr = SocketAddr::new(LOOPBACK, node.port());
     Peer {
@@ -54,14 +59,27 @@ fn peer() -> Peer {
 
 /// `from` connects to `to` from its shared port and serves the session.
 async fn connect(from: &Peer, to: &Peer) {
-    let outcome = wire::connect(
-        to.addr,
-        &session(true),
-        Some(from.node.shared_port()),
-        Instant::now(),
-    )
-    .await;
-    let s = outcome.result.expect("session");
+    // The shared port's last connection to the same peer may still be
+    // closing (the 4-tuple is taken until it is gone).
+    let mut tries = 0;
+    let s = loop {
+        let outcome = wire::connect(
+            to.addr,
+            &session(true),
+            Some(from.node.shared_port()),
+            Instant::now(),
+        )
+        .await;
+        match outcome.result {
+            Ok(s) => break s,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(%e, "retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("session: {e:?}"),
+        }
+    };
     assert!(
         from.node
             .session_owner()
@@ -235,4 +253,68 @@ async fn a_peer_that_sends_a_broken_hpreach_is_closed_and_the_others_are_served(
         friend.recv_message(Duration::from_secs(10)).await.unwrap(),
         NetworkMessage::Pong(7)
     );
+}
+
+#[tokio::test]
+async fn a_full_node_hands_newcomers_to_an_inbound_peer_within_its_limits() {
+    let full = peer_with_slots(Some(1));
+    let inside = peer();
+    // The inbound peer is reachable via a coordinator and says so first.
+    inside.book.advertise(
+        &inside.key,
+        NodeKey::generate().id(),
+        Some("192.0.2.12:8333".parse().unwrap()),
+    );
+    let inside_record = inside.book.own_records().pop().unwrap();
+    connect(&inside, &full).await;
+    eventually("the full node knows how to reach its inbound peer", || {
+        holds(&full.book, &via_key(&inside_record))
+    })
+    .await;
+
+    // A bitpunch newcomer is sent on to the inbound peer, and closed.
+    let newcomer = peer();
+    let mut handoffs = newcomer.book.take_handoffs();
+    connect(&newcomer, &full).await;
+    let handed = tokio::time::timeout(Duration::from_secs(10), handoffs.recv())
+        .await
+        .expect("a handoff within 10 s")
+        .unwrap();
+    assert_eq!(handed.record, inside_record);
+    assert_eq!(handed.from, full.addr);
+    eventually("the newcomer's session to the full node ends", || {
+        newcomer.node.handle().peers().is_empty()
+    })
+    .await;
+    assert_eq!(full.book.status().handoffs_given, 1);
+    assert_eq!(full.book.status().inbound_sessions, 1);
+
+    // A peer that does not speak hphandoff is just closed; so is the
+    // newcomer once it used up its handoffs for the minute (2).
+    let mut plain = wire::connect(
+        full.addr,
+        &SessionConfig::new(Network::Regtest),
+        None,
+        Instant::now(),
+    )
+    .await
+    .result
+    .expect("session");
+    assert!(plain.recv_message(Duration::from_secs(10)).await.is_err());
+    let mut events = full.node.events();
+    for (handoffs, why) in [(2, "handed off to"), (2, "nobody to hand off to")] {
+        connect(&newcomer, &full).await;
+        let reason = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(bitpunch::node::NodeEvent::Closed { reason, .. }) = events.recv().await {
+                    return reason;
+                }
+            }
+        })
+        .await
+        .expect("the full node closes the newcomer");
+        assert!(reason.contains(why), "{reason}");
+        assert_eq!(full.book.status().handoffs_given, handoffs);
+    }
+    assert_eq!(newcomer.book.status().handoffs_received, 2);
 }

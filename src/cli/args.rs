@@ -207,6 +207,12 @@ pub(crate) struct NodeArgs {
     /// Core picks its own peers).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub(crate) outbound: usize,
+    /// Inbound sessions served at most; a bitpunch node that connects
+    /// beyond is handed off to an inbound peer that takes handoffs (it then
+    /// punches to that peer through the peer's coordinator), any other
+    /// peer is closed. Default: no limit but --max-inbound.
+    #[arg(long, value_name = "N")]
+    pub(crate) inbound_slots: Option<usize>,
     /// Settings file: every flag of this command without `--` (TOML);
     /// flags given here win. Default: <data-dir>/bitpunch.toml if present.
     #[arg(long, value_name = "FILE")]

@@ -44,6 +44,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         socks5,
         seednode,
         outbound,
+        inbound_slots,
         config: _,
         p2p: p2p_args,
         data,
@@ -134,6 +135,12 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     config.bitcoind = bitcoind;
     config.addresses = book.clone();
+    anyhow::ensure!(
+        inbound_slots.is_none() || keeps_addresses,
+        "--inbound-slots hands newcomers off through the address book, which a sidecar \
+         (--bitcoind) does not keep"
+    );
+    config.inbound_slots = inbound_slots;
     let node = Node::start(config).with_context(|| {
         format!(
             "cannot listen on port {}",

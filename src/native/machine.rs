@@ -594,7 +594,8 @@ impl Coordinator {
             | NativeMessage::Auth { .. }
             | NativeMessage::Candidates { .. }
             | NativeMessage::PeerNat { .. }
-            | NativeMessage::Reach { .. }) => {
+            | NativeMessage::Reach { .. }
+            | NativeMessage::Handoff { .. }) => {
                 vec![Close(
                     conn,
                     format!("{} is not for a coordinator", other.command()),
@@ -1177,7 +1178,8 @@ impl Client {
             | NativeMessage::Auth { .. }
             | NativeMessage::Local { .. }
             | NativeMessage::Nat { .. }
-            | NativeMessage::Reach { .. }) => {
+            | NativeMessage::Reach { .. }
+            | NativeMessage::Handoff { .. }) => {
                 vec![Close(format!("{} is not for a client", other.command()))]
             }
         }

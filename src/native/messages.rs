@@ -210,6 +210,12 @@ pub enum NativeMessage {
     /// (1 to [`MAX_REACH_RECORDS`]; docs/native-protocol.md,
     /// "Reachability records"). Never part of a coordinator link.
     Reach { records: Vec<ReachRecord> },
+    /// Reachable node → a peer that just connected to it, when its inbound
+    /// slots are full: connect to this node instead (an inbound peer of
+    /// ours that takes handoffs), through the coordinator its record
+    /// names; then the session is closed (docs/native-protocol.md,
+    /// "Handoff"). Sent only to a peer that set [`NODE_PUNCH_REACH_BIT`].
+    Handoff { record: ReachRecord },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -248,6 +254,7 @@ impl NativeMessage {
             NativeMessage::Nat { .. } => "hpnat",
             NativeMessage::PeerNat { .. } => "hppeernat",
             NativeMessage::Reach { .. } => "hpreach",
+            NativeMessage::Handoff { .. } => "hphandoff",
         }
     }
 
@@ -328,13 +335,10 @@ impl NativeMessage {
                 let records = records.get(..MAX_REACH_RECORDS).unwrap_or(records);
                 out.push(u8::try_from(records.len()).unwrap_or(0));
                 for record in records {
-                    out.extend_from_slice(&record.key);
-                    out.extend_from_slice(&record.coordinator.0);
-                    put_endpoint(&mut out, &record.coordinator_at);
-                    out.extend_from_slice(&record.since.to_le_bytes());
-                    out.extend_from_slice(&record.signature);
+                    put_record(&mut out, record);
                 }
             }
+            NativeMessage::Handoff { record } => put_record(&mut out, record),
         }
         debug_assert!(out.len() <= MAX_NATIVE_PAYLOAD);
         out
@@ -453,6 +457,9 @@ impl NativeMessage {
             "hpreach" => NativeMessage::Reach {
                 records: r.reach_records()?,
             },
+            "hphandoff" => NativeMessage::Handoff {
+                record: r.reach_record()?,
+            },
             other => return Err(NativeError::UnknownCommand(other.to_string())),
         };
         r.finish(msg.encode().len())?;
@@ -460,7 +467,7 @@ impl NativeMessage {
     }
 }
 
-pub const COMMANDS: [&str; 17] = [
+pub const COMMANDS: [&str; 18] = [
     "hphello",
     "hpcoord",
     "hpregister",
@@ -478,6 +485,7 @@ pub const COMMANDS: [&str; 17] = [
     "hpnat",
     "hppeernat",
     "hpreach",
+    "hphandoff",
 ];
 
 fn static_name(command: &str) -> Result<&'static str, NativeError> {
@@ -505,6 +513,16 @@ fn put_nat(out: &mut Vec<u8>, class: &NatBrief) {
     };
     out.push(kind);
     out.extend_from_slice(&step.to_le_bytes());
+}
+
+/// key (32) ‖ coordinator id (12) ‖ coordinator endpoint ‖ since (u64
+/// LE) ‖ signature (64): at most [`super::reach::MAX_REACH_RECORD_LEN`].
+fn put_record(out: &mut Vec<u8>, record: &ReachRecord) {
+    out.extend_from_slice(&record.key);
+    out.extend_from_slice(&record.coordinator.0);
+    put_endpoint(out, &record.coordinator_at);
+    out.extend_from_slice(&record.since.to_le_bytes());
+    out.extend_from_slice(&record.signature);
 }
 
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -650,17 +668,17 @@ impl Reader<'_> {
         if count == 0 || count > MAX_REACH_RECORDS {
             return Err(self.bad(format!("{count} records, 1 to {MAX_REACH_RECORDS} allowed")));
         }
-        (0..count)
-            .map(|_| {
-                Ok(ReachRecord {
-                    key: self.array()?,
-                    coordinator: NodeId(self.array::<ID_LEN>()?),
-                    coordinator_at: self.endpoint()?,
-                    since: self.u64()?,
-                    signature: self.array()?,
-                })
-            })
-            .collect()
+        (0..count).map(|_| self.reach_record()).collect()
+    }
+
+    fn reach_record(&mut self) -> Result<ReachRecord, NativeError> {
+        Ok(ReachRecord {
+            key: self.array()?,
+            coordinator: NodeId(self.array::<ID_LEN>()?),
+            coordinator_at: self.endpoint()?,
+            since: self.u64()?,
+            signature: self.array()?,
+        })
     }
 
     fn finish(&self, expected: usize) -> Result<(), NativeError> {
@@ -777,6 +795,14 @@ mod tests {
                     ),
                 ],
             },
+            NativeMessage::Handoff {
+                record: ReachRecord::sign(
+                    &crate::identity::NodeKey::from_secret(&[5; 32]).unwrap(),
+                    NodeId([7; ID_LEN]),
+                    v4,
+                    1_800_000_002,
+                ),
+            },
         ]
     }
 
@@ -804,10 +830,10 @@ mod tests {
         // hello, coord, register, challenge, prove, registered v4/v6,
         // connect, punch v4, fail, result, auth, local (one v4), cands
         // (four v6), ports (v6, sixteen; v4, 256), nat, peernat, reach
-        // (a v4 and a v6 coordinator) (docs/native-protocol.md)
+        // (a v4 and a v6 coordinator), handoff (v4) (docs/native-protocol.md)
         assert_eq!(
             sizes,
-            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 60, 528, 7, 15, 261]
+            vec![12, 108, 32, 32, 64, 20, 32, 20, 53, 9, 9, 72, 9, 89, 60, 528, 7, 15, 261, 124]
         );
         let ports = |count: u16, given: u16| {
             let mut bytes = 7u64.to_le_bytes().to_vec();
