@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::addrman::{Added, AddrKey, AddrMan, Netgroup, PeerAddr};
+use crate::clock::Later;
 use crate::identity::NodeId;
 use crate::native::messages::{NativeMessage, NODE_PUNCH_HANDOFF_BIT, NODE_PUNCH_REACH_BIT};
 use crate::native::reach::{ReachRecord, MAX_REACH_RECORDS};
@@ -718,7 +719,7 @@ where
         // could overtake it; we close first, so the TIME_WAIT is ours and
         // the peer's shared port may come back to us at once.
         Ok(()) => {
-            let until = Instant::now() + HANDOFF_LINGER;
+            let until = Instant::now().later(HANDOFF_LINGER);
             while let Some(left) = until.checked_duration_since(Instant::now()) {
                 if session.recv_message(left).await.is_err() {
                     break;
