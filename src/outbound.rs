@@ -40,7 +40,7 @@ impl Default for OutboundConfig {
         OutboundConfig {
             target: 8,
             tick: Duration::from_secs(2),
-            register_timeout: Duration::from_secs(15),
+            register_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -64,7 +64,14 @@ pub struct OutboundSession {
     /// it among the node's sessions.
     #[serde(skip)]
     session: String,
+    /// When the manager got it: the node lists an adopted session a moment
+    /// later, so until [`LISTING_GRACE`] has passed a session missing from
+    /// the list has not ended.
+    #[serde(skip)]
+    made: Option<tokio::time::Instant>,
 }
+
+const LISTING_GRACE: Duration = Duration::from_secs(5);
 
 /// What `bitpunch status` shows of the manager.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,6 +120,7 @@ pub async fn run(
         state,
         own_id,
         asked_to_register: HashMap::new(),
+        cooling: HashMap::new(),
     };
     let mut ticker = tokio::time::interval(manager.config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,7 +140,16 @@ struct Manager {
     state: Arc<OutboundState>,
     own_id: NodeId,
     asked_to_register: HashMap<NodeId, u64>,
+    /// Addresses whose session ended soon after it began (a full node
+    /// that closed us, with or without a handoff): left alone a while,
+    /// or the manager would knock every tick.
+    cooling: HashMap<AddrKey, tokio::time::Instant>,
 }
+
+/// A session that ends within this of its start cools its address for
+/// [`COOLING`].
+const SHORT_SESSION: Duration = Duration::from_secs(30);
+const COOLING: Duration = Duration::from_secs(30);
 
 impl Manager {
     /// Nodes we hold a session with already, whoever asked for it.
@@ -146,13 +163,22 @@ impl Manager {
     }
 
     async fn fill_a_slot(&mut self) {
-        forget_ended(&self.state, &self.connector);
+        let now = tokio::time::Instant::now();
+        for ended in forget_ended(&self.state, &self.connector) {
+            let lasted = unix_now().saturating_sub(ended.since);
+            if let Some(key) = ended.key.filter(|_| lasted < SHORT_SESSION.as_secs()) {
+                self.cooling.insert(key, now);
+            }
+        }
+        self.cooling
+            .retain(|_, since| now.saturating_duration_since(*since) < COOLING);
         let held = self.state.status();
         if held.sessions.len() >= self.config.target {
             return;
         }
         let used_groups: Vec<Netgroup> = held.sessions.iter().filter_map(|s| s.group).collect();
-        let used_keys: Vec<AddrKey> = held.sessions.iter().filter_map(|s| s.key).collect();
+        let mut used_keys: Vec<AddrKey> = held.sessions.iter().filter_map(|s| s.key).collect();
+        used_keys.extend(self.cooling.keys().copied());
         let connected = self.connected_nodes();
         let own_id = self.own_id;
         let picked = self.book.with_addrman(|m| {
@@ -179,21 +205,41 @@ impl Manager {
     async fn follow(&mut self, handed: HandedOff) {
         let group = Netgroup::of_ip(handed.from.ip());
         let from = AddrKey::Direct(handed.from);
+        self.cooling.insert(from, tokio::time::Instant::now());
         self.state.update(|s| {
             s.sessions.retain(|held| held.key != Some(from));
             s.max_per_group = max_per_group(&s.sessions);
         });
-        let node = handed.record.node().ok();
-        if node.is_none_or(|n| n == self.own_id || self.connected_nodes().contains(&n)) {
+        let Ok(node) = handed.record.node() else {
             return;
-        }
+        };
         let taken = self
             .state
             .status()
             .sessions
             .iter()
             .any(|s| s.group == Some(group));
-        if taken {
+        if node == self.own_id || taken {
+            return;
+        }
+        if self.connected_nodes().contains(&node) {
+            // We hold a session with it already, made through another
+            // group: it moves into the slot of the node that vouched for
+            // it, and the group it leaves is filled anew. Still one
+            // session per group.
+            self.state.update(|s| {
+                let ours = s
+                    .sessions
+                    .iter_mut()
+                    .find(|h| matches!(h.key, Some(AddrKey::Via { node: n, .. }) if n == node));
+                if let Some(held) = ours {
+                    held.group = Some(group);
+                    held.netgroup = group.to_string();
+                    held.handed_off = true;
+                    s.handoffs_followed = s.handoffs_followed.saturating_add(1);
+                }
+                s.max_per_group = max_per_group(&s.sessions);
+            });
             return;
         }
         let addr = PeerAddr::Via(handed.record);
@@ -237,12 +283,19 @@ impl Manager {
                         key: Some(key),
                         group: Some(group),
                         session: record.session_id.or(record.remote).unwrap_or_default(),
+                        made: Some(tokio::time::Instant::now()),
                     });
                     s.max_per_group = max_per_group(&s.sessions);
                     if handed_off {
                         s.handoffs_followed = s.handoffs_followed.saturating_add(1);
                     }
                 });
+            }
+            // A coordinator's rate limit or a busy peer says "later", not
+            // "unreachable": the address cools instead of failing.
+            Ok(record) if record.error.as_deref().is_some_and(refused_for_now) => {
+                tracing::info!(%address, error = record.error.as_deref().unwrap_or("-"), "outbound attempt put off");
+                self.cooling.insert(key, tokio::time::Instant::now());
             }
             Ok(record) => self.failed(&key, record.error.as_deref().unwrap_or("-")),
             Err(e) => self.failed(&key, &format!("{e:#}")),
@@ -286,19 +339,37 @@ impl Manager {
 }
 
 /// Drops the sessions that ended from the manager's list (their slots
-/// are then filled again).
-fn forget_ended(state: &OutboundState, connector: &NodeConnector) {
+/// are then filled again), and returns them.
+fn forget_ended(state: &OutboundState, connector: &NodeConnector) -> Vec<OutboundSession> {
     let peers = connector.handle.peers();
+    let now = tokio::time::Instant::now();
     let live = |held: &OutboundSession| {
-        peers.iter().any(|p| {
-            p.session_id.as_deref() == Some(held.session.as_str())
-                || p.remote.to_string() == held.session
-        })
+        let young = held
+            .made
+            .is_some_and(|made| now.saturating_duration_since(made) < LISTING_GRACE);
+        young
+            || peers.iter().any(|p| {
+                p.session_id.as_deref() == Some(held.session.as_str())
+                    || p.remote.to_string() == held.session
+            })
     };
+    let mut ended = Vec::new();
     state.update(|s| {
-        s.sessions.retain(live);
+        let (kept, gone): (Vec<_>, Vec<_>) = s.sessions.drain(..).partition(|h| live(h));
+        s.sessions = kept;
+        ended = gone;
         s.max_per_group = max_per_group(&s.sessions);
     });
+    ended
+}
+
+/// The coordinator's answer was a temporary refusal.
+fn refused_for_now(error: &str) -> bool {
+    use crate::native::client::RequestError;
+    use crate::native::messages::FailReason;
+    [FailReason::RateLimited, FailReason::PeerBusy]
+        .into_iter()
+        .any(|reason| error.contains(&RequestError::Refused(reason).to_string()))
 }
 
 fn max_per_group(sessions: &[OutboundSession]) -> usize {

@@ -127,6 +127,8 @@ pub struct BookStatus {
     /// The coordinators our records name (what we tell peers).
     pub reachable_via: Vec<SocketAddr>,
     pub inbound_sessions: usize,
+    /// Addresses reachable via each coordinator (by its address).
+    pub via_coordinators: std::collections::BTreeMap<String, usize>,
     /// Newcomers handed to our inbound peers while our slots were full,
     /// and handoffs we received.
     pub handoffs_given: u64,
@@ -325,6 +327,8 @@ impl PeerBook {
         };
         let record = ReachRecord::sign(key, coordinator, at, unix_now());
         state.own.insert(coordinator, record.clone());
+        let peers = state.links.values().filter(|l| l.relays_records).count();
+        tracing::info!(via = %at, peers, "telling peers we are reachable via a coordinator");
         let message = NativeMessage::Reach {
             records: vec![record],
         }
@@ -369,12 +373,23 @@ impl PeerBook {
 
     /// What `bitpunch status` shows of the book.
     pub fn status(&self) -> BookStatus {
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
+        state.addrman.expire(unix_now());
         BookStatus {
             new: state.addrman.count(false),
             tried: state.addrman.count(true),
             reachable_via: state.own.values().map(|r| r.coordinator_at).collect(),
             inbound_sessions: state.links.values().filter(|l| l.inbound).count(),
+            via_coordinators: state.addrman.entries().fold(
+                std::collections::BTreeMap::new(),
+                |mut counts, e| {
+                    if let PeerAddr::Via(r) = &e.addr {
+                        let c = counts.entry(r.coordinator_at.to_string()).or_insert(0usize);
+                        *c = c.saturating_add(1);
+                    }
+                    counts
+                },
+            ),
             handoffs_given: state.handoffs_given,
             handoffs_received: state.handoffs_taken,
         }

@@ -464,6 +464,49 @@ pub(crate) enum LabCommand {
         #[arg(long, value_name = "COMMAND")]
         relay_command: Option<String>,
     },
+    /// A network that finds its own peers: NODES `bitpunch node` processes
+    /// behind mixed NATs, one or two coordinators and one reachable node
+    /// with few inbound slots, each node seeded with the reachable node's
+    /// address only. Runs until every node holds its outbound target (or
+    /// --seconds), prints sessions per node, how each was made, handoffs;
+    /// writes records.jsonl and summary.json. Exit status 1 when it did not
+    /// converge.
+    Network {
+        /// Nodes behind NATs.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Coordinators (1 or 2), each in a /16 of its own.
+        #[arg(long, default_value_t = 2)]
+        coordinators: usize,
+        /// NAT presets the nodes are behind, in turn (repeatable; default:
+        /// home, home-rst, full-cone, restricted-cone, port-restricted-rp, cgn).
+        #[arg(long)]
+        nat: Vec<String>,
+        /// Outbound sessions each node keeps (the lab has three address
+        /// groups: the reachable node's and one per coordinator).
+        #[arg(long, default_value_t = 3)]
+        target: usize,
+        /// Inbound sessions the reachable node serves before it hands
+        /// newcomers off.
+        #[arg(long, default_value_t = 3)]
+        inbound_slots: usize,
+        /// Time the network has to converge.
+        #[arg(long, default_value_t = 180)]
+        seconds: u64,
+        /// One-way delay on each link, ms.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// A hostile party first sends the reachable node this many fake
+        /// "reachable via my coordinator" records.
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
+        /// The summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Output folder (default: results/lab-network-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Redraw success.svg and latency.svg of a run from its records.jsonl.
     Plot {
         /// The run's folder.

@@ -172,6 +172,56 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Network {
+            nodes,
+            coordinators,
+            nat,
+            target,
+            inbound_slots,
+            seconds,
+            delay_ms,
+            flood,
+            json,
+            out,
+        } => {
+            let bin = std::env::current_exe().context("finding the bitpunch binary")?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "results/lab-network-{}",
+                    bitpunch::peers::unix_now()
+                ))
+            });
+            let presets = if nat.is_empty() {
+                bitpunch::lab::network::DEFAULT_PRESETS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect()
+            } else {
+                nat
+            };
+            let config = bitpunch::lab::network::NetworkConfig {
+                nodes,
+                coordinators,
+                presets,
+                target,
+                inbound_slots,
+                seconds,
+                delay_ms,
+                flood,
+                out: out.clone(),
+            };
+            let summary = bitpunch::lab::network::run(&bin, &config).await?;
+            print!("{}", bitpunch::lab::network::render(&summary));
+            println!("records in {}", out.display());
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            Ok(if summary.converged {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         LabCommand::Plot { dir } => {
             let records = bitpunch::matrix::read_jsonl(&dir.join("records.jsonl"))?;
             std::fs::write(

@@ -68,8 +68,11 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     // keeps its own addresses and picks its own peers.
     let keeps_addresses = bitcoind.is_none();
     if keeps_addresses {
-        session.services |=
-            bitcoin::p2p::ServiceFlags::from(native::messages::NODE_PUNCH_REACH_BIT);
+        // We relay reachability records, and take newcomers a full node
+        // of ours hands us (we are reachable via our coordinators).
+        session.services |= bitcoin::p2p::ServiceFlags::from(
+            native::messages::NODE_PUNCH_REACH_BIT | native::messages::NODE_PUNCH_HANDOFF_BIT,
+        );
     }
     // Parse everything the user typed before binding anything.
     let mut coordinators: Vec<(

@@ -15,6 +15,7 @@
 
 pub mod nat;
 pub mod netns;
+pub mod network;
 pub mod probe;
 pub mod shape;
 
@@ -106,6 +107,8 @@ pub struct Lab {
     links: Vec<Link>,
     publics: u8,
     routers: u8,
+    /// Public hosts in 198.51.100.0/24, and at the top of 203.0.113.0/24.
+    publics_elsewhere: [u8; 2],
     backend: Option<DelayBackend>,
     delayer: Option<shape::Delayer>,
     children: Vec<Child>,
@@ -125,6 +128,7 @@ impl Lab {
             links: Vec::new(),
             publics: 0,
             routers: 0,
+            publics_elsewhere: [0, 0],
             backend: None,
             delayer: None,
             children: Vec::new(),
@@ -242,12 +246,37 @@ impl Lab {
         })
     }
 
+    /// A public host in another /16 than [`Lab::add_public_host`]'s, for
+    /// labs where address groups matter (Bitcoin groups IPv4 by /16):
+    /// `network` 1 is 198.51.100.0/24, 2 the top of 203.0.113.0/24 (whose
+    /// bottom the routers fill).
+    pub fn add_public_host_in(&mut self, name: &str, network: u8) -> Result<Host> {
+        let (subnet, slot) = match network {
+            1 if self.publics_elsewhere[0] < 64 => ([198, 51, 100], self.publics_elsewhere[0]),
+            2 if 63 - self.publics_elsewhere[1] >= self.routers => {
+                ([203, 0, 113], 63 - self.publics_elsewhere[1])
+            }
+            _ => bail!("no room for another public host in network {network}"),
+        };
+        let ns = format!("{}{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let (link, ip, ip6) = self.attach(&ns, "eth0", subnet, slot)?;
+        self.publics_elsewhere[usize::from(network - 1)] += 1;
+        Ok(Host {
+            name: name.into(),
+            ns,
+            ip,
+            ip6: Some(ip6),
+            link,
+        })
+    }
+
     /// A NAT router with `profile`, its public side on the internet; with
     /// `profile.behind_carrier`, its WAN on the LAN of a carrier-grade NAT
     /// ([`nat::CARRIER`]) that is on the internet instead.
     pub fn add_nat(&mut self, name: &str, profile: NatProfile) -> Result<Router> {
-        if self.routers >= 64 {
-            bail!("the lab has room for 64 routers");
+        if self.routers >= 64 - self.publics_elsewhere[1] {
+            bail!("the lab has room for 64 routers and public hosts in 203.0.113.0/24");
         }
         if profile.behind_carrier {
             let mut carrier = self.add_nat(&format!("{name}-cgn"), nat::CARRIER)?;
@@ -508,6 +537,28 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", host.ns))?;
+        self.children.push(child);
+        Ok(self.children.last_mut().expect("just pushed"))
+    }
+
+    /// [`Lab::spawn`], with the program's stderr (its log) into `log`.
+    pub fn spawn_logged(
+        &mut self,
+        host: &Host,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> Result<&mut Child> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file)
             .spawn()
             .with_context(|| format!("starting {program} in {}", host.ns))?;
         self.children.push(child);
