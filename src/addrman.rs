@@ -537,6 +537,43 @@ impl AddrMan {
         self.entries.values()
     }
 
+    /// Panics when the tables and the entries disagree: every entry sits
+    /// in exactly one slot, of the table its `tried` says, at the position
+    /// its hash gives; every slot names an entry. For tests and fuzzing.
+    #[allow(
+        clippy::panic,
+        reason = "an invariant check, called by tests and the fuzzer only"
+    )]
+    pub fn check_invariants(&self) {
+        let mut placed = 0usize;
+        for (tried, table) in [(false, &self.new), (true, &self.tried)] {
+            for (bucket, slots) in table.iter().enumerate() {
+                for (slot, key) in slots.iter().enumerate() {
+                    let Some(key) = key else { continue };
+                    let Some(entry) = self.entries.get(key) else {
+                        panic!("slot ({bucket}, {slot}) names {key:?}, which has no entry");
+                    };
+                    if entry.tried != tried {
+                        panic!("{key:?} is in the wrong table");
+                    }
+                    let group = entry.addr.netgroup();
+                    let at = if tried {
+                        self.tried_position(key, group)
+                    } else {
+                        self.new_position(key, group, entry.source)
+                    };
+                    if at != (bucket, slot) {
+                        panic!("{key:?} at ({bucket}, {slot}), its place is {at:?}");
+                    }
+                    placed = placed.saturating_add(1);
+                }
+            }
+        }
+        if placed != self.entries.len() {
+            panic!("{placed} placed, {} entries", self.entries.len());
+        }
+    }
+
     /// Where a node keeps its addresses: `<data dir>/peers.json`.
     pub fn path_in(data_dir: &Path) -> PathBuf {
         data_dir.join("peers.json")
@@ -761,6 +798,7 @@ mod tests {
             }
         }
         assert!(added <= BUCKET_SIZE, "{added} of 1000 fake records kept");
+        man.check_invariants();
         assert!(added > BUCKET_SIZE / 2, "{added}");
         // Honest addresses elsewhere still find room.
         assert_eq!(
@@ -811,6 +849,7 @@ mod tests {
         man.add(b.clone(), source(), NOW);
         man.good(&a.key().unwrap(), NOW);
         assert_eq!((man.count(true), man.count(false)), (1, 1));
+        man.check_invariants();
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let used = a.netgroup();
         for _ in 0..50 {

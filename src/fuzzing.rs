@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("exchange_machines", exchange_machines),
     ("punch_schedule", punch_schedule),
     ("splice_input", splice_input),
+    ("address_book", address_book),
 ];
 
 // ------------------------------------------------------------------ decoders
@@ -1192,5 +1193,108 @@ fn nat_brief(pick: u8) -> crate::nat::NatBrief {
         mapping,
         port_preserving: pick & 0x80 != 0,
         allocation,
+    }
+}
+
+// ------------------------------------------------------------ address book
+
+/// Records of 8 nodes via 4 coordinators (in two netgroups), signed once:
+/// signing per input would make the target crawl.
+fn fuzz_records() -> &'static [crate::native::reach::ReachRecord] {
+    static RECORDS: OnceLock<Vec<crate::native::reach::ReachRecord>> = OnceLock::new();
+    RECORDS.get_or_init(|| {
+        let mut records = Vec::new();
+        for node in 1u8..=8 {
+            let Ok(key) = NodeKey::from_secret(&[node; 32]) else {
+                continue;
+            };
+            for coordinator in 0u8..4 {
+                let at = SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2 + coordinator / 2, coordinator)),
+                    8333,
+                );
+                records.push(crate::native::reach::ReachRecord::sign(
+                    &key,
+                    NodeId([coordinator; 12]),
+                    at,
+                    1_800_000_000 + u64::from(node) * 60,
+                ));
+            }
+        }
+        records
+    })
+}
+
+/// The address manager under any sequence of what peers and the outbound
+/// manager do to it: its tables and entries always agree, a selection is
+/// always a live entry that the skip allowed, and floods stay in their
+/// bucket.
+pub fn address_book(data: &[u8]) {
+    use crate::addrman::{AddrMan, Netgroup, PeerAddr};
+    use rand::SeedableRng;
+    let mut u = Unstructured::new(data);
+    let mut man = AddrMan::with_key([7; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut now = 1_800_000_000u64;
+    let records = fuzz_records();
+    let mut known = Vec::new();
+    // An exhausted `Unstructured` keeps answering defaults: stop at its end.
+    while !u.is_empty() {
+        let Ok(op) = u.int_in_range(0u8..=6) else {
+            break;
+        };
+        let source = match u.int_in_range(0u8..=2).unwrap_or(0) {
+            0 => Netgroup::Local,
+            1 => Netgroup::Ipv4([198, 51]),
+            _ => Netgroup::Ipv4([u.arbitrary().unwrap_or(0), 0]),
+        };
+        match op {
+            0 => {
+                let ip: [u8; 4] = u.arbitrary().unwrap_or([203, 0, 113, 1]);
+                let addr = PeerAddr::Direct(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from(ip)),
+                    u.arbitrary().unwrap_or(8333),
+                ));
+                known.extend(addr.key());
+                man.add(addr, source, now);
+            }
+            1 => {
+                let Some(record) = records
+                    .get(usize::from(u.arbitrary::<u8>().unwrap_or(0)) % records.len().max(1))
+                else {
+                    continue;
+                };
+                let addr = PeerAddr::Via(record.clone());
+                known.extend(addr.key());
+                man.add(addr, source, now);
+            }
+            2..=4 => {
+                if known.is_empty() {
+                    continue;
+                }
+                let i = usize::from(u.arbitrary::<u16>().unwrap_or(0)) % known.len();
+                let Some(key) = known.get(i) else { continue };
+                match op {
+                    2 => man.good(key, now),
+                    3 => man.failed(key, now),
+                    _ => man.attempt(key, now),
+                }
+            }
+            5 => {
+                now = now.saturating_add(u64::from(u.arbitrary::<u16>().unwrap_or(0)));
+                man.expire(now);
+            }
+            _ => {
+                let banned = Netgroup::Ipv4([u.arbitrary().unwrap_or(0), 0]);
+                if let Some(e) = man.select(now, &mut rng, |e| e.addr.netgroup() == banned) {
+                    assert_ne!(e.addr.netgroup(), banned, "select ignored the skip");
+                    assert!(
+                        e.addr.expires().is_none_or(|x| x >= now),
+                        "select gave a dead address"
+                    );
+                }
+            }
+        }
+        man.check_invariants();
     }
 }
