@@ -1203,3 +1203,35 @@ fn a_node_registers_over_both_families_with_a_coordinator_named_once_per_family(
     drop(coordinator);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_seednode_that_is_not_a_direct_address_is_refused_with_the_accepted_forms() {
+    let data = std::env::temp_dir().join(format!("bitpunch-seed-{}", std::process::id()));
+    for (seed, says) in [
+        ("not an address!", "accepted forms"),
+        (
+            "0123456789abcdef01234567@0123456789abcdef01234567@192.0.2.1:8333",
+            "a seed is connected to directly",
+        ),
+    ] {
+        let out = bitpunch()
+            .args([
+                "node",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--seednode",
+                seed,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{seed}: {stderr}");
+        assert!(stderr.contains("--seednode"), "{seed}: {stderr}");
+        assert!(stderr.contains(says), "{seed}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
