@@ -66,7 +66,9 @@ fn ten_nodes_find_their_outbound_peers_one_per_group_through_handoffs_and_a_floo
     assert!(handed_off >= 1, "{stdout}");
     // Of the 1,000 records it kept at most one bucket (they claim one
     // coordinator, from one peer), and none at the end.
-    let peak = summary["reachable_flooded_addresses_peak"].as_u64().unwrap();
+    let peak = summary["reachable_flooded_addresses_peak"]
+        .as_u64()
+        .unwrap();
     assert!((1..=32).contains(&peak), "{stdout}");
     assert_eq!(summary["reachable_flooded_addresses"], 0);
     // The nodes' punch records went to records.jsonl, as in `lab run`.
