@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::NodeId;
 use crate::native::messages::NativeMessage;
 use crate::native::reach::ReachRecord;
-use crate::net::admission::unmapped;
+use crate::net::admission::{unmapped, NetGroup};
 
 pub const NEW_BUCKETS: usize = 256;
 pub const TRIED_BUCKETS: usize = 64;
@@ -49,13 +49,11 @@ const MAX_FAILURES: u32 = 3;
 const RECENT_TRY_SECS: u64 = 10 * 60;
 
 /// Who an address belongs to, for spreading outbound connections: no two
-/// outbound sessions in one group.
+/// outbound sessions in one group. The groups are those the node's
+/// admission control counts inbound connections in (IPv4 /16, IPv6 /32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Netgroup {
-    /// An IPv4 /16.
-    Ipv4([u8; 2]),
-    /// An IPv6 /32.
-    Ipv6([u8; 4]),
+    Net(NetGroup),
     /// Loopback, private and other addresses not on the internet: one
     /// group, as in Core.
     Local,
@@ -63,26 +61,22 @@ pub enum Netgroup {
 
 impl Netgroup {
     pub fn of_ip(ip: IpAddr) -> Netgroup {
-        let ip = unmapped(ip);
-        if !crate::net::routable::is_routable(ip) {
-            return Netgroup::Local;
+        if crate::net::routable::is_routable(unmapped(ip)) {
+            Netgroup::Net(NetGroup::of(ip))
+        } else {
+            Netgroup::Local
         }
-        match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, _, _] = v4.octets();
-                Netgroup::Ipv4([a, b])
-            }
-            IpAddr::V6(v6) => {
-                let [a, b, c, d, ..] = v6.octets();
-                Netgroup::Ipv6([a, b, c, d])
-            }
-        }
+    }
+
+    /// An IPv4 /16, by its first two octets.
+    pub fn ipv4(first: [u8; 2]) -> Netgroup {
+        Netgroup::Net(NetGroup::V4(first))
     }
 
     fn bytes(&self) -> Vec<u8> {
         match self {
-            Netgroup::Ipv4(b) => [&[4u8][..], b].concat(),
-            Netgroup::Ipv6(b) => [&[6u8][..], b].concat(),
+            Netgroup::Net(NetGroup::V4(b)) => [&[4u8][..], b].concat(),
+            Netgroup::Net(NetGroup::V6(b)) => [&[6u8][..], b].concat(),
             Netgroup::Local => vec![0],
         }
     }
@@ -91,15 +85,7 @@ impl Netgroup {
 impl std::fmt::Display for Netgroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Netgroup::Ipv4([a, b]) => write!(f, "{a}.{b}.0.0/16"),
-            Netgroup::Ipv6([a, b, c, d]) => {
-                write!(
-                    f,
-                    "{:x}:{:x}::/32",
-                    u16::from_be_bytes([*a, *b]),
-                    u16::from_be_bytes([*c, *d])
-                )
-            }
+            Netgroup::Net(group) => group.fmt(f),
             Netgroup::Local => write!(f, "local"),
         }
     }
@@ -727,8 +713,8 @@ fn parse_source(text: &str) -> Option<Netgroup> {
     let bytes = hex::decode(text).ok()?;
     match bytes.as_slice() {
         [0] => Some(Netgroup::Local),
-        [4, a, b] => Some(Netgroup::Ipv4([*a, *b])),
-        [6, a, b, c, d] => Some(Netgroup::Ipv6([*a, *b, *c, *d])),
+        [4, a, b] => Some(Netgroup::Net(NetGroup::V4([*a, *b]))),
+        [6, a, b, c, d] => Some(Netgroup::Net(NetGroup::V6([*a, *b, *c, *d]))),
         _ => None,
     }
 }
@@ -767,15 +753,15 @@ mod tests {
     fn netgroups_are_slash_16_slash_32_and_a_coordinators_for_what_it_reaches() {
         assert_eq!(
             direct("203.0.113.5:8333").netgroup(),
-            Netgroup::Ipv4([203, 0])
+            Netgroup::ipv4([203, 0])
         );
         assert_eq!(
             direct("[::ffff:203.0.113.5]:8333").netgroup(),
-            Netgroup::Ipv4([203, 0])
+            Netgroup::ipv4([203, 0])
         );
         assert_eq!(
             direct("[2001:db8:1:2::5]:8333").netgroup(),
-            Netgroup::Ipv6([0x20, 0x01, 0x0d, 0xb8])
+            Netgroup::Net(NetGroup::V6([0x20, 0x01, 0x0d, 0xb8]))
         );
         assert_eq!(direct("10.1.2.3:8333").netgroup(), Netgroup::Local);
         assert_eq!(direct("127.0.0.1:8333").netgroup(), Netgroup::Local);
@@ -785,7 +771,7 @@ mod tests {
             via(1, "192.0.2.7:8333", NOW).netgroup(),
             direct("192.0.99.1:8333").netgroup()
         );
-        assert_eq!(Netgroup::Ipv4([203, 0]).to_string(), "203.0.0.0/16");
+        assert_eq!(Netgroup::ipv4([203, 0]).to_string(), "203.0.0.0/16");
     }
 
     #[test]

@@ -1245,8 +1245,8 @@ pub fn address_book(data: &[u8]) {
         };
         let source = match u.int_in_range(0u8..=2).unwrap_or(0) {
             0 => Netgroup::Local,
-            1 => Netgroup::Ipv4([198, 51]),
-            _ => Netgroup::Ipv4([u.arbitrary().unwrap_or(0), 0]),
+            1 => Netgroup::ipv4([198, 51]),
+            _ => Netgroup::ipv4([u.arbitrary().unwrap_or(0), 0]),
         };
         match op {
             0 => {
@@ -1285,7 +1285,7 @@ pub fn address_book(data: &[u8]) {
                 man.expire(now);
             }
             _ => {
-                let banned = Netgroup::Ipv4([u.arbitrary().unwrap_or(0), 0]);
+                let banned = Netgroup::ipv4([u.arbitrary().unwrap_or(0), 0]);
                 if let Some(e) = man.select(now, &mut rng, |e| e.addr.netgroup() == banned) {
                     assert_ne!(e.addr.netgroup(), banned, "select ignored the skip");
                     assert!(

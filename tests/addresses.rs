@@ -125,7 +125,7 @@ async fn a_new_peer_learns_addresses_and_records_from_its_getaddr() {
     seeded.book.with_addrman(|m| {
         m.add(
             PeerAddr::Via(theirs.clone()),
-            Netgroup::Ipv4([198, 51]),
+            Netgroup::ipv4([198, 51]),
             unix_now(),
         )
     });

@@ -233,17 +233,9 @@ impl Lab {
         if self.publics >= 64 {
             bail!("the lab has room for 64 public hosts");
         }
-        let ns = format!("{}{name}", self.prefix);
-        self.add_namespace(&ns)?;
-        let (link, ip, ip6) = self.attach(&ns, "eth0", [192, 0, 2], self.publics)?;
+        let host = self.public_host(name, [192, 0, 2], self.publics)?;
         self.publics += 1;
-        Ok(Host {
-            name: name.into(),
-            ns,
-            ip,
-            ip6: Some(ip6),
-            link,
-        })
+        Ok(host)
     }
 
     /// A public host in another /16 than [`Lab::add_public_host`]'s, for
@@ -258,10 +250,15 @@ impl Lab {
             }
             _ => bail!("no room for another public host in network {network}"),
         };
+        let host = self.public_host(name, subnet, slot)?;
+        self.publics_elsewhere[usize::from(network - 1)] += 1;
+        Ok(host)
+    }
+
+    fn public_host(&mut self, name: &str, subnet: [u8; 3], slot: u8) -> Result<Host> {
         let ns = format!("{}{name}", self.prefix);
         self.add_namespace(&ns)?;
         let (link, ip, ip6) = self.attach(&ns, "eth0", subnet, slot)?;
-        self.publics_elsewhere[usize::from(network - 1)] += 1;
         Ok(Host {
             name: name.into(),
             ns,
