@@ -37,6 +37,22 @@ pub fn expire_window(
     times.is_empty()
 }
 
+/// Seconds since the Unix epoch: record lifetimes, address-book times and
+/// `version` timestamps. A clock before 1970 reads as 0 rather than failing.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Takes a lock even when another thread panicked holding it: the tables
+/// behind these locks stay consistent between statements, and a daemon that
+/// stopped serving everyone because one task panicked would be worse.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Milliseconds as a `u32` for the wire, saturating.
 pub fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)

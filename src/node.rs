@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::clock::{lock, unix_now};
 use crate::net::router::Inbound;
 use crate::net::stream::ByteCounters;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
@@ -185,17 +186,6 @@ impl Drop for RowGuard {
     fn drop(&mut self) {
         lock(&self.0).served.remove(&self.1);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 /// Hands sessions to the node: they then live as long as the node, not as

@@ -18,11 +18,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::addrman::{AddrKey, Netgroup, PeerAddr};
+use crate::clock::unix_now;
 use crate::connect::NodeConnector;
 use crate::identity::NodeId;
 use crate::native::client::CoordinatorEndpoint;
 use crate::node::SessionPath;
-use crate::peers::{unix_now, HandedOff, PeerBook};
+use crate::peers::{HandedOff, PeerBook};
 
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
@@ -57,9 +58,9 @@ pub struct OutboundSession {
     /// Unix seconds.
     pub since: u64,
     #[serde(skip)]
-    key: Option<AddrKey>,
+    key: AddrKey,
     #[serde(skip)]
-    group: Option<Netgroup>,
+    group: Netgroup,
     /// The BIP324 session id (or, for v1, the remote address) that finds
     /// it among the node's sessions.
     #[serde(skip)]
@@ -68,7 +69,7 @@ pub struct OutboundSession {
     /// later, so until [`LISTING_GRACE`] has passed a session missing from
     /// the list has not ended.
     #[serde(skip)]
-    made: Option<tokio::time::Instant>,
+    made: tokio::time::Instant,
 }
 
 const LISTING_GRACE: Duration = Duration::from_secs(5);
@@ -166,8 +167,8 @@ impl Manager {
         let now = tokio::time::Instant::now();
         for ended in forget_ended(&self.state, &self.connector) {
             let lasted = unix_now().saturating_sub(ended.since);
-            if let Some(key) = ended.key.filter(|_| lasted < SHORT_SESSION.as_secs()) {
-                self.cooling.insert(key, now);
+            if lasted < SHORT_SESSION.as_secs() {
+                self.cooling.insert(ended.key, now);
             }
         }
         self.cooling
@@ -176,8 +177,8 @@ impl Manager {
         if held.sessions.len() >= self.config.target {
             return;
         }
-        let used_groups: Vec<Netgroup> = held.sessions.iter().filter_map(|s| s.group).collect();
-        let mut used_keys: Vec<AddrKey> = held.sessions.iter().filter_map(|s| s.key).collect();
+        let used_groups: Vec<Netgroup> = held.sessions.iter().map(|s| s.group).collect();
+        let mut used_keys: Vec<AddrKey> = held.sessions.iter().map(|s| s.key).collect();
         used_keys.extend(self.cooling.keys().copied());
         let connected = self.connected_nodes();
         let own_id = self.own_id;
@@ -207,7 +208,7 @@ impl Manager {
         let from = AddrKey::Direct(handed.from);
         self.cooling.insert(from, tokio::time::Instant::now());
         self.state.update(|s| {
-            s.sessions.retain(|held| held.key != Some(from));
+            s.sessions.retain(|held| held.key != from);
             s.max_per_group = max_per_group(&s.sessions);
         });
         let Ok(node) = handed.record.node() else {
@@ -218,7 +219,7 @@ impl Manager {
             .status()
             .sessions
             .iter()
-            .any(|s| s.group == Some(group));
+            .any(|s| s.group == group);
         if node == self.own_id || taken {
             return;
         }
@@ -231,9 +232,9 @@ impl Manager {
                 let ours = s
                     .sessions
                     .iter_mut()
-                    .find(|h| matches!(h.key, Some(AddrKey::Via { node: n, .. }) if n == node));
+                    .find(|h| matches!(h.key, AddrKey::Via { node: n, .. } if n == node));
                 if let Some(held) = ours {
-                    held.group = Some(group);
+                    held.group = group;
                     held.netgroup = group.to_string();
                     held.handed_off = true;
                     s.handoffs_followed = s.handoffs_followed.saturating_add(1);
@@ -280,10 +281,10 @@ impl Manager {
                         path,
                         handed_off,
                         since: unix_now(),
-                        key: Some(key),
-                        group: Some(group),
+                        key,
+                        group,
                         session: record.session_id.or(record.remote).unwrap_or_default(),
-                        made: Some(tokio::time::Instant::now()),
+                        made: tokio::time::Instant::now(),
                     });
                     s.max_per_group = max_per_group(&s.sessions);
                     if handed_off {
@@ -344,9 +345,7 @@ fn forget_ended(state: &OutboundState, connector: &NodeConnector) -> Vec<Outboun
     let peers = connector.handle.peers();
     let now = tokio::time::Instant::now();
     let live = |held: &OutboundSession| {
-        let young = held
-            .made
-            .is_some_and(|made| now.saturating_duration_since(made) < LISTING_GRACE);
+        let young = now.saturating_duration_since(held.made) < LISTING_GRACE;
         young
             || peers.iter().any(|p| {
                 p.session_id.as_deref() == Some(held.session.as_str())

@@ -16,11 +16,11 @@
 //! peer announces is allocated before it is read, and a peer that does not
 //! read has its relays dropped, never queued without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bitcoin::p2p::address::{AddrV2, Address};
 use bitcoin::p2p::message::NetworkMessage;
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::addrman::{Added, AddrKey, AddrMan, Netgroup, PeerAddr};
-use crate::clock::Later;
+use crate::clock::{lock, unix_now, Later};
 use crate::identity::NodeId;
 use crate::native::messages::{NativeMessage, NODE_PUNCH_HANDOFF_BIT, NODE_PUNCH_REACH_BIT};
 use crate::native::reach::{ReachRecord, MAX_REACH_RECORDS};
@@ -59,13 +59,6 @@ const RELAY_FANOUT: usize = 2;
 const HANDOFF_LINGER: Duration = Duration::from_secs(1);
 /// Messages queued for one peer's writer; beyond, relays are dropped.
 const PEER_QUEUE: usize = 64;
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
 
 /// A token bucket: `rate` per second up to `depth`.
 #[derive(Debug, Clone)]
@@ -162,40 +155,36 @@ impl Default for HandoffLimits {
     }
 }
 
-/// Counts per key within the current minute.
+/// Handoffs given per key within the last minute (a sliding window, like
+/// every other rate limit here). Keys exist only while they have a handoff
+/// in the window, and handoffs are capped in total, so the map stays small.
 #[derive(Debug)]
-struct MinuteCounts<K> {
-    window: Option<Instant>,
-    counts: HashMap<K, u32>,
+struct HandoffWindow<K> {
+    given: HashMap<K, VecDeque<std::time::Instant>>,
 }
 
-impl<K> Default for MinuteCounts<K> {
+impl<K> Default for HandoffWindow<K> {
     fn default() -> Self {
-        MinuteCounts {
-            window: None,
-            counts: HashMap::new(),
+        HandoffWindow {
+            given: HashMap::new(),
         }
     }
 }
 
-impl<K: std::hash::Hash + Eq> MinuteCounts<K> {
-    fn roll(&mut self, now: Instant) {
-        let stale = self
-            .window
-            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(60));
-        if stale {
-            self.window = Some(now);
-            self.counts.clear();
-        }
+impl<K: std::hash::Hash + Eq> HandoffWindow<K> {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn expire(&mut self, now: std::time::Instant) {
+        self.given
+            .retain(|_, times| !crate::clock::expire_window(times, now, Self::WINDOW));
     }
 
-    fn get(&self, key: &K) -> u32 {
-        self.counts.get(key).copied().unwrap_or(0)
+    fn count(&self, key: &K) -> usize {
+        self.given.get(key).map_or(0, VecDeque::len)
     }
 
-    fn bump(&mut self, key: K) {
-        let c = self.counts.entry(key).or_default();
-        *c = c.saturating_add(1);
+    fn add(&mut self, key: K, now: std::time::Instant) {
+        self.given.entry(key).or_default().push_back(now);
     }
 }
 
@@ -205,9 +194,9 @@ struct BookState {
     next_link: u64,
     /// The node's own records, one per coordinator it is registered with.
     own: HashMap<NodeId, ReachRecord>,
-    given_to_connector: MinuteCounts<std::net::IpAddr>,
-    given_to_peer: MinuteCounts<NodeId>,
-    given: MinuteCounts<()>,
+    given_to_connector: HandoffWindow<std::net::IpAddr>,
+    given_to_peer: HandoffWindow<NodeId>,
+    given: HandoffWindow<()>,
     handoffs_given: u64,
     handoffs_taken: u64,
     /// Where received handoffs go (the outbound manager), if anywhere.
@@ -238,10 +227,6 @@ impl std::fmt::Debug for PeerBook {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// What a session's peer told us, for the log and the tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Heard {
@@ -259,9 +244,9 @@ impl PeerBook {
                 links: HashMap::new(),
                 next_link: 0,
                 own: HashMap::new(),
-                given_to_connector: MinuteCounts::default(),
-                given_to_peer: MinuteCounts::default(),
-                given: MinuteCounts::default(),
+                given_to_connector: HandoffWindow::default(),
+                given_to_peer: HandoffWindow::default(),
+                given: HandoffWindow::default(),
                 handoffs_given: 0,
                 handoffs_taken: 0,
                 handoffs: None,
@@ -296,10 +281,6 @@ impl PeerBook {
     /// Runs `f` on the address manager.
     pub fn with_addrman<T>(&self, f: impl FnOnce(&mut AddrMan) -> T) -> T {
         f(&mut lock(&self.state).addrman)
-    }
-
-    pub fn allow_private(&self) -> bool {
-        self.allow_private
     }
 
     /// An address the user gave (`--seed`): as if a peer of our own told
@@ -407,15 +388,15 @@ impl PeerBook {
     /// takes handoffs and the limits allow: the one handed the fewest this
     /// minute. Counted as given.
     pub fn handoff_target(&self, connector: std::net::IpAddr) -> Option<ReachRecord> {
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         let unix = unix_now();
         let limits = self.handoff_limits;
         let mut state = lock(&self.state);
-        state.given_to_connector.roll(now);
-        state.given_to_peer.roll(now);
-        state.given.roll(now);
-        if state.given.get(&()) >= limits.total
-            || state.given_to_connector.get(&connector) >= limits.per_connector
+        state.given_to_connector.expire(now);
+        state.given_to_peer.expire(now);
+        state.given.expire(now);
+        if state.given.count(&()) >= limits.total as usize
+            || state.given_to_connector.count(&connector) >= limits.per_connector as usize
         {
             return None;
         }
@@ -425,14 +406,14 @@ impl PeerBook {
             .filter(|l| l.inbound && l.takes_handoffs)
             .filter_map(|l| l.record.clone())
             .filter_map(|r| Some((r.verify(unix, self.allow_private).ok()?, r)))
-            .filter(|(node, _)| state.given_to_peer.get(node) < limits.per_peer)
+            .filter(|(node, _)| state.given_to_peer.count(node) < limits.per_peer as usize)
             .collect();
         let (node, record) = candidates
             .into_iter()
-            .min_by_key(|(node, _)| (state.given_to_peer.get(node), rand::random::<u16>()))?;
-        state.given_to_connector.bump(connector);
-        state.given_to_peer.bump(node);
-        state.given.bump(());
+            .min_by_key(|(node, _)| (state.given_to_peer.count(node), rand::random::<u16>()))?;
+        state.given_to_connector.add(connector, now);
+        state.given_to_peer.add(node, now);
+        state.given.add((), now);
         state.handoffs_given = state.handoffs_given.saturating_add(1);
         Some(record)
     }

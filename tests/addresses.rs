@@ -9,11 +9,12 @@ use std::time::Duration;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use bitpunch::addrman::{AddrKey, AddrMan, Netgroup, PeerAddr};
+use bitpunch::clock::unix_now;
 use bitpunch::identity::NodeKey;
 use bitpunch::native::messages::{NativeMessage, NODE_PUNCH_HANDOFF_BIT, NODE_PUNCH_REACH_BIT};
 use bitpunch::native::reach::ReachRecord;
 use bitpunch::node::{Node, NodeConfig, SessionPath};
-use bitpunch::peers::{unix_now, PeerBook};
+use bitpunch::peers::PeerBook;
 use bitpunch::wire::{self, Network, SessionConfig};
 use tokio::time::Instant;
 

@@ -188,7 +188,7 @@ pub(crate) async fn run_lab(command: LabCommand) -> anyhow::Result<ExitCode> {
             let out = out.unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "results/lab-network-{}",
-                    bitpunch::peers::unix_now()
+                    bitpunch::clock::unix_now()
                 ))
             });
             let presets = if nat.is_empty() {
@@ -293,10 +293,7 @@ pub(crate) async fn run_matrix(
     use std::sync::atomic::{AtomicBool, Ordering};
     let resuming = resume.is_some();
     let out = resume.or(out).unwrap_or_else(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
+        let now = bitpunch::clock::unix_now();
         PathBuf::from(format!("results/lab-run-{now}"))
     });
     let config = matrix::MatrixConfig {

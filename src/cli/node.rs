@@ -453,7 +453,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         let mut refreshed = tokio::time::Instant::now();
         loop {
             minute.tick().await;
-            book.with_addrman(|m| m.expire(bitpunch::peers::unix_now()));
+            book.with_addrman(|m| m.expire(bitpunch::clock::unix_now()));
             if let Err(e) = book.save() {
                 tracing::warn!(error = %format!("{e:#}"), "could not save the address book");
             }

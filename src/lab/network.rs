@@ -423,7 +423,7 @@ async fn flood(to: std::net::SocketAddr, at: std::net::SocketAddr, count: usize)
     let coordinator = crate::identity::NodeKey::generate().id();
     // Signed so that they die [`FLOOD_LIFETIME`] from now: the run shows
     // them gone without waiting the hour a record lives.
-    let since = crate::peers::unix_now()
+    let since = crate::clock::unix_now()
         .saturating_sub(crate::native::reach::REACH_LIFETIME_SECS)
         .saturating_add(FLOOD_LIFETIME.as_secs());
     let records: Vec<ReachRecord> = (0..count)

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bip324::Role;
 use bitcoin::p2p::message::NetworkMessage;
@@ -169,10 +169,7 @@ pub struct Session<S> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
 fn socket_of(address: &Address) -> Option<SocketAddr> {
