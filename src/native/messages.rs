@@ -810,9 +810,7 @@ mod tests {
     fn every_message_round_trips_through_a_v2_packet() {
         for msg in samples() {
             let contents = crate::wire::codec::encode_v2_contents(&msg.to_network());
-            let decoded =
-                crate::wire::codec::decode_v2_contents(bitcoin::p2p::Magic::REGTEST, &contents)
-                    .unwrap();
+            let decoded = crate::wire::codec::decode_v2_contents(&contents).unwrap();
             let crate::wire::codec::V2Decoded::Message(net) = decoded else {
                 panic!("not a message")
             };

@@ -1,14 +1,9 @@
 //! A message channel on one stream: plaintext v1 framing, or BIP324 v2 after
-//! a handshake driven here on top of the bip324 crate's sans-IO `Handshake`
-//! (its async wrapper hides the session id, which decision 5 needs).
+//! the handshake driven here with the ciphers of [`super::bip324`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bip324::{
-    GarbageResult, Handshake, InboundCipher, Initialized, OutboundCipher, PacketType, Role,
-    VersionResult, NUM_LENGTH_BYTES,
-};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
 use tokio::io::{
@@ -16,15 +11,16 @@ use tokio::io::{
 };
 use tokio::time::Instant;
 
+use super::bip324::{
+    InboundCipher, KeyPair, OutboundCipher, Role, ELLSWIFT_LEN, GARBAGE_TERMINATOR_LEN, HEADER_LEN,
+    LENGTH_LEN, MAX_GARBAGE_LEN, TAG_LEN,
+};
 use super::codec::{self, V2Decoded, MAX_V2_CONTENTS, V1_HEADER_LEN};
 use super::error::{SessionError, Stage, WireError};
 use crate::clock::Later;
 
-const ELLSWIFT_LEN: usize = 64;
-const GARBAGE_TERMINATOR_LEN: usize = 16;
-const MAX_GARBAGE_LEN: usize = 4095;
-/// Length of a v2 packet's header byte + AEAD tag, on top of its contents.
-const V2_PACKET_OVERHEAD: usize = 1 + 16;
+/// A v2 packet's header byte + AEAD tag, on top of its contents.
+const V2_PACKET_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,10 +137,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// A v2 channel whose BIP324 handshake happened elsewhere: for the
     /// fuzzers, which feed one session's ciphers many inputs.
     #[doc(hidden)]
-    pub fn v2_from_cipher(stream: S, magic: Magic, cipher: bip324::CipherSession) -> Self {
+    pub fn v2_from_cipher(
+        stream: S,
+        magic: Magic,
+        session_id: [u8; 32],
+        (inbound, outbound): (InboundCipher, OutboundCipher),
+    ) -> Self {
         let mut channel = Self::v1(stream, magic);
-        channel.session_id = Some(*cipher.id());
-        let (inbound, outbound) = cipher.into_split();
+        channel.session_id = Some(session_id);
         channel.reader.inbound = Some(inbound);
         channel.writer.outbound = Some(outbound);
         channel
@@ -175,39 +175,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let magic = self.reader.magic.to_bytes();
         let at = |stage| move |e| SessionError::new(stage, e);
 
-        let handshake = Handshake::<Initialized>::new(magic, role)
-            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
-        let mut key = vec![0u8; Handshake::<Initialized>::send_key_len(None)];
-        let handshake = handshake
-            .send_key(None, &mut key)
-            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        let ours = KeyPair::generate();
         self.writer
-            .write_all(&key)
+            .write_all(&ours.public.to_array())
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
-
         let mut their_key = [0u8; ELLSWIFT_LEN];
         self.reader
             .read_exact(&mut their_key)
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
-        let handshake = match handshake.receive_key(their_key) {
-            Ok(h) => h,
-            Err(bip324::Error::V1Protocol) => {
-                return Err(SessionError::new(
-                    Stage::Bip324KeyExchange,
-                    WireError::PeerSpeaksV1,
-                ))
-            }
-            Err(e) => return Err(SessionError::new(Stage::Bip324KeyExchange, e.into())),
-        };
+        if role == Role::Responder && starts_like_v1_version(&their_key, magic) {
+            return Err(SessionError::new(
+                Stage::Bip324KeyExchange,
+                WireError::PeerSpeaksV1,
+            ));
+        }
+        let keys = ours.agree(their_key, role, magic);
+        let (mut inbound, mut outbound) = keys.ciphers(role);
+        let (our_terminator, their_terminator) = keys.terminators(role);
 
-        let mut version = vec![0u8; Handshake::<bip324::ReceivedKey>::send_version_len(None)];
-        let handshake = handshake
-            .send_version(&mut version, None)
+        // We send no garbage, so our version packet's AAD is empty. Its
+        // contents are empty too: BIP324 reserves them for later versions.
+        let mut flight = our_terminator.to_vec();
+        outbound
+            .encrypt_onto(&mut flight, &[], false, &[])
             .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
         self.writer
-            .write_all(&version)
+            .write_all(&flight)
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
 
@@ -219,57 +214,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .read_exact(&mut garbage)
             .await
             .map_err(at(Stage::Bip324Garbage))?;
-        let mut pending = handshake;
-        let (mut handshake, consumed) = loop {
-            match pending.receive_garbage(&garbage) {
-                Ok(GarbageResult::FoundGarbage {
-                    handshake,
-                    consumed_bytes,
-                }) => break (handshake, consumed_bytes),
-                Ok(GarbageResult::NeedMoreData(h)) => {
-                    if garbage.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
-                        return Err(SessionError::new(
-                            Stage::Bip324Garbage,
-                            bip324::Error::NoGarbageTerminator.into(),
-                        ));
-                    }
-                    pending = h;
-                    let mut byte = [0u8; 1];
-                    self.reader
-                        .read_exact(&mut byte)
-                        .await
-                        .map_err(at(Stage::Bip324Garbage))?;
-                    garbage.push(byte[0]);
-                }
-                Err(e) => return Err(SessionError::new(Stage::Bip324Garbage, e.into())),
+        while !garbage.ends_with(&their_terminator) {
+            if garbage.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
+                return Err(SessionError::new(
+                    Stage::Bip324Garbage,
+                    WireError::Protocol("no garbage terminator in 4095 bytes".into()),
+                ));
             }
-        };
-        debug_assert_eq!(consumed, garbage.len());
-
-        // Decoy packets may precede the version packet; all must authenticate.
-        let cipher = loop {
-            let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
+            let mut byte = [0u8; 1];
             self.reader
-                .read_exact(&mut len_bytes)
+                .read_exact(&mut byte)
+                .await
+                .map_err(at(Stage::Bip324Garbage))?;
+            garbage.extend_from_slice(&byte);
+        }
+        garbage.truncate(garbage.len().saturating_sub(GARBAGE_TERMINATOR_LEN));
+
+        // Decoy packets may precede the version packet; all must
+        // authenticate, and the first one carries the garbage as its AAD.
+        let mut aad = garbage;
+        loop {
+            let mut length = [0u8; LENGTH_LEN];
+            self.reader
+                .read_exact(&mut length)
                 .await
                 .map_err(at(Stage::Bip324Version))?;
-            let len = handshake
-                .decrypt_packet_len(len_bytes)
-                .map_err(|e| SessionError::new(Stage::Bip324Version, e.into()))?;
+            let len = inbound.decrypt_length(length);
             check_packet_len(len).map_err(at(Stage::Bip324Version))?;
             let mut packet = self
                 .reader
-                .read_announced(len)
+                .read_announced(len.saturating_add(V2_PACKET_OVERHEAD))
                 .await
                 .map_err(at(Stage::Bip324Version))?;
-            match handshake.receive_version(&mut packet) {
-                Ok(VersionResult::Complete { cipher }) => break cipher,
-                Ok(VersionResult::Decoy(h)) => handshake = h,
-                Err(e) => return Err(SessionError::new(Stage::Bip324Version, e.into())),
+            let opened = inbound
+                .open(&mut packet, &aad)
+                .map_err(|e| SessionError::new(Stage::Bip324Version, e.into()))?;
+            aad.clear();
+            if !opened.decoy {
+                break;
             }
-        };
-        self.session_id = Some(*cipher.id());
-        let (inbound, outbound) = cipher.into_split();
+        }
+        self.session_id = Some(keys.session_id);
         self.reader.inbound = Some(inbound);
         self.writer.outbound = Some(outbound);
         Ok(())
@@ -299,69 +284,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 }
 
-/// Both ends of one BIP324 session, made in memory by the real handshake
-/// (no garbage, no decoys): for the fuzzers and tests that need a peer's
-/// cipher to encrypt what a channel is fed.
-#[doc(hidden)]
-pub fn cipher_pair(
-    magic: Magic,
-) -> Result<(bip324::CipherSession, bip324::CipherSession), bip324::Error> {
-    let magic = magic.to_bytes();
-    let start = |role| -> Result<_, bip324::Error> {
-        let mut key = vec![0u8; Handshake::<Initialized>::send_key_len(None)];
-        let handshake = Handshake::<Initialized>::new(magic, role)?.send_key(None, &mut key)?;
-        let ellswift: [u8; ELLSWIFT_LEN] = key
-            .get(..ELLSWIFT_LEN)
-            .and_then(|k| k.try_into().ok())
-            .ok_or(bip324::Error::CiphertextTooSmall)?;
-        Ok((handshake, ellswift))
-    };
-    let (initiator, initiator_key) = start(Role::Initiator)?;
-    let (responder, responder_key) = start(Role::Responder)?;
-    let finish = |handshake: Handshake<bip324::SentKey<'_>>,
-                  their_key: [u8; ELLSWIFT_LEN],
-                  version_out: &mut Vec<u8>|
-     -> Result<_, bip324::Error> {
-        let handshake = handshake.receive_key(their_key)?;
-        version_out.resize(Handshake::<bip324::ReceivedKey>::send_version_len(None), 0);
-        handshake.send_version(version_out, None)
-    };
-    let (mut to_responder, mut to_initiator) = (Vec::new(), Vec::new());
-    let initiator = finish(initiator, responder_key, &mut to_responder)?;
-    let responder = finish(responder, initiator_key, &mut to_initiator)?;
-    let complete = |handshake: Handshake<bip324::SentVersion>,
-                    bytes: &[u8]|
-     -> Result<bip324::CipherSession, bip324::Error> {
-        let GarbageResult::FoundGarbage {
-            mut handshake,
-            consumed_bytes,
-        } = handshake.receive_garbage(bytes)?
-        else {
-            return Err(bip324::Error::NoGarbageTerminator);
-        };
-        let rest = bytes.get(consumed_bytes..).unwrap_or_default();
-        let (len_bytes, packet) = rest.split_at(NUM_LENGTH_BYTES.min(rest.len()));
-        let len_bytes: [u8; NUM_LENGTH_BYTES] = len_bytes
-            .try_into()
-            .map_err(|_| bip324::Error::CiphertextTooSmall)?;
-        let len = handshake.decrypt_packet_len(len_bytes)?;
-        let mut packet = packet.get(..len).unwrap_or_default().to_vec();
-        match handshake.receive_version(&mut packet)? {
-            VersionResult::Complete { cipher } => Ok(cipher),
-            VersionResult::Decoy(_) => Err(bip324::Error::NoGarbageTerminator),
-        }
-    };
-    Ok((
-        complete(initiator, &to_initiator)?,
-        complete(responder, &to_responder)?,
-    ))
+/// Bitcoin Core's test for a v1 peer at a v2 responder: the first 16
+/// bytes are a v1 `version` message's magic and command.
+fn starts_like_v1_version(first: &[u8; ELLSWIFT_LEN], magic: [u8; 4]) -> bool {
+    let mut prefix = [0u8; 16];
+    prefix[..4].copy_from_slice(&magic);
+    prefix[4..11].copy_from_slice(b"version");
+    first.starts_with(&prefix)
 }
 
+/// `len` is a packet's contents as its length field announced them.
 fn check_packet_len(len: usize) -> Result<(), WireError> {
-    if len > MAX_V2_CONTENTS + V2_PACKET_OVERHEAD {
+    if len > MAX_V2_CONTENTS {
         return Err(WireError::Oversized {
             len,
-            max: MAX_V2_CONTENTS + V2_PACKET_OVERHEAD,
+            max: MAX_V2_CONTENTS,
         });
     }
     Ok(())
@@ -389,7 +326,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
         let bytes = match &mut self.outbound {
             None => codec::encode_v1(self.magic, msg),
             Some(outbound) => {
-                outbound.encrypt_to_vec(&codec::encode_v2_contents(msg), PacketType::Genuine, None)
+                // Serialised once, into the buffer it is sealed in and sent
+                // from.
+                let mut packet = Vec::new();
+                let start = OutboundCipher::begin(&mut packet);
+                codec::encode_v2_contents_onto(msg, &mut packet);
+                outbound.seal(&mut packet, start, false, &[])?;
+                packet
             }
         };
         self.write_all(&bytes).await
@@ -468,23 +411,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
             return codec::decode_v1(&message).map(Some);
         }
         loop {
-            let mut len_bytes = [0u8; NUM_LENGTH_BYTES];
-            self.read_exact(&mut len_bytes).await?;
+            let mut length = [0u8; LENGTH_LEN];
+            self.read_exact(&mut length).await?;
             let Some(inbound) = self.inbound.as_mut() else {
                 return Err(WireError::Protocol("v2 cipher missing".into()));
             };
-            let len = inbound.decrypt_packet_len(len_bytes);
+            let len = inbound.decrypt_length(length);
             check_packet_len(len)?;
-            let packet = self.read_announced(len).await?;
+            let mut packet = self
+                .read_announced(len.saturating_add(V2_PACKET_OVERHEAD))
+                .await?;
             let Some(inbound) = self.inbound.as_mut() else {
                 return Err(WireError::Protocol("v2 cipher missing".into()));
             };
-            let (kind, plaintext) = inbound.decrypt_to_vec(&packet, None)?;
-            if kind == PacketType::Decoy {
+            if inbound.open(&mut packet, &[])?.decoy {
                 continue;
             }
-            let contents = plaintext.get(1..).unwrap_or_default();
-            return match codec::decode_v2_contents(self.magic, contents)? {
+            // Decoded where it was decrypted: header byte, contents, tag.
+            return match codec::decode_v2_packet(
+                packet,
+                HEADER_LEN,
+                HEADER_LEN.saturating_add(len),
+            )? {
                 V2Decoded::Message(m) => Ok(Some(m)),
                 V2Decoded::UnknownShortId(id) => {
                     tracing::debug!(id, "ignoring v2 message with unassigned short id");

@@ -5,9 +5,9 @@
 //! commands, or 0x00 followed by the 12-byte NUL-padded command, then the
 //! payload. `bitcoin` 0.32 has no v2 codec, so it lives here.
 
-use bitcoin::consensus::encode::{self, Encodable};
+use bitcoin::consensus::encode::{self, Decodable, Encodable};
 use bitcoin::hashes::{sha256d, Hash};
-use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
+use bitcoin::p2p::message::{CommandString, NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::Magic;
 
 use super::error::WireError;
@@ -76,13 +76,6 @@ fn check_command(command: &[u8; COMMAND_LEN]) -> Result<(), WireError> {
     Ok(())
 }
 
-fn payload_bytes(msg: &NetworkMessage) -> Vec<u8> {
-    let mut payload = Vec::new();
-    // Writing to a Vec cannot fail.
-    let _ = msg.consensus_encode(&mut payload);
-    payload
-}
-
 /// `N` bytes of `bytes` from `at`: header fields, whose offsets are fixed.
 fn field<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], WireError> {
     at.checked_add(N)
@@ -130,25 +123,43 @@ pub fn decode_v1(bytes: &[u8]) -> Result<NetworkMessage, WireError> {
 }
 
 pub fn encode_v2_contents(msg: &NetworkMessage) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_v2_contents_onto(msg, &mut out);
+    out
+}
+
+/// Appends a message's v2 contents (short id or long command, then the
+/// payload) to `out`: the payload is serialised straight into the buffer
+/// the packet is sealed in.
+pub fn encode_v2_contents_onto(msg: &NetworkMessage, out: &mut Vec<u8>) {
     let command = msg.command();
-    let payload = payload_bytes(msg);
-    let mut out = Vec::with_capacity(payload.len().saturating_add(1 + COMMAND_LEN));
+    out.reserve(payload_size_hint(msg).saturating_add(1 + COMMAND_LEN));
     match short_id(command.as_ref()) {
         Some(id) => out.push(id),
         None => {
             out.push(0);
             // A CommandString holds at most 12 ASCII bytes.
             let name = command.as_ref().as_bytes();
-            out.extend(name.iter().copied().take(COMMAND_LEN));
-            out.resize(
-                out.len()
-                    .saturating_add(COMMAND_LEN.saturating_sub(name.len())),
-                0,
-            );
+            let mut field = [0u8; COMMAND_LEN];
+            for (slot, byte) in field.iter_mut().zip(name) {
+                *slot = *byte;
+            }
+            out.extend_from_slice(&field);
         }
     }
-    out.extend_from_slice(&payload);
-    out
+    // Writing to a Vec cannot fail.
+    let _ = msg.consensus_encode(out);
+}
+
+/// The payload's size where it is large and known without serialising, so
+/// that the buffer is allocated once; small messages grow it a few times.
+fn payload_size_hint(msg: &NetworkMessage) -> usize {
+    match msg {
+        NetworkMessage::Unknown { payload, .. } => payload.len(),
+        NetworkMessage::Block(block) => block.total_size(),
+        NetworkMessage::Tx(tx) => tx.total_size(),
+        _ => 0,
+    }
 }
 
 /// What a v2 packet decoded to. BIP324 reserves the short ids past the table
@@ -160,41 +171,197 @@ pub enum V2Decoded {
     UnknownShortId(u8),
 }
 
-pub fn decode_v2_contents(magic: Magic, contents: &[u8]) -> Result<V2Decoded, WireError> {
+/// Where the command ends and the payload starts in a v2 packet's contents.
+fn split_v2_contents(contents: &[u8]) -> Result<Result<(&str, usize), u8>, WireError> {
     let (&first, rest) = contents
         .split_first()
         .ok_or_else(|| WireError::Malformed("empty v2 packet".into()))?;
-    let (command, payload): ([u8; COMMAND_LEN], &[u8]) = if first == 0 {
-        if rest.len() < COMMAND_LEN {
-            return Err(WireError::Malformed(
-                "v2 packet too short for a long-form command".into(),
-            ));
-        }
-        let cmd: [u8; COMMAND_LEN] = field(rest, 0)?;
-        check_command(&cmd)?;
-        (cmd, rest.get(COMMAND_LEN..).unwrap_or_default())
-    } else {
-        let Some(name) = SHORT_IDS.get(usize::from(first.saturating_sub(1))) else {
-            return Ok(V2Decoded::UnknownShortId(first));
-        };
-        let mut cmd = [0u8; COMMAND_LEN];
-        for (slot, byte) in cmd.iter_mut().zip(name.bytes()) {
-            *slot = byte;
-        }
-        (cmd, rest)
+    if first != 0 {
+        return Ok(match SHORT_IDS.get(usize::from(first.saturating_sub(1))) {
+            Some(name) => Ok((name, 1)),
+            None => Err(first),
+        });
+    }
+    let cmd: [u8; COMMAND_LEN] = field(rest, 0)
+        .map_err(|_| WireError::Malformed("v2 packet too short for a long-form command".into()))?;
+    check_command(&cmd)?;
+    let name_len = cmd.iter().position(|&b| b == 0).unwrap_or(COMMAND_LEN);
+    let name = rest
+        .get(..name_len)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .ok_or_else(|| WireError::Malformed("command is not ASCII".into()))?;
+    Ok(Ok((name, 1 + COMMAND_LEN)))
+}
+
+/// Decodes v2 contents. The payload is parsed where it lies; only a
+/// command we do not know copies it (into `NetworkMessage::Unknown`).
+pub fn decode_v2_contents(contents: &[u8]) -> Result<V2Decoded, WireError> {
+    let (command, at) = match split_v2_contents(contents)? {
+        Ok(found) => found,
+        Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
     };
-    if payload.len() > MAX_PAYLOAD {
+    let payload = contents.get(at..).unwrap_or_default();
+    check_payload_len(payload.len())?;
+    match decode_payload(command, payload)? {
+        Some(msg) => Ok(V2Decoded::Message(msg)),
+        None => Ok(V2Decoded::Message(unknown(command, payload.to_vec())?)),
+    }
+}
+
+/// [`decode_v2_contents`] of `packet[start..end]`, taking the buffer: a
+/// command we do not know keeps its payload in this same allocation
+/// (moved to the front), so no message is copied on its way in.
+pub fn decode_v2_packet(
+    mut packet: Vec<u8>,
+    start: usize,
+    end: usize,
+) -> Result<V2Decoded, WireError> {
+    let contents = packet
+        .get(start..end)
+        .ok_or_else(|| WireError::Malformed("packet shorter than its length".into()))?;
+    let (command, at) = match split_v2_contents(contents)? {
+        Ok(found) => found,
+        Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
+    };
+    let payload = contents.get(at..).unwrap_or_default();
+    check_payload_len(payload.len())?;
+    if let Some(msg) = decode_payload(command, payload)? {
+        return Ok(V2Decoded::Message(msg));
+    }
+    let command = command.to_owned();
+    packet.truncate(end);
+    packet.drain(..start.saturating_add(at));
+    Ok(V2Decoded::Message(unknown(&command, packet)?))
+}
+
+fn check_payload_len(len: usize) -> Result<(), WireError> {
+    if len > MAX_PAYLOAD {
         return Err(WireError::Oversized {
-            len: payload.len(),
+            len,
             max: MAX_PAYLOAD,
         });
     }
-    // The bitcoin crate decodes payloads only as part of a v1 message, so frame
-    // the payload as one; its decoder then also validates the command string.
+    Ok(())
+}
+
+fn unknown(command: &str, payload: Vec<u8>) -> Result<NetworkMessage, WireError> {
+    let command = CommandString::try_from(command.to_owned())
+        .map_err(|e| WireError::Malformed(format!("command: {e}")))?;
+    Ok(NetworkMessage::Unknown { command, payload })
+}
+
+/// The payload of a command the bitcoin crate knows, decoded the way its
+/// v1 decoder does (same types, same limits, no bytes left over), but from
+/// the slice: no v1 frame, no checksum. `None` for other commands.
+fn decode_payload(command: &str, payload: &[u8]) -> Result<Option<NetworkMessage>, WireError> {
+    fn parse<T: Decodable>(mut payload: &[u8]) -> Result<(T, usize), encode::Error> {
+        let value = T::consensus_decode_from_finite_reader(&mut payload)?;
+        Ok((value, payload.len()))
+    }
+    let malformed = |e: encode::Error| WireError::Malformed(format!("{command}: {e}"));
+    let (msg, left) = match command {
+        "version" => parse(payload).map(|(m, l)| (NetworkMessage::Version(m), l)),
+        "verack" => Ok((NetworkMessage::Verack, payload.len())),
+        "addr" => parse(payload).map(|(m, l)| (NetworkMessage::Addr(m), l)),
+        "inv" => parse(payload).map(|(m, l)| (NetworkMessage::Inv(m), l)),
+        "getdata" => parse(payload).map(|(m, l)| (NetworkMessage::GetData(m), l)),
+        "notfound" => parse(payload).map(|(m, l)| (NetworkMessage::NotFound(m), l)),
+        "getblocks" => parse(payload).map(|(m, l)| (NetworkMessage::GetBlocks(m), l)),
+        "getheaders" => parse(payload).map(|(m, l)| (NetworkMessage::GetHeaders(m), l)),
+        "mempool" => Ok((NetworkMessage::MemPool, payload.len())),
+        "block" => parse(payload).map(|(m, l)| (NetworkMessage::Block(m), l)),
+        "headers" => decode_headers(payload).map(|(m, l)| (NetworkMessage::Headers(m), l)),
+        "sendheaders" => Ok((NetworkMessage::SendHeaders, payload.len())),
+        "getaddr" => Ok((NetworkMessage::GetAddr, payload.len())),
+        "ping" => parse(payload).map(|(m, l)| (NetworkMessage::Ping(m), l)),
+        "pong" => parse(payload).map(|(m, l)| (NetworkMessage::Pong(m), l)),
+        "merkleblock" => parse(payload).map(|(m, l)| (NetworkMessage::MerkleBlock(m), l)),
+        "filterload" => parse(payload).map(|(m, l)| (NetworkMessage::FilterLoad(m), l)),
+        "filteradd" => parse(payload).map(|(m, l)| (NetworkMessage::FilterAdd(m), l)),
+        "filterclear" => Ok((NetworkMessage::FilterClear, payload.len())),
+        "tx" => parse(payload).map(|(m, l)| (NetworkMessage::Tx(m), l)),
+        "getcfilters" => parse(payload).map(|(m, l)| (NetworkMessage::GetCFilters(m), l)),
+        "cfilter" => parse(payload).map(|(m, l)| (NetworkMessage::CFilter(m), l)),
+        "getcfheaders" => parse(payload).map(|(m, l)| (NetworkMessage::GetCFHeaders(m), l)),
+        "cfheaders" => parse(payload).map(|(m, l)| (NetworkMessage::CFHeaders(m), l)),
+        "getcfcheckpt" => parse(payload).map(|(m, l)| (NetworkMessage::GetCFCheckpt(m), l)),
+        "cfcheckpt" => parse(payload).map(|(m, l)| (NetworkMessage::CFCheckpt(m), l)),
+        "reject" => parse(payload).map(|(m, l)| (NetworkMessage::Reject(m), l)),
+        "alert" => parse(payload).map(|(m, l)| (NetworkMessage::Alert(m), l)),
+        "feefilter" => parse::<i64>(payload).and_then(|(fee, l)| {
+            // Core's MoneyRange, as the bitcoin crate's decoder checks it.
+            let max = bitcoin::Amount::MAX_MONEY.to_sat();
+            if fee < 0 || u64::try_from(fee).map_or(true, |f| f > max) {
+                return Err(encode::Error::ParseFailed("feefilter value out of range"));
+            }
+            Ok((NetworkMessage::FeeFilter(fee), l))
+        }),
+        "sendcmpct" => parse(payload).map(|(m, l)| (NetworkMessage::SendCmpct(m), l)),
+        "cmpctblock" => parse(payload).map(|(m, l)| (NetworkMessage::CmpctBlock(m), l)),
+        "getblocktxn" => parse(payload).map(|(m, l)| (NetworkMessage::GetBlockTxn(m), l)),
+        "blocktxn" => parse(payload).map(|(m, l)| (NetworkMessage::BlockTxn(m), l)),
+        "wtxidrelay" => Ok((NetworkMessage::WtxidRelay, payload.len())),
+        "addrv2" => parse(payload).map(|(m, l)| (NetworkMessage::AddrV2(m), l)),
+        "sendaddrv2" => Ok((NetworkMessage::SendAddrV2, payload.len())),
+        _ => return Ok(None),
+    }
+    .map_err(malformed)?;
+    if left != 0 {
+        return Err(WireError::Malformed(format!(
+            "{command}: {left} bytes after the payload"
+        )));
+    }
+    Ok(Some(msg))
+}
+
+/// `headers`: a count, then each header followed by a zero transaction
+/// count (the bitcoin crate keeps its decoder for this private).
+fn decode_headers(
+    mut payload: &[u8],
+) -> Result<(Vec<bitcoin::block::Header>, usize), encode::Error> {
+    let count = encode::VarInt::consensus_decode_from_finite_reader(&mut payload)?.0;
+    // Allocate by what arrives, not by the announced count: every header
+    // needs 81 bytes of payload.
+    let possible = payload.len() / 81;
+    let mut headers = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(possible));
+    for _ in 0..count {
+        headers.push(bitcoin::block::Header::consensus_decode_from_finite_reader(
+            &mut payload,
+        )?);
+        if u8::consensus_decode_from_finite_reader(&mut payload)? != 0 {
+            return Err(encode::Error::ParseFailed(
+                "Headers message should not contain transactions",
+            ));
+        }
+    }
+    Ok((headers, payload.len()))
+}
+
+/// The bitcoin crate's own v1 decoder applied to v2 contents framed as a v1
+/// message: the reference that [`decode_v2_contents`] is tested against.
+#[doc(hidden)]
+pub fn decode_v2_contents_by_reframing(
+    magic: Magic,
+    contents: &[u8],
+) -> Result<V2Decoded, WireError> {
+    let (command, at) = match split_v2_contents(contents)? {
+        Ok(found) => found,
+        Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
+    };
+    let payload = contents.get(at..).unwrap_or_default();
+    check_payload_len(payload.len())?;
+    let mut field = [0u8; COMMAND_LEN];
+    for (slot, byte) in field.iter_mut().zip(command.bytes()) {
+        *slot = byte;
+    }
     let mut framed = Vec::with_capacity(payload.len().saturating_add(V1_HEADER_LEN));
     framed.extend_from_slice(&magic.to_bytes());
-    framed.extend_from_slice(&command);
-    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&field);
+    framed.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     framed.extend(
         sha256d::Hash::hash(payload)
             .to_byte_array()
@@ -234,10 +401,9 @@ mod tests {
 
     #[test]
     fn v2_round_trip_uses_short_ids_from_the_bip_table() {
-        let magic = Magic::REGTEST;
         for msg in sample_messages() {
             let contents = encode_v2_contents(&msg);
-            match decode_v2_contents(magic, &contents).unwrap() {
+            match decode_v2_contents(&contents).unwrap() {
                 V2Decoded::Message(back) => assert_eq!(back, msg),
                 other => panic!("{other:?}"),
             }
@@ -276,18 +442,78 @@ mod tests {
 
     #[test]
     fn malformed_v2_contents_are_errors_not_panics() {
-        let magic = Magic::REGTEST;
-        assert!(decode_v2_contents(magic, &[]).is_err());
-        assert!(decode_v2_contents(magic, &[0, b'v']).is_err());
+        assert!(decode_v2_contents(&[]).is_err());
+        assert!(decode_v2_contents(&[0, b'v']).is_err());
         // ping needs an 8-byte nonce.
-        assert!(decode_v2_contents(magic, &[18, 1, 2]).is_err());
+        assert!(decode_v2_contents(&[18, 1, 2]).is_err());
         // command with bytes after the NUL padding
         let mut bad = vec![0u8];
         bad.extend_from_slice(b"ver\0ack\0\0\0\0\0");
-        assert!(decode_v2_contents(magic, &bad).is_err());
+        assert!(decode_v2_contents(&bad).is_err());
         assert!(matches!(
-            decode_v2_contents(magic, &[200]).unwrap(),
+            decode_v2_contents(&[200]).unwrap(),
             V2Decoded::UnknownShortId(200)
         ));
+    }
+
+    fn same(a: &Result<V2Decoded, WireError>, b: &Result<V2Decoded, WireError>) -> bool {
+        match (a, b) {
+            (Ok(V2Decoded::Message(x)), Ok(V2Decoded::Message(y))) => x == y,
+            (Ok(V2Decoded::UnknownShortId(x)), Ok(V2Decoded::UnknownShortId(y))) => x == y,
+            (Err(_), Err(_)) => true,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn direct_decoding_agrees_with_the_bitcoin_crates_v1_decoder_on_real_messages() {
+        let mut messages = sample_messages();
+        messages.push(NetworkMessage::Unknown {
+            command: CommandString::try_from_static("benchblob").unwrap(),
+            payload: vec![7; 3000],
+        });
+        messages.push(NetworkMessage::Headers(vec![
+            bitcoin::constants::genesis_block(bitcoin::Network::Regtest).header;
+            3
+        ]));
+        messages.push(NetworkMessage::Block(bitcoin::constants::genesis_block(
+            bitcoin::Network::Bitcoin,
+        )));
+        for msg in messages {
+            let contents = encode_v2_contents(&msg);
+            let direct = decode_v2_contents(&contents);
+            let reference = decode_v2_contents_by_reframing(Magic::REGTEST, &contents);
+            assert!(same(&direct, &reference), "{msg:?}");
+            let mut framed = vec![0xee; 5];
+            framed.extend_from_slice(&contents);
+            framed.extend_from_slice(&[0xdd; 16]);
+            let owned = decode_v2_packet(framed, 5, 5 + contents.len());
+            assert!(same(&owned, &direct), "{msg:?}");
+            assert!(matches!(direct, Ok(V2Decoded::Message(ref m)) if *m == msg));
+        }
+    }
+
+    proptest::proptest! {
+        /// Any contents: both decoders accept the same, to the same message.
+        #[test]
+        fn direct_decoding_agrees_with_reframing_on_any_contents(
+            id in proptest::prop_oneof![0u8..=30, proptest::strategy::Just(0u8)],
+            command in proptest::sample::select(vec![
+                "version", "verack", "addr", "headers", "feefilter", "alert",
+                "getcfilters", "reject", "sendcmpct", "cmpctblock", "tx", "junk",
+            ]),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let mut contents = vec![id];
+            if id == 0 {
+                let mut field = [0u8; COMMAND_LEN];
+                field[..command.len()].copy_from_slice(command.as_bytes());
+                contents.extend_from_slice(&field);
+            }
+            contents.extend_from_slice(&payload);
+            let direct = decode_v2_contents(&contents);
+            let reference = decode_v2_contents_by_reframing(Magic::REGTEST, &contents);
+            proptest::prop_assert!(same(&direct, &reference), "{:?} vs {:?}", direct, reference);
+        }
     }
 }

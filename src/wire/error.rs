@@ -58,7 +58,7 @@ pub enum WireError {
     #[error("peer sent a v1 (plaintext) message where BIP324 was expected")]
     PeerSpeaksV1,
     #[error("BIP324: {0}")]
-    Bip324(bip324::Error),
+    Bip324(#[from] super::bip324::CryptoError),
     #[error("message of {len} bytes exceeds the limit of {max}")]
     Oversized { len: usize, max: usize },
     #[error("wrong network magic {got}, expected {expected}")]
@@ -80,12 +80,6 @@ impl From<io::Error> for WireError {
             | io::ErrorKind::BrokenPipe => WireError::PeerClosed,
             _ => WireError::Io(e),
         }
-    }
-}
-
-impl From<bip324::Error> for WireError {
-    fn from(e: bip324::Error) -> Self {
-        WireError::Bip324(e)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Bitcoin P2P on a stream: BIP324 v2 (with the bip324 crate) or v1, and the
 //! version/verack/ping exchange that every session starts with.
 
+pub mod bip324;
 pub mod channel;
 pub mod codec;
 pub mod error;
