@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
-};
+use bytes::BufMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::bip324::{
@@ -55,18 +54,30 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The receiving half of a channel.
 pub struct ChannelReader<S> {
-    io: ReadHalf<BufReader<S>>,
+    io: ReadHalf<S>,
     magic: Magic,
     inbound: Option<InboundCipher>,
     deadline: Deadline,
     /// Messages received while the set-up waited for another one; handed
     /// out before anything read later.
     held: VecDeque<NetworkMessage>,
+    /// Bytes read and not yet consumed: the part of a message read so far
+    /// (which is why a cancelled `recv` loses nothing), or what followed
+    /// the peer's garbage terminator. Empty, and unallocated, between
+    /// messages: an idle session holds no buffer.
+    unread: Vec<u8>,
+    /// The decrypted length of the v2 packet being read: the length cipher
+    /// has moved past it, so it must not be decrypted twice.
+    packet_len: Option<usize>,
 }
+
+/// How much a read may grow the buffer beyond what has arrived: a large
+/// message's buffer doubles as its bytes come in, from this size.
+const READ_STEP: usize = 64 * 1024;
 
 /// The sending half of a channel.
 pub struct ChannelWriter<S> {
-    io: WriteHalf<BufReader<S>>,
+    io: WriteHalf<S>,
     magic: Magic,
     outbound: Option<OutboundCipher>,
     deadline: Deadline,
@@ -101,7 +112,7 @@ pub struct Channel<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn v1(stream: S, magic: Magic) -> Self {
-        let (read, write) = tokio::io::split(BufReader::new(stream));
+        let (read, write) = tokio::io::split(stream);
         Self {
             reader: ChannelReader {
                 io: read,
@@ -109,6 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 inbound: None,
                 deadline: Deadline::default(),
                 held: VecDeque::new(),
+                unread: Vec::new(),
+                packet_len: None,
             },
             writer: ChannelWriter {
                 io: write,
@@ -206,29 +219,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
 
-        // The peer may send up to 4095 bytes of garbage before its terminator.
-        // Reading byte by byte (from the buffer) leaves whatever follows the
-        // terminator in the stream, where the packet reader expects it.
-        let mut garbage = vec![0u8; GARBAGE_TERMINATOR_LEN];
-        self.reader
-            .read_exact(&mut garbage)
+        // The peer may send up to 4095 bytes of garbage before its
+        // terminator; whatever arrived after the terminator stays unread,
+        // where the packet reader expects it.
+        let garbage = self
+            .reader
+            .read_garbage(&their_terminator)
             .await
             .map_err(at(Stage::Bip324Garbage))?;
-        while !garbage.ends_with(&their_terminator) {
-            if garbage.len() >= MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN {
-                return Err(SessionError::new(
-                    Stage::Bip324Garbage,
-                    WireError::Protocol("no garbage terminator in 4095 bytes".into()),
-                ));
-            }
-            let mut byte = [0u8; 1];
-            self.reader
-                .read_exact(&mut byte)
-                .await
-                .map_err(at(Stage::Bip324Garbage))?;
-            garbage.extend_from_slice(&byte);
-        }
-        garbage.truncate(garbage.len().saturating_sub(GARBAGE_TERMINATOR_LEN));
 
         // Decoy packets may precede the version packet; all must
         // authenticate, and the first one carries the garbage as its AAD.
@@ -340,40 +338,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelWriter<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
+    /// Reads until `n` bytes are unread, growing the buffer by what arrives
+    /// (as Bitcoin Core does: an announced length alone costs nothing,
+    /// whatever it names) and never past `n`, so that one message's buffer
+    /// holds no byte of the next. Cancellation-safe: what was read stays.
+    async fn fill(&mut self, n: usize) -> Result<(), WireError> {
+        while self.unread.len() < n {
+            let missing = n.saturating_sub(self.unread.len());
+            let spare = self.unread.capacity().saturating_sub(self.unread.len());
+            if spare == 0 {
+                self.unread
+                    .reserve_exact(missing.min(self.unread.len().max(READ_STEP)));
+            }
+            let spare = self.unread.capacity().saturating_sub(self.unread.len());
+            let mut limited = (&mut self.unread).limit(missing.min(spare));
+            let io = &mut self.io;
+            let got = within(self.deadline, async {
+                io.read_buf(&mut limited).await.map_err(WireError::from)
+            })
+            .await?;
+            if got == 0 {
+                return Err(WireError::PeerClosed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` unread bytes, as their own buffer: the whole buffer
+    /// when nothing follows them (the usual case), so a message is not
+    /// copied to be handed on.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        if self.unread.len() <= n {
+            return std::mem::take(&mut self.unread);
+        }
+        let rest = self.unread.split_off(n);
+        std::mem::replace(&mut self.unread, rest)
+    }
+
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), WireError> {
-        let read = self.io.read_exact(buf);
-        within(self.deadline, async {
-            read.await.map(|_| ()).map_err(WireError::from)
-        })
-        .await
+        self.fill(buf.len()).await?;
+        let bytes = self.take(buf.len());
+        buf.copy_from_slice(bytes.get(..buf.len()).unwrap_or_default());
+        Ok(())
     }
 
-    /// Reads `len` bytes that the peer announced, growing the buffer only as
-    /// they arrive (as Bitcoin Core does): an announcement alone costs
-    /// nothing, whatever length it names.
+    /// `len` bytes that the peer announced, read as they arrive.
     async fn read_announced(&mut self, len: usize) -> Result<Vec<u8>, WireError> {
-        let mut buf = Vec::new();
-        self.read_announced_onto(&mut buf, len).await?;
-        Ok(buf)
+        self.fill(len).await?;
+        Ok(self.take(len))
     }
 
-    /// [`read_announced`](Self::read_announced), appending to `buf`.
-    async fn read_announced_onto(
+    /// The garbage before `terminator` (at most 4095 bytes). Reads what
+    /// arrives, in as few reads as it takes; bytes after the terminator
+    /// stay unread.
+    async fn read_garbage(
         &mut self,
-        buf: &mut Vec<u8>,
-        len: usize,
-    ) -> Result<(), WireError> {
-        let start = buf.len();
-        let mut limited = (&mut self.io).take(u64::try_from(len).unwrap_or(u64::MAX));
-        within(self.deadline, async {
-            limited.read_to_end(buf).await?;
-            Ok(())
-        })
-        .await?;
-        if buf.len().saturating_sub(start) == len {
-            Ok(())
-        } else {
-            Err(WireError::PeerClosed)
+        terminator: &[u8; GARBAGE_TERMINATOR_LEN],
+    ) -> Result<Vec<u8>, WireError> {
+        const LIMIT: usize = MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN;
+        self.unread.reserve(LIMIT.saturating_sub(self.unread.len()));
+        loop {
+            if let Some(at) = self
+                .unread
+                .windows(GARBAGE_TERMINATOR_LEN)
+                .position(|w| w == terminator)
+            {
+                let mut garbage = self.take(at.saturating_add(GARBAGE_TERMINATOR_LEN));
+                garbage.truncate(at);
+                self.unread.shrink_to_fit();
+                return Ok(garbage);
+            }
+            if self.unread.len() >= LIMIT {
+                return Err(WireError::Protocol(
+                    "no garbage terminator in 4095 bytes".into(),
+                ));
+            }
+            let spare = self.unread.capacity().saturating_sub(self.unread.len());
+            let mut limited = (&mut self.unread).limit(spare);
+            let io = &mut self.io;
+            let got = within(self.deadline, async {
+                io.read_buf(&mut limited).await.map_err(WireError::from)
+            })
+            .await?;
+            if got == 0 {
+                return Err(WireError::PeerClosed);
+            }
         }
     }
 
@@ -390,7 +439,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     /// The next message from the peer (or one held for the owner). v2 decoy
     /// packets are skipped; a v2 packet with an unassigned short id is
     /// returned as `None`.
-    /// Not cancellation-safe: a half-read message is lost with the future.
+    /// Cancellation-safe: a message read in part is finished by the next
+    /// call, so `recv` can sit in a `select!` beside other work.
     pub async fn recv(&mut self) -> Result<Option<NetworkMessage>, WireError> {
         if let Some(msg) = self.held.pop_front() {
             return Ok(Some(msg));
@@ -402,25 +452,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     /// which holds what it is not waiting for.
     pub(crate) async fn recv_from_peer(&mut self) -> Result<Option<NetworkMessage>, WireError> {
         if self.inbound.is_none() {
-            let mut header = [0u8; V1_HEADER_LEN];
-            self.read_exact(&mut header).await?;
+            // The header stays unread until the whole message is here.
+            self.fill(V1_HEADER_LEN).await?;
+            let header: [u8; V1_HEADER_LEN] = self
+                .unread
+                .first_chunk()
+                .copied()
+                .ok_or(WireError::PeerClosed)?;
             let parsed = codec::parse_v1_header(self.magic, &header)?;
-            // The payload lands behind its header: one buffer, decoded once.
-            let mut message = header.to_vec();
-            self.read_announced_onto(&mut message, parsed.len).await?;
+            let whole = V1_HEADER_LEN.saturating_add(parsed.len);
+            self.fill(whole).await?;
+            let message = self.take(whole);
             return codec::decode_v1(&message).map(Some);
         }
         loop {
-            let mut length = [0u8; LENGTH_LEN];
-            self.read_exact(&mut length).await?;
-            let Some(inbound) = self.inbound.as_mut() else {
-                return Err(WireError::Protocol("v2 cipher missing".into()));
+            let len = match self.packet_len {
+                Some(len) => len,
+                None => {
+                    let mut length = [0u8; LENGTH_LEN];
+                    self.read_exact(&mut length).await?;
+                    let Some(inbound) = self.inbound.as_mut() else {
+                        return Err(WireError::Protocol("v2 cipher missing".into()));
+                    };
+                    let len = inbound.decrypt_length(length);
+                    check_packet_len(len)?;
+                    self.packet_len = Some(len);
+                    len
+                }
             };
-            let len = inbound.decrypt_length(length);
-            check_packet_len(len)?;
             let mut packet = self
                 .read_announced(len.saturating_add(V2_PACKET_OVERHEAD))
                 .await?;
+            self.packet_len = None;
             let Some(inbound) = self.inbound.as_mut() else {
                 return Err(WireError::Protocol("v2 cipher missing".into()));
             };
@@ -463,5 +526,62 @@ async fn within<T>(
             .await
             .map_err(|_| WireError::Timeout(deadline.budget))?,
         None => fut.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::bip324::cipher_pair;
+    use bitcoin::p2p::message::CommandString;
+
+    /// A reader whose `recv` is dropped over and over while the peer's
+    /// packets trickle in, a few bytes at a time, must still hand out every
+    /// message whole and in order.
+    #[tokio::test]
+    async fn recv_is_cancellation_safe() {
+        let magic = Magic::REGTEST;
+        let (ours, theirs) = cipher_pair(magic.to_bytes());
+        let (near, mut far) = tokio::io::duplex(64);
+        let (mut reader, _writer) =
+            Channel::v2_from_cipher(near, magic, [0; 32], theirs).into_split();
+        let big = NetworkMessage::Unknown {
+            command: CommandString::try_from_static("big").unwrap(),
+            payload: (0..200_000u32).map(|i| i as u8).collect(),
+        };
+        let messages = vec![NetworkMessage::Ping(1), big, NetworkMessage::Pong(2)];
+        let mut wire = Vec::new();
+        let mut out = ours.1;
+        for msg in &messages {
+            let start = OutboundCipher::begin(&mut wire);
+            codec::encode_v2_contents_onto(msg, &mut wire);
+            out.seal(&mut wire, start, false, &[]).unwrap();
+        }
+        let sender = tokio::spawn(async move {
+            for chunk in wire.chunks(997) {
+                far.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            far
+        });
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        while got.len() < messages.len() {
+            tokio::select! {
+                biased;
+                msg = reader.recv() => got.push(msg.unwrap().unwrap()),
+                _ = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        assert_eq!(got, messages);
+        assert!(
+            cancelled > 10,
+            "the reads were interrupted {cancelled} times"
+        );
+        assert!(
+            reader.unread.capacity() == 0,
+            "an idle reader holds no buffer"
+        );
+        drop(sender.await.unwrap());
     }
 }
