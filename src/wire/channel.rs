@@ -205,7 +205,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             ));
         }
         let keys = ours.agree(their_key, role, magic);
-        let (mut inbound, mut outbound) = keys.ciphers(role);
+        let (mut inbound, mut outbound) = keys
+            .ciphers(role)
+            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
         let (our_terminator, their_terminator) = keys.terminators(role);
 
         // We send no garbage, so our version packet's AAD is empty. Its
@@ -541,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn recv_is_cancellation_safe() {
         let magic = Magic::REGTEST;
-        let (ours, theirs) = cipher_pair(magic.to_bytes());
+        let (ours, theirs) = cipher_pair(magic.to_bytes()).unwrap();
         let (near, mut far) = tokio::io::duplex(64);
         let (mut reader, _writer) =
             Channel::v2_from_cipher(near, magic, [0; 32], theirs).into_split();
