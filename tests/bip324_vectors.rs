@@ -102,8 +102,8 @@ fn every_packet_vector_through_the_session_cipher() {
             row["mid_recv_garbage_terminator"]
         );
 
-        let (_, mut outbound) = keys.ciphers(role).unwrap();
-        let (mut peer_inbound, _) = keys.ciphers(peer_role).unwrap();
+        let (_, mut outbound) = keys.ciphers(role);
+        let (mut peer_inbound, _) = keys.ciphers(peer_role);
         for _ in 0..idx {
             let mut skipped = Vec::new();
             outbound

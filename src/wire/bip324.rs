@@ -96,7 +96,10 @@ impl LengthCipher {
 /// under the nonce 0xffffffff ‖ epoch.
 #[derive(Clone)]
 struct PacketAead {
-    key: LessSafeKey,
+    /// The raw key: ring's key object is sized for its largest algorithm
+    /// (AES-GCM's tables, hundreds of bytes), and an idle session should
+    /// not carry two. Making it per packet costs a copy of 32 bytes.
+    key: [u8; 32],
     packet: u64,
 }
 
@@ -108,11 +111,8 @@ fn aead_key(key: &[u8; 32]) -> Result<LessSafeKey, CryptoError> {
 }
 
 impl PacketAead {
-    fn new(key: [u8; 32]) -> Result<Self, CryptoError> {
-        Ok(PacketAead {
-            key: aead_key(&key)?,
-            packet: 0,
-        })
+    fn new(key: [u8; 32]) -> Self {
+        PacketAead { key, packet: 0 }
     }
 
     fn nonce(&self) -> [u8; 12] {
@@ -130,23 +130,21 @@ impl PacketAead {
             let mut next = [0u8; 32];
             // Only the ciphertext is kept; the tag of the rekeying is not
             // part of the BIP's derivation.
-            let _tag = self
-                .key
+            let _tag = aead_key(&self.key)?
                 .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::empty(),
                     &mut next,
                 )
                 .map_err(|_| CryptoError::Key)?;
-            self.key = aead_key(&next)?;
+            self.key = next;
         }
         self.packet = self.packet.wrapping_add(1);
         Ok(())
     }
 
     fn seal(&mut self, aad: &[u8], plaintext: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
-        let tag = self
-            .key
+        let tag = aead_key(&self.key)?
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(self.nonce()),
                 Aad::from(aad),
@@ -161,7 +159,7 @@ impl PacketAead {
 
     /// `sealed` is the ciphertext followed by its tag.
     fn open(&mut self, aad: &[u8], sealed: &mut [u8]) -> Result<(), CryptoError> {
-        self.key
+        aead_key(&self.key)?
             .open_in_place(
                 Nonce::assume_unique_for_key(self.nonce()),
                 Aad::from(aad),
@@ -237,23 +235,23 @@ impl SessionKeys {
     }
 
     /// The two directions' ciphers for the side that plays `role`.
-    pub fn ciphers(&self, role: Role) -> Result<(InboundCipher, OutboundCipher), CryptoError> {
+    pub fn ciphers(&self, role: Role) -> (InboundCipher, OutboundCipher) {
         let initiator = (self.initiator_length, self.initiator_packet);
         let responder = (self.responder_length, self.responder_packet);
         let (theirs, ours) = match role {
             Role::Initiator => (responder, initiator),
             Role::Responder => (initiator, responder),
         };
-        Ok((
+        (
             InboundCipher {
                 length: LengthCipher::new(theirs.0),
-                aead: PacketAead::new(theirs.1)?,
+                aead: PacketAead::new(theirs.1),
             },
             OutboundCipher {
                 length: LengthCipher::new(ours.0),
-                aead: PacketAead::new(ours.1)?,
+                aead: PacketAead::new(ours.1),
             },
-        ))
+        )
     }
 
     /// The terminators we send and expect.
@@ -397,12 +395,12 @@ pub type Ends = (InboundCipher, OutboundCipher);
 /// Both ends of one session, from a real key exchange in memory: for the
 /// fuzzers, benches and tests that need a peer's cipher.
 #[doc(hidden)]
-pub fn cipher_pair(magic: [u8; 4]) -> Result<(Ends, Ends), CryptoError> {
+pub fn cipher_pair(magic: [u8; 4]) -> (Ends, Ends) {
     let initiator = KeyPair::generate();
     let responder = KeyPair::generate();
     let a = initiator.agree(responder.public.to_array(), Role::Initiator, magic);
     let b = responder.agree(initiator.public.to_array(), Role::Responder, magic);
-    Ok((a.ciphers(Role::Initiator)?, b.ciphers(Role::Responder)?))
+    (a.ciphers(Role::Initiator), b.ciphers(Role::Responder))
 }
 
 #[cfg(test)]
@@ -411,7 +409,7 @@ mod tests {
 
     #[test]
     fn packets_round_trip_across_rekeys_and_tampering_fails() {
-        let ((_, mut a_out), (mut b_in, _)) = cipher_pair([1, 2, 3, 4]).unwrap();
+        let ((_, mut a_out), (mut b_in, _)) = cipher_pair([1, 2, 3, 4]);
         for i in 0..500usize {
             let contents = vec![(i % 251) as u8; i % 70];
             let mut wire = Vec::new();
