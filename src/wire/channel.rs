@@ -2,6 +2,9 @@
 //! the handshake driven here with the ciphers of [`super::bip324`].
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
@@ -74,6 +77,10 @@ pub struct ChannelReader<S> {
 /// How much a read may grow the buffer beyond what has arrived: a large
 /// message's buffer doubles as its bytes come in, from this size.
 const READ_STEP: usize = 64 * 1024;
+
+/// The first read of the garbage region: a key exchange's usual second
+/// flight (terminator, version packet and a message or two) fits.
+const GARBAGE_READ_START: usize = 256;
 
 /// The sending half of a channel.
 pub struct ChannelWriter<S> {
@@ -205,9 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             ));
         }
         let keys = ours.agree(their_key, role, magic);
-        let (mut inbound, mut outbound) = keys
-            .ciphers(role)
-            .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        let (mut inbound, mut outbound) = keys.ciphers(role);
         let (our_terminator, their_terminator) = keys.terminators(role);
 
         // We send no garbage, so our version packet's AAD is empty. Its
@@ -344,26 +349,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     /// (as Bitcoin Core does: an announced length alone costs nothing,
     /// whatever it names) and never past `n`, so that one message's buffer
     /// holds no byte of the next. Cancellation-safe: what was read stays.
+    ///
+    /// A hand-written poll loop rather than nested async calls: an idle
+    /// session waits here, and its task keeps this future's size for as
+    /// long as it is idle (the deadline's timer is allocated only when
+    /// there is a deadline).
     async fn fill(&mut self, n: usize) -> Result<(), WireError> {
-        while self.unread.len() < n {
+        if self.unread.len() >= n {
+            return Ok(());
+        }
+        let budget = self.deadline.budget;
+        let mut timer = self
+            .deadline
+            .at
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        std::future::poll_fn(|cx| loop {
+            if self.unread.len() >= n {
+                return Poll::Ready(Ok(()));
+            }
             let missing = n.saturating_sub(self.unread.len());
-            let spare = self.unread.capacity().saturating_sub(self.unread.len());
-            if spare == 0 {
+            if self.unread.capacity() == self.unread.len() {
                 self.unread
                     .reserve_exact(missing.min(self.unread.len().max(READ_STEP)));
             }
             let spare = self.unread.capacity().saturating_sub(self.unread.len());
             let mut limited = (&mut self.unread).limit(missing.min(spare));
-            let io = &mut self.io;
-            let got = within(self.deadline, async {
-                io.read_buf(&mut limited).await.map_err(WireError::from)
-            })
-            .await?;
-            if got == 0 {
-                return Err(WireError::PeerClosed);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut limited) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(WireError::PeerClosed)),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {
+                    if let Some(timer) = timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(WireError::Timeout(budget)));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// The first `n` unread bytes, as their own buffer: the whole buffer
@@ -398,7 +423,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
         terminator: &[u8; GARBAGE_TERMINATOR_LEN],
     ) -> Result<Vec<u8>, WireError> {
         const LIMIT: usize = MAX_GARBAGE_LEN + GARBAGE_TERMINATOR_LEN;
-        self.unread.reserve(LIMIT.saturating_sub(self.unread.len()));
         loop {
             if let Some(at) = self
                 .unread
@@ -414,6 +438,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
                 return Err(WireError::Protocol(
                     "no garbage terminator in 4095 bytes".into(),
                 ));
+            }
+            // Most peers send little or no garbage: start small and double
+            // as it comes, up to the limit.
+            if self.unread.capacity() == self.unread.len() {
+                let room = LIMIT.saturating_sub(self.unread.len());
+                self.unread
+                    .reserve_exact(room.min(self.unread.len().max(GARBAGE_READ_START)));
             }
             let spare = self.unread.capacity().saturating_sub(self.unread.len());
             let mut limited = (&mut self.unread).limit(spare);
@@ -543,7 +574,7 @@ mod tests {
     #[tokio::test]
     async fn recv_is_cancellation_safe() {
         let magic = Magic::REGTEST;
-        let (ours, theirs) = cipher_pair(magic.to_bytes()).unwrap();
+        let (ours, theirs) = cipher_pair(magic.to_bytes());
         let (near, mut far) = tokio::io::duplex(64);
         let (mut reader, _writer) =
             Channel::v2_from_cipher(near, magic, [0; 32], theirs).into_split();
