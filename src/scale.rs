@@ -61,8 +61,14 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Running, CoordinatorEndpo
         std::process::id(),
         RUNS.fetch_add(1, Ordering::Relaxed)
     ));
+    // BITPUNCH_SCALE_WRAP="heaptrack -o /tmp/coordinator" runs the
+    // coordinator under a profiler, to see where its memory goes.
+    let wrap: Vec<String> = std::env::var("BITPUNCH_SCALE_WRAP")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let mut child = Command::new("taskset")
         .args(["-c", "0"])
+        .args(&wrap)
         .arg(bin)
         .args([
             "coordinator",
@@ -92,13 +98,18 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Running, CoordinatorEndpo
     // From here on, every way out kills the child and removes its directory.
     let running = Running(child, Some(data));
     let mut stdout = std::io::BufReader::new(stdout);
+    // A wrapper may print lines of its own first.
     let mut next_line = |what: &str| -> Result<String> {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line)?;
-        line.trim()
-            .strip_prefix(what)
-            .map(str::to_string)
-            .with_context(|| format!("unexpected coordinator output {line:?}"))
+        for _ in 0..16 {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut stdout, &mut line)? == 0 {
+                break;
+            }
+            if let Some(rest) = line.trim().strip_prefix(what) {
+                return Ok(rest.to_string());
+            }
+        }
+        bail!("the coordinator did not print {what:?}")
     };
     let id = next_line("coordinator id ")?
         .parse()
@@ -107,11 +118,22 @@ fn start_coordinator(bin: &std::path::Path) -> Result<(Running, CoordinatorEndpo
     Ok((running, CoordinatorEndpoint { id, addr }))
 }
 
+/// Clients per 127.x source address: well inside Linux's default
+/// ephemeral range (32768–60999), leaving room for sockets in TIME_WAIT.
+const CLIENTS_PER_SOURCE: usize = 20_000;
+
 /// Measures with `clients` registered clients and `seconds` of requests.
 pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Result<ScaleRecord> {
     if clients < 2 {
         bail!("at least 2 clients");
     }
+    // Each end (this process, the coordinator) holds a descriptor per
+    // client; the coordinator inherits the limit from here.
+    crate::net::ensure_fd_limit(
+        u64::try_from(clients)
+            .unwrap_or(u64::MAX)
+            .saturating_add(4096),
+    )?;
     let (coordinator, endpoint) = start_coordinator(bin)?;
     let pid = coordinator.0.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -131,12 +153,17 @@ pub async fn measure(bin: &std::path::Path, clients: usize, seconds: f64) -> Res
         ping_interval: crate::native::client::LINK_PING_INTERVAL,
         refusals: None,
     };
-    // Open the sessions a few hundred at a time.
+    // Open the sessions a few hundred at a time, from as many 127.x source
+    // addresses as the count needs: each has about 28,000 ephemeral ports
+    // toward the coordinator's one address and port.
+    let sources = clients.div_ceil(CLIENTS_PER_SOURCE).max(1);
     let mut links = Vec::with_capacity(clients);
     for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
         let opened =
-            futures::future::join_all(chunk.iter().map(|_| {
-                let config = config.clone();
+            futures::future::join_all(chunk.iter().map(|i| {
+                let mut config = config.clone();
+                let source = u8::try_from(1 + i % sources).unwrap_or(1);
+                config.session.source_ip = Some(std::net::Ipv4Addr::new(127, 0, 0, source).into());
                 async move {
                     CoordinatorLink::connect(None, endpoint, NodeKey::generate(), config).await
                 }

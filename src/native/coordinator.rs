@@ -3,20 +3,21 @@
 //! service bit, and runs the coordinator state machine over the `hp…`
 //! messages of every session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitcoin::p2p::message::NetworkMessage;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::machine::{ConnId, Coordinator, CoordinatorAction, CoordinatorConfig};
 use super::messages::{node_punch_coordinator, NativeMessage, PunchResult};
 use super::AbortOnDrop;
+use crate::clock::lock;
 use crate::identity::{NodeId, NodeKey};
 use crate::net::router::Inbound;
 use crate::net::{AdmissionConfig, Route, Router, SharedPort};
@@ -77,8 +78,46 @@ pub enum CoordinatorEvent {
     },
 }
 
+/// Messages waiting to be written to one client: a queue that allocates
+/// nothing while empty (a channel would allocate its first block of slots,
+/// kilobytes, for every idle client), and a wake-up for the client's task.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<VecDeque<NetworkMessage>>,
+    ready: Notify,
+}
+
+/// Messages queued for a client that does not read them; beyond, it is
+/// closed.
+const OUTBOX_LIMIT: usize = 64;
+
+impl Outbox {
+    /// False when the queue is full.
+    #[must_use]
+    fn push(&self, msg: NetworkMessage) -> bool {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= OUTBOX_LIMIT {
+            return false;
+        }
+        queue.push_back(msg);
+        drop(queue);
+        // Stores a permit if the task is busy: the wake-up is not lost.
+        self.ready.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<NetworkMessage> {
+        let mut queue = lock(&self.queue);
+        let msg = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+        msg
+    }
+}
+
 struct Conn {
-    outbox: mpsc::Sender<NetworkMessage>,
+    outbox: Arc<Outbox>,
     close: Option<oneshot::Sender<String>>,
 }
 
@@ -126,7 +165,7 @@ impl Shared {
                         filter(conn, &mut msg);
                     }
                     if let Some(c) = conns.get(&conn) {
-                        if c.outbox.try_send(msg.to_network()).is_err() {
+                        if !c.outbox.push(msg.to_network()) {
                             tracing::warn!(conn, "client does not read its messages; closing");
                             if let Some(close) = conns.get_mut(&conn).and_then(|c| c.close.take()) {
                                 let _ = close.send("outbox full".into());
@@ -232,7 +271,8 @@ impl CoordinatorServer {
                     next = inbound.recv() => match next {
                         Some(i) => {
                             let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                            clients.spawn(serve_client(conn, i, session.clone(), served.clone(), ping_interval));
+                            let start = Box::new(ClientStart { conn, inbound: i, config: session.clone() });
+                            clients.spawn(serve_client(start, served.clone(), ping_interval));
                         }
                         None => break,
                     },
@@ -287,79 +327,72 @@ impl CoordinatorServer {
     }
 }
 
-async fn serve_client(
+/// What a client's task starts from, boxed: it is consumed by the
+/// handshake, and an async fn keeps its arguments' room for its whole life.
+struct ClientStart {
     conn: ConnId,
     inbound: Inbound,
     config: SessionConfig,
-    shared: Arc<Shared>,
-    ping_interval: Duration,
-) {
-    let remote = inbound.remote;
-    let session = match crate::wire::respond(inbound, &config).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(%remote, reason = %e, "closing client connection");
-            return;
-        }
-    };
-    let session_id = session.session_id();
-    let (mut reader, mut writer, report) = session.into_parts();
-    let rtt = report.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
-    let (outbox, mut outgoing) = mpsc::channel::<NetworkMessage>(64);
-    let (close_tx, mut close) = oneshot::channel();
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            conn,
-            Conn {
-                outbox: outbox.clone(),
-                close: Some(close_tx),
-            },
-        );
-    shared
-        .machine
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .connected(conn, remote, rtt, session_id);
-    tracing::debug!(conn, %remote, transport = %report.transport, "client connected");
+}
 
-    let mut writer_task = tokio::spawn(async move {
-        while let Some(msg) = outgoing.recv().await {
-            if let Err(e) = writer.send(&msg).await {
-                return format!("writing: {e}");
+/// One client from its handshake to its last message. The task lives as
+/// long as the client stays registered, so what it keeps across its idle
+/// wait is what a registration costs: the handshake, the configuration and
+/// the session before its split are scoped or boxed so that they are not
+/// kept (docs/results.md, "Benchmarks").
+async fn serve_client(start: Box<ClientStart>, shared: Arc<Shared>, ping_interval: Duration) {
+    let conn = start.conn;
+    let remote = start.inbound.remote;
+    let (mut reader, mut writer, session_id, rtt) = {
+        let handshake = Box::pin(async move {
+            let ClientStart {
+                inbound, config, ..
+            } = *start;
+            crate::wire::respond(inbound, &config).await
+        });
+        match handshake.await {
+            Ok(session) => {
+                let session_id = session.session_id();
+                let (reader, writer, report) = session.into_parts();
+                let rtt = report.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+                (reader, writer, session_id, rtt)
             }
-        }
-        "outbox closed".to_string()
-    });
-    let (incoming_tx, mut incoming) = mpsc::channel(16);
-    let reader_task = tokio::spawn(async move {
-        loop {
-            let next = reader.recv().await;
-            let stop = next.is_err();
-            if incoming_tx.send(next).await.is_err() || stop {
+            Err(e) => {
+                tracing::info!(%remote, reason = %e, "closing client connection");
                 return;
             }
         }
-    });
-    // Whoever ends this task (the loop below, or a stopping server that
-    // aborts it) ends the connection's halves with it.
-    let _reader_guard = AbortOnDrop(reader_task.abort_handle());
-    let _writer_guard = AbortOnDrop(writer_task.abort_handle());
+    };
+    let outbox = Arc::new(Outbox::default());
+    let (close_tx, mut close) = oneshot::channel();
+    lock(&shared.conns).insert(
+        conn,
+        Conn {
+            outbox: outbox.clone(),
+            close: Some(close_tx),
+        },
+    );
+    lock(&shared.machine).connected(conn, remote, rtt, session_id);
+    tracing::debug!(conn, %remote, "client connected");
 
+    // One task per client: reads are cancellation-safe and sit in the
+    // select; what is queued for the client is written between reads. A
+    // client that stops reading holds up only itself, until the write
+    // times out (the session's write timeout) and it is closed.
     let mut ping_timer = tokio::time::interval(ping_interval);
     ping_timer.tick().await;
     let mut ping_out: Option<(u64, Instant)> = None;
-    let mut writer_ended = false;
-    let reason = loop {
+    let reason = 'serve: loop {
         tokio::select! {
             reason = &mut close => break reason.unwrap_or_else(|_| "closed".into()),
-            // A client that stops reading is closed when a write to it
-            // times out (the session's write timeout).
-            written = &mut writer_task => {
-                writer_ended = true;
-                break written.unwrap_or_else(|e| e.to_string());
+            () = outbox.ready.notified() => {
+                while let Some(msg) = outbox.pop() {
+                    // Boxed: a write's state is needed only while it runs,
+                    // not in every idle client's task.
+                    if let Err(e) = Box::pin(writer.send(&msg)).await {
+                        break 'serve format!("writing: {e}");
+                    }
+                }
             }
             _ = ping_timer.tick() => {
                 // A client that has not answered the last ping within a
@@ -368,26 +401,21 @@ async fn serve_client(
                 if ping_out.is_some() {
                     break format!("no pong within {ping_interval:?}");
                 }
-                shared.machine.lock().unwrap_or_else(|p| p.into_inner()).tick(Instant::now().into_std());
+                lock(&shared.machine).tick(Instant::now().into_std());
                 let nonce = rand::random();
                 ping_out = Some((nonce, Instant::now()));
-                let _ = outbox.try_send(NetworkMessage::Ping(nonce));
+                let _ = outbox.push(NetworkMessage::Ping(nonce));
             }
-            next = incoming.recv() => {
+            next = reader.recv() => {
                 let msg = match next {
-                    Some(Ok(Some(msg))) => msg,
-                    Some(Ok(None)) => continue,
-                    Some(Err(e)) => break e.to_string(),
-                    None => break "reader stopped".into(),
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => continue,
+                    Err(e) => break e.to_string(),
                 };
                 match NativeMessage::from_network(&msg) {
                     Ok(Some(native)) => {
                         let registering = matches!(native, NativeMessage::Prove { .. });
-                        let actions = shared
-                            .machine
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .handle(Instant::now().into_std(), conn, native, rand::random());
+                        let actions = lock(&shared.machine).handle(Instant::now().into_std(), conn, native, rand::random());
                         if registering && actions.iter().any(|a| matches!(a, CoordinatorAction::Send(_, NativeMessage::Registered { .. }))) {
                             let _ = shared.events.send(CoordinatorEvent::Registered { conn, remote });
                         }
@@ -395,13 +423,13 @@ async fn serve_client(
                     }
                     Ok(None) => match msg {
                         NetworkMessage::Ping(n) => {
-                            let _ = outbox.try_send(NetworkMessage::Pong(n));
+                            let _ = outbox.push(NetworkMessage::Pong(n));
                         }
                         NetworkMessage::Pong(n) => {
                             if let Some((nonce, sent)) = ping_out {
                                 if n == nonce {
                                     ping_out = None;
-                                    shared.machine.lock().unwrap_or_else(|p| p.into_inner()).rtt(conn, sent.elapsed());
+                                    lock(&shared.machine).rtt(conn, sent.elapsed());
                                 }
                             }
                         }
@@ -413,23 +441,19 @@ async fn serve_client(
         }
     };
     tracing::info!(conn, %remote, %reason, "client connection closed");
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&conn);
+    lock(&shared.conns).remove(&conn);
     // What was queued for the client before the close (a displaced
     // client's `hpfail`, which says why) goes out first, for a second at
-    // most: with every sender gone, the writer ends when the queue is empty.
-    drop(outbox);
-    if !writer_ended {
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await;
-    }
-    shared
-        .machine
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .disconnected(conn);
+    // most.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(msg) = outbox.pop() {
+            if Box::pin(writer.send(&msg)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    lock(&shared.machine).disconnected(conn);
     let _ = shared.events.send(CoordinatorEvent::Closed {
         conn,
         remote,

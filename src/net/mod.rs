@@ -281,6 +281,39 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// Makes room for `needed` open files in this process and the children it
+/// starts: the soft limit, and the hard one too if it is lower (which only
+/// root may raise). `lab scale` at 100,000 clients needs this on both ends.
+pub fn ensure_fd_limit(needed: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: limit.rlim_max.max(needed),
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{needed} open files are needed but the limit is {} (hard {}), and raising it failed: {e}; run as root or raise `ulimit -Hn`",
+                limit.rlim_cur, limit.rlim_max
+            ),
+        ));
+    }
+    Ok(needed)
+}
+
 /// The address this host sends from toward `destination`: the kernel's
 /// route lookup for a UDP socket that is connected but never sends. Behind
 /// a NAT, toward our own public address, this is our address on the LAN.

@@ -107,7 +107,17 @@ async fn connect_once(
     let dial = async {
         match from {
             Some(port) => port.dial(remote).await,
-            None => TcpStream::connect(remote).await,
+            None => match config.source_ip {
+                None => TcpStream::connect(remote).await,
+                Some(ip) => {
+                    let socket = match remote {
+                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(remote).await
+                }
+            },
         }
     };
     let stream = tokio::time::timeout(config.handshake_timeout, dial)

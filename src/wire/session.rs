@@ -74,6 +74,10 @@ pub struct SessionConfig {
     /// to it from the same port fails with "address not available" (seen
     /// in `tests/third_parties_lab.rs` while a coordinator was black-holed).
     pub close_with_reset: bool,
+    /// Outbound only, when not dialing from the shared port: the local
+    /// address to dial from. `lab scale` spreads its clients over several
+    /// 127.x addresses, each with its own range of ephemeral ports.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl SessionConfig {
@@ -87,6 +91,7 @@ impl SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: super::channel::DEFAULT_WRITE_TIMEOUT,
             close_with_reset: false,
+            source_ip: None,
         }
     }
 
