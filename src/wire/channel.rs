@@ -148,9 +148,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         role: Role,
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Self, SessionError> {
+        Self::v2_sending(stream, magic, role, deadline, None).await
+    }
+
+    /// [`v2`](Self::v2), sending `first` in the handshake's last flight,
+    /// right behind our version packet, as BIP324 allows: the initiator's
+    /// `version` then reaches the peer a round trip earlier.
+    pub async fn v2_sending(
+        stream: S,
+        magic: Magic,
+        role: Role,
+        deadline: Option<(Instant, Duration)>,
+        first: Option<&NetworkMessage>,
+    ) -> Result<Self, SessionError> {
         let mut channel = Self::v1(stream, magic);
         channel.set_deadline(deadline);
-        channel.bip324_handshake(role).await?;
+        channel.bip324_handshake(role, first).await?;
         Ok(channel)
     }
 
@@ -191,7 +204,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         (self.reader, self.writer)
     }
 
-    async fn bip324_handshake(&mut self, role: Role) -> Result<(), SessionError> {
+    async fn bip324_handshake(
+        &mut self,
+        role: Role,
+        first: Option<&NetworkMessage>,
+    ) -> Result<(), SessionError> {
         let magic = self.reader.magic.to_bytes();
         let at = |stage| move |e| SessionError::new(stage, e);
 
@@ -221,6 +238,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         outbound
             .encrypt_onto(&mut flight, &[], false, &[])
             .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        if let Some(msg) = first {
+            let start = OutboundCipher::begin(&mut flight);
+            codec::encode_v2_contents_onto(msg, &mut flight);
+            outbound
+                .seal(&mut flight, start, false, &[])
+                .map_err(|e| SessionError::new(Stage::Bip324KeyExchange, e.into()))?;
+        }
         self.writer
             .write_all(&flight)
             .await

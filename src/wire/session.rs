@@ -173,6 +173,23 @@ pub struct Session<S> {
     pub report: SessionReport,
 }
 
+fn version_message(config: &SessionConfig, remote: SocketAddr, nonce: u64) -> NetworkMessage {
+    let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    let mut version = VersionMessage::new(
+        config.announced_services(),
+        unix_now(),
+        Address::new(&remote, ServiceFlags::NONE),
+        Address::new(&unspecified, config.announced_services()),
+        nonce,
+        config.user_agent.clone(),
+        config.start_height,
+    );
+    version.version = PROTOCOL_VERSION;
+    // We announce no transactions of our own and want none relayed.
+    version.relay = false;
+    NetworkMessage::Version(version)
+}
+
 fn unix_now() -> i64 {
     i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
@@ -208,13 +225,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let budget = config.handshake_timeout;
         let deadline = Some((ctx.tcp_at.later(budget), budget));
         let magic = config.network.magic();
+        let nonce: u64 = rand::random();
+        let mut version_sent = false;
         let channel = match transport {
             Transport::V1 => {
                 let mut c = Channel::v1(stream, magic);
                 c.set_deadline(deadline);
                 c
             }
-            Transport::V2 => Channel::v2(stream, magic, role.into(), deadline).await?,
+            Transport::V2 => {
+                // The initiator's `version` rides in the handshake's last
+                // flight: one round trip less to verack.
+                let first = (role == SessionRole::Initiator)
+                    .then(|| version_message(config, ctx.remote, nonce));
+                version_sent = first.is_some();
+                Channel::v2_sending(stream, magic, role.into(), deadline, first.as_ref()).await?
+            }
             Transport::Libp2p => {
                 return Err(SessionError::new(
                     Stage::Version,
@@ -249,7 +275,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             channel,
         };
-        session.version_handshake(&ctx, config).await?;
+        session
+            .version_handshake(&ctx, config, nonce, version_sent)
+            .await?;
         session.ping(&ctx).await?;
         session.channel.set_deadline(None);
         session.channel.set_write_timeout(config.write_timeout);
@@ -258,31 +286,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(session)
     }
 
-    fn our_version(&self, config: &SessionConfig, nonce: u64) -> NetworkMessage {
-        let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-        let mut version = VersionMessage::new(
-            config.announced_services(),
-            unix_now(),
-            Address::new(&self.report.remote, ServiceFlags::NONE),
-            Address::new(&unspecified, config.announced_services()),
-            nonce,
-            config.user_agent.clone(),
-            config.start_height,
-        );
-        version.version = PROTOCOL_VERSION;
-        // We announce no transactions of our own and want none relayed.
-        version.relay = false;
-        NetworkMessage::Version(version)
-    }
-
+    /// `sent` when our `version` went out with the BIP324 handshake.
     async fn version_handshake(
         &mut self,
         ctx: &StreamContext,
         config: &SessionConfig,
+        nonce: u64,
+        sent: bool,
     ) -> Result<(), SessionError> {
-        let nonce: u64 = rand::random();
-        if self.report.role == SessionRole::Initiator {
-            let ours = self.our_version(config, nonce);
+        if self.report.role == SessionRole::Initiator && !sent {
+            let ours = version_message(config, self.report.remote, nonce);
             self.send(&ours, Stage::Version).await?;
         }
         let mut got_version = false;
@@ -310,7 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     };
                     got_version = true;
                     if self.report.role == SessionRole::Responder {
-                        let ours = self.our_version(config, nonce);
+                        let ours = version_message(config, self.report.remote, nonce);
                         self.send(&ours, Stage::Version).await?;
                     }
                     self.send(&NetworkMessage::Verack, Stage::Version).await?;
