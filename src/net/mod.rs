@@ -189,14 +189,7 @@ impl SharedPort {
     /// Opens a TCP connection to `remote` from a fresh ephemeral port, not
     /// the shared one: a birthday punch's new NAT mappings.
     pub async fn dial_fresh(&self, remote: SocketAddr) -> io::Result<TcpStream> {
-        let socket = match remote {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        if let Some(ip) = self.bind_ip {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        socket.connect(remote).await
+        dial_from_ip(self.bind_ip, remote).await
     }
 
     /// Starts the accept loop: every inbound connection goes to `router`.
@@ -255,63 +248,75 @@ pub fn keepalive() -> socket2::TcpKeepalive {
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Raises this process's soft limit on open files to its hard limit, as
-/// Bitcoin Core does at start: every connection is a descriptor, and the
-/// usual soft limit of 1024 is less than the caps allow. Returns the limit.
-pub fn raise_fd_limit() -> io::Result<u64> {
+fn fd_limit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    // SAFETY: getrlimit only writes the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(limit)
+}
+
+fn set_fd_limit(limit: libc::rlimit) -> io::Result<()> {
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// Bitcoin Core does at start: every connection is a descriptor, and the
+/// usual soft limit of 1024 is less than the caps allow. Returns the limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let limit = fd_limit()?;
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
+        set_fd_limit(libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit = raised;
+        })?;
     }
-    Ok(limit.rlim_cur)
+    Ok(limit.rlim_max.max(limit.rlim_cur))
 }
 
 /// Makes room for `needed` open files in this process and the children it
 /// starts: the soft limit, and the hard one too if it is lower (which only
 /// root may raise). `lab scale` at 100,000 clients needs this on both ends.
 pub fn ensure_fd_limit(needed: u64) -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let limit = fd_limit()?;
     if limit.rlim_cur >= needed {
         return Ok(limit.rlim_cur);
     }
-    let raised = libc::rlimit {
+    set_fd_limit(libc::rlimit {
         rlim_cur: needed,
         rlim_max: limit.rlim_max.max(needed),
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
+    })
+    .map_err(|e| {
+        io::Error::new(
             e.kind(),
             format!(
                 "{needed} open files are needed but the limit is {} (hard {}), and raising it failed: {e}; run as root or raise `ulimit -Hn`",
                 limit.rlim_cur, limit.rlim_max
             ),
-        ));
-    }
+        )
+    })?;
     Ok(needed)
+}
+
+/// Opens a TCP connection to `remote` from an ephemeral port, on `ip` if
+/// given (else wherever the route says).
+pub async fn dial_from_ip(ip: Option<IpAddr>, remote: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match remote {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = ip {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(remote).await
 }
 
 /// The address this host sends from toward `destination`: the kernel's

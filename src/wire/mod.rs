@@ -1,4 +1,4 @@
-//! Bitcoin P2P on a stream: BIP324 v2 (with the bip324 crate) or v1, and the
+//! Bitcoin P2P on a stream: BIP324 v2 (our own, `bip324`) or v1, and the
 //! version/verack/ping exchange that every session starts with.
 
 pub mod bip324;
@@ -107,17 +107,7 @@ async fn connect_once(
     let dial = async {
         match from {
             Some(port) => port.dial(remote).await,
-            None => match config.source_ip {
-                None => TcpStream::connect(remote).await,
-                Some(ip) => {
-                    let socket = match remote {
-                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-                    };
-                    socket.bind(SocketAddr::new(ip, 0))?;
-                    socket.connect(remote).await
-                }
-            },
+            None => crate::net::dial_from_ip(config.source_ip, remote).await,
         }
     };
     let stream = tokio::time::timeout(config.handshake_timeout, dial)
