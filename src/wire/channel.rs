@@ -10,7 +10,7 @@ use std::time::Duration;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
 use bytes::BufMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::bip324::{
@@ -373,42 +373,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
     /// (as Bitcoin Core does: an announced length alone costs nothing,
     /// whatever it names) and never past `n`, so that one message's buffer
     /// holds no byte of the next. Cancellation-safe: what was read stays.
-    ///
-    /// A hand-written poll loop rather than nested async calls: an idle
-    /// session waits here, and its task keeps this future's size for as
-    /// long as it is idle (the deadline's timer is allocated only when
-    /// there is a deadline).
     async fn fill(&mut self, n: usize) -> Result<(), WireError> {
-        if self.unread.len() >= n {
-            return Ok(());
+        while self.unread.len() < n {
+            let missing = n.saturating_sub(self.unread.len());
+            self.read_some(missing, READ_STEP).await?;
         }
+        Ok(())
+    }
+
+    /// One read of at most `at_most` bytes onto the unread ones. A full
+    /// buffer grows by what it holds (at least `step`), never past
+    /// `at_most`. Cancellation-safe.
+    ///
+    /// A hand-written poll function rather than nested async calls: an
+    /// idle session waits here, and its task keeps this future's size for
+    /// as long as it is idle (the deadline's timer is allocated only when
+    /// there is a deadline).
+    async fn read_some(&mut self, at_most: usize, step: usize) -> Result<(), WireError> {
+        if self.unread.capacity() == self.unread.len() {
+            self.unread
+                .reserve_exact(at_most.min(self.unread.len().max(step)));
+        }
+        let spare = self.unread.capacity().saturating_sub(self.unread.len());
         let budget = self.deadline.budget;
         let mut timer = self
             .deadline
             .at
             .map(|at| Box::pin(tokio::time::sleep_until(at)));
-        std::future::poll_fn(|cx| loop {
-            if self.unread.len() >= n {
-                return Poll::Ready(Ok(()));
-            }
-            let missing = n.saturating_sub(self.unread.len());
-            if self.unread.capacity() == self.unread.len() {
-                self.unread
-                    .reserve_exact(missing.min(self.unread.len().max(READ_STEP)));
-            }
-            let spare = self.unread.capacity().saturating_sub(self.unread.len());
-            let mut limited = (&mut self.unread).limit(missing.min(spare));
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut limited) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(WireError::PeerClosed)),
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+        let mut limited = (&mut self.unread).limit(at_most.min(spare));
+        let io = &mut self.io;
+        std::future::poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut limited) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(WireError::PeerClosed)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
                 Poll::Pending => {
-                    if let Some(timer) = timer.as_mut() {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(WireError::Timeout(budget)));
-                        }
+                    let expired = timer
+                        .as_mut()
+                        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Err(WireError::Timeout(budget)))
+                    } else {
+                        Poll::Pending
                     }
-                    return Poll::Pending;
                 }
             }
         })
@@ -465,21 +472,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ChannelReader<S> {
             }
             // Most peers send little or no garbage: start small and double
             // as it comes, up to the limit.
-            if self.unread.capacity() == self.unread.len() {
-                let room = LIMIT.saturating_sub(self.unread.len());
-                self.unread
-                    .reserve_exact(room.min(self.unread.len().max(GARBAGE_READ_START)));
-            }
-            let spare = self.unread.capacity().saturating_sub(self.unread.len());
-            let mut limited = (&mut self.unread).limit(spare);
-            let io = &mut self.io;
-            let got = within(self.deadline, async {
-                io.read_buf(&mut limited).await.map_err(WireError::from)
-            })
-            .await?;
-            if got == 0 {
-                return Err(WireError::PeerClosed);
-            }
+            let room = LIMIT.saturating_sub(self.unread.len());
+            self.read_some(room, GARBAGE_READ_START).await?;
         }
     }
 
