@@ -138,17 +138,21 @@ pub fn encode_v2_contents_onto(msg: &NetworkMessage, out: &mut Vec<u8>) {
         Some(id) => out.push(id),
         None => {
             out.push(0);
-            // A CommandString holds at most 12 ASCII bytes.
-            let name = command.as_ref().as_bytes();
-            let mut field = [0u8; COMMAND_LEN];
-            for (slot, byte) in field.iter_mut().zip(name) {
-                *slot = *byte;
-            }
-            out.extend_from_slice(&field);
+            out.extend_from_slice(&command_field(command.as_ref()));
         }
     }
     // Writing to a Vec cannot fail.
     let _ = msg.consensus_encode(out);
+}
+
+/// A command as its 12-byte field: the name, then NUL padding. Names
+/// longer than 12 bytes (which a `CommandString` cannot hold) are cut.
+fn command_field(name: &str) -> [u8; COMMAND_LEN] {
+    let mut field = [0u8; COMMAND_LEN];
+    for (slot, byte) in field.iter_mut().zip(name.bytes()) {
+        *slot = byte;
+    }
+    field
 }
 
 /// The payload's size where it is large and known without serialising, so
@@ -171,16 +175,18 @@ pub enum V2Decoded {
     UnknownShortId(u8),
 }
 
-/// Where the command ends and the payload starts in a v2 packet's contents.
+/// A v2 packet's command and where its payload starts, the payload's size
+/// checked; `Err(id)` for a short id BIP324 has not assigned.
 fn split_v2_contents(contents: &[u8]) -> Result<Result<(&str, usize), u8>, WireError> {
     let (&first, rest) = contents
         .split_first()
         .ok_or_else(|| WireError::Malformed("empty v2 packet".into()))?;
     if first != 0 {
-        return Ok(match SHORT_IDS.get(usize::from(first.saturating_sub(1))) {
-            Some(name) => Ok((name, 1)),
-            None => Err(first),
-        });
+        let Some(name) = SHORT_IDS.get(usize::from(first.saturating_sub(1))) else {
+            return Ok(Err(first));
+        };
+        check_payload_len(rest.len())?;
+        return Ok(Ok((name, 1)));
     }
     let cmd: [u8; COMMAND_LEN] = field(rest, 0)
         .map_err(|_| WireError::Malformed("v2 packet too short for a long-form command".into()))?;
@@ -190,6 +196,7 @@ fn split_v2_contents(contents: &[u8]) -> Result<Result<(&str, usize), u8>, WireE
         .get(..name_len)
         .and_then(|n| std::str::from_utf8(n).ok())
         .ok_or_else(|| WireError::Malformed("command is not ASCII".into()))?;
+    check_payload_len(rest.len().saturating_sub(COMMAND_LEN))?;
     Ok(Ok((name, 1 + COMMAND_LEN)))
 }
 
@@ -201,7 +208,6 @@ pub fn decode_v2_contents(contents: &[u8]) -> Result<V2Decoded, WireError> {
         Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
     };
     let payload = contents.get(at..).unwrap_or_default();
-    check_payload_len(payload.len())?;
     match decode_payload(command, payload)? {
         Some(msg) => Ok(V2Decoded::Message(msg)),
         None => Ok(V2Decoded::Message(unknown(command, payload.to_vec())?)),
@@ -224,7 +230,6 @@ pub fn decode_v2_packet(
         Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
     };
     let payload = contents.get(at..).unwrap_or_default();
-    check_payload_len(payload.len())?;
     if let Some(msg) = decode_payload(command, payload)? {
         return Ok(V2Decoded::Message(msg));
     }
@@ -349,11 +354,7 @@ pub fn decode_v2_contents_by_reframing(
         Err(id) => return Ok(V2Decoded::UnknownShortId(id)),
     };
     let payload = contents.get(at..).unwrap_or_default();
-    check_payload_len(payload.len())?;
-    let mut field = [0u8; COMMAND_LEN];
-    for (slot, byte) in field.iter_mut().zip(command.bytes()) {
-        *slot = byte;
-    }
+    let field = command_field(command);
     let mut framed = Vec::with_capacity(payload.len().saturating_add(V1_HEADER_LEN));
     framed.extend_from_slice(&magic.to_bytes());
     framed.extend_from_slice(&field);
