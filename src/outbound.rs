@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::addrman::{AddrKey, Netgroup, PeerAddr};
-use crate::clock::unix_now;
+use crate::clock::{lock, unix_now};
 use crate::connect::NodeConnector;
 use crate::identity::NodeId;
 use crate::native::client::CoordinatorEndpoint;
@@ -93,11 +93,11 @@ pub struct OutboundState(Mutex<OutboundStatus>);
 
 impl OutboundState {
     pub fn status(&self) -> OutboundStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0).clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut OutboundStatus)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut lock(&self.0))
     }
 }
 

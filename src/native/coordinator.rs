@@ -142,14 +142,13 @@ pub struct CoordinatorStats {
 
 impl Shared {
     fn carry_out(&self, actions: Vec<CoordinatorAction>) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = lock(&self.conns);
         for action in actions {
             match action {
                 CoordinatorAction::Send(conn, mut msg) => {
                     match &msg {
                         NativeMessage::Fail { reason, .. } => {
-                            let mut refusals =
-                                self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut refusals = lock(&self.refusals);
                             let n = refusals.entry(format!("{reason:?}")).or_default();
                             *n = n.saturating_add(1);
                         }
@@ -304,21 +303,13 @@ impl CoordinatorServer {
     }
 
     pub fn registered(&self) -> usize {
-        self.shared
-            .machine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .registered()
+        lock(&self.shared.machine).registered()
     }
 
     pub fn stats(&self) -> CoordinatorStats {
         CoordinatorStats {
             registered: self.registered(),
-            refusals: self
-                .shared
-                .refusals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            refusals: lock(&self.shared.refusals)
                 .iter()
                 .map(|(reason, n)| (reason.clone(), *n))
                 .collect(),
