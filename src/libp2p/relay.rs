@@ -195,7 +195,15 @@ impl RelayServer {
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
             })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .with_swarm_config(|c| {
+                // The STOP stream to the reserving peer carries its request
+                // with the protocol proposal: a circuit opens a round trip
+                // sooner.
+                c.with_idle_connection_timeout(Duration::from_secs(300))
+                    .with_substream_upgrade_protocol_override(
+                        libp2p::core::upgrade::Version::V1Lazy,
+                    )
+            })
             .build();
         // Both families where asked (the default), so that a dual-stack
         // node learns how each sees it. A host without IPv6 still relays

@@ -228,7 +228,19 @@ impl Libp2pNode {
                     stock_dcutr.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
                 ),
             })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .with_swarm_config(|c| {
+                let c = c.with_idle_connection_timeout(Duration::from_secs(120));
+                // Our streams each speak one protocol: proposing it and
+                // writing at once (multistream-select's lazy mode) saves the
+                // round trip of waiting for the confirmation on the HOP
+                // stream and on the DCUtR exchange's stream, two of them
+                // before the punch. Stock mode keeps rust-libp2p's default,
+                // the yardstick being what it does out of the box.
+                match stock_dcutr {
+                    true => c,
+                    false => c.with_substream_upgrade_protocol_override(Version::V1Lazy),
+                }
+            })
             .build();
         let listen = super::transport::multiaddr(std::net::SocketAddr::new(
             std::net::Ipv4Addr::UNSPECIFIED.into(),
