@@ -201,6 +201,31 @@ impl CoordinatorLink {
         key: NodeKey,
         config: LinkConfig,
     ) -> Result<CoordinatorLink> {
+        let (link, _) = Self::open(port, endpoint, key, config, None).await?;
+        Ok(link)
+    }
+
+    /// [`connect`](Self::connect), with a request for `target` sent right
+    /// behind the registration instead of after it is confirmed: the
+    /// coordinator reads it registered, and the order comes a round trip
+    /// sooner.
+    pub async fn connect_asking(
+        port: Option<&SharedPort>,
+        endpoint: CoordinatorEndpoint,
+        key: NodeKey,
+        config: LinkConfig,
+        target: NodeId,
+    ) -> Result<(CoordinatorLink, AskedOrder)> {
+        Self::open(port, endpoint, key, config, Some(target)).await
+    }
+
+    async fn open(
+        port: Option<&SharedPort>,
+        endpoint: CoordinatorEndpoint,
+        key: NodeKey,
+        config: LinkConfig,
+        ask: Option<NodeId>,
+    ) -> Result<(CoordinatorLink, AskedOrder)> {
         let coordinator = endpoint.addr;
         // Never v1: the coordinator proves its key over the BIP324 session
         // id, and a plaintext link would hand an on-path attacker the
@@ -211,6 +236,9 @@ impl CoordinatorLink {
         // to deliver then, and a FIN would keep our port's 4-tuple to the
         // coordinator busy until it gives up retransmitting.
         session_config.close_with_reset = true;
+        // Registration (and a request pipelined with it) goes out right
+        // after verack; the RTT that times orders comes from the handshake.
+        session_config.rtt_from_handshake = true;
         let outcome = wire::connect(coordinator, &session_config, port, Instant::now()).await;
         let session = outcome
             .result
@@ -258,6 +286,10 @@ impl CoordinatorLink {
         // network: a peer behind the same NAT can reach it there.
         client.set_local(vec![report.local]);
         let first = client.start();
+        // Without `ask`, `reply` is dropped here and the order answers
+        // that the link has no such request.
+        let (reply, answer) = oneshot::channel();
+        let first_request = ask.map(|target| (target, reply));
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task.abort_handle());
             let mut registered_tx = Some(registered_tx);
@@ -269,7 +301,16 @@ impl CoordinatorLink {
             // Orders whose peer may still predict its ports, until it does
             // or the punch ends (its receiver dropped).
             let mut predictions: HashMap<u64, oneshot::Sender<Vec<SocketAddr>>> = HashMap::new();
-            writer.send(&first.to_network()).await?;
+            for msg in &first {
+                writer.send(&msg.to_network()).await?;
+            }
+            if let Some((target, reply)) = first_request {
+                let request = rand::random();
+                pending.insert(request, reply);
+                if let Some(ask) = client.request(Instant::now().into_std(), request, target) {
+                    writer.send(&ask.to_network()).await?;
+                }
+            }
             let ping_interval = config.ping_interval;
             let mut ping_timer =
                 tokio::time::interval_at(Instant::now().later(ping_interval), ping_interval);
@@ -375,8 +416,9 @@ impl CoordinatorLink {
                                 pending.retain(|_, tx| !tx.is_closed());
                             }
                             pending.insert(request, reply);
-                            let ask = client.request(Instant::now().into_std(), request, target);
-                            writer.send(&ask.to_network()).await?;
+                            if let Some(ask) = client.request(Instant::now().into_std(), request, target) {
+                                writer.send(&ask.to_network()).await?;
+                            }
                         }
                         Some(Command::TellNat(class)) => {
                             if let Some(m) = client.set_nat(class) {
@@ -415,7 +457,7 @@ impl CoordinatorLink {
             };
         // Sent before the registration, so it is here by now.
         let (version, features) = verified_rx.await.unwrap_or_default();
-        Ok(CoordinatorLink {
+        let link = CoordinatorLink {
             id,
             observed,
             coordinator: endpoint,
@@ -428,7 +470,8 @@ impl CoordinatorLink {
             commands,
             orders,
             task,
-        })
+        };
+        Ok((link, AskedOrder(answer)))
     }
 
     /// A handle for asking and reporting from other tasks.
@@ -474,6 +517,19 @@ impl CoordinatorLink {
     }
 }
 
+/// A request that went out; its order (or refusal) comes later.
+pub struct AskedOrder(oneshot::Receiver<Result<RequestedOrder, RequestError>>);
+
+impl AskedOrder {
+    pub async fn answer(self, timeout: Duration) -> Result<RequestedOrder, RequestError> {
+        match tokio::time::timeout(timeout, self.0).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::LinkDown("link task ended".into())),
+            Err(_) => Err(RequestError::Timeout(timeout)),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LinkHandle {
     commands: mpsc::Sender<Command>,
@@ -486,16 +542,16 @@ impl LinkHandle {
         target: NodeId,
         timeout: Duration,
     ) -> Result<RequestedOrder, RequestError> {
+        self.ask(target).await.answer(timeout).await
+    }
+
+    /// Sends a request for `target`; the answer is awaited separately.
+    pub async fn ask(&self, target: NodeId) -> AskedOrder {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Request { target, reply })
-            .await
-            .map_err(|_| RequestError::LinkDown("link task ended".into()))?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RequestError::LinkDown("link task ended".into())),
-            Err(_) => Err(RequestError::Timeout(timeout)),
-        }
+        // A link that is gone drops the command, and with it `reply`: the
+        // answer then says so.
+        let _ = self.commands.send(Command::Request { target, reply }).await;
+        AskedOrder(answer)
     }
 
     /// Tells the coordinator, for the peer of our order `request`, the

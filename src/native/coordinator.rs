@@ -260,6 +260,9 @@ impl CoordinatorServer {
         });
         let mut session = config.session.clone();
         session.services |= node_punch_coordinator();
+        // A client's first messages follow its verack at once: a ping of
+        // our own here would hold them for a round trip.
+        session.rtt_from_handshake = true;
         let served = shared.clone();
         let ping_interval = config.ping_interval;
         let task = tokio::spawn(async move {

@@ -926,6 +926,13 @@ pub struct Client {
     nat_told: Option<NatBrief>,
     /// The last `hppeernat`, for the order of the same request that follows.
     peer_nat: Option<(u64, NatBrief)>,
+    /// Our `hpregister` went out (with `hphello`, or after the proof).
+    register_sent: bool,
+    /// Our `hpprove` went out: requests go out at once from here on.
+    proved: bool,
+    /// Requests made before our `hpprove`, oldest first: they follow it
+    /// in the same flight, so that the coordinator reads them registered.
+    held_requests: VecDeque<u64>,
 }
 
 impl Client {
@@ -946,6 +953,9 @@ impl Client {
             nat: None,
             nat_told: None,
             peer_nat: None,
+            register_sent: false,
+            proved: false,
+            held_requests: VecDeque::new(),
         }
     }
 
@@ -989,16 +999,33 @@ impl Client {
         &self.key
     }
 
-    /// The first message: our version. Registration waits for the
-    /// coordinator's proof.
-    pub fn start(&self) -> NativeMessage {
+    /// The first messages: our version and, on a first family's link, our
+    /// registration with it. The coordinator answers in order, its proof
+    /// before its challenge, and nothing it says is acted upon before the
+    /// proof verifies; so registering before the proof costs one thing,
+    /// that whoever answers learns our public key, and saves a round trip
+    /// on every link. A second family's link waits for the proof: a
+    /// coordinator that does not speak of dual stack would let it displace
+    /// the first.
+    pub fn start(&mut self) -> Vec<NativeMessage> {
         let second = match self.config.second_family {
             true => FEATURE_SECOND_FAMILY,
             false => 0,
         };
-        NativeMessage::Hello {
+        let mut first = vec![NativeMessage::Hello {
             version: PROTOCOL_VERSION,
             features: FEATURES | second,
+        }];
+        if !self.config.second_family {
+            self.register_sent = true;
+            first.push(self.register());
+        }
+        first
+    }
+
+    fn register(&self) -> NativeMessage {
+        NativeMessage::Register {
+            key: self.key.public().serialize(),
         }
     }
 
@@ -1050,23 +1077,24 @@ impl Client {
         let version = version.min(PROTOCOL_VERSION);
         self.verified = Some(version);
         self.coordinator_features = features;
-        vec![
-            CoordinatorVerified {
-                id,
-                version,
-                features,
-            },
-            Send(NativeMessage::Register {
-                key: self.key.public().serialize(),
-            }),
-        ]
+        let mut events = vec![CoordinatorVerified {
+            id,
+            version,
+            features,
+        }];
+        if !self.register_sent {
+            self.register_sent = true;
+            events.push(Send(self.register()));
+        }
+        events
     }
 
     /// A request to the coordinator. Requests the coordinator never
     /// answers are forgotten after [`REQUEST_LIFETIME`], and at most
     /// [`MAX_OUTSTANDING_REQUESTS`] are remembered, so that a silent
-    /// coordinator cannot make this grow.
-    pub fn request(&mut self, now: Instant, request: u64, target: NodeId) -> NativeMessage {
+    /// coordinator cannot make this grow. `None` while we have not proved
+    /// our key: the `hpconnect` then follows our `hpprove`.
+    pub fn request(&mut self, now: Instant, request: u64, target: NodeId) -> Option<NativeMessage> {
         self.requests
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < REQUEST_LIFETIME);
         if self.requests.len() >= MAX_OUTSTANDING_REQUESTS {
@@ -1080,7 +1108,14 @@ impl Client {
             }
         }
         self.requests.insert(request, (target, now));
-        NativeMessage::Connect { request, target }
+        if !self.proved {
+            if self.held_requests.len() >= MAX_OUTSTANDING_REQUESTS {
+                self.held_requests.pop_front();
+            }
+            self.held_requests.push_back(request);
+            return None;
+        }
+        Some(NativeMessage::Connect { request, target })
     }
 
     /// Requests still waiting for an answer.
@@ -1114,9 +1149,21 @@ impl Client {
             NativeMessage::Coordinator { .. } => vec![],
             NativeMessage::Challenge { nonce } => {
                 let key = self.key.public().serialize();
-                vec![Send(NativeMessage::Prove {
+                let mut events = vec![Send(NativeMessage::Prove {
                     signature: self.key.sign(REGISTER_TAG, &[&nonce, &key]),
-                })]
+                })];
+                self.proved = true;
+                // Requests forgotten meanwhile (expired or evicted) stay
+                // unsent.
+                let held = std::mem::take(&mut self.held_requests);
+                events.extend(held.into_iter().filter_map(|request| {
+                    let (target, _) = self.requests.get(&request)?;
+                    Some(Send(NativeMessage::Connect {
+                        request,
+                        target: *target,
+                    }))
+                }));
+                events
             }
             NativeMessage::Registered { id, observed } => {
                 if id != self.key.id() {
@@ -1416,6 +1463,13 @@ mod tests {
         }
     }
 
+    /// A registered client's `hpconnect`.
+    fn asked(client: &mut Client, now: Instant, request: u64, target: NodeId) -> NativeMessage {
+        client
+            .request(now, request, target)
+            .expect("a registered client asks at once")
+    }
+
     /// Runs a client's registration against the coordinator, returns its id.
     fn register(c: &mut Coordinator, conn: ConnId, client: &mut Client, now: Instant) -> NodeId {
         let (id, others) = register_seeing_others(c, conn, client, now);
@@ -1431,10 +1485,11 @@ mod tests {
         client: &mut Client,
         now: Instant,
     ) -> (NodeId, Vec<CoordinatorAction>) {
-        let mut to_coord = vec![client.start()];
+        // In order, as a TCP stream delivers them.
+        let mut to_coord = VecDeque::from(client.start());
         let mut id = None;
         let mut others = Vec::new();
-        while let Some(msg) = to_coord.pop() {
+        while let Some(msg) = to_coord.pop_front() {
             for action in c.handle(now, conn, msg, [conn as u8; 32]) {
                 let reply = match action {
                     CoordinatorAction::Send(to, reply) if to == conn => reply,
@@ -1445,7 +1500,7 @@ mod tests {
                 };
                 for event in client.handle(now, reply) {
                     match event {
-                        ClientEvent::Send(m) => to_coord.push(m),
+                        ClientEvent::Send(m) => to_coord.push_back(m),
                         ClientEvent::CoordinatorVerified { .. } => {}
                         ClientEvent::Registered { id: got, .. } => id = Some(got),
                         other => panic!("unexpected {other:?}"),
@@ -1617,6 +1672,112 @@ mod tests {
     }
 
     #[test]
+    fn a_first_link_registers_with_its_hello_and_a_second_family_link_waits_for_the_proof() {
+        let mut first = link(1, false);
+        assert!(matches!(
+            &first.start()[..],
+            [NativeMessage::Hello { .. }, NativeMessage::Register { .. }]
+        ));
+        // The proof does not ask for a second registration.
+        let proof = proof(&test_coordinator_key(), &SESSION, PROTOCOL_VERSION);
+        assert!(matches!(
+            &first.handle(Instant::now(), proof.clone())[..],
+            [ClientEvent::CoordinatorVerified { .. }]
+        ));
+
+        let mut second = link(1, true);
+        assert!(matches!(&second.start()[..], [NativeMessage::Hello { .. }]));
+        assert!(matches!(
+            &second.handle(Instant::now(), proof)[..],
+            [
+                ClientEvent::CoordinatorVerified { .. },
+                ClientEvent::Send(NativeMessage::Register { .. })
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_request_made_before_registering_follows_the_proof_and_gets_its_order() {
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let (mut alice, mut bob) = (fresh_client(), fresh_client());
+        coord.connected(1, addr("203.0.113.7:8333"), None, Some(SESSION));
+        coord.connected(2, addr("198.51.100.20:40001"), None, Some(SESSION));
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+
+        // Alice's whole first flight: hello, registration, request.
+        let mut to_coord = VecDeque::from(alice.start());
+        assert_eq!(alice.request(t0, 7, bob_id), None);
+        let mut after_challenge = Vec::new();
+        let mut orders = Vec::new();
+        while let Some(msg) = to_coord.pop_front() {
+            for action in coord.handle(t0, 1, msg, [9; 32]) {
+                let CoordinatorAction::Send(to, reply) = action else {
+                    panic!("unexpected {action:?}");
+                };
+                if let NativeMessage::Punch { request, role, .. } = &reply {
+                    orders.push((to, *request, *role));
+                }
+                if to != 1 {
+                    continue;
+                }
+                let challenge = matches!(reply, NativeMessage::Challenge { .. });
+                for event in alice.handle(t0, reply) {
+                    if let ClientEvent::Send(m) = event {
+                        if challenge {
+                            after_challenge.push(m.clone());
+                        }
+                        to_coord.push_back(m);
+                    }
+                }
+            }
+        }
+        // The request went out right behind the proof, in the same flight,
+        // and the coordinator, reading it registered, ordered both sides.
+        assert!(
+            matches!(
+                &after_challenge[..],
+                [
+                    NativeMessage::Prove { .. },
+                    NativeMessage::Connect { request: 7, target }
+                ] if *target == bob_id
+            ),
+            "{after_challenge:?}"
+        );
+        assert_eq!(
+            orders,
+            vec![(1, 7, PunchRole::Initiator), (2, 7, PunchRole::Responder)]
+        );
+        // From here on requests go out at once.
+        assert!(alice.request(t0, 8, bob_id).is_some());
+    }
+
+    #[test]
+    fn a_held_request_that_expired_before_the_proof_is_not_sent() {
+        let t0 = Instant::now();
+        let mut alice = fresh_client();
+        let _first = alice.start();
+        let bob = NodeKey::generate().id();
+        assert_eq!(alice.request(t0, 1, bob), None);
+        // A second request long after the first forgets it.
+        let later = t0 + REQUEST_LIFETIME + Duration::from_secs(1);
+        assert_eq!(alice.request(later, 2, bob), None);
+        let proof = proof(&test_coordinator_key(), &SESSION, PROTOCOL_VERSION);
+        let _verified = alice.handle(later, proof);
+        let events = alice.handle(later, NativeMessage::Challenge { nonce: [3; 32] });
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    ClientEvent::Send(NativeMessage::Prove { .. }),
+                    ClientEvent::Send(NativeMessage::Connect { request: 2, .. })
+                ]
+            ),
+            "{events:?}"
+        );
+    }
+
+    #[test]
     fn predicted_ports_reach_the_peer_of_the_order_once_and_only_at_the_predictors_address() {
         let t0 = Instant::now();
         let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
@@ -1627,7 +1788,7 @@ mod tests {
         register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
         register(&mut coord, 3, &mut carol, t0);
-        let ask = alice.request(t0, 9, bob_id);
+        let ask = asked(&mut alice, t0, 9, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let (orders, _) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
         assert_eq!(orders.len(), 2);
@@ -1661,7 +1822,7 @@ mod tests {
 
         // A node may only predict its own address; a coordinator may not
         // move a prediction elsewhere; late predictions are dropped.
-        let ask = alice.request(t0, 10, bob_id);
+        let ask = asked(&mut alice, t0, 10, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
         let elsewhere = NativeMessage::Ports {
@@ -1678,7 +1839,7 @@ mod tests {
             [ClientEvent::Close(why)] if why.contains("order named 198.51.100.20")
         ));
         let late = t0 + PREDICTION_WINDOW;
-        let ask = alice.request(t0, 11, bob_id);
+        let ask = asked(&mut alice, t0, 11, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
         let predict = bob.predict(11, bob_ip, ports).unwrap();
@@ -1714,7 +1875,7 @@ mod tests {
         assert_eq!(bob.set_nat(home), None);
         assert!(coord.handle(t0, 2, tell, [0; 32]).is_empty());
 
-        let ask = alice.request(t0, 9, bob_id);
+        let ask = asked(&mut alice, t0, 9, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let (orders, _) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
         let peer_nat = |conn: ConnId| {
@@ -1732,7 +1893,7 @@ mod tests {
             class: home,
         };
         assert!(alice.handle(t0, stray).is_empty());
-        let ask = alice.request(t0, 10, bob_id);
+        let ask = asked(&mut alice, t0, 10, bob_id);
         let actions: Vec<_> = coord
             .handle(t0, 1, ask, [0; 32])
             .into_iter()
@@ -1773,7 +1934,7 @@ mod tests {
         register(&mut coord, 3, &mut carol, t0);
 
         // Alice and Bob share the public address: each learns the other's.
-        let ask = alice.request(t0, 1, bob_id);
+        let ask = asked(&mut alice, t0, 1, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let (orders, cands) = deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
         assert_eq!(cands, 2);
@@ -1788,7 +1949,7 @@ mod tests {
         assert_eq!(local_of(2), vec![addr("192.168.1.10:8333")]);
 
         // Carol is elsewhere: nobody learns anybody's network.
-        let ask = carol.request(t0, 2, bob_id);
+        let ask = asked(&mut carol, t0, 2, bob_id);
         let actions = coord.handle(t0, 3, ask, [0; 32]);
         let (orders, cands) = deliver(actions, &mut [(3, &mut carol), (2, &mut bob)], t0);
         assert_eq!(cands, 0);
@@ -1797,7 +1958,7 @@ mod tests {
 
         // A coordinator that sends Carol endpoints for a peer that is not
         // behind her address cannot aim her SYNs into her network.
-        let ask = carol.request(t0, 3, bob_id);
+        let ask = asked(&mut carol, t0, 3, bob_id);
         let _ = ask;
         let bob_key = bob.key().public().serialize();
         assert!(carol
@@ -1859,7 +2020,7 @@ mod tests {
         coord.check_invariants().unwrap();
 
         // Alice asks over IPv4: each side also gets the other's IPv6.
-        let ask = alice4.request(t0, 1, bob_id);
+        let ask = asked(&mut alice4, t0, 1, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let (orders, cands) = deliver(actions, &mut [(1, &mut alice4), (3, &mut bob4)], t0);
         assert_eq!((orders.len(), cands), (2, 2));
@@ -1884,7 +2045,7 @@ mod tests {
         coord.disconnected(3);
         coord.check_invariants().unwrap();
         assert_eq!(coord.registered(), 2);
-        let ask = alice4.request(t0, 2, bob_id);
+        let ask = asked(&mut alice4, t0, 2, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let (orders, _) = deliver(actions, &mut [(1, &mut alice4), (4, &mut bob6)], t0);
         assert_eq!(other_of(&orders, 1), (bob_v6, None));
@@ -1947,14 +2108,12 @@ mod tests {
         let mut second = link(3, true);
         let _hello = second.start();
         assert!(closes(&second.handle(t0, old.clone()), "dual stack"));
+        // A first-family link registered with its hello already.
         let mut first = link(3, false);
         let _hello = first.start();
         assert!(matches!(
             &first.handle(t0, old)[..],
-            [
-                ClientEvent::CoordinatorVerified { .. },
-                ClientEvent::Send(NativeMessage::Register { .. })
-            ]
+            [ClientEvent::CoordinatorVerified { .. }]
         ));
     }
 
@@ -2071,7 +2230,7 @@ mod tests {
         assert_eq!(alice_id, alice.key().id());
         assert_eq!(coord.registered(), 2);
 
-        let ask = alice.request(t0, 7, bob_id);
+        let ask = asked(&mut alice, t0, 7, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         let [CoordinatorAction::Send(1, to_alice), CoordinatorAction::Send(2, to_bob)] =
             &actions[..]
@@ -2170,21 +2329,21 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(t0, 1, stranger), [0; 32])),
+            fail(coord.handle(t0, 1, asked(&mut alice, t0, 1, stranger), [0; 32])),
             FailReason::UnknownPeer
         );
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(t0, 2, alice_id), [0; 32])),
+            fail(coord.handle(t0, 1, asked(&mut alice, t0, 2, alice_id), [0; 32])),
             FailReason::SelfConnect
         );
         assert_eq!(
-            fail(coord.handle(t0, 1, alice.request(t0, 3, stranger), [0; 32])),
+            fail(coord.handle(t0, 1, asked(&mut alice, t0, 3, stranger), [0; 32])),
             FailReason::RateLimited
         );
         // A minute later the window has moved on.
         let later = t0 + Duration::from_secs(61);
         assert_eq!(
-            fail(coord.handle(later, 1, alice.request(later, 4, stranger), [0; 32])),
+            fail(coord.handle(later, 1, asked(&mut alice, later, 4, stranger), [0; 32])),
             FailReason::UnknownPeer
         );
     }
@@ -2377,7 +2536,7 @@ mod tests {
                 Some(SESSION),
             );
             register(&mut coord, conn, &mut mallory, t0);
-            let actions = coord.handle(t0, conn, mallory.request(t0, 1, bob_id), [0; 32]);
+            let actions = coord.handle(t0, conn, asked(&mut mallory, t0, 1, bob_id), [0; 32]);
             if actions.len() == 2 {
                 orders += 1;
             }
@@ -2388,7 +2547,7 @@ mod tests {
         let mut carol = fresh_client();
         coord.connected(99, addr("192.0.2.44:1"), None, Some(SESSION));
         register(&mut coord, 99, &mut carol, t0);
-        let actions = coord.handle(t0, 99, carol.request(t0, 1, bob_id), [0; 32]);
+        let actions = coord.handle(t0, 99, asked(&mut carol, t0, 1, bob_id), [0; 32]);
         assert!(
             matches!(
                 &actions[..],
@@ -2418,7 +2577,7 @@ mod tests {
         coord.check_invariants().unwrap();
         coord.disconnected(2);
         coord.check_invariants().unwrap();
-        let actions = coord.handle(t0, 1, alice.request(t0, 1, bob_id), [0; 32]);
+        let actions = coord.handle(t0, 1, asked(&mut alice, t0, 1, bob_id), [0; 32]);
         assert_eq!(
             actions,
             vec![CoordinatorAction::Send(
@@ -2460,7 +2619,7 @@ mod tests {
         );
         coord.disconnected(3);
         coord.check_invariants().unwrap();
-        let actions = coord.handle(t0, 1, alice.request(t0, 2, bob_id), [0; 32]);
+        let actions = coord.handle(t0, 1, asked(&mut alice, t0, 2, bob_id), [0; 32]);
         assert!(
             matches!(
                 &actions[..],
@@ -2483,7 +2642,7 @@ mod tests {
         coord.connected(2, addr("203.0.113.6:2"), None, Some(SESSION));
         register(&mut coord, 1, &mut alice, t0);
         let bob_id = register(&mut coord, 2, &mut bob, t0);
-        coord.handle(t0, 1, alice.request(t0, 9, bob_id), [0; 32]);
+        coord.handle(t0, 1, asked(&mut alice, t0, 9, bob_id), [0; 32]);
         let refused = NativeMessage::Result {
             request: 9,
             result: PunchResult::Refused,
@@ -2515,7 +2674,7 @@ mod tests {
         assert_eq!(coord.handle(t0, 2, refused.clone(), [0; 32]).len(), 1);
         assert_eq!(coord.handle(t0, 1, refused, [0; 32]).len(), 1);
         // A punch that worked is not forwarded either.
-        coord.handle(t0, 1, alice.request(t0, 10, bob_id), [0; 32]);
+        coord.handle(t0, 1, asked(&mut alice, t0, 10, bob_id), [0; 32]);
         let connected = NativeMessage::Result {
             request: 10,
             result: PunchResult::Connected,

@@ -106,16 +106,28 @@ pub async fn connect(
             .inspect_err(|e| tracing::debug!(error = %format!("{e:#}"), "no registration over the other family"))
             .ok()
     };
-    let (first, second) =
-        first_and_second(register(node, coordinator, &key, link_config), second).await;
+    let first = async {
+        CoordinatorLink::connect_asking(
+            Some(node.shared_port()),
+            coordinator,
+            (*key).clone(),
+            link_config,
+            target,
+        )
+        .await
+        .with_context(|| format!("registering with coordinator {coordinator}"))
+    };
+    let (first, second) = first_and_second(first, second).await;
     match first {
-        Ok(link) => {
+        Ok((link, order)) => {
             tracing::info!(
                 id = %link.id, observed = %link.observed,
                 other_family = ?second.as_ref().map(|l| l.observed),
-                "registered; asking for {target}"
+                "registered; asked for {target}"
             );
-            let outcome = connect_via(node, &link, key, session, target, asked).await;
+            let ctx = PunchContext::for_node(node, key, session, &link);
+            let mut outcome = follow_order(&ctx, &link.access(), order, asked, 0).await;
+            outcome.record.bytes.coordination = link.bytes();
             drop(second);
             outcome.record
         }
@@ -161,8 +173,21 @@ pub async fn connect_with(
     asked: Instant,
 ) -> PunchOutcome {
     let bytes_before = link.bytes();
+    let order = link.handle.ask(target).await;
+    follow_order(ctx, link, order, asked, bytes_before).await
+}
+
+/// The rest of [`connect_with`] once the request went out: wait for the
+/// order, punch, report.
+async fn follow_order(
+    ctx: &PunchContext,
+    link: &LinkAccess,
+    order: client::AskedOrder,
+    asked: Instant,
+    bytes_before: u64,
+) -> PunchOutcome {
     let session = ctx.session.clone();
-    let requested = match link.handle.request(target, session.handshake_timeout).await {
+    let requested = match order.answer(session.handshake_timeout).await {
         Ok(o) => o,
         Err(e) => {
             let mut record = Outcome::failed(

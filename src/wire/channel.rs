@@ -115,6 +115,12 @@ pub struct Channel<S> {
     reader: ChannelReader<S>,
     writer: ChannelWriter<S>,
     session_id: Option<[u8; 32]>,
+    /// From writing our BIP324 key to reading the peer's version packet.
+    /// Each side sends its key as soon as TCP is up, and the peer's
+    /// version packet leaves as soon as the peer has our key, so this is
+    /// one round trip: what a link that cannot spare a ping's round trip
+    /// uses as its RTT.
+    handshake_rtt: Option<Duration>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
@@ -138,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 write_timeout: DEFAULT_WRITE_TIMEOUT,
             },
             session_id: None,
+            handshake_rtt: None,
         }
     }
 
@@ -199,6 +206,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         self.session_id
     }
 
+    pub fn handshake_rtt(&self) -> Option<Duration> {
+        self.handshake_rtt
+    }
+
     /// The two halves, for a reader and a writer that run concurrently.
     pub fn into_split(self) -> (ChannelReader<S>, ChannelWriter<S>) {
         (self.reader, self.writer)
@@ -217,6 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .write_all(&ours.public.to_array())
             .await
             .map_err(at(Stage::Bip324KeyExchange))?;
+        let key_sent = Instant::now();
         let mut their_key = [0u8; ELLSWIFT_LEN];
         self.reader
             .read_exact(&mut their_key)
@@ -283,6 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 break;
             }
         }
+        self.handshake_rtt = Some(key_sent.elapsed());
         self.session_id = Some(keys.session_id);
         self.reader.inbound = Some(inbound);
         self.writer.outbound = Some(outbound);

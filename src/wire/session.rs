@@ -78,6 +78,10 @@ pub struct SessionConfig {
     /// address to dial from. `lab scale` spreads its clients over several
     /// 127.x addresses, each with its own range of ephemeral ports.
     pub source_ip: Option<std::net::IpAddr>,
+    /// Take the RTT from the BIP324 handshake instead of a ping after
+    /// verack, on v2: for a link whose first requests should not wait a
+    /// round trip (a coordinator session). v1 still pings.
+    pub rtt_from_handshake: bool,
 }
 
 impl SessionConfig {
@@ -92,6 +96,7 @@ impl SessionConfig {
             write_timeout: super::channel::DEFAULT_WRITE_TIMEOUT,
             close_with_reset: false,
             source_ip: None,
+            rtt_from_handshake: false,
         }
     }
 
@@ -278,7 +283,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         session
             .version_handshake(&ctx, config, nonce, version_sent)
             .await?;
-        session.ping(&ctx).await?;
+        match session.channel.handshake_rtt() {
+            Some(rtt) if config.rtt_from_handshake => {
+                session.report.rtt_ms = Some(rtt.as_micros() as f64 / 1000.0);
+            }
+            _ => session.ping(&ctx).await?,
+        }
         session.channel.set_deadline(None);
         session.channel.set_write_timeout(config.write_timeout);
         session.report.bytes_sent = ctx.counters.sent();
