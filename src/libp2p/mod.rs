@@ -80,6 +80,12 @@ pub async fn connect_circuit(ctx: &Libp2pPunchContext, circuit: Multiaddr) -> Li
         );
     };
     let bytes_before = ctx.libp2p.counters.total();
+    // Our offer (behind a symmetric NAT, a NAT probe through the relay)
+    // is made while the circuit is set up: the peer's CONNECT comes a
+    // round trip after the circuit, sooner than two probes take. The
+    // circuit opens no mapping of its own, so the probe's prediction holds.
+    let offer = punch::start_offer(ctx, &circuit);
+    let _offer_ends_with_us = crate::native::AbortOnDrop(offer.abort_handle());
     let exchange = ctx.libp2p.await_exchange(peer);
     if let Err(e) = tokio::time::timeout(
         ctx.session.handshake_timeout,
@@ -103,7 +109,7 @@ pub async fn connect_circuit(ctx: &Libp2pPunchContext, circuit: Multiaddr) -> Li
             );
         }
     };
-    let mut out = punch::punch_as_a(ctx, peer, circuit, asked, stream).await;
+    let mut out = punch::punch_as_a(ctx, peer, circuit, asked, stream, offer).await;
     // Everything libp2p carried for this connection: relay, identify, exchange.
     out.record.bytes.coordination = ctx.libp2p.counters.total().saturating_sub(bytes_before);
     out

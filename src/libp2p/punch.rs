@@ -382,6 +382,16 @@ async fn exchange_as_b(ctx: &Libp2pPunchContext, peer: PeerId, via: Multiaddr) -
     .await
 }
 
+/// What we offer the peer (our addresses, and behind a symmetric NAT the
+/// ports we predict), made in its own task from when the circuit is dialed.
+pub type EarlyOffer = tokio::task::JoinHandle<(Vec<Multiaddr>, Option<OwnPorts>)>;
+
+pub fn start_offer(ctx: &Libp2pPunchContext, via: &Multiaddr) -> EarlyOffer {
+    let ctx = ctx.clone();
+    let via = via.clone();
+    tokio::spawn(async move { ctx.offer(&via).await })
+}
+
 /// A's side: we dialed `peer` through `via`; wait for its exchange, punch,
 /// and be the BIP324 initiator. `asked`: when the connection was asked for.
 pub async fn punch_as_a(
@@ -390,8 +400,12 @@ pub async fn punch_as_a(
     via: Multiaddr,
     asked: Instant,
     stream: ::libp2p::Stream,
+    offer: EarlyOffer,
 ) -> Libp2pOutcome {
-    with_our_nat(ctx, exchange_as_a(ctx, peer, via, asked, stream).await)
+    with_our_nat(
+        ctx,
+        exchange_as_a(ctx, peer, via, asked, stream, offer).await,
+    )
 }
 
 async fn exchange_as_a(
@@ -400,18 +414,24 @@ async fn exchange_as_a(
     via: Multiaddr,
     asked: Instant,
     stream: ::libp2p::Stream,
+    offer: EarlyOffer,
 ) -> Libp2pOutcome {
     let role = SessionRole::Initiator;
     let mut stream = stream;
     let timeout = ctx.session.handshake_timeout;
-    // Our offer (a NAT probe, maybe) is made while the peer's CONNECT is on
-    // its way. The peer times its dial by how long our reply took: should
-    // the CONNECT come first, the offer gets a moment more and is then sent
-    // without its prediction, rather than a probe's timeout late (a probe
-    // server that drops SYNs, or a lost SYN, cost the round: the dials
-    // missed each other by half a second).
+    // Our offer (a NAT probe, maybe) was started with the dial and may
+    // still be on its way. The peer times its dial by how long our reply
+    // took: should the CONNECT come first, the offer gets a moment more and
+    // is then sent without its prediction, rather than a probe's timeout
+    // late (a probe server that drops SYNs, or a lost SYN, cost the round:
+    // the dials missed each other by half a second).
     let (mut first, (ours, own_ports)) = {
-        let offer = ctx.offer(&via);
+        let offer = async {
+            match offer.await {
+                Ok(made) => made,
+                Err(_) => (ctx.observed_now(&via), None),
+            }
+        };
         let read_first = tokio::time::timeout(timeout, exchange::read_message(&mut stream));
         tokio::pin!(offer, read_first);
         let mut made = None;
