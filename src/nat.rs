@@ -160,11 +160,7 @@ impl NatClass {
 
 /// The brief of what `memory` holds, if the node has classified its NAT.
 pub fn brief_of(memory: &NatMemory) -> Option<NatBrief> {
-    memory
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(NatClass::brief)
+    crate::clock::lock(memory).as_ref().map(NatClass::brief)
 }
 
 /// Classifies the NAT in front of `local` (the shared port's address)

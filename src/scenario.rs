@@ -410,7 +410,7 @@ pub async fn start(places: &Places<'_>) -> Result<Running> {
         };
         let stock_tx = std::sync::Mutex::new(Some(stock_tx));
         crate::libp2p::keep_reservation(libp2p, relay_for_stock, move |c| {
-            if let Some(tx) = stock_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(tx) = crate::clock::lock(&stock_tx).take() {
                 let _ = tx.send(Ok(c.clone()));
             }
         })

@@ -227,10 +227,7 @@ impl Delayer {
     }
 
     pub fn set_shape(&self, queue: u16, shape: LinkShape) {
-        self.shapes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(queue, shape);
+        crate::clock::lock(&self.shapes).insert(queue, shape);
     }
 }
 
@@ -241,9 +238,7 @@ fn run_delayer(queue: &mut nfq::Queue, shapes: &Mutex<HashMap<u16, LinkShape>>, 
         loop {
             match queue.recv() {
                 Ok(msg) => {
-                    let shape = shapes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                    let shape = crate::clock::lock(shapes)
                         .get(&msg.get_queue_num())
                         .copied()
                         .unwrap_or_default();

@@ -261,11 +261,7 @@ impl Libp2pNode {
         let task = tokio::spawn(async move {
             let accept = async move {
                 while let Some((peer, stream)) = incoming.next().await {
-                    let waiter = accept_shared
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .awaited
-                        .remove(&peer);
+                    let waiter = crate::clock::lock(&accept_shared).awaited.remove(&peer);
                     match waiter {
                         Some(tx) => {
                             let _ = tx.send(stream);
@@ -304,11 +300,7 @@ impl Libp2pNode {
     /// through a relay: the peer that was dialed opens the exchange).
     pub fn await_exchange(&self, peer: PeerId) -> oneshot::Receiver<::libp2p::Stream> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .awaited
-            .insert(peer, tx);
+        crate::clock::lock(&self.shared).awaited.insert(peer, tx);
         rx
     }
 
@@ -319,21 +311,14 @@ impl Libp2pNode {
     /// Whether a connection made to learn our address in the other family
     /// has not told it yet.
     pub fn second_family_pending(&self) -> bool {
-        !self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        !crate::clock::lock(&self.shared)
             .second_family_pending
             .is_empty()
     }
 
     /// The addresses identify has reported for us, newest first.
     pub fn observed(&self) -> Vec<Multiaddr> {
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observed
-            .clone()
+        crate::clock::lock(&self.shared).observed.clone()
     }
 
     /// Dials `addr` (a relay, or a peer through a circuit) and waits until a
@@ -483,7 +468,7 @@ async fn drive(
                 }
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { connection_id, peer_id, info })) => {
                     tracing::debug!(%peer_id, observed = %info.observed_addr, agent = %info.agent_version, "identify");
-                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut s = crate::clock::lock(&shared);
                     s.observed.retain(|a| a != &info.observed_addr);
                     s.observed.insert(0, info.observed_addr.clone());
                     s.observed.truncate(8);
@@ -626,9 +611,7 @@ fn other_family_listen_addr(info: &identify::Info, missing: Families) -> Option<
 
 /// Forgets a second-family connection that failed; whether it was one.
 fn settle_second_family(shared: &Mutex<Shared>, connection: ConnectionId) -> bool {
-    shared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    crate::clock::lock(shared)
         .second_family_pending
         .remove(&connection)
 }

@@ -54,15 +54,13 @@ pub struct OrderRefusals(std::sync::Mutex<std::collections::BTreeMap<&'static st
 
 impl OrderRefusals {
     pub fn count(&self, reason: super::machine::RefusalReason) {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::clock::lock(&self.0);
         let n = counts.entry(reason.as_str()).or_default();
         *n = n.saturating_add(1);
     }
 
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::clock::lock(&self.0)
             .iter()
             .map(|(r, n)| (*r, *n))
             .collect()

@@ -180,10 +180,7 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(table) = self.admission.upgrade() {
-            table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .release(self.id);
+            crate::clock::lock(&table).release(self.id);
         }
     }
 }
@@ -273,7 +270,7 @@ impl Admission {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::clock::lock(&self.table)
     }
 
     /// A place for a connection from `ip`, evicting another when full; or
@@ -340,7 +337,7 @@ impl Admission {
             .refused
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::clock::lock(&self.last_logged);
         let now = Instant::now();
         if last.is_none_or(|t| now.saturating_duration_since(t) >= LOG_INTERVAL) {
             *last = Some(now);

@@ -133,7 +133,7 @@ impl SharedPort {
     }
 
     fn lock_budget(&self) -> std::sync::MutexGuard<'_, crate::punch::budget::PunchBudget> {
-        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+        crate::clock::lock(&self.budget)
     }
 
     /// Pays for one punch SYN to `target` on behalf of `requester`.

@@ -149,7 +149,7 @@ impl Router {
     fn lock_expected(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<Inbound>>> {
-        self.expected.lock().unwrap_or_else(|p| p.into_inner())
+        crate::clock::lock(&self.expected)
     }
 
     /// The punch that claims a connection from `remote`: the one expecting
@@ -173,10 +173,7 @@ impl Router {
     /// Subscribes to a route; a later subscription replaces the earlier one.
     pub fn subscribe(&self, route: Route, capacity: usize) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(capacity);
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(route, tx);
+        crate::clock::lock(&self.routes).insert(route, tx);
         rx
     }
 
@@ -184,7 +181,7 @@ impl Router {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, oneshot::Sender<oneshot::Sender<Inbound>>>>
     {
-        self.sniffing.lock().unwrap_or_else(|p| p.into_inner())
+        crate::clock::lock(&self.sniffing)
     }
 
     /// Claims the next connection from `remote` (a punch in progress), or
@@ -279,12 +276,7 @@ impl Router {
             };
             inbound.stream = Rewound::new(prefix, counted);
             inbound.kind = Some(kind);
-            let route = self
-                .routes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&kind.route())
-                .cloned();
+            let route = crate::clock::lock(&self.routes).get(&kind.route()).cloned();
             match route {
                 Some(tx) => {
                     if tx.send(inbound).await.is_err() {

@@ -78,7 +78,7 @@ impl OwnPrediction<'_> {
     /// first SYN.
     pub async fn ports(&self) -> Option<(std::net::IpAddr, predict::OwnPorts)> {
         use std::sync::atomic::Ordering::Relaxed;
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = crate::clock::lock(self.known).clone();
         if predict::known_random(self.observed, known.as_ref()) {
             let guesses = predict::birthday_guesses(&mut rand::thread_rng());
             return Some((self.observed.ip(), predict::OwnPorts::Birthday(guesses)));

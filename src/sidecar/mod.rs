@@ -50,7 +50,7 @@ impl ClientSlot {
     }
 
     pub fn take(&self) -> Option<PendingClient> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::clock::lock(&self.0).take()
     }
 }
 
