@@ -224,6 +224,7 @@ async fn man_in_the_middle(substitute_key: bool) -> Outcome {
                 ending: Default::default(),
                 prediction: None,
                 known_nat: Default::default(),
+                early_probe: None,
             };
             let order = native::machine::PunchOrder {
                 request,

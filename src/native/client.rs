@@ -199,22 +199,25 @@ impl CoordinatorLink {
         key: NodeKey,
         config: LinkConfig,
     ) -> Result<CoordinatorLink> {
-        let (link, _) = Self::open(port, endpoint, key, config, None).await?;
+        let (link, _) = Self::open(port, endpoint, key, config, None, None).await?;
         Ok(link)
     }
 
     /// [`connect`](Self::connect), with a request for `target` sent right
     /// behind the registration instead of after it is confirmed: the
     /// coordinator reads it registered, and the order comes a round trip
-    /// sooner.
+    /// sooner. `session_up` hears of the session as soon as it is set up,
+    /// before the registration: what can be done meanwhile (a NAT probe)
+    /// starts from there.
     pub async fn connect_asking(
         port: Option<&SharedPort>,
         endpoint: CoordinatorEndpoint,
         key: NodeKey,
         config: LinkConfig,
         target: NodeId,
+        session_up: oneshot::Sender<SessionUp>,
     ) -> Result<(CoordinatorLink, AskedOrder)> {
-        Self::open(port, endpoint, key, config, Some(target)).await
+        Self::open(port, endpoint, key, config, Some(target), Some(session_up)).await
     }
 
     async fn open(
@@ -223,6 +226,7 @@ impl CoordinatorLink {
         key: NodeKey,
         config: LinkConfig,
         ask: Option<NodeId>,
+        session_up: Option<oneshot::Sender<SessionUp>>,
     ) -> Result<(CoordinatorLink, AskedOrder)> {
         let coordinator = endpoint.addr;
         // Never v1: the coordinator proves its key over the BIP324 session
@@ -254,6 +258,12 @@ impl CoordinatorLink {
         let (mut reader, mut writer, report) = session.into_parts();
         let counters = report.counters.clone();
         let rtt = Duration::from_secs_f64(report.rtt_ms.unwrap_or_default() / 1000.0);
+        if let Some(tx) = session_up {
+            let _ = tx.send(SessionUp {
+                sees_us_at: report.peer.sees_us_at,
+                rtt,
+            });
+        }
 
         let (inbound_tx, mut inbound) = mpsc::channel(64);
         let reader_task = tokio::spawn(async move {
@@ -424,7 +434,7 @@ impl CoordinatorLink {
                             }
                         }
                         Some(Command::Predict { request, ip, ports }) => {
-                            if let Some(m) = client.predict(request, ip, ports) {
+                            if let Some(m) = client.predict(Instant::now().into_std(), request, ip, ports) {
                                 writer.send(&m.to_network()).await?;
                             }
                         }
@@ -513,6 +523,14 @@ impl CoordinatorLink {
     pub fn was_displaced(&self) -> bool {
         self.displaced.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// A coordinator session that is up, its registration not yet confirmed.
+pub struct SessionUp {
+    /// Where the coordinator says (in its `version`) it sees us: not yet
+    /// proven to come from the coordinator, so good for a guess only.
+    pub sees_us_at: Option<SocketAddr>,
+    pub rtt: Duration,
 }
 
 /// A request that went out; its order (or refusal) comes later.

@@ -61,10 +61,6 @@ impl<T> RecentOrders<T> {
         })?;
         self.orders.remove(at).map(|(_, with, _)| with)
     }
-
-    fn holds(&self, request: u64) -> bool {
-        self.orders.iter().any(|(r, _, _)| *r == request)
-    }
 }
 
 // ---------------------------------------------------------------- coordinator
@@ -920,6 +916,9 @@ pub struct Client {
     /// Orders we follow whose peer may still predict its ports: (request,
     /// the peer's public address, when).
     predictable: RecentOrders<IpAddr>,
+    /// Orders we follow for which we may still predict our own ports: apart
+    /// from `predictable`, since the peer's prediction may come first.
+    ours_predictable: RecentOrders<()>,
     /// Our NAT's class once we know it, and what we last told the
     /// coordinator.
     nat: Option<NatBrief>,
@@ -950,6 +949,7 @@ impl Client {
             observed: None,
             candidates: None,
             predictable: RecentOrders::default(),
+            ours_predictable: RecentOrders::default(),
             nat: None,
             nat_told: None,
             peer_nat: None,
@@ -979,12 +979,21 @@ impl Client {
 
     /// `hpports` for our own order `request`, when the coordinator passes
     /// predictions on: the ports at our public address `ip` that our NAT
-    /// will likely give our punch (at most [`MAX_PREDICTED_PORTS`]).
-    pub fn predict(&self, request: u64, ip: IpAddr, mut ports: Vec<u16>) -> Option<NativeMessage> {
+    /// will likely give our punch (at most [`MAX_PREDICTED_PORTS`]), once
+    /// per order.
+    pub fn predict(
+        &mut self,
+        now: Instant,
+        request: u64,
+        ip: IpAddr,
+        mut ports: Vec<u16>,
+    ) -> Option<NativeMessage> {
         ports.truncate(MAX_PREDICTED_PORTS);
-        let ours = self.predictable.holds(request);
-        (ours && !ports.is_empty() && self.coordinator_features & FEATURE_PORT_PREDICTION != 0)
-            .then_some(NativeMessage::Ports { request, ip, ports })
+        if ports.is_empty() || self.coordinator_features & FEATURE_PORT_PREDICTION == 0 {
+            return None;
+        }
+        self.ours_predictable.take(request, now)?;
+        Some(NativeMessage::Ports { request, ip, ports })
     }
 
     /// Where our shared port is on our own network (the local address of
@@ -1338,6 +1347,7 @@ impl Client {
         }
         self.orders.push_back((now, target));
         self.predictable.push(request, peer.ip(), now);
+        self.ours_predictable.push(request, (), now);
         let (local, other_family) = self.extra_candidates(request, peer);
         let peer_nat = self
             .peer_nat
@@ -1796,8 +1806,8 @@ mod tests {
         let ports: Vec<u16> = (40_003..40_011).collect();
 
         // Only for an order one follows.
-        assert_eq!(carol.predict(9, bob_ip, ports.clone()), None);
-        let predict = bob.predict(9, bob_ip, ports.clone()).unwrap();
+        assert_eq!(carol.predict(t0, 9, bob_ip, ports.clone()), None);
+        let predict = bob.predict(t0, 9, bob_ip, ports.clone()).unwrap();
         let forged = NativeMessage::Ports {
             request: 9,
             ip: bob_ip,
@@ -1842,9 +1852,50 @@ mod tests {
         let ask = asked(&mut alice, t0, 11, bob_id);
         let actions = coord.handle(t0, 1, ask, [0; 32]);
         deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
-        let predict = bob.predict(11, bob_ip, ports).unwrap();
+        let predict = bob.predict(t0, 11, bob_ip, ports).unwrap();
         assert!(coord.handle(late, 2, predict.clone(), [0; 32]).is_empty());
         assert!(alice.handle(late, predict).is_empty());
+    }
+
+    #[test]
+    fn a_side_still_predicts_after_the_peers_prediction_came_first_and_only_once() {
+        // Both behind symmetric NATs: Alice probed early and her ports
+        // reach Bob before Bob's own probe has answered.
+        let t0 = Instant::now();
+        let mut coord = Coordinator::new(CoordinatorConfig::default(), test_coordinator_key());
+        let (mut alice, mut bob) = (fresh_client(), fresh_client());
+        coord.connected(1, addr("203.0.113.7:40000"), None, Some(SESSION));
+        coord.connected(2, addr("198.51.100.20:40000"), None, Some(SESSION));
+        register(&mut coord, 1, &mut alice, t0);
+        let bob_id = register(&mut coord, 2, &mut bob, t0);
+        let ask = asked(&mut alice, t0, 5, bob_id);
+        let actions = coord.handle(t0, 1, ask, [0; 32]);
+        deliver(actions, &mut [(1, &mut alice), (2, &mut bob)], t0);
+        let (alice_ip, bob_ip): (IpAddr, IpAddr) = (
+            "203.0.113.7".parse().unwrap(),
+            "198.51.100.20".parse().unwrap(),
+        );
+
+        let alices = alice.predict(t0, 5, alice_ip, vec![40_003]).unwrap();
+        let to_bob = coord.handle(t0, 1, alices, [0; 32]);
+        let [CoordinatorAction::Send(2, alices)] = &to_bob[..] else {
+            panic!("{to_bob:?}");
+        };
+        assert!(matches!(
+            &bob.handle(t0, alices.clone())[..],
+            [ClientEvent::Predicted { request: 5, .. }]
+        ));
+        // Bob's own prediction still goes out, and reaches Alice.
+        let bobs = bob.predict(t0, 5, bob_ip, vec![40_007]).unwrap();
+        assert_eq!(bob.predict(t0, 5, bob_ip, vec![40_007]), None);
+        let to_alice = coord.handle(t0, 2, bobs, [0; 32]);
+        let [CoordinatorAction::Send(1, bobs)] = &to_alice[..] else {
+            panic!("{to_alice:?}");
+        };
+        assert!(matches!(
+            &alice.handle(t0, bobs.clone())[..],
+            [ClientEvent::Predicted { request: 5, .. }]
+        ));
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl PunchContext {
             ending: Default::default(),
             prediction: punch::PredictionLink::of(link),
             known_nat,
+            early_probe: None,
         }
     }
 
@@ -64,6 +65,7 @@ impl PunchContext {
             ending: node.ending(),
             prediction: punch::PredictionLink::of(&link.access()),
             known_nat: node.handle().nat_memory(),
+            early_probe: None,
         }
     }
 }
@@ -106,6 +108,13 @@ pub async fn connect(
             .inspect_err(|e| tracing::debug!(error = %format!("{e:#}"), "no registration over the other family"))
             .ok()
     };
+    let (session_up, up) = tokio::sync::oneshot::channel();
+    let early_probe = punch::EarlyProbe::start(
+        node.shared_port().clone(),
+        coordinator.addr,
+        node.handle().nat_memory(),
+        up,
+    );
     let first = async {
         CoordinatorLink::connect_asking(
             Some(node.shared_port()),
@@ -113,6 +122,7 @@ pub async fn connect(
             (*key).clone(),
             link_config,
             target,
+            session_up,
         )
         .await
         .with_context(|| format!("registering with coordinator {coordinator}"))
@@ -125,7 +135,8 @@ pub async fn connect(
                 other_family = ?second.as_ref().map(|l| l.observed),
                 "registered; asked for {target}"
             );
-            let ctx = PunchContext::for_node(node, key, session, &link);
+            let mut ctx = PunchContext::for_node(node, key, session, &link);
+            ctx.early_probe = Some(early_probe);
             let mut outcome = follow_order(&ctx, &link.access(), order, asked, 0).await;
             outcome.record.bytes.coordination = link.bytes();
             drop(second);

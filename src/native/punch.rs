@@ -36,6 +36,70 @@ pub struct PunchContext {
     pub prediction: Option<PredictionLink>,
     /// What the node last learnt of its NAT (`bitpunch nat`), if anything.
     pub known_nat: crate::nat::NatMemory,
+    /// A NAT probe made while the request was on its way, for the first
+    /// punch over this link.
+    pub early_probe: Option<EarlyProbe>,
+}
+
+type ProbeAnswer = Option<(std::net::IpAddr, OwnPorts)>;
+/// The probe's answer, with the mapping it was made for and how long it
+/// took.
+type ProbeTask = tokio::task::JoinHandle<Option<(SocketAddr, ProbeAnswer, Duration)>>;
+
+/// The requester's NAT probe, started as soon as its coordinator session
+/// is up instead of after the order: the order comes two round trips
+/// later, about what a probe takes, so a NAT that changes ports costs the
+/// punch (almost) nothing more. The session's mapping exists by then, so
+/// the punch's connections are still the next ones the NAT maps.
+#[derive(Clone)]
+pub struct EarlyProbe(Arc<std::sync::Mutex<Option<ProbeTask>>>);
+
+impl EarlyProbe {
+    /// Probes from `port` once `session_up` says where the coordinator's
+    /// `version` sees us (the probe server is the coordinator's port + 1).
+    pub fn start(
+        port: Arc<SharedPort>,
+        coordinator: SocketAddr,
+        known_nat: crate::nat::NatMemory,
+        session_up: tokio::sync::oneshot::Receiver<super::client::SessionUp>,
+    ) -> EarlyProbe {
+        let task = tokio::spawn(async move {
+            let up = session_up.await.ok()?;
+            let observed = up.sees_us_at?;
+            let probe = SocketAddr::new(coordinator.ip(), coordinator.port().checked_add(1)?);
+            let endpoint_independent = std::sync::atomic::AtomicBool::new(false);
+            let began = Instant::now();
+            let answer = punch::OwnPrediction {
+                port: &port,
+                observed,
+                probe,
+                known: &known_nat,
+                endpoint_independent: &endpoint_independent,
+                timeout: probe_timeout(up.rtt),
+            }
+            .ports()
+            .await;
+            Some((observed, answer, began.elapsed()))
+        });
+        EarlyProbe(Arc::new(std::sync::Mutex::new(Some(task))))
+    }
+
+    /// The probe's answer and how long it took, once, if it was made for
+    /// the mapping the coordinator registered (`observed`); `None` if not
+    /// (then the punch probes itself).
+    async fn answer(&self, observed: SocketAddr) -> Option<(ProbeAnswer, Duration)> {
+        let task = crate::clock::lock(&self.0).take()?;
+        match task.await {
+            Ok(Some((seen, answer, took))) if seen == observed => Some((answer, took)),
+            _ => None,
+        }
+    }
+}
+
+fn probe_timeout(coordinator_rtt: Duration) -> Duration {
+    coordinator_rtt
+        .saturating_mul(4)
+        .clamp(Duration::from_millis(300), Duration::from_secs(2))
 }
 
 /// What port prediction needs of the coordinator link.
@@ -115,7 +179,11 @@ pub async fn execute(
     record.nat_ours = crate::nat::brief_of(&ctx.known_nat);
     record.nat_peer = order.peer_nat;
     // Before our first SYN, so that it takes the port we predict.
-    let own_ports = predict_our_ports(ctx, &order, other_family.is_some()).await;
+    let (own_ports, early_probe_took) =
+        match predict_our_ports(ctx, &order, other_family.is_some()).await {
+            Some((ours, took)) => (Some(ours), took),
+            None => (None, None),
+        };
     record.predicted_ports = OwnPorts::predicted(&own_ports);
 
     let mut start = received_at.later(order.delay);
@@ -126,7 +194,18 @@ pub async fn execute(
         // punch lets it in, answered on a state the peer's SYN then
         // contradicts). The prediction takes about one of our round trips
         // to the coordinator to reach the peer.
-        start = start.max(Instant::now().later(ctx.coordinator_rtt));
+        let mut wait = ctx.coordinator_rtt;
+        // A peer that may be behind a symmetric NAT too probes after its
+        // order, which we did early: its own prediction comes about as much
+        // later. A first SYN to its unpredicted endpoint meanwhile would
+        // spend one of the ports we predicted.
+        let peer_maps_alike = order
+            .peer_nat
+            .is_some_and(|peer| peer.mapping == crate::nat::MappingBehaviour::EndpointIndependent);
+        if !peer_maps_alike {
+            wait = wait.saturating_add(early_probe_took.unwrap_or_default());
+        }
+        start = start.max(Instant::now().later(wait));
     }
     let plan = PunchPlan {
         candidates,
@@ -214,24 +293,33 @@ fn carry_punch_fields(punch: Outcome, upgraded: &mut Outcome) {
 /// at random, a birthday's guesses. No birthday toward a peer that said
 /// its own NAT maps each destination apart: its SYNs would not come from
 /// the endpoint our mappings point at.
+/// Also says how long the probe took when it was made early (EarlyProbe).
 async fn predict_our_ports(
     ctx: &PunchContext,
     order: &PunchOrder,
     racing_other_family: bool,
-) -> Option<OwnPorts> {
+) -> Option<(OwnPorts, Option<Duration>)> {
     let prediction = ctx.prediction.as_ref()?;
-    let own = punch::OwnPrediction {
-        port: &ctx.port,
-        observed: prediction.observed,
-        probe: prediction.probe,
-        known: &ctx.known_nat,
-        endpoint_independent: &prediction.endpoint_independent,
-        timeout: ctx
-            .coordinator_rtt
-            .saturating_mul(4)
-            .clamp(Duration::from_millis(300), Duration::from_secs(2)),
+    let early = match &ctx.early_probe {
+        Some(early) => early.answer(prediction.observed).await,
+        None => None,
     };
-    let (ip, ours) = own.ports().await?;
+    let early_took = early.as_ref().map(|(_, took)| *took);
+    let (ip, ours) = match early {
+        Some((answer, _)) => answer?,
+        None => {
+            punch::OwnPrediction {
+                port: &ctx.port,
+                observed: prediction.observed,
+                probe: prediction.probe,
+                known: &ctx.known_nat,
+                endpoint_independent: &prediction.endpoint_independent,
+                timeout: probe_timeout(ctx.coordinator_rtt),
+            }
+            .ports()
+            .await?
+        }
+    };
     let peer_maps_apart = order
         .peer_nat
         .is_some_and(|peer| peer.mapping != crate::nat::MappingBehaviour::EndpointIndependent);
@@ -256,7 +344,7 @@ async fn predict_our_ports(
         .link
         .predict(order.request, ip, ours.ports().to_vec())
         .await;
-    Some(ours)
+    Some((ours, early_took))
 }
 
 fn signed_data(session_id: &[u8; 32], role: PunchRole, request: u64) -> Vec<u8> {
