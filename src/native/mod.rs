@@ -71,8 +71,10 @@ impl PunchContext {
 }
 
 /// `bitpunch connect NODE_ID@COORDINATOR`: register with `coordinator` from
-/// `node`'s shared port, then `connect_via`. Times count from before the
-/// registration, so the path pays for reaching its third party. `also`,
+/// `node`'s shared port with the request for `target` right behind the
+/// registration (and a NAT probe under way meanwhile), then punch as
+/// `connect_via` does. Times count from before the registration, so the
+/// path pays for reaching its third party. `also`,
 /// the coordinator's address in the other family, is registered at the
 /// same time when the node has that family (dual stack): the peer then
 /// races both.
