@@ -293,6 +293,7 @@ impl CoordinatorLink {
         // Our end of this link is where the shared port is on our own
         // network: a peer behind the same NAT can reach it there.
         client.set_local(vec![report.local]);
+        client.set_seen(report.peer.sees_us_at);
         let first = client.start();
         // Without `ask`, `reply` is dropped here and the order answers
         // that the link has no such request.

@@ -932,6 +932,10 @@ pub struct Client {
     /// Requests made before our `hpprove`, oldest first: they follow it
     /// in the same flight, so that the coordinator reads them registered.
     held_requests: VecDeque<u64>,
+    /// Where the coordinator said, in its `version`, it sees us.
+    seen: Option<SocketAddr>,
+    /// Our own-network endpoints and NAT class went out.
+    announced: bool,
 }
 
 impl Client {
@@ -956,6 +960,8 @@ impl Client {
             register_sent: false,
             proved: false,
             held_requests: VecDeque::new(),
+            seen: None,
+            announced: false,
         }
     }
 
@@ -970,7 +976,7 @@ impl Client {
     fn tell_nat(&mut self) -> Option<NativeMessage> {
         let class = self.nat?;
         let listening = self.coordinator_features & FEATURE_NAT_CLASS != 0;
-        if self.registered.is_none() || !listening || self.nat_told == Some(class) {
+        if !self.proved || !listening || self.nat_told == Some(class) {
             return None;
         }
         self.nat_told = Some(class);
@@ -994,6 +1000,37 @@ impl Client {
         }
         self.ours_predictable.take(request, now)?;
         Some(NativeMessage::Ports { request, ip, ports })
+    }
+
+    /// Where the coordinator's `version` said it sees us, before the
+    /// registration confirms it.
+    pub fn set_seen(&mut self, seen: Option<SocketAddr>) {
+        self.seen = seen;
+    }
+
+    /// What a registration announces, once: behind a NAT (we are not
+    /// where the coordinator sees us), our own-network endpoints, which
+    /// let a peer behind the same NAT reach us without hairpinning; and
+    /// our NAT class. Right behind `hpprove` when a request follows it
+    /// (the coordinator makes the order from what it knows then), else
+    /// on `hpregistered`.
+    fn announce(&mut self, seen: Option<SocketAddr>) -> Vec<NativeMessage> {
+        if self.announced {
+            return vec![];
+        }
+        self.announced = true;
+        let local: Vec<SocketAddr> = self
+            .local
+            .iter()
+            .filter(|l| Some(**l) != seen && crate::net::routable::is_own_network(l.ip()))
+            .copied()
+            .collect();
+        let mut messages = Vec::new();
+        if self.coordinator_features & FEATURE_LOCAL_CANDIDATES != 0 && !local.is_empty() {
+            messages.push(NativeMessage::Local { endpoints: local });
+        }
+        messages.extend(self.tell_nat());
+        messages
     }
 
     /// Where our shared port is on our own network (the local address of
@@ -1162,9 +1199,12 @@ impl Client {
                     signature: self.key.sign(REGISTER_TAG, &[&nonce, &key]),
                 })];
                 self.proved = true;
+                let held = std::mem::take(&mut self.held_requests);
+                if !held.is_empty() {
+                    events.extend(self.announce(self.seen).into_iter().map(Send));
+                }
                 // Requests forgotten meanwhile (expired or evicted) stay
                 // unsent.
-                let held = std::mem::take(&mut self.held_requests);
                 events.extend(held.into_iter().filter_map(|request| {
                     let (target, _) = self.requests.get(&request)?;
                     Some(Send(NativeMessage::Connect {
@@ -1184,19 +1224,7 @@ impl Client {
                 self.registered = Some(id);
                 self.observed = Some(observed);
                 let mut events = vec![Registered { id, observed }];
-                // Behind a NAT (we are not where the coordinator sees us),
-                // our own-network endpoints let a peer behind the same NAT
-                // reach us without hairpinning.
-                let local: Vec<SocketAddr> = self
-                    .local
-                    .iter()
-                    .filter(|l| **l != observed && crate::net::routable::is_own_network(l.ip()))
-                    .copied()
-                    .collect();
-                if self.coordinator_features & FEATURE_LOCAL_CANDIDATES != 0 && !local.is_empty() {
-                    events.push(Send(NativeMessage::Local { endpoints: local }));
-                }
-                events.extend(self.tell_nat().map(Send));
+                events.extend(self.announce(Some(observed)).into_iter().map(Send));
                 events
             }
             NativeMessage::Candidates { request, endpoints } => {
@@ -1715,10 +1743,16 @@ mod tests {
         coord.connected(2, addr("198.51.100.20:40001"), None, Some(SESSION));
         let bob_id = register(&mut coord, 2, &mut bob, t0);
 
+        // Alice is behind a NAT: her own-network endpoint must reach the
+        // coordinator before her request does, for a peer behind the same
+        // NAT.
+        alice.set_local(vec![addr("10.1.0.10:8333")]);
+        alice.set_seen(Some(addr("203.0.113.7:8333")));
         // Alice's whole first flight: hello, registration, request.
         let mut to_coord = VecDeque::from(alice.start());
         assert_eq!(alice.request(t0, 7, bob_id), None);
         let mut after_challenge = Vec::new();
+        let mut sent_local = 0;
         let mut orders = Vec::new();
         while let Some(msg) = to_coord.pop_front() {
             for action in coord.handle(t0, 1, msg, [9; 32]) {
@@ -1737,6 +1771,9 @@ mod tests {
                         if challenge {
                             after_challenge.push(m.clone());
                         }
+                        if matches!(m, NativeMessage::Local { .. }) {
+                            sent_local += 1;
+                        }
                         to_coord.push_back(m);
                     }
                 }
@@ -1749,11 +1786,14 @@ mod tests {
                 &after_challenge[..],
                 [
                     NativeMessage::Prove { .. },
+                    NativeMessage::Local { .. },
                     NativeMessage::Connect { request: 7, target }
                 ] if *target == bob_id
             ),
             "{after_challenge:?}"
         );
+        // `hpregistered` does not announce it again.
+        assert_eq!(sent_local, 1);
         assert_eq!(
             orders,
             vec![(1, 7, PunchRole::Initiator), (2, 7, PunchRole::Responder)]
