@@ -203,21 +203,21 @@ impl CoordinatorLink {
         Ok(link)
     }
 
-    /// [`connect`](Self::connect), with a request for `target` sent right
-    /// behind the registration instead of after it is confirmed: the
-    /// coordinator reads it registered, and the order comes a round trip
-    /// sooner. `session_up` hears of the session as soon as it is set up,
-    /// before the registration: what can be done meanwhile (a NAT probe)
-    /// starts from there.
+    /// [`connect`](Self::connect), with a request for `ask` (if given)
+    /// sent right behind the registration instead of after it is
+    /// confirmed: the coordinator reads it registered, and the order comes
+    /// a round trip sooner. `session_up` hears of the session as soon as it
+    /// is set up, before the registration: what can be done meanwhile (a
+    /// NAT probe) starts from there.
     pub async fn connect_asking(
         port: Option<&SharedPort>,
         endpoint: CoordinatorEndpoint,
         key: NodeKey,
         config: LinkConfig,
-        target: NodeId,
+        ask: Option<NodeId>,
         session_up: oneshot::Sender<SessionUp>,
-    ) -> Result<(CoordinatorLink, AskedOrder)> {
-        Self::open(port, endpoint, key, config, Some(target), Some(session_up)).await
+    ) -> Result<(CoordinatorLink, Option<AskedOrder>)> {
+        Self::open(port, endpoint, key, config, ask, Some(session_up)).await
     }
 
     async fn open(
@@ -227,7 +227,7 @@ impl CoordinatorLink {
         config: LinkConfig,
         ask: Option<NodeId>,
         session_up: Option<oneshot::Sender<SessionUp>>,
-    ) -> Result<(CoordinatorLink, AskedOrder)> {
+    ) -> Result<(CoordinatorLink, Option<AskedOrder>)> {
         let coordinator = endpoint.addr;
         // Never v1: the coordinator proves its key over the BIP324 session
         // id, and a plaintext link would hand an on-path attacker the
@@ -295,10 +295,13 @@ impl CoordinatorLink {
         client.set_local(vec![report.local]);
         client.set_seen(report.peer.sees_us_at);
         let first = client.start();
-        // Without `ask`, `reply` is dropped here and the order answers
-        // that the link has no such request.
-        let (reply, answer) = oneshot::channel();
-        let first_request = ask.map(|target| (target, reply));
+        let (first_request, asked) = match ask {
+            Some(target) => {
+                let (reply, answer) = oneshot::channel();
+                (Some((target, reply)), Some(AskedOrder(answer)))
+            }
+            None => (None, None),
+        };
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task.abort_handle());
             let mut registered_tx = Some(registered_tx);
@@ -480,7 +483,7 @@ impl CoordinatorLink {
             orders,
             task,
         };
-        Ok((link, AskedOrder(answer)))
+        Ok((link, asked))
     }
 
     /// A handle for asking and reporting from other tasks.

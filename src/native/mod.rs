@@ -110,6 +110,13 @@ pub async fn connect(
             .inspect_err(|e| tracing::debug!(error = %format!("{e:#}"), "no registration over the other family"))
             .ok()
     };
+    // A dual-stack node's request waits for both registrations: its order
+    // must carry our endpoint in the other family (behind two symmetric
+    // NATs the only way through), which the coordinator knows once the
+    // second link has registered.
+    let ask_with_registration = other_family_of(node, coordinator, also)
+        .is_none()
+        .then_some(target);
     let (session_up, up) = tokio::sync::oneshot::channel();
     let early_probe = punch::EarlyProbe::start(
         node.shared_port().clone(),
@@ -123,7 +130,7 @@ pub async fn connect(
             coordinator,
             (*key).clone(),
             link_config,
-            target,
+            ask_with_registration,
             session_up,
         )
         .await
@@ -135,11 +142,16 @@ pub async fn connect(
             tracing::info!(
                 id = %link.id, observed = %link.observed,
                 other_family = ?second.as_ref().map(|l| l.observed),
-                "registered; asked for {target}"
+                "registered; asking for {target}"
             );
             let mut ctx = PunchContext::for_node(node, key, session, &link);
             ctx.early_probe = Some(early_probe);
-            let mut outcome = follow_order(&ctx, &link.access(), order, asked, 0).await;
+            let access = link.access();
+            let order = match order {
+                Some(order) => order,
+                None => access.handle.ask(target).await,
+            };
+            let mut outcome = follow_order(&ctx, &access, order, asked, 0).await;
             outcome.record.bytes.coordination = link.bytes();
             drop(second);
             outcome.record
