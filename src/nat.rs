@@ -28,6 +28,12 @@ use crate::net::dial_from;
 /// A line longer than this is not an endpoint.
 const MAX_LINE: usize = 64;
 
+/// Where a bitpunch coordinator or relay at `server` answers NAT probes:
+/// its port + 1, on the same address.
+pub fn probe_server(server: SocketAddr) -> Option<SocketAddr> {
+    Some(SocketAddr::new(server.ip(), server.port().checked_add(1)?))
+}
+
 /// Serves NAT probes on `listener` until the task is dropped: each
 /// connection gets its source endpoint as one line and is closed.
 pub async fn serve_probes(listener: TcpListener) {

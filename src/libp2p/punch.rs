@@ -115,8 +115,7 @@ impl Libp2pPunchContext {
         offer: &[Multiaddr],
         via: &Multiaddr,
     ) -> Option<(std::net::IpAddr, OwnPorts)> {
-        let probe = super::relay_endpoint(via)
-            .and_then(|relay| Some(SocketAddr::new(relay.ip(), relay.port().checked_add(1)?)))?;
+        let probe = super::relay_endpoint(via).and_then(crate::nat::probe_server)?;
         // The relay's probe sees the family we reach the relay over.
         let observed = offer
             .iter()

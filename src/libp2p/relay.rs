@@ -1,7 +1,6 @@
 //! The relay: rust-libp2p's circuit relay v2 server, with identify and ping,
 //! on libp2p's own TCP transport (a relay is reachable and punches nothing).
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
@@ -261,15 +260,15 @@ impl RelayServer {
         let mut probes = Vec::new();
         if limits.nat_probe {
             for socket in bound.iter().filter_map(super::transport::socket_addr) {
-                let Some(next) = socket.port().checked_add(1) else {
+                let Some(probe) = crate::nat::probe_server(socket) else {
                     continue;
                 };
-                match crate::net::listen_reusable(SocketAddr::new(socket.ip(), next)) {
+                match crate::net::listen_reusable(probe) {
                     Ok(listener) => probes.push(crate::native::AbortOnDrop(
                         tokio::spawn(crate::nat::serve_probes(listener)).abort_handle(),
                     )),
                     Err(e) => {
-                        tracing::warn!(port = next, error = %e, "no NAT probes (port + 1 is not free)")
+                        tracing::warn!(port = probe.port(), error = %e, "no NAT probes (port + 1 is not free)")
                     }
                 }
             }

@@ -222,10 +222,10 @@ impl CoordinatorServer {
                 .local_addrs()
                 .iter()
                 .map(|addr| {
-                    let next = addr.port().checked_add(1).ok_or_else(|| {
+                    let probe = crate::nat::probe_server(*addr).ok_or_else(|| {
                         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no port after 65535")
                     })?;
-                    crate::net::listen_reusable(SocketAddr::new(addr.ip(), next))
+                    crate::net::listen_reusable(probe)
                 })
                 .collect();
             match listeners {

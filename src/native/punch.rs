@@ -66,7 +66,7 @@ impl EarlyProbe {
         let task = tokio::spawn(async move {
             let up = session_up.await.ok()?;
             let observed = up.sees_us_at?;
-            let probe = SocketAddr::new(coordinator.ip(), coordinator.port().checked_add(1)?);
+            let probe = crate::nat::probe_server(coordinator)?;
             let endpoint_independent = std::sync::atomic::AtomicBool::new(false);
             let began = Instant::now();
             let answer = punch::OwnPrediction {
@@ -127,7 +127,7 @@ impl PredictionLink {
         Some(PredictionLink {
             link: link.handle.clone(),
             observed: link.observed,
-            probe: SocketAddr::new(addr.ip(), addr.port().checked_add(1)?),
+            probe: crate::nat::probe_server(addr)?,
             endpoint_independent: link.endpoint_independent.clone(),
         })
     }
