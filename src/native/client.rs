@@ -295,13 +295,15 @@ impl CoordinatorLink {
         client.set_local(vec![report.local]);
         client.set_seen(report.peer.sees_us_at);
         let first = client.start();
-        let (first_request, asked) = match ask {
-            Some(target) => {
-                let (reply, answer) = oneshot::channel();
-                (Some((target, reply)), Some(AskedOrder(answer)))
-            }
-            None => (None, None),
-        };
+        // The request is the task's first command: its `hpconnect` waits
+        // in the machine for our `hpprove`.
+        let asked = ask.and_then(|target| {
+            let (reply, answer) = oneshot::channel();
+            commands
+                .try_send(Command::Request { target, reply })
+                .ok()
+                .map(|()| AskedOrder(answer))
+        });
         let task = tokio::spawn(async move {
             let _reader = AbortOnDrop(reader_task.abort_handle());
             let mut registered_tx = Some(registered_tx);
@@ -315,13 +317,6 @@ impl CoordinatorLink {
             let mut predictions: HashMap<u64, oneshot::Sender<Vec<SocketAddr>>> = HashMap::new();
             for msg in &first {
                 writer.send(&msg.to_network()).await?;
-            }
-            if let Some((target, reply)) = first_request {
-                let request = rand::random();
-                pending.insert(request, reply);
-                if let Some(ask) = client.request(Instant::now().into_std(), request, target) {
-                    writer.send(&ask.to_network()).await?;
-                }
             }
             let ping_interval = config.ping_interval;
             let mut ping_timer =
